@@ -1,0 +1,51 @@
+"""transformer-flows: the dynamics of self-attention as interacting particles on the sphere."""
+
+import importlib.metadata
+
+from ._attention import attend as attend, attention_weights as attention_weights
+from ._energy import (
+    energy as energy,
+    modified_metric_energy as modified_metric_energy,
+    torus_energy as torus_energy,
+)
+from ._ensembles import (
+    ginibre as ginibre,
+    ginibre_query_key as ginibre_query_key,
+    goe_query_key as goe_query_key,
+    random_weights as random_weights,
+    wishart as wishart,
+)
+from ._field._base import (
+    AbstractAngleField as AbstractAngleField,
+    AbstractSphereField as AbstractSphereField,
+)
+from ._field._kuramoto import Kuramoto as Kuramoto
+from ._field._self_attention import (
+    AbstractAttentionField as AbstractAttentionField,
+    SelfAttention as SelfAttention,
+    UnnormalizedSelfAttention as UnnormalizedSelfAttention,
+)
+from ._initial import (
+    orthonormal_tokens as orthonormal_tokens,
+    sample_hemisphere as sample_hemisphere,
+    sample_sphere as sample_sphere,
+    uniform_angles as uniform_angles,
+)
+from ._solve import Trajectory as Trajectory, solve as solve
+from ._solver._fixed_step import (
+    AbstractFixedStepSolver as AbstractFixedStepSolver,
+    GeodesicEuler as GeodesicEuler,
+    NormalizedEuler as NormalizedEuler,
+    RK4 as RK4,
+)
+from ._solver._renormalized import Renormalized as Renormalized
+from ._sphere import (
+    angles_to_points as angles_to_points,
+    exp_map as exp_map,
+    normalize as normalize,
+    points_to_angles as points_to_angles,
+    project_tangent as project_tangent,
+    sphere_drift as sphere_drift,
+)
+
+__version__ = importlib.metadata.version("transformer-flows")

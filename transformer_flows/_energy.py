@@ -1,0 +1,60 @@
+"""Interaction energies whose gradient (ascent) flows are the attention dynamics (§3)."""
+
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._custom_types import Angles, Particles
+
+
+def _interaction(
+    scores: Float[Array, "n n"], beta: Float[ArrayLike, ""], *, shifted: bool, rescaled: bool
+) -> Float[Array, ""]:
+    """(1/(2β)) Σ_ij e^{β s_ij}, with its β → 0 limit (1/2) Σ_ij s_ij when β = 0.
+
+    `shifted` subtracts the constant 1/(2β) per pair (App. C), which makes the energy
+    continuous at β = 0. `rescaled` multiplies by e^{-β} (computed as e^{β(s-1)}, finite in
+    float32 for large β); it is the energy of the time-rescaled USA field.
+    """
+    beta = jnp.asarray(beta, dtype=scores.dtype)
+    positive = beta > 0
+    safe_beta = jnp.where(positive, beta, 1)
+    if rescaled:
+        terms = jnp.exp(safe_beta * (scores - 1))
+        if shifted:
+            terms = terms - jnp.exp(-safe_beta)
+    else:
+        terms = jnp.expm1(safe_beta * scores) if shifted else jnp.exp(safe_beta * scores)
+    value = jnp.sum(terms) / (2 * safe_beta)
+    return jnp.where(positive, value, jnp.sum(scores) / 2)
+
+
+def energy(
+    x: Particles,
+    beta: Float[ArrayLike, ""],
+    *,
+    shifted: bool = False,
+    rescaled: bool = False,
+) -> Float[Array, ""]:
+    """E_β(X) = (1/(2βn²)) Σ_ij e^{β<x_i,x_j>}, non-decreasing along SA and USA.
+
+    At β = 0 returns the limit of the shifted energy, (1/(2n²)) Σ_ij <x_i,x_j>: the additive
+    constant 1/(2β) diverges but does not change the dynamics (ẋ = n ∇E still holds).
+    """
+    n = x.shape[0]
+    return _interaction(x @ x.T, beta, shifted=shifted, rescaled=rescaled) / n**2
+
+
+def modified_metric_energy(
+    x: Particles, beta: Float[ArrayLike, ""], V: Float[Array, "d d"] | None = None
+) -> Float[Array, ""]:
+    """(1/(2β)) Σ_ij e^{β<V x_i, x_j>} (§3.4.1, no 1/n²). For symmetric V = QᵀK, SA with
+    weights (Q, K, V) is its gradient flow in the metric Σ_i Z_i <a_i, b_i>."""
+    vx = x if V is None else x @ V.T
+    return _interaction(vx @ x.T, beta, shifted=False, rescaled=False)
+
+
+def torus_energy(theta: Angles, beta: Float[ArrayLike, ""]) -> Float[Array, ""]:
+    """E_β(θ) = (1/(2βn²)) Σ_ij e^{β cos(θ_i - θ_j)} (7.4); (7.1) is θ̇ = n ∇E_β(θ)."""
+    n = theta.shape[0]
+    scores = jnp.cos(theta[:, None] - theta[None, :])
+    return _interaction(scores, beta, shifted=False, rescaled=False) / n**2

@@ -1,0 +1,56 @@
+"""Abstract vector fields: on the product of spheres (points) and on the torus (angles)."""
+
+import abc
+
+import equinox as eqx
+from jaxtyping import Array, Float, PyTree
+
+from .._custom_types import Angles, Particles
+from .._sphere import project_tangent
+
+
+class AbstractSphereField(eqx.Module):
+    """A vector field on (S^{d-1})^n: `field(t, x, args)` maps (n, d) points to tangent
+    velocities. Concrete fields supply `drift`, the term before tangent projection, which
+    the authors' discrete layer update (`NormalizedEuler`) needs.
+    """
+
+    @abc.abstractmethod
+    def drift(self, t, x: Particles, args: PyTree) -> Particles:
+        """The interaction term a(x) before projection; the velocity is P^⊥_x a(x)."""
+
+    @abc.abstractmethod
+    def jump_times(self) -> Float[Array, " jumps"] | None:
+        """Times where the field is discontinuous in t (layer boundaries), or None."""
+
+    @abc.abstractmethod
+    def check_state(self, x) -> None:
+        """Raise ValueError at trace time if `x` does not have a shape this field accepts."""
+
+    def __call__(self, t, x: Particles, args: PyTree = None) -> Particles:
+        return project_tangent(x, self.drift(t, x, args))
+
+
+class AbstractAngleField(eqx.Module):
+    """A vector field on the torus T^n: `field(t, theta, args)` maps (n,) angles to (n,)."""
+
+    @abc.abstractmethod
+    def __call__(self, t, theta: Angles, args: PyTree = None) -> Angles:
+        """Angular velocities."""
+
+    @abc.abstractmethod
+    def check_state(self, theta) -> None:
+        """Raise ValueError at trace time if `theta` does not have a shape this field accepts."""
+
+
+def check_points(x, field_name: str) -> None:
+    """Shape check shared by sphere fields: a configuration is (n, d) with d >= 2."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(
+            f"`x0` for {field_name} must be points of shape (n, d), got shape {shape}. "
+            "Angles on the circle go to `Kuramoto`; convert them with "
+            "`transformer_flows.angles_to_points(theta)` to use a sphere field."
+        )
+    if shape[1] < 2:
+        raise ValueError(f"`x0` must have dimension d >= 2, got shape {shape}.")

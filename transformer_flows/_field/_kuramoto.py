@@ -1,0 +1,66 @@
+"""Angle form on the circle (d = 2): (7.1), its softmax analogue, and Kuramoto (7.2)."""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from .._attention import attend
+from .._custom_types import Angles
+from .._sphere import angles_to_points
+from .._validation import as_float_array, check_finite, optional_float_array
+from ._base import AbstractAngleField
+from ._self_attention import as_beta
+
+
+class Kuramoto(AbstractAngleField):
+    """θ̇_i = ω_i + K Σ_j w_ij sin(θ_j - θ_i) on the torus, where
+    - `normalized=False`: w_ij = e^{β cos(θ_i-θ_j)}/n, i.e. (USA) in angles, (7.1);
+    - `normalized=True`: w_ij = softmax_j(β cos(θ_i-θ_j)), i.e. (SA) in angles.
+    At β = 0, `normalized=False` is the classical Kuramoto model (7.2) with coupling K.
+
+    **Arguments:** `beta` (>= 0), `normalized`, `coupling` K, `frequencies` ω of shape (n,)
+    (None means ω = 0).
+    """
+
+    beta: Float[Array, ""] = eqx.field(converter=as_beta)
+    normalized: bool = eqx.field(default=False, static=True)
+    coupling: Float[Array, ""] = eqx.field(
+        default=1.0, converter=lambda c: as_float_array(c, "coupling")
+    )
+    frequencies: Float[Array, " n"] | None = eqx.field(
+        default=None, converter=optional_float_array("frequencies")
+    )
+
+    def __check_init__(self):
+        if self.coupling.ndim != 0:
+            raise ValueError(f"`coupling` must be a scalar, got shape {self.coupling.shape}.")
+        check_finite(self.coupling, "coupling")
+        if self.frequencies is not None:
+            if self.frequencies.ndim != 1:
+                raise ValueError(
+                    f"`frequencies` must have shape (n,), got {self.frequencies.shape}."
+                )
+            check_finite(self.frequencies, "frequencies")
+
+    def check_state(self, theta) -> None:
+        shape = getattr(theta, "shape", None)
+        if shape is None or len(shape) != 1:
+            raise ValueError(
+                f"`x0` for Kuramoto must be angles of shape (n,), got shape {shape}. "
+                "Points on the circle convert with `transformer_flows.points_to_angles(x)`; "
+                "points on a sphere go to `SelfAttention`/`UnnormalizedSelfAttention`."
+            )
+        if self.frequencies is not None and self.frequencies.shape != shape:
+            raise ValueError(
+                f"`frequencies` has shape {self.frequencies.shape} but `x0` has {shape}."
+            )
+
+    def __call__(self, t, theta: Angles, args: PyTree = None) -> Angles:
+        # <e_θ_i, Σ_j w_ij x_j> = Σ_j w_ij sin(θ_j - θ_i), with e_θ = (-sin θ, cos θ).
+        mixed = attend(
+            angles_to_points(theta), self.beta, None, None, None, normalized=self.normalized
+        )
+        velocity = self.coupling * (
+            jnp.cos(theta) * mixed[:, 1] - jnp.sin(theta) * mixed[:, 0]
+        )
+        return velocity if self.frequencies is None else velocity + self.frequencies

@@ -1,0 +1,195 @@
+"""Self-attention dynamics on the sphere: (SA)/(2.3)/(2.7) and the surrogate (USA)."""
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PyTree
+
+from .._attention import attend, attention_weights
+from .._custom_types import Particles
+from .._validation import as_float_array, check_finite, is_concrete, optional_float_array
+from ._base import AbstractSphereField, check_points
+
+
+def as_beta(value) -> Float[Array, ""]:
+    beta = as_float_array(value, "beta")
+    if beta.ndim != 0:
+        raise ValueError(
+            f"`beta` must be a scalar, got shape {beta.shape}. For a sweep over β, "
+            "`jax.vmap` over a function that builds the field from a scalar β."
+        )
+    if is_concrete(beta):
+        value = float(beta)
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"`beta` must be finite and >= 0, got {value}.")
+    return beta
+
+
+class AbstractAttentionField(AbstractSphereField):
+    """Shared by `SelfAttention` and `UnnormalizedSelfAttention`: weight layout, validation,
+    the per-layer lookup, and attention matrices.
+
+    Weight shapes (None means the identity):
+    - `Q`, `K`: (k, d), heads (H, k, d); `V`: (d, d), heads (H, d, d).
+    - With `layer_duration` set, a leading layer axis L: layer l acts on
+      [l·layer_duration, (l+1)·layer_duration), the last layer for all later times.
+    """
+
+    beta: eqx.AbstractVar[Float[Array, ""]]
+    Q: eqx.AbstractVar[Array | None]
+    K: eqx.AbstractVar[Array | None]
+    V: eqx.AbstractVar[Array | None]
+    layer_duration: eqx.AbstractVar[float | None]
+
+    def __check_init__(self):
+        _check_weights(self.Q, self.K, self.V, self.layer_duration)
+
+    @property
+    def num_layers(self) -> int | None:
+        if self.layer_duration is None:
+            return None
+        return next(w.shape[0] for w in (self.Q, self.K, self.V) if w is not None)
+
+    @property
+    def dim(self) -> int | None:
+        """The token dimension d fixed by the weights (None if all are the identity)."""
+        return next((w.shape[-1] for w in (self.Q, self.K, self.V) if w is not None), None)
+
+    def jump_times(self) -> Float[Array, " jumps"] | None:
+        if self.layer_duration is None or self.num_layers == 1:
+            return None
+        return self.layer_duration * jnp.arange(1, self.num_layers, dtype=float)
+
+    def weights_at(self, t) -> tuple[Array | None, Array | None, Array | None]:
+        """(Q, K, V) acting at time t, each None or with a head axis (H, ., d)."""
+        if self.layer_duration is None:
+            index = None
+        else:
+            layer = jnp.floor(jnp.asarray(t) / self.layer_duration).astype(jnp.int32)
+            index = jnp.clip(layer, 0, self.num_layers - 1)
+
+        def select(w):
+            if w is None:
+                return None
+            if index is not None:
+                w = w[index]
+            return w if w.ndim == 3 else w[None]
+
+        return select(self.Q), select(self.K), select(self.V)
+
+    def check_state(self, x) -> None:
+        check_points(x, type(self).__name__)
+        if self.dim is not None and x.shape[1] != self.dim:
+            raise ValueError(
+                f"`x0` has dimension d={x.shape[1]} but the weights Q, K, V act on "
+                f"d={self.dim}; pass tokens of shape (n, {self.dim})."
+            )
+
+    def attention_matrix(self, t, x: Particles) -> Float[Array, "heads n n"]:
+        """The attention matrices A^h(t) (one per head) at configuration `x`."""
+        Q, K, _ = self.weights_at(t)
+        normalized, log_shift = self._normalization()
+        return attention_weights(
+            x, self.beta, Q, K, normalized=normalized, log_shift=log_shift
+        )
+
+    def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
+        normalized, log_shift = self._normalization()
+        return attend(
+            x, self.beta, *self.weights_at(t), normalized=normalized, log_shift=log_shift
+        )
+
+    @abc.abstractmethod
+    def _normalization(self) -> tuple[bool, Float[Array, ""] | float]:
+        """(softmax-normalised?, log-shift subtracted from the scores)."""
+
+
+class SelfAttention(AbstractAttentionField):
+    """(SA)/(2.3): ẋ_i = P^⊥_{x_i}( Σ_h Σ_j softmax_j(β<Q_h x_i, K_h x_j>) V_h x_j ).
+
+    **Arguments:**
+    - `beta`: inverse temperature β >= 0 (a scalar; traced values allowed).
+    - `Q`, `K`, `V`: weights (see `AbstractAttentionField`); None means the identity.
+    - `layer_duration`: if set, the weights carry a leading layer axis and are used
+      piecewise-constantly in time (Q(t), K(t), V(t) of (2.3)).
+    """
+
+    beta: Float[Array, ""] = eqx.field(converter=as_beta)
+    Q: Array | None = eqx.field(default=None, converter=optional_float_array("Q"))
+    K: Array | None = eqx.field(default=None, converter=optional_float_array("K"))
+    V: Array | None = eqx.field(default=None, converter=optional_float_array("V"))
+    layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+
+    def _normalization(self):
+        return True, 0.0
+
+
+class UnnormalizedSelfAttention(AbstractAttentionField):
+    """(USA): ẋ_i = P^⊥_{x_i}( (1/n) Σ_h Σ_j e^{β<Q_h x_i, K_h x_j>} V_h x_j ).
+
+    With Q = K = V = I this is the gradient ascent Ẋ = n ∇E_β(X) of the interaction energy.
+    `time_rescaled=True` multiplies the field by e^{-β} (time τ = e^{β} t): the exponentials
+    become e^{β(<.,.> - 1)} <= 1, so large β stays representable in float32.
+    """
+
+    beta: Float[Array, ""] = eqx.field(converter=as_beta)
+    Q: Array | None = eqx.field(default=None, converter=optional_float_array("Q"))
+    K: Array | None = eqx.field(default=None, converter=optional_float_array("K"))
+    V: Array | None = eqx.field(default=None, converter=optional_float_array("V"))
+    layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+    time_rescaled: bool = eqx.field(default=False, static=True, kw_only=True)
+
+    def _normalization(self):
+        return False, (self.beta if self.time_rescaled else 0.0)
+
+
+def _check_weights(Q, K, V, layer_duration) -> None:
+    layered = layer_duration is not None
+    if layered and not (isinstance(layer_duration, (int, float)) and layer_duration > 0):
+        raise ValueError(
+            f"`layer_duration` must be a positive number, got {layer_duration!r}."
+        )
+    given = {name: w for name, w in (("Q", Q), ("K", K), ("V", V)) if w is not None}
+    if layered and not given:
+        raise ValueError(
+            "`layer_duration` was given but Q, K and V are all None (the identity); pass "
+            "per-layer weights with a leading layer axis, e.g. Q of shape (L, d, d)."
+        )
+    base = 3 if layered else 2
+    layout = "(L, d, d) or (L, H, d, d)" if layered else "(d, d) or (H, d, d) for H heads"
+    for name, w in given.items():
+        if w.ndim not in (base, base + 1):
+            raise ValueError(
+                f"`{name}` must have shape {layout}, got shape {w.shape}."
+                + ("" if layered else " For per-layer weights pass `layer_duration=`.")
+            )
+        check_finite(w, name)
+    if "V" in given and V.shape[-1] != V.shape[-2]:
+        raise ValueError(f"`V` must be square in its last two axes, got shape {V.shape}.")
+    if "Q" in given and "K" in given and Q.shape[-2:] != K.shape[-2:]:
+        raise ValueError(
+            f"`Q` and `K` must have the same (k, d) matrix shape, got {Q.shape} and {K.shape}."
+        )
+    for name in ("Q", "K"):
+        partner = "K" if name == "Q" else "Q"
+        if name in given and partner not in given and given[name].shape[-1] != given[name].shape[-2]:
+            raise ValueError(
+                f"`{name}` of shape {given[name].shape} is not square, so `{partner}` cannot "
+                f"default to the identity; pass `{partner}` of the same shape."
+            )
+    dims = {name: w.shape[-1] for name, w in given.items()}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"Q, K, V must act on the same dimension d, got {dims}.")
+    heads = {name: (w.shape[1] if layered else w.shape[0]) if w.ndim == base + 1 else None
+             for name, w in given.items()}
+    if len(set(heads.values())) > 1:
+        raise ValueError(
+            f"Mismatched head counts {heads} (None = no head axis): give every non-identity "
+            "weight the same number of heads H, with shape (H, ., d)."
+        )
+    if layered:
+        layers = {name: w.shape[0] for name, w in given.items()}
+        if len(set(layers.values())) > 1:
+            raise ValueError(f"Mismatched layer counts {layers}: give every weight L layers.")

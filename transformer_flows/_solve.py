@@ -1,0 +1,234 @@
+"""`solve`: the single entry point that integrates a field with diffrax."""
+
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PyTree
+
+from ._field._base import AbstractAngleField, AbstractSphereField
+from ._solver._fixed_step import AbstractFixedStepSolver, GeodesicEuler, NormalizedEuler
+from ._solver._renormalized import Renormalized
+from ._sphere import normalize
+from ._validation import check_condition, check_finite, is_concrete
+
+_SPHERE_PRESERVING = (Renormalized, NormalizedEuler, GeodesicEuler)
+
+
+class Trajectory(eqx.Module):
+    """The output of `solve`.
+
+    - `ts`: the save times, shape (T,).
+    - `xs`: states at `ts`, (T, n, d) points or (T, n) angles; None when `observe` was given.
+    - `observed`: `observe(x)` at each save time (leading axis T), or None.
+    - `stats`: solver statistics (`num_steps`, `num_accepted_steps`, `num_rejected_steps`, ...).
+    - `result`: a `diffrax.RESULTS` code; `succeeded` tells whether it is `successful`.
+    """
+
+    ts: Float[Array, " times"]
+    xs: Array | None
+    observed: PyTree | None
+    stats: dict[str, Array]
+    result: diffrax.RESULTS
+
+    @property
+    def succeeded(self):
+        return self.result == diffrax.RESULTS.successful
+
+
+def solve(
+    field: AbstractSphereField | AbstractAngleField,
+    x0: Array,
+    ts: Float[ArrayLike, " times"],
+    *,
+    solver: diffrax.AbstractSolver | None = None,
+    dt0: float | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+    max_steps: int = 16_384,
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint(),
+    observe: Callable[[Array], PyTree] | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    args: PyTree = None,
+    throw: bool = True,
+    progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
+) -> Trajectory:
+    """Integrate `field` from `x0` at `ts[0]` and save at every time in `ts`.
+
+    **Arguments:**
+    - `field`: a sphere field (`SelfAttention`, `UnnormalizedSelfAttention`) with `x0` of
+      shape (n, d) on the unit sphere, or an angle field (`Kuramoto`) with `x0` of shape (n,).
+    - `ts`: strictly increasing save times; the solve runs from `ts[0]` to `ts[-1]`.
+    - `solver`: default `Renormalized(diffrax.Tsit5())` (adaptive, 5th order, PID steps, back
+      on the sphere after every step). Any diffrax solver is accepted and, for sphere
+      fields, wrapped in `Renormalized`. Fixed-step solvers (`NormalizedEuler`,
+      `GeodesicEuler`, `RK4`) need `dt0`.
+    - `dt0`: the constant step of fixed-step solvers; an optional first step otherwise.
+    - `rtol`, `atol`: tolerances of the PID controller (adaptive solvers).
+    - `max_steps`: bound on the number of steps (memory of the checkpointed adjoint grows
+      with it, so keep it as small as works).
+    - `adjoint`: how to differentiate: `diffrax.RecursiveCheckpointAdjoint()` (default, exact
+      gradient of the discrete solve) or `diffrax.BacksolveAdjoint()` (O(1) memory).
+    - `observe`: save `observe(x)` instead of full states (long sweeps need not store
+      trajectories); `x` is on the sphere.
+    - `stepsize_controller`: override the default PID/constant controller.
+    - `throw`: raise if the solve fails (e.g. `max_steps` reached); else check `.result`.
+
+    **Returns:** a `Trajectory`.
+    """
+    if not isinstance(field, (AbstractSphereField, AbstractAngleField)):
+        raise ValueError(
+            f"`field` must be a transformer_flows field (e.g. SelfAttention(beta=1.0)), got "
+            f"{type(field).__name__}."
+        )
+    sphere = isinstance(field, AbstractSphereField)
+    solver = _resolve_solver(solver, sphere)
+    adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
+    _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe,
+                   stepsize_controller)
+    field.check_state(x0)
+    x0 = jnp.asarray(x0)
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        x0 = x0.astype(jnp.result_type(float))
+    ts = jnp.asarray(ts, dtype=x0.dtype)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
+    x0, ts = _check_values(field, x0, ts, sphere)
+    tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
+    dt0 = None if dt0 is None else jnp.asarray(dt0, x0.dtype)
+    return _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
+                  stepsize_controller, args, throw, progress_meter)
+
+
+def _resolve_solver(solver, sphere: bool) -> diffrax.AbstractSolver:
+    if solver is None:
+        solver = diffrax.Tsit5()
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(
+            f"`solver` must be a diffrax solver (e.g. diffrax.Tsit5(), NormalizedEuler()), "
+            f"got {solver!r}."
+        )
+    if not sphere:
+        if isinstance(solver, (NormalizedEuler, GeodesicEuler)):
+            raise ValueError(
+                f"`solver={type(solver).__name__}()` steps points on a sphere; angle fields "
+                "(Kuramoto) take ordinary solvers such as diffrax.Tsit5() or RK4()."
+            )
+        return solver.solver if isinstance(solver, Renormalized) else solver
+    return solver if isinstance(solver, _SPHERE_PRESERVING) else Renormalized(solver)
+
+
+def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe,
+                   stepsize_controller) -> None:
+    if not adaptive and dt0 is None and stepsize_controller is None:
+        raise ValueError(
+            f"`solver={type(solver).__name__}()` has a fixed step: pass `dt0`, e.g. dt0=0.1 "
+            "(the authors' step)."
+        )
+    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
+        if value is not None and is_concrete(value) and not float(value) > 0:
+            raise ValueError(f"`{name}` must be > 0, got {value}.")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
+    if not isinstance(adjoint, diffrax.AbstractAdjoint):
+        raise ValueError(
+            f"`adjoint` must be a diffrax adjoint such as diffrax.RecursiveCheckpointAdjoint() "
+            f"or diffrax.BacksolveAdjoint(), got {adjoint!r}."
+        )
+    inner = solver.solver if isinstance(solver, Renormalized) else solver
+    if (isinstance(adjoint, diffrax.BacksolveAdjoint) and isinstance(inner, AbstractFixedStepSolver)
+            and not inner.supports_backsolve):
+        raise ValueError(
+            f"`adjoint=BacksolveAdjoint()` integrates an augmented adjoint state, which "
+            f"`{type(inner).__name__}` cannot step; use the default RecursiveCheckpointAdjoint."
+        )
+    if observe is not None and not callable(observe):
+        raise ValueError(f"`observe` must be a function of the state, got {observe!r}.")
+    if stepsize_controller is not None and not isinstance(
+        stepsize_controller, diffrax.AbstractStepSizeController
+    ):
+        raise ValueError(
+            f"`stepsize_controller` must be a diffrax step-size controller, got "
+            f"{stepsize_controller!r}."
+        )
+
+
+def _check_values(field, x0, ts, sphere: bool):
+    """Value checks: raised now when the values are concrete, else at run time under jit."""
+    x0 = check_finite(x0, "x0")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(field, eqx.is_inexact_array)):
+        check_finite(leaf, f"field{jax.tree_util.keystr(path)}")
+    if sphere:
+        tolerance = float(np.sqrt(jnp.finfo(x0.dtype).eps))
+        drift = jnp.max(jnp.abs(jnp.linalg.norm(x0, axis=-1) - 1))
+        x0 = check_condition(
+            x0, drift > tolerance,
+            f"`x0` must lie on the unit sphere (| |x_i| - 1 | <= {tolerance:.1e}); normalise it "
+            "first with `x0 / jnp.linalg.norm(x0, axis=-1, keepdims=True)` or "
+            "`transformer_flows.normalize(x0)`.",
+        )
+    ts = check_finite(ts, "ts")
+    ts = check_condition(
+        ts, jnp.any(jnp.diff(ts) <= 0),
+        "`ts` must be strictly increasing (it holds the save times from t0 to t1).",
+    )
+    return x0, ts
+
+
+@eqx.filter_jit
+def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
+           stepsize_controller, args, throw, progress_meter) -> Trajectory:
+    sphere = isinstance(field, AbstractSphereField)
+    if stepsize_controller is None:
+        if isinstance(solver, diffrax.AbstractAdaptiveSolver):
+            rtol, atol = tolerances
+            stepsize_controller = diffrax.PIDController(
+                rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4
+            )
+            jumps = field.jump_times() if sphere else None
+            if jumps is not None:
+                stepsize_controller = diffrax.ClipStepSizeController(
+                    stepsize_controller, jump_ts=jumps.astype(ts.dtype)
+                )
+        else:
+            stepsize_controller = diffrax.ConstantStepSize()
+
+    def on_sphere(y):
+        return normalize(y) if sphere else y
+
+    # BacksolveAdjoint differentiates saved states only, so observe afterwards there.
+    observe_inside = observe is not None and not isinstance(adjoint, diffrax.BacksolveAdjoint)
+    if observe_inside:
+        saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: observe(on_sphere(y)))
+    elif isinstance(adjoint, diffrax.BacksolveAdjoint):
+        saveat = diffrax.SaveAt(ts=ts)
+    else:
+        saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: on_sphere(y))
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=dt0,
+        y0=x0,
+        args=args,
+        saveat=saveat,
+        stepsize_controller=stepsize_controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        throw=throw,
+        progress_meter=progress_meter,
+    )
+    if observe_inside:
+        xs, observed = None, solution.ys
+    else:
+        xs = jax.vmap(on_sphere)(solution.ys)
+        observed = None
+        if observe is not None:
+            xs, observed = None, jax.vmap(observe)(xs)
+    return Trajectory(
+        ts=ts, xs=xs, observed=observed, stats=dict(solution.stats), result=solution.result
+    )

@@ -1,0 +1,102 @@
+"""Fixed-step integrators for convergence studies and for the authors' layer update."""
+
+import abc
+from typing import ClassVar
+
+import diffrax
+import jax
+from jaxtyping import PyTree
+
+from .._field._base import AbstractSphereField
+from .._sphere import exp_map, normalize
+
+
+class AbstractFixedStepSolver(diffrax.AbstractSolver):
+    """A one-step method without an error estimate: use it with a constant step `dt0`."""
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
+    # Backsolve integrates an augmented state; these methods step particles only.
+    supports_backsolve: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def advance(self, terms, t0, t1, y0: PyTree, args: PyTree) -> PyTree:
+        """The new state after one step from t0 to t1."""
+
+    def init(self, terms, t0, t1, y0, args):
+        return None
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1 = self.advance(terms, t0, t1, y0, args)
+        dense_info = dict(y0=y0, y1=y1)
+        return y1, None, dense_info, None, diffrax.RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+def _sphere_field(terms) -> AbstractSphereField:
+    # diffeqsolve wraps terms (for the time direction); `solve` only integrates forward.
+    while not isinstance(terms, diffrax.ODETerm) and hasattr(terms, "term"):
+        terms = terms.term
+    field = getattr(terms, "vector_field", None)
+    if not isinstance(terms, diffrax.ODETerm) or not isinstance(field, AbstractSphereField):
+        raise ValueError(
+            "`NormalizedEuler` needs the pre-projection attention term, so it only runs "
+            "`transformer_flows` sphere fields (SelfAttention, UnnormalizedSelfAttention) "
+            "with the default RecursiveCheckpointAdjoint; got terms "
+            f"{type(terms).__name__} with vector field {type(field).__name__}."
+        )
+    return field
+
+
+class NormalizedEuler(AbstractFixedStepSolver):
+    """x ← (x + h a(x)) / ‖x + h a(x)‖, with a(x) the attention term before projection.
+
+    This is the discrete post-LN Transformer layer and the authors' simulation scheme
+    (step η = h, no explicit P^⊥). First order; one step equals a tangent Euler step of size
+    h/(1 + h<x_i, a_i>).
+    """
+
+    def order(self, terms):
+        return 1
+
+    def advance(self, terms, t0, t1, y0, args):
+        drift = _sphere_field(terms).drift(t0, y0, args)
+        return normalize(y0 + (t1 - t0) * drift)
+
+
+class GeodesicEuler(AbstractFixedStepSolver):
+    """x ← exp_x(h v(x)): Euler along great circles with the projected velocity v. First order."""
+
+    def order(self, terms):
+        return 1
+
+    def advance(self, terms, t0, t1, y0, args):
+        return exp_map(y0, terms.vf_prod(t0, y0, args, terms.contr(t0, t1)))
+
+
+class RK4(AbstractFixedStepSolver):
+    """The classical fourth-order Runge–Kutta method (fixed step, no error estimate).
+    Combine with `Renormalized(RK4())` on the sphere."""
+
+    supports_backsolve: ClassVar[bool] = True
+
+    def order(self, terms):
+        return 4
+
+    def advance(self, terms, t0, t1, y0, args):
+        control = terms.contr(t0, t1)
+        half = 0.5 * (t1 - t0)
+        tmid = t0 + half
+
+        def shifted(y, k, scale):
+            return jax.tree_util.tree_map(lambda a, b: a + scale * b, y, k)
+
+        k1 = terms.vf_prod(t0, y0, args, control)
+        k2 = terms.vf_prod(tmid, shifted(y0, k1, 0.5), args, control)
+        k3 = terms.vf_prod(tmid, shifted(y0, k2, 0.5), args, control)
+        k4 = terms.vf_prod(t1, shifted(y0, k3, 1.0), args, control)
+        return jax.tree_util.tree_map(
+            lambda y, a, b, c, d: y + (a + 2 * b + 2 * c + d) / 6, y0, k1, k2, k3, k4
+        )
