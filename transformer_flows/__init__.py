@@ -2,7 +2,15 @@
 
 import importlib.metadata
 
-from ._attention import attend as attend, attention_weights as attention_weights
+from ._attention import (
+    AbstractAttentionMethod as AbstractAttentionMethod,
+    attend as attend,
+    attention_weights as attention_weights,
+    AutoAttention as AutoAttention,
+    BlockwiseAttention as BlockwiseAttention,
+    DenseAttention as DenseAttention,
+    FusedAttention as FusedAttention,
+)
 from ._energy import (
     energy as energy,
     modified_metric_energy as modified_metric_energy,

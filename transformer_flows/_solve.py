@@ -31,7 +31,7 @@ class Trajectory(eqx.Module):
     ts: Float[Array, " times"]
     xs: Array | None
     observed: PyTree | None
-    stats: dict[str, Array]
+    stats: dict[str, Array | int]
     result: diffrax.RESULTS
 
     @property
