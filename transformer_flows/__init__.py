@@ -40,6 +40,11 @@ from ._initial import (
     uniform_angles as uniform_angles,
 )
 from ._solve import Trajectory as Trajectory, solve as solve
+from ._span import (
+    reduce_to_span as reduce_to_span,
+    solve_in_span as solve_in_span,
+    span_basis as span_basis,
+)
 from ._solver._fixed_step import (
     AbstractFixedStepSolver as AbstractFixedStepSolver,
     GeodesicEuler as GeodesicEuler,

@@ -1,0 +1,85 @@
+"""Exact span reduction: solve d > n systems in an orthonormal basis of span{x_i(0)}.
+
+With identity weights, or any Q, K and a V that maps S = span{x_i(0)} into itself, every term
+of the attention field (Σ_j A_ij V x_j, its tangent projection, the renormalisation) stays in
+S, so x_i(t) ∈ S for all t. With U (d × n) an orthonormal basis of a space containing S,
+y_i = Uᵀx_i follows the same kind of field with weights Q U, K U, UᵀV U (inner products and
+norms are preserved because UᵀU = I), and x_i(t) = U y_i(t). The reduced system has dimension
+n whatever d is, so d = 1024 costs what d = n costs. U comes from a QR factorisation of x(0)ᵀ,
+which has static shape, so the reduction composes with `jit`, `vmap` and `grad`.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._custom_types import Particles
+from ._field._self_attention import AbstractAttentionField
+from ._solve import Trajectory, solve
+from ._validation import check_condition
+
+
+def span_basis(x0: Particles) -> Float[Array, "d n"]:
+    """Orthonormal columns U (d × n) whose span contains every token x_i(0) (for d > n)."""
+    basis, _ = jnp.linalg.qr(x0.T, mode="reduced")
+    return basis
+
+
+def reduce_to_span(field: AbstractAttentionField, basis: Float[Array, "d r"], *, check: bool = True):
+    """The field in the coordinates y = Uᵀx: weights Q U, K U, UᵀV U (None stays None).
+
+    `check=True` verifies that V maps span(U) into itself (now when V is concrete, at run time
+    under jit), because otherwise the reduction is not exact.
+    """
+    if not isinstance(field, AbstractAttentionField):
+        raise ValueError(
+            f"`field` must be SelfAttention or UnnormalizedSelfAttention for span reduction, "
+            f"got {type(field).__name__}; angle fields (Kuramoto) already have d = 2."
+        )
+    V = field.V
+    reduced_V = None
+    if V is not None:
+        image = V @ basis
+        reduced_V = basis.T @ image
+        if check:
+            leak = jnp.max(jnp.abs(image - basis @ reduced_V))
+            tolerance = float(np.sqrt(jnp.finfo(image.dtype).eps)) * (1 + jnp.max(jnp.abs(V)))
+            reduced_V = check_condition(
+                reduced_V, leak > tolerance,
+                "`V` does not keep span{x_i(0)} invariant, so the flow leaves the span and "
+                "span reduction would be wrong; use `transformer_flows.solve` directly.",
+            )
+    return dataclasses.replace(
+        field,
+        Q=None if field.Q is None else field.Q @ basis,
+        K=None if field.K is None else field.K @ basis,
+        V=reduced_V,
+    )
+
+
+def solve_in_span(
+    field: AbstractAttentionField, x0: Particles, ts, *, check: bool = True, **solve_kwargs
+) -> Trajectory:
+    """`solve(field, x0, ts, **solve_kwargs)`, computed in an orthonormal basis of span{x_i(0)}
+    when d > n (exact when V keeps that span invariant, e.g. V = None; see `reduce_to_span`).
+
+    The returned `Trajectory` is in the original coordinates: `xs` has shape (T, n, d) and
+    `observe` (if given) sees points in R^d. For d <= n this is `solve` unchanged.
+    """
+    shape = getattr(x0, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"`x0` must be points of shape (n, d), got shape {shape}.")
+    n, d = shape
+    if d <= n:
+        return solve(field, x0, ts, **solve_kwargs)
+    x0 = jnp.asarray(x0)
+    basis = span_basis(x0)
+    observe = solve_kwargs.pop("observe", None)
+    if observe is not None:
+        solve_kwargs["observe"] = lambda y: observe(y @ basis.T)
+    trajectory = solve(reduce_to_span(field, basis, check=check), x0 @ basis, ts, **solve_kwargs)
+    if trajectory.xs is None:
+        return trajectory
+    return dataclasses.replace(trajectory, xs=trajectory.xs @ basis.T)
