@@ -39,6 +39,12 @@ from ._initial import (
     sample_sphere as sample_sphere,
     uniform_angles as uniform_angles,
 )
+from ._sharding import (
+    device_mesh as device_mesh,
+    shard_tokens as shard_tokens,
+    sharded_map as sharded_map,
+    TokenSharded as TokenSharded,
+)
 from ._solve import Trajectory as Trajectory, solve as solve
 from ._span import (
     reduce_to_span as reduce_to_span,
