@@ -28,21 +28,22 @@ HeadWeights = Float[Array, "heads k d"] | None
 
 
 class AbstractAttentionMethod(eqx.Module):
-    """How Σ_j w_ij x_j is evaluated for queries (H, nq, k), keys (H, nk, k), values (nk, d)."""
+    """How Σ_j w_ij x_j is evaluated for one head: queries (nq, k), keys (nk, k), values
+    (nk, d). Heads are vmapped over by `attend`."""
 
     @abc.abstractmethod
     def mix(
         self,
-        queries: Float[Array, "heads nq k"],
-        keys: Float[Array, "heads nk k"],
+        queries: Float[Array, "nq k"],
+        keys: Float[Array, "nk k"],
         values: Float[Array, "nk d"],
         *,
         beta: Float[Array, ""],
         normalized: bool,
         log_shift: Float[Array, ""] | float,
-    ) -> Float[Array, "heads nq d"]:
-        """Per head: Σ_j w_ij values_j with w from the scores s_ij = β<queries_i, keys_j>:
-        softmax over j if `normalized`, else exp(s_ij - log_shift)/nk."""
+    ) -> Float[Array, "nq d"]:
+        """Σ_j w_ij values_j with w from the scores s_ij = β<queries_i, keys_j>: softmax
+        over j if `normalized`, else exp(s_ij - log_shift)/nk."""
 
 
 def _check_block_size(block_size) -> None:
@@ -65,10 +66,7 @@ class DenseAttention(AbstractAttentionMethod):
     """Materialise the (nq, nk) score matrix per head: O(n²) memory."""
 
     def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        def head(q, k):
-            return _normalise_scores(beta * (q @ k.T), normalized, log_shift) @ values
-
-        return jax.vmap(head)(queries, keys)
+        return _normalise_scores(beta * (queries @ keys.T), normalized, log_shift) @ values
 
 
 def _pad_rows(a: Array, multiple: int) -> Array:
@@ -76,7 +74,7 @@ def _pad_rows(a: Array, multiple: int) -> Array:
     return jnp.pad(a, ((0, extra),) + ((0, 0),) * (a.ndim - 1)) if extra else a
 
 
-def _blockwise_head(
+def _blockwise(
     queries: Float[Array, "nq k"],
     keys: Float[Array, "nk k"],
     values: Float[Array, "nk d"],
@@ -144,10 +142,7 @@ class BlockwiseAttention(AbstractAttentionMethod):
         _check_block_size(self.block_size)
 
     def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        def head(q, k):
-            return _blockwise_head(beta * q, k, values, normalized, log_shift, self.block_size)
-
-        return jax.vmap(head)(queries, keys)
+        return _blockwise(beta * queries, keys, values, normalized, log_shift, self.block_size)
 
 
 class FusedAttention(AbstractAttentionMethod):
@@ -170,21 +165,18 @@ class FusedAttention(AbstractAttentionMethod):
                 "`FusedAttention` computes softmax attention only; UnnormalizedSelfAttention "
                 "needs `BlockwiseAttention()` or `DenseAttention()`."
             )
-        heads, num_queries, width = queries.shape
         # The kernel wants one head size for queries, keys and values: zero-pad to the
         # larger one (zero features change neither the scores nor the kept outputs).
-        size = max(width, values.shape[1])
+        size = max(queries.shape[1], values.shape[1])
 
-        def layout(a):  # (heads, n, .) -> (1, n, heads, size)
-            a = jnp.pad(a, ((0, 0), (0, 0), (0, size - a.shape[-1])))
-            return jnp.transpose(a, (1, 0, 2))[None]
+        def layout(a):  # (n, .) -> (batch 1, n, heads 1, size)
+            return jnp.pad(a, ((0, 0), (0, size - a.shape[-1])))[None, :, None, :]
 
-        value_heads = jnp.broadcast_to(values, (heads, *values.shape))
         out = jax.nn.dot_product_attention(
-            layout(beta * queries), layout(keys), layout(value_heads),
+            layout(beta * queries), layout(keys), layout(values),
             scale=1.0, implementation=self.implementation,
         )
-        return jnp.transpose(out[0], (1, 0, 2))[..., : values.shape[1]]
+        return out[0, :, 0, : values.shape[1]]
 
 
 class AutoAttention(AbstractAttentionMethod):
@@ -212,7 +204,7 @@ class AutoAttention(AbstractAttentionMethod):
 
     def mix(self, queries, keys, values, *, beta, normalized, log_shift):
         method = self.choose(
-            queries.shape[1], keys.shape[1], jnp.result_type(queries), normalized
+            queries.shape[0], keys.shape[0], jnp.result_type(queries), normalized
         )
         return method.mix(
             queries, keys, values, beta=beta, normalized=normalized, log_shift=log_shift
@@ -222,12 +214,6 @@ class AutoAttention(AbstractAttentionMethod):
 def _num_heads(*weights: Array | None) -> int | None:
     sizes = {w.shape[0] for w in weights if w is not None}
     return sizes.pop() if sizes else None
-
-
-def _project(x: Particles, w: HeadWeights, heads: int) -> Float[Array, "heads n k"]:
-    if w is None:
-        return jnp.broadcast_to(x, (heads, *x.shape))
-    return jnp.einsum("nd,hkd->hnk", x, w)
 
 
 def attention_weights(
@@ -244,9 +230,15 @@ def attention_weights(
     `normalized=True`: A^h_ij = softmax_j(β<Q_h x_i, K_h x_j>) (row-stochastic, SA).
     `normalized=False`: A^h_ij = exp(β<Q_h x_i, K_h x_j> - log_shift) / n (USA).
     """
-    heads = _num_heads(Q, K) or 1
-    scores = beta * jnp.einsum("hik,hjk->hij", _project(x, Q, heads), _project(x, K, heads))
-    return _normalise_scores(scores, normalized, log_shift)
+
+    def head(q, k):
+        qx = x if q is None else x @ q.T
+        kx = x if k is None else x @ k.T
+        return _normalise_scores(beta * (qx @ kx.T), normalized, log_shift)
+
+    if _num_heads(Q, K) is None:
+        return head(None, None)[None]
+    return jax.vmap(head)(Q, K)
 
 
 def attend(
@@ -272,15 +264,18 @@ def attend(
             f"BlockwiseAttention(block_size=512) or DenseAttention(), got {method!r}."
         )
     keys = x if keys is None else keys
-    heads = _num_heads(Q, K, V) or 1
-    mixed = method.mix(
-        _project(x, Q, heads),
-        _project(keys, K, heads),
-        keys,
-        beta=beta,
-        normalized=normalized,
-        log_shift=log_shift,
-    )
-    if V is not None:
-        mixed = jnp.einsum("hnd,hed->hne", mixed, V)
-    return jnp.sum(mixed, axis=0) if heads > 1 else mixed[0]
+
+    def head(q, k, v):
+        mixed = method.mix(
+            x if q is None else x @ q.T,
+            keys if k is None else keys @ k.T,
+            keys,
+            beta=beta,
+            normalized=normalized,
+            log_shift=log_shift,
+        )
+        return mixed if v is None else mixed @ v.T
+
+    if _num_heads(Q, K, V) is None:
+        return head(None, None, None)
+    return jnp.sum(jax.vmap(head)(Q, K, V), axis=0)
