@@ -62,11 +62,25 @@ def _normalise_scores(
     return jnp.exp(scores - log_shift) / scores.shape[-1]
 
 
+# Up to this query/key width, scores are summed outer products rather than a matmul: XLA then
+# fuses scores, exponentials and row sums into one loop, about 2x faster for the phase-diagram
+# systems (n = 32, d = 2) on CPU. Same arithmetic, so the same numbers up to rounding.
+_UNROLLED_WIDTH = 3
+
+
+def _dense_scores(queries: Float[Array, "nq k"], keys: Float[Array, "nk k"]) -> Array:
+    if queries.shape[1] > _UNROLLED_WIDTH:
+        return queries @ keys.T
+    products = [queries[:, None, c] * keys[None, :, c] for c in range(queries.shape[1])]
+    return sum(products[1:], start=products[0])
+
+
 class DenseAttention(AbstractAttentionMethod):
     """Materialise the (nq, nk) score matrix per head: O(n²) memory."""
 
     def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        return _normalise_scores(beta * (queries @ keys.T), normalized, log_shift) @ values
+        scores = beta * _dense_scores(queries, keys)
+        return _normalise_scores(scores, normalized, log_shift) @ values
 
 
 def _pad_rows(a: Array, multiple: int) -> Array:
