@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env clean
+.PHONY: demo test bench env clean
 
 env: $(STAMP)
 
@@ -19,6 +19,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Benchmarks (never part of `make test`): torch and torchdiffeq come from the `bench` extra.
+# Results are appended to benchmarks/results/*.md; BENCHMARKS.md summarises them.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_RUN := PYTHONPATH=.:benchmarks $(PY)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_RUN) benchmarks/bench_fig3a.py
+	$(BENCH_RUN) benchmarks/bench_scaling_n.py
+	$(BENCH_RUN) benchmarks/bench_span.py
+	$(BENCH_RUN) benchmarks/bench_grad_compile.py
+	$(BENCH_RUN) benchmarks/bench_throughput.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

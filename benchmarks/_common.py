@@ -26,12 +26,15 @@ def block(tree):
 
 
 def time_call(fn, *args, repeats: int = 3, warmup: int = 1) -> tuple[float, float]:
-    """(median seconds, first-call seconds) of fn(*args); the first call(s) compile."""
-    start = time.perf_counter()
-    block(fn(*args))
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
+    """(median of `repeats` timed calls, seconds of the first warm-up call) of fn(*args).
+    The warm-up calls (which compile a jitted function) are not in the median; use warmup=0
+    for an ahead-of-time compiled function, then the second value is nan."""
+    first = float("nan")
+    for i in range(warmup):
+        start = time.perf_counter()
         block(fn(*args))
+        if i == 0:
+            first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
