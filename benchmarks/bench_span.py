@@ -13,16 +13,11 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-from _common import report, table, time_call  # noqa: E402
+from _common import clustered_fraction, report, table, time_call  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
 
 N = 32
-
-
-def clustered_fraction(x):
-    gram = x @ x.T
-    return (jnp.sum(gram >= 1 - 1e-3) - N) / (N * (N - 1))
 
 
 def runner(reduce: bool):
