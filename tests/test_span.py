@@ -37,6 +37,9 @@ def test_invariant_weights_and_observe(getkey):
     direct = tf.solve(field, x0, ts, observe=gram, **TOL).observed
     reduced = tf.solve_in_span(field, x0, ts, observe=gram, **TOL).observed
     assert jnp.max(jnp.abs(reduced - direct)) < 1e-8
+    # The Gram matrix is the same in span coordinates (n × n points).
+    in_span = tf.solve_in_span(field, x0, ts, observe=gram, observe_in_span=True, **TOL)
+    assert jnp.max(jnp.abs(in_span.observed - direct)) < 1e-8
 
 
 def test_non_invariant_value_is_rejected(getkey):

@@ -60,13 +60,22 @@ def reduce_to_span(field: AbstractAttentionField, basis: Float[Array, "d r"], *,
 
 
 def solve_in_span(
-    field: AbstractAttentionField, x0: Particles, ts, *, check: bool = True, **solve_kwargs
+    field: AbstractAttentionField,
+    x0: Particles,
+    ts,
+    *,
+    check: bool = True,
+    observe_in_span: bool = False,
+    **solve_kwargs,
 ) -> Trajectory:
     """`solve(field, x0, ts, **solve_kwargs)`, computed in an orthonormal basis of span{x_i(0)}
     when d > n (exact when V keeps that span invariant, e.g. V = None; see `reduce_to_span`).
 
-    The returned `Trajectory` is in the original coordinates: `xs` has shape (T, n, d) and
-    `observe` (if given) sees points in R^d. For d <= n this is `solve` unchanged.
+    The returned `Trajectory` is in the original coordinates: `xs` has shape (T, n, d), and
+    `observe` (if given) sees points in R^d. With `observe_in_span=True`, `observe` gets the
+    span coordinates y = Uᵀx (rows x_i U) of shape (n, n) instead, which skips the n·n·d map back at
+    every save: correct for observables of inner products only (Gram matrix, energies,
+    cluster fractions), since <y_i, y_j> = <x_i, x_j>. For d <= n this is `solve` unchanged.
     """
     shape = getattr(x0, "shape", None)
     if shape is None or len(shape) != 2:
@@ -78,7 +87,7 @@ def solve_in_span(
     basis = span_basis(x0)
     observe = solve_kwargs.pop("observe", None)
     if observe is not None:
-        solve_kwargs["observe"] = lambda y: observe(y @ basis.T)
+        solve_kwargs["observe"] = observe if observe_in_span else lambda y: observe(y @ basis.T)
     trajectory = solve(reduce_to_span(field, basis, check=check), x0 @ basis, ts, **solve_kwargs)
     if trajectory.xs is None:
         return trajectory
