@@ -75,3 +75,12 @@ def test_orthonormal_start_follows_gamma_ode():
     gamma = (jnp.exp(2 * ts) - 1) / (jnp.exp(2 * ts) + n - 1)
     off = gram[:, 0, 1:]
     assert jnp.max(jnp.abs(off - gamma[:, None])) < 1e-8
+
+
+def test_dependent_tokens_are_rejected(getkey):
+    x0 = tf.sample_sphere(getkey(), 4, 10)
+    with pytest.raises(ValueError, match="linearly dependent"):
+        tf.span_basis(x0.at[1].set(x0[0]))
+    U = tf.span_basis(x0)
+    assert jnp.max(jnp.abs(U.T @ U - jnp.eye(4))) < 1e-13
+    assert jnp.max(jnp.abs(x0 @ U @ U.T - x0)) < 1e-13

