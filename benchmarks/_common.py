@@ -25,10 +25,10 @@ def block(tree):
     return tree
 
 
-def time_call(fn, *args, repeats: int = 3, warmup: int = 1) -> tuple[float, float]:
-    """(median of `repeats` timed calls, seconds of the first warm-up call) of fn(*args).
-    The warm-up calls (which compile a jitted function) are not in the median; use warmup=0
-    for an ahead-of-time compiled function, then the second value is nan."""
+def time_stats(fn, *args, repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+    """{"median", "min", "first"} seconds of fn(*args): `warmup` untimed-for-the-median calls
+    (which compile a jitted function; "first" is the first of them, nan for warmup=0), then
+    `repeats` timed calls. On a shared machine the min is the least disturbed repeat."""
     first = float("nan")
     for i in range(warmup):
         start = time.perf_counter()
@@ -40,7 +40,13 @@ def time_call(fn, *args, repeats: int = 3, warmup: int = 1) -> tuple[float, floa
         start = time.perf_counter()
         block(fn(*args))
         times.append(time.perf_counter() - start)
-    return statistics.median(times), first
+    return {"median": statistics.median(times), "min": min(times), "first": first}
+
+
+def time_call(fn, *args, repeats: int = 3, warmup: int = 1) -> tuple[float, float]:
+    """(median of `repeats` timed calls, seconds of the first warm-up call); see time_stats."""
+    stats = time_stats(fn, *args, repeats=repeats, warmup=warmup)
+    return stats["median"], stats["first"]
 
 
 def clustered_fraction(x, delta: float = 1e-3):

@@ -13,7 +13,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-from _common import clustered_fraction, report, table, time_call  # noqa: E402
+from _common import clustered_fraction, report, table, time_stats  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
 
@@ -45,18 +45,20 @@ def main():
         results = {}
         for reduce in (False, True):
             fn = runner(reduce)
-            seconds, first = time_call(fn, x0, repeats=args.repeats)
-            results[reduce] = (seconds, first, fn(x0))
-        agree = float(jnp.max(jnp.abs(results[True][2] - results[False][2])))
+            results[reduce] = (time_stats(fn, x0, repeats=args.repeats), fn(x0))
+        agree = float(jnp.max(jnp.abs(results[True][1] - results[False][1])))
         if d == N:
             base = {k: v[0] for k, v in results.items()}
-        rows.append([d, results[False][0], results[True][0], results[False][1],
-                     results[True][1], agree])
+        direct, span = results[False][0], results[True][0]
+        rows.append([d, direct["median"], span["median"], direct["min"], span["min"],
+                     direct["first"] - direct["median"], span["first"] - span["median"], agree])
         print(rows[-1], flush=True)
     for row in rows:
-        row.insert(3, row[2] / base[True] if base else float("nan"))
-    headers = ["d", "direct s", "in span s", "in span / in span at d=32",
-               "direct first call s", "in span first call s", "max |P_span - P_direct|"]
+        row.insert(5, row[2] / base[True]["median"] if base else float("nan"))
+        row.insert(6, row[4] / base[True]["min"] if base else float("nan"))
+    headers = ["d", "direct s (median)", "in span s (median)", "direct s (min)",
+               "in span s (min)", "in span / d=32 (median)", "in span / d=32 (min)",
+               "direct compile s", "in span compile s", "max |P_span - P_direct|"]
     body = (f"n = {N}, batch of {args.batch} starts (vmap), SA β = 1, t ∈ [0, 10], "
             f"Tsit5 rtol = atol = 1e-6, float64, repeats {args.repeats}.\n\n"
             + table(headers, rows))

@@ -55,7 +55,9 @@ def span_basis(x0: Particles) -> Float[Array, "d n"]:
     return _span_coordinates(x0)[1]
 
 
-def reduce_to_span(field: AbstractAttentionField, basis: Float[Array, "d r"], *, check: bool = True):
+def reduce_to_span(
+    field: AbstractAttentionField, basis: Float[Array, "d r"], *, check: bool = True
+):
     """The field in the coordinates y = Uᵀx: weights Q U, K U, UᵀV U (None stays None).
 
     `check=True` verifies that V maps span(U) into itself (now when V is concrete, at run time
@@ -101,8 +103,8 @@ def solve_in_span(
 
     The returned `Trajectory` is in the original coordinates: `xs` has shape (T, n, d), and
     `observe` (if given) sees points in R^d. With `observe_in_span=True`, `observe` gets the
-    span coordinates y = Uᵀx (rows x_i U) of shape (n, n) instead, which skips the n·n·d map back at
-    every save: correct for observables of inner products only (Gram matrix, energies,
+    span coordinates (rows y_i = Uᵀx_i, shape (n, n)) instead, which skips the n·n·d map
+    back at every save: correct for observables of inner products only (Gram matrix, energies,
     cluster fractions), since <y_i, y_j> = <x_i, x_j>. For d <= n this is `solve` unchanged.
     """
     shape = getattr(x0, "shape", None)
