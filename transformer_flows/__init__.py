@@ -15,6 +15,22 @@ from ._ensembles import (
     random_weights as random_weights,
     wishart as wishart,
 )
+from ._fit import (
+    AbstractFieldModel as AbstractFieldModel,
+    FitResult as FitResult,
+    FlowOptions as FlowOptions,
+    LowRank as LowRank,
+    LowRankAttention as LowRankAttention,
+    as_field as as_field,
+    batch_loss as batch_loss,
+    evaluate as evaluate,
+    fit as fit,
+    load_checkpoint as load_checkpoint,
+    make_step as make_step,
+    project_beta as project_beta,
+    save_checkpoint as save_checkpoint,
+    trainable_spec as trainable_spec,
+)
 from ._field._base import (
     AbstractAngleField as AbstractAngleField,
     AbstractSphereField as AbstractSphereField,
@@ -30,6 +46,18 @@ from ._initial import (
     sample_hemisphere as sample_hemisphere,
     sample_sphere as sample_sphere,
     uniform_angles as uniform_angles,
+)
+from ._losses import (
+    AbstractTask as AbstractTask,
+    CapMixture as CapMixture,
+    LabeledInputs as LabeledInputs,
+    LabeledTargets as LabeledTargets,
+    TargetMeasure as TargetMeasure,
+    TargetPartition as TargetPartition,
+    adjusted_rand_index as adjusted_rand_index,
+    component_labels as component_labels,
+    nearest_target_accuracy as nearest_target_accuracy,
+    sphere_mmd2 as sphere_mmd2,
 )
 from ._solve import Trajectory as Trajectory, solve as solve
 from ._solver._fixed_step import (
