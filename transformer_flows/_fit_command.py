@@ -72,8 +72,10 @@ def build_model(config: dict):
     d, heads, layers, rank = spec["dim"], spec["heads"], spec["layers"], spec["rank"]
     kind = _choice("model", "kind", spec["kind"], {"sa": True, "usa": False})
     identity = set(spec["identity"] or [])
-    if identity - {"Q", "K", "V"}:
-        raise ValueError(f"`model.identity` may list Q, K, V only, got {sorted(identity)}.")
+    start_at_identity = set(spec["start_at_identity"] or [])
+    for option, names in (("identity", identity), ("start_at_identity", start_at_identity)):
+        if names - {"Q", "K", "V"}:
+            raise ValueError(f"`model.{option}` may list Q, K, V only, got {sorted(names)}.")
     lead = (() if layers is None else (layers,)) + (() if heads is None else (heads,))
     scale = spec["init_scale"] / np.sqrt(d)
     keys = dict(zip("QKV", jax.random.split(jax.random.key(config["seed"]), 3)))
@@ -81,6 +83,8 @@ def build_model(config: dict):
     def weight(name):
         if name in identity:
             return None
+        if name in start_at_identity:
+            return jnp.broadcast_to(jnp.eye(d), (*lead, d, d))
         if rank is None:
             return scale * jax.random.normal(keys[name], (*lead, d, d))
         left_key, right_key = jax.random.split(keys[name])
@@ -264,7 +268,7 @@ def _main(args: argparse.Namespace) -> int:
     config = yaml.safe_load(pathlib.Path(args.config).read_text())
     if not isinstance(config, dict):
         raise ValueError(f"{args.config} must hold a YAML mapping (see configs/fit_*.yaml).")
-    config = apply_overrides(config, args.overrides)
+    config = apply_overrides(config, [*args.overrides, *args.extra_overrides])
     if args.smoke:
         for (section, key), value in _SMOKE.items():
             config[section][key] = value
@@ -274,6 +278,15 @@ def _main(args: argparse.Namespace) -> int:
                 "train_seconds", "wall_seconds")}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+class _OutAndOverrides(argparse.Action):
+    """`--out DIR key=value ...`: argparse (3.11) has already given the positional overrides
+    an empty list when they come after an option, so `--out` collects them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.out = values[0]
+        namespace.extra_overrides = list(values[1:])
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -287,13 +300,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         "same --out resumes from its checkpoint.eqx.",
     )
     parser.add_argument("config", help="YAML config, e.g. configs/fit_two_clusters.yaml")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, nargs="+", action=_OutAndOverrides,
+                        metavar="DIR", help="output directory (overrides may follow it)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override config entries, e.g. train.steps=50 flow.rtol=1e-4")
     parser.add_argument("--smoke", action="store_true",
                         help="a few-second run (2 steps, tiny batches) that writes every output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_main)
+    parser.set_defaults(func=_main, extra_overrides=[])
     return parser
 
 
