@@ -268,7 +268,7 @@ def _main(args: argparse.Namespace) -> int:
     config = yaml.safe_load(pathlib.Path(args.config).read_text())
     if not isinstance(config, dict):
         raise ValueError(f"{args.config} must hold a YAML mapping (see configs/fit_*.yaml).")
-    config = apply_overrides(config, [*args.overrides, *args.extra_overrides])
+    config = apply_overrides(config, args.overrides)
     if args.smoke:
         for (section, key), value in _SMOKE.items():
             config[section][key] = value
@@ -280,13 +280,24 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-class _OutAndOverrides(argparse.Action):
-    """`--out DIR key=value ...`: argparse (3.11) has already given the positional overrides
-    an empty list when they come after an option, so `--out` collects them."""
+def _add_options(parser: argparse.ArgumentParser, *, required_out: bool) -> None:
+    parser.add_argument("--out", required=required_out, metavar="DIR", help="output directory")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few-second run (2 steps, tiny batches) that writes every output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.out = values[0]
-        namespace.extra_overrides = list(values[1:])
+
+def _parse_rest(args: argparse.Namespace) -> argparse.Namespace:
+    """Options and key=value overrides in any order after CONFIG (argparse 3.11 cannot mix a
+    `*` positional with options, so the subparser hands the rest over unparsed)."""
+    rest = argparse.ArgumentParser(prog="transformer-flows fit CONFIG")
+    _add_options(rest, required_out=args.out is None)
+    rest.add_argument("overrides", nargs="*")
+    parsed = rest.parse_intermixed_args(args.rest)
+    return argparse.Namespace(
+        config=args.config, out=parsed.out or args.out, smoke=args.smoke or parsed.smoke,
+        quiet=args.quiet or parsed.quiet, overrides=parsed.overrides,
+    )
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -300,14 +311,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         "same --out resumes from its checkpoint.eqx.",
     )
     parser.add_argument("config", help="YAML config, e.g. configs/fit_two_clusters.yaml")
-    parser.add_argument("--out", required=True, nargs="+", action=_OutAndOverrides,
-                        metavar="DIR", help="output directory (overrides may follow it)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override config entries, e.g. train.steps=50 flow.rtol=1e-4")
-    parser.add_argument("--smoke", action="store_true",
-                        help="a few-second run (2 steps, tiny batches) that writes every output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_main, extra_overrides=[])
+    _add_options(parser, required_out=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, metavar="key=value",
+                        help="override config entries, e.g. train.steps=50 flow.rtol=1e-4 "
+                        "(options may come before or after them)")
+    parser.set_defaults(func=lambda args: _main(_parse_rest(args)))
     return parser
 
 
