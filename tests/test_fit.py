@@ -125,10 +125,11 @@ def test_losses_vanish_at_their_targets(getkey):
     x0, labels = TASK.sample(getkey())
     at_targets = TASK.targets[labels]
     assert float(TASK.loss(at_targets, labels)) == pytest.approx(0.0, abs=1e-15)
-    assert TASK.metrics(np.asarray(at_targets)[None], np.asarray(labels)[None])["heldout_accuracy"] == 1
+    batch = np.asarray(at_targets)[None], np.asarray(labels)[None]
+    assert TASK.metrics(*batch) == {"heldout_accuracy": 1.0}
     partition = tf.TargetPartition(TASK.inputs, margin=0.0, delta=1e-3)
     assert float(partition.loss(at_targets, labels)) == pytest.approx(0.0, abs=1e-15)
-    assert partition.metrics(np.asarray(at_targets)[None], np.asarray(labels)[None]) == {"heldout_ari": 1.0}
+    assert partition.metrics(*batch) == {"heldout_ari": 1.0}
     assert np.array_equal(tf.component_labels(np.asarray(at_targets), 1e-3) == 0,
                           np.asarray(labels) == int(labels[0]))
     y = tf.sample_sphere(getkey(), 5, 3)

@@ -31,6 +31,7 @@ from ._fit import (
     save_checkpoint as save_checkpoint,
     trainable_spec as trainable_spec,
 )
+from ._fit_command import load_fitted_model as load_fitted_model
 from ._field._base import (
     AbstractAngleField as AbstractAngleField,
     AbstractSphereField as AbstractSphereField,

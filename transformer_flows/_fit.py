@@ -53,7 +53,8 @@ class LowRank(eqx.Module):
         for name, factor in (("left", self.left), ("right", self.right)):
             if factor.ndim < 2:
                 raise ValueError(f"`{name}` must have shape (..., ., r), got {factor.shape}.")
-        if self.left.shape[:-2] != self.right.shape[:-2] or self.left.shape[-1] != self.right.shape[-1]:
+        left, right = self.left.shape, self.right.shape
+        if left[:-2] != right[:-2] or left[-1] != right[-1]:
             raise ValueError(
                 f"`left` {self.left.shape} and `right` {self.right.shape} must share leading "
                 "axes and the rank r (last axis): W = left @ rightᵀ."
@@ -151,7 +152,9 @@ class FlowOptions(eqx.Module):
         if not self.horizon > 0:
             raise ValueError(f"`horizon` (final time T) must be > 0, got {self.horizon}.")
 
-    def trajectory(self, field: AbstractSphereField, x0: Particles, num_saves: int = 2) -> Trajectory:
+    def trajectory(
+        self, field: AbstractSphereField, x0: Particles, num_saves: int = 2
+    ) -> Trajectory:
         ts = jnp.linspace(0.0, self.horizon, num_saves, dtype=x0.dtype)
         return solve(
             field, x0, ts, solver=self.solver, dt0=self.dt0, rtol=self.rtol, atol=self.atol,

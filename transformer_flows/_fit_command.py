@@ -53,7 +53,9 @@ def _points(value, name: str, dim: int, seed: int) -> np.ndarray:
     """A list of points, or {random: k, seed: s}: k Gaussian directions."""
     if isinstance(value, dict):
         if set(value) - {"random", "seed"} or "random" not in value:
-            raise ValueError(f"`task.{name}` as a mapping must be {{random: k, seed: s}}, got {value}.")
+            raise ValueError(
+                f"`task.{name}` as a mapping must be {{random: k, seed: s}}, got {value}."
+            )
         key = jax.random.key(value.get("seed", seed))
         return np.asarray(jax.random.normal(key, (int(value["random"]), dim)))
     points = np.asarray(value, dtype=float)
@@ -109,7 +111,9 @@ def build_task(config: dict) -> AbstractTask:
     if kind == "measure":
         def mixture(entry, where):
             if not isinstance(entry, dict) or set(entry) != {"means", "spread"}:
-                raise ValueError(f"`task.pairs` {where} must be {{means: [...], spread: s}}, got {entry}.")
+                raise ValueError(
+                    f"`task.pairs` {where} must be {{means: [...], spread: s}}, got {entry}."
+                )
             return CapMixture(_points(entry["means"], "pairs.means", d, seed), entry["spread"])
 
         pairs = spec["pairs"]
@@ -123,7 +127,9 @@ def build_task(config: dict) -> AbstractTask:
         return LabeledTargets(inputs, _points(spec["targets"], "targets", d, seed + 1))
     if kind == "partition":
         return TargetPartition(inputs, spec["margin"], spec["delta"])
-    raise ValueError(f"`task.kind` must be one of ['labeled', 'measure', 'partition'], got {kind!r}.")
+    raise ValueError(
+        f"`task.kind` must be one of ['labeled', 'measure', 'partition'], got {kind!r}."
+    )
 
 
 def build_flow(config: dict) -> FlowOptions:
@@ -135,7 +141,8 @@ def build_flow(config: dict) -> FlowOptions:
         adjoint = diffrax.BacksolveAdjoint()
     else:
         raise ValueError(
-            f"`flow.adjoint` must be 'recursive_checkpoint' or 'backsolve', got {spec['adjoint']!r}."
+            "`flow.adjoint` must be 'recursive_checkpoint' or 'backsolve', got "
+            f"{spec['adjoint']!r}."
         )
     return FlowOptions(
         horizon=float(spec["horizon"]), solver=solver, dt0=spec["dt0"], rtol=spec["rtol"],
@@ -203,7 +210,9 @@ def run_fit(config: dict, out: pathlib.Path, *, progress: bool = True) -> dict:
         "loss_history": [float(v) for v in history],
     }
     if isinstance(task, TargetMeasure):
-        metrics["heldout_mmd2_noise_floor"] = task.noise_floor(jax.random.key(1), train["eval_size"])
+        metrics["heldout_mmd2_noise_floor"] = task.noise_floor(
+            jax.random.key(1), train["eval_size"]
+        )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _plot_loss(history, result.evaluations, task.headline, out / "loss.png")
     example_key = jax.random.key(config["seed"] + 12345)
@@ -221,7 +230,8 @@ def _plot_loss(history, evaluations, headline, path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(np.arange(1, len(history) + 1), history, lw=1)
-    left.set(xlabel="step", ylabel="training loss", yscale="log" if np.all(history > 0) else "linear")
+    scale = "log" if np.all(history > 0) else "linear"
+    left.set(xlabel="step", ylabel="training loss", yscale=scale)
     right.plot([e["step"] for e in evaluations], [e[headline] for e in evaluations], "o-")
     right.set(xlabel="step", ylabel=headline)
     fig.tight_layout()

@@ -30,12 +30,16 @@ from ._validation import as_float_array
 def _unit_rows(value, name: str, dim: int | None = None) -> Float[Array, "c d"]:
     points = as_float_array(value, name)
     if points.ndim != 2 or points.shape[1] < 2:
-        raise ValueError(f"`{name}` must be points of shape (c, d) with d >= 2, got {points.shape}.")
+        raise ValueError(
+            f"`{name}` must be points of shape (c, d) with d >= 2, got {points.shape}."
+        )
     if dim is not None and points.shape[1] != dim:
         raise ValueError(f"`{name}` must have dimension d={dim}, got shape {points.shape}.")
     norms = np.linalg.norm(np.asarray(points), axis=-1)
     if np.any(norms == 0):
-        raise ValueError(f"`{name}` has a zero row; every point must be nonzero (it is normalised).")
+        raise ValueError(
+            f"`{name}` has a zero row; every point must be nonzero (it is normalised)."
+        )
     return normalize(points)
 
 
