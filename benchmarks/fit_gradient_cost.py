@@ -104,7 +104,7 @@ def memory(args) -> list[dict]:
     adjoints = [(f"RecursiveCheckpointAdjoint(checkpoints={c})",
                  diffrax.RecursiveCheckpointAdjoint(checkpoints=c))
                 for c in args.checkpoints]
-    adjoints.append(("RecursiveCheckpointAdjoint(checkpoints=None: log2(max_steps))",
+    adjoints.append(("RecursiveCheckpointAdjoint() (checkpoints=None, diffrax default)",
                      diffrax.RecursiveCheckpointAdjoint()))
     adjoints.append(("BacksolveAdjoint()", diffrax.BacksolveAdjoint()))
     for name, adjoint in adjoints:
