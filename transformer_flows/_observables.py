@@ -10,12 +10,13 @@ points `x` of shape (n, d) on the unit sphere, or angles `θ` of shape (n,) on t
 The interaction energy is `transformer_flows.energy`.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._sphere import points_to_angles
-from ._validation import check_condition, is_concrete
 
 Configuration = Float[Array, "n d"] | Float[Array, " n"]
 
@@ -37,18 +38,34 @@ def _as_points(x: Configuration) -> Float[Array, "n d"]:
     return x
 
 
+def _known(value) -> np.ndarray | None:
+    """The value as numpy when it is known now (not a tracer), else None. Checked before any
+    `jnp.asarray`, which under jit turns even Python constants into tracers."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
+        return None
+    return np.asarray(value)
+
+
 def _checked_delta(delta, dtype) -> Float[Array, ""]:
+    known = _known(delta)
+    message = (
+        "`delta` must lie in [0, 2] (pairs count as clustered when <x_i,x_j> >= 1 - delta), "
+        "got {}; the paper uses delta=1e-3."
+    )
+    if known is not None:
+        if known.ndim != 0:
+            raise ValueError(
+                f"`delta` must be a scalar, got shape {known.shape}; `jax.vmap` over δ instead."
+            )
+        if not 0 <= float(known) <= 2:
+            raise ValueError(message.format(float(known)))
+        return jnp.asarray(delta, dtype=dtype)
     delta = jnp.asarray(delta, dtype=dtype)
     if delta.ndim != 0:
         raise ValueError(
             f"`delta` must be a scalar, got shape {delta.shape}; `jax.vmap` over δ instead."
         )
-    return check_condition(
-        delta, ~((delta >= 0) & (delta <= 2)),
-        f"`delta` must lie in [0, 2] (pairs count as clustered when <x_i,x_j> >= 1 - delta), "
-        f"got {delta if is_concrete(delta) else 'a traced value outside it'}; the paper uses "
-        "delta=1e-3.",
-    )
+    return eqx.error_if(delta, ~((delta >= 0) & (delta <= 2)), message.format("a value outside"))
 
 
 def gram(x: Configuration) -> Float[Array, "n n"]:
@@ -147,10 +164,10 @@ def order_parameter(
             f"`theta` must be angles of shape (n,) or points on the circle of shape (n, 2), "
             f"got shape {shape}."
         )
-    if is_concrete(k):
-        k_value = jnp.asarray(k)
-        if k_value.ndim != 0 or not float(k_value) == int(k_value) or int(k_value) < 1:
-            raise ValueError(f"`k` must be a positive integer (the harmonic), got {k!r}.")
+    known = _known(k)
+    if known is not None and (known.ndim != 0 or not float(known) == round(float(known))
+                              or float(known) < 1):
+        raise ValueError(f"`k` must be a positive integer (the harmonic), got {k!r}.")
     theta = jnp.asarray(theta)
     if theta.ndim == 2:
         theta = points_to_angles(theta)
@@ -177,16 +194,20 @@ def _bin_edges(bins, dtype) -> Float[Array, " edges"]:
             raise ValueError(f"`bins` must be a positive number of bins or an array of edges, "
                              f"got {bins}.")
         return jnp.linspace(-1, 1, bins + 1, dtype=dtype)
-    edges = jnp.asarray(bins, dtype=dtype)
-    if edges.ndim != 1 or edges.shape[0] < 2:
+    known = _known(bins)
+    shape = np.shape(bins) if known is not None else bins.shape
+    if len(shape) != 1 or shape[0] < 2:
         raise ValueError(
             f"`bins` must be an int or a 1-d array of at least 2 increasing edges, got shape "
-            f"{edges.shape}."
+            f"{shape}."
         )
-    return check_condition(
-        edges, jnp.any(jnp.diff(edges) <= 0),
-        "`bins` edges must be strictly increasing, e.g. jnp.linspace(-1, 1, 41).",
-    )
+    message = "`bins` edges must be strictly increasing, e.g. jnp.linspace(-1, 1, 41)."
+    if known is not None:
+        if not np.all(np.diff(known) > 0):
+            raise ValueError(message)
+        return jnp.asarray(bins, dtype=dtype)
+    edges = jnp.asarray(bins, dtype=dtype)
+    return eqx.error_if(edges, jnp.any(jnp.diff(edges) <= 0), message)
 
 
 def inner_product_histogram(
@@ -216,7 +237,7 @@ def inner_product_histogram(
 def first_crossing_time(
     ts: Float[ArrayLike, " times"],
     values: Real[ArrayLike, "times *batch"],
-    level: Float[ArrayLike, ""],
+    level: Real[ArrayLike, ""],
     *,
     direction: str = "up",
 ) -> Float[Array, "*batch"]:
