@@ -1,14 +1,25 @@
 """Argument checks shared by the theory functions (errors name the argument, value and fix)."""
 
 import numbers
+from collections.abc import Sequence
+from typing import TypeAlias
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, ArrayLike
 
 from .._validation import check_condition, is_concrete
 
 MODELS = ("SA", "USA")
+
+# Theory functions take numbers, numpy/JAX arrays or (nested) lists of numbers.
+Numbers: TypeAlias = ArrayLike | Sequence
+
+
+def as_output(value, dtype=float) -> np.ndarray | float | int:
+    """numpy results: an array, or a Python number for scalar (0-d) results."""
+    array = np.asarray(value, dtype=dtype)
+    return array.item() if array.ndim == 0 else array
 
 
 def check_model(model) -> str:

@@ -10,7 +10,7 @@ USA at large β (where γ̇ = O(e^β (1-γ)) is), and 1 - γ keeps full relative
 Clustering times are the quadrature t(U) = ∫_0^U du / u̇, U = -log δ.
 
 These are JAX functions (diffrax, Dopri8 with rtol = atol = 1e-12 in float64, 1e-6 in
-float32): jit/vmap-able in β and δ (`n` and `model` are static Python values), returning
+float32): jit/vmap-able in β and δ (`n` is a Python int, `model` a string), returning
 arrays of the default float dtype. Enable float64 (`jax.config.update("jax_enable_x64",
 True)`) for ~1e-11 accuracy; float32 gives ~1e-6.
 """
@@ -19,15 +19,23 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
-from ._checks import check_beta_jax, check_count, check_delta_jax, check_model, check_times
+from .._validation import check_condition
+from ._checks import (
+    Numbers,
+    check_beta_jax,
+    check_count,
+    check_delta_jax,
+    check_model,
+    check_times,
+)
 
 _MAX_STEPS = 16_384
 _BISECTIONS = 64
 
 
-def _log_gap_rate(u, n: int, beta, model: str):
+def _log_gap_rate(u, n, beta, model: str):
     """u̇ as a function of u = -log(1 - γ)."""
     s = jnp.exp(-u)
     if model == "SA":
@@ -40,7 +48,7 @@ def _controller(dtype) -> diffrax.PIDController:
     return diffrax.PIDController(rtol=tolerance, atol=tolerance)
 
 
-def _cosine_one_beta(ts, n: int, beta, model: str):
+def _cosine_one_beta(ts, n, beta, model: str):
     def rate(t, u, args):
         return _log_gap_rate(u, n, beta, model)
 
@@ -54,7 +62,7 @@ def _cosine_one_beta(ts, n: int, beta, model: str):
     return -jnp.expm1(-solution.ys)
 
 
-def _time_one(n: int, beta, delta, model: str):
+def _time_one(n, beta, delta, model: str):
     """t at which γ = 1 - δ: ∫_0^U du/u̇(u), integrated in σ = u/U ∈ [0, 1]."""
     total = -jnp.log(delta)
 
@@ -84,9 +92,9 @@ def _dtype():
 
 
 def equiangular_cosine(
-    ts: Float[ArrayLike, " times"],
+    ts: Numbers,
     n: int,
-    beta: Float[ArrayLike, "*betas"],
+    beta: Numbers,
     model: str,
 ) -> Float[Array, "*betas times"]:
     """γ_β(t): the common cosine <x_i(t), x_j(t)>, i ≠ j, of n tokens started orthonormal
@@ -102,14 +110,15 @@ def equiangular_cosine(
     n = check_count(n, "n", 2)
     ts = check_times(ts, _dtype())
     beta = check_beta_jax(beta, ts.dtype)
-    values = _cosines(ts, n, beta.reshape(-1), model)
+    # n is passed as an array so that every n shares one compiled program.
+    values = _cosines(ts, jnp.asarray(n, ts.dtype), beta.reshape(-1), model)
     return values.reshape(beta.shape + ts.shape)
 
 
 def clustering_time(
     n: int,
-    beta: Float[ArrayLike, "*shape"],
-    delta: Float[ArrayLike, "*shape"],
+    beta: Numbers,
+    delta: Numbers,
     model: str,
 ) -> Float[Array, "*shape"]:
     """The time t* with γ_β(t*) = 1 - δ (the equiangular tokens' pairs all count as
@@ -122,14 +131,15 @@ def clustering_time(
     beta = check_beta_jax(beta, _dtype())
     delta = check_delta_jax(delta, beta.dtype)
     beta, delta = jnp.broadcast_arrays(beta, delta)
-    return _times(n, beta.reshape(-1), delta.reshape(-1), model).reshape(beta.shape)
+    size = jnp.asarray(n, beta.dtype)
+    return _times(size, beta.reshape(-1), delta.reshape(-1), model).reshape(beta.shape)
 
 
 def phase_boundary(
-    ts: Float[ArrayLike, " times"],
+    ts: Numbers,
     n: int,
-    delta: Float[ArrayLike, ""],
-    betas: Float[ArrayLike, " grid"],
+    delta: Numbers,
+    betas: Numbers,
     *,
     model: str = "SA",
 ) -> Float[Array, " times"]:
@@ -159,10 +169,10 @@ def phase_boundary(
             f"`betas` must be a 1-d grid of at least 2 increasing values (the searched "
             f"range), e.g. jnp.linspace(0, 9, 10); got shape {betas.shape}."
         )
-    betas = eqx.error_if(
+    betas = check_condition(
         betas, jnp.any(jnp.diff(betas) <= 0), "`betas` must be strictly increasing."
     )
-    return _boundary(ts, n, delta, betas, model)
+    return _boundary(ts, jnp.asarray(n, ts.dtype), delta, betas, model)
 
 
 @eqx.filter_jit

@@ -3,16 +3,15 @@
 On the circle, ∂_{θ_i}∂_{θ_j} E_β = g(θ_i - θ_j)/n² (i ≠ j) with
 g(τ) = (cos τ - β sin²τ) e^{β cos τ}, which is negative for |τ| > τ*_β. In S^{d-1} the
 analogous function is e^{β cos τ}((d-1) cos τ - β sin²τ). numpy functions (broadcasting,
-float64 arrays; 0-d for scalar arguments).
+float64 arrays; floats for scalar arguments).
 """
 
 import numpy as np
-from jaxtyping import ArrayLike, Float
 
-from ._checks import check_beta_numpy, check_count
+from ._checks import Numbers, as_output, check_beta_numpy, check_count
 
 
-def critical_angle(beta: Float[ArrayLike, "*shape"], d: int = 2) -> Float[np.ndarray, "*shape"]:
+def critical_angle(beta: Numbers, d: int = 2) -> np.ndarray | float:
     """τ*_β ∈ (0, π/2]: the root of β sin²τ = (d-1) cos τ (π/2 at β = 0, ~ sqrt((d-1)/β)
     for large β). Closed form: cos τ* = 2β / ((d-1) + sqrt((d-1)² + 4β²)), written as
     τ* = atan2(sqrt(d-1), sqrt(β cos τ*)), accurate for all β."""
@@ -20,7 +19,7 @@ def critical_angle(beta: Float[ArrayLike, "*shape"], d: int = 2) -> Float[np.nda
     d = check_count(d, "d", 2)
     cosine = 2 * beta / ((d - 1) + np.sqrt((d - 1) ** 2 + 4 * beta**2))
     # tan²τ = (d-1)/(β cos τ) from the equation; avoids arccos near 1 for large β.
-    return np.arctan2(np.sqrt(d - 1.0), np.sqrt(beta * cosine))
+    return as_output(np.arctan2(np.sqrt(d - 1.0), np.sqrt(beta * cosine)))
 
 
 def large_beta_threshold(n: int, d: int = 2) -> float:
@@ -39,11 +38,13 @@ def large_beta_threshold(n: int, d: int = 2) -> float:
 
 
 def landscape_g(
-    tau: Float[ArrayLike, "*shape"], beta: Float[ArrayLike, "*shape"], d: int = 2
-) -> Float[np.ndarray, "*shape"]:
+    tau: Numbers, beta: Numbers, d: int = 2
+) -> np.ndarray | float:
     """g(τ) = e^{β cos τ} ((d-1) cos τ - β sin²τ); for d = 2, (cos τ - β sin²τ) e^{β cos τ}
     (Fig. 6 plots it for β = 2 and 6). Negative exactly for τ*_β < |τ| <= π."""
     beta = check_beta_numpy(beta)
     d = check_count(d, "d", 2)
     tau = np.asarray(tau, dtype=float)
-    return np.exp(beta * np.cos(tau)) * ((d - 1) * np.cos(tau) - beta * np.sin(tau) ** 2)
+    return as_output(
+        np.exp(beta * np.cos(tau)) * ((d - 1) * np.cos(tau) - beta * np.sin(tau) ** 2)
+    )

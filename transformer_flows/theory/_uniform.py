@@ -5,24 +5,31 @@ Both come from the Funk–Hecke coefficients of e^{βt}:
 (P_ℓ the Legendre/Gegenbauer polynomial normalised to P_ℓ(1) = 1), computed through the
 log of the normalised Bessel function so that large β neither overflows nor underflows.
 These are numpy/scipy functions (not jit-able); they broadcast over array arguments and
-return float64 (int for `selected_mode`) numpy arrays, 0-d for scalar arguments.
+return float64 (int for `selected_mode`) numpy arrays, or Python numbers for scalar
+arguments.
 """
 
 import numpy as np
-from jaxtyping import ArrayLike, Float, Int
 from scipy import special
 
 from ._bessel import log_normalized_bessel, normalized_bessel_minus_one
-from ._checks import check_beta_numpy, check_count, check_count_array, check_model
+from ._checks import (
+    Numbers,
+    as_output,
+    check_beta_numpy,
+    check_count,
+    check_count_array,
+    check_model,
+)
 
 
 def uniform_energy(
-    beta: Float[ArrayLike, "*shape"],
+    beta: Numbers,
     d: int,
     *,
     shifted: bool = False,
     rescaled: bool = False,
-) -> Float[np.ndarray, "*shape"]:
+) -> np.ndarray | float:
     """E_β[σ_d] = (1/(2β)) ∫ e^{β<x,e>} dσ_d(x) = (1/(2β)) Γ(d/2) (2/β)^{d/2-1} I_{d/2-1}(β).
 
     This is I_0(β)/(2β) for d = 2 and sinh(β)/(2β²) for d = 3: the minimum of E_β over
@@ -46,10 +53,10 @@ def uniform_energy(
         log_mean = log_normalized_bessel(order, beta)
         with np.errstate(over="ignore"):  # e^β overflows for β > ~709: the value is inf
             mean = np.exp(log_mean - beta) if rescaled else np.exp(log_mean)
-    return np.where(beta > 0, mean / (2 * safe), 0.0)
+    return as_output(np.where(beta > 0, mean / (2 * safe), 0.0))
 
 
-def _log_growth_rate(ell: np.ndarray, beta: np.ndarray, d: int, model: str) -> np.ndarray:
+def _log_growth_rate(ell: np.ndarray, beta: np.ndarray, d: int, model: str):
     """log λ_ℓ, written as ℓ(ℓ+d-2) Γ(ν+1)/Γ(ℓ+ν+1) (β/2)^{ℓ-1} ₀F₁(;ℓ+ν+1;β²/4) / 2 (USA),
     ν = (d-2)/2, which is regular at β = 0 (λ_1 = (d-1)/d there, λ_ℓ = 0 for ℓ >= 2)."""
     order = (d - 2) / 2
@@ -70,11 +77,11 @@ def _log_growth_rate(ell: np.ndarray, beta: np.ndarray, d: int, model: str) -> n
 
 
 def growth_rate(
-    ell: Int[ArrayLike, "*shape"],
-    beta: Float[ArrayLike, "*shape"],
+    ell: Numbers,
+    beta: Numbers,
     d: int,
     model: str,
-) -> Float[np.ndarray, "*shape"]:
+) -> np.ndarray | float:
     """Linear growth rate of spherical-harmonic mode ℓ >= 1 around the uniform measure σ_d.
 
     A density 1 + ε Y_ℓ (Y_ℓ of degree ℓ) of the mean-field equation grows like e^{λ_ℓ t}:
@@ -90,15 +97,15 @@ def growth_rate(
     ell = check_count_array(ell, "ell", 1)
     beta = check_beta_numpy(beta)
     ell, beta = np.broadcast_arrays(ell, beta)
-    return np.exp(_log_growth_rate(ell, beta, d, model))
+    return as_output(np.exp(_log_growth_rate(ell, beta, d, model)))
 
 
 def selected_mode(
-    beta: Float[ArrayLike, "*shape"],
+    beta: Numbers,
     d: int,
     model: str = "SA",
     max_mode: int | None = None,
-) -> Int[np.ndarray, "*shape"]:
+) -> np.ndarray | int:
     """The fastest-growing mode argmax_{ℓ >= 1} λ_ℓ(β) (the same for SA and USA, whose rates
     differ by an ℓ-independent factor): a rough early-time predictor of how many clusters
     form from near-uniform tokens (d = 2: 1 for β = 1, 2 for β = 2, 3, 3 for β = 4..6,
@@ -121,4 +128,4 @@ def selected_mode(
             f"The fastest mode reached `max_mode`={max_mode} (beta up to "
             f"{np.max(beta):g}); pass a larger `max_mode`."
         )
-    return best.reshape(beta.shape)
+    return as_output(best.reshape(beta.shape), dtype=int)
