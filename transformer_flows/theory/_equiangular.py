@@ -9,7 +9,7 @@ The right-hand sides are bounded and increasing in u, so the problem is not stif
 USA at large β (where γ̇ = O(e^β (1-γ)) is), and 1 - γ keeps full relative accuracy near 1.
 Clustering times are the quadrature t(U) = ∫_0^U du / u̇, U = -log δ.
 
-These are JAX functions (diffrax, Dopri8 with rtol = atol = 1e-12 in float64, 1e-6 in
+These are JAX functions (diffrax, Tsit5 with rtol = atol = 1e-12 in float64, 1e-6 in
 float32): jit/vmap-able in β and δ (`n` is a Python int, `model` a string), returning
 arrays of the default float dtype. Enable float64 (`jax.config.update("jax_enable_x64",
 True)`) for ~1e-11 accuracy; float32 gives ~1e-6.
@@ -35,12 +35,14 @@ _MAX_STEPS = 16_384
 _BISECTIONS = 64
 
 
-def _log_gap_rate(u, n, beta, model: str):
-    """u̇ as a function of u = -log(1 - γ)."""
+def _log_gap_rate(u, n, beta, softmax):
+    """u̇ as a function of u = -log(1 - γ); `softmax` (a traced bool) picks SA over USA, so
+    both models share one compiled program."""
     s = jnp.exp(-u)
-    if model == "SA":
-        return 2 * (n - (n - 1) * s) / (jnp.exp(beta * s) + n - 1)
-    return (2 / n) * jnp.exp(beta * (1 - s)) * (n - (n - 1) * s)
+    attracted = n - (n - 1) * s
+    sa = 2 * attracted / (jnp.exp(beta * s) + n - 1)
+    usa = (2 / n) * jnp.exp(beta * (1 - s)) * attracted
+    return jnp.where(softmax, sa, usa)
 
 
 def _controller(dtype) -> diffrax.PIDController:
@@ -48,43 +50,45 @@ def _controller(dtype) -> diffrax.PIDController:
     return diffrax.PIDController(rtol=tolerance, atol=tolerance)
 
 
-def _cosine_one_beta(ts, n, beta, model: str):
+def _cosine_one_beta(ts, n, beta, softmax):
     def rate(t, u, args):
-        return _log_gap_rate(u, n, beta, model)
+        return _log_gap_rate(u, n, beta, softmax)
 
     # t1 > t0 even when every requested time is 0.
     t1 = jnp.maximum(ts[-1], jnp.finfo(ts.dtype).tiny)
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(rate), diffrax.Dopri8(), t0=jnp.zeros((), ts.dtype), t1=t1, dt0=None,
+        diffrax.ODETerm(rate), diffrax.Tsit5(), t0=jnp.zeros((), ts.dtype), t1=t1, dt0=None,
         y0=jnp.zeros((), ts.dtype), saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=_controller(ts.dtype), max_steps=_MAX_STEPS,
     )
     return -jnp.expm1(-solution.ys)
 
 
-def _time_one(n, beta, delta, model: str):
+def _time_one(n, beta, delta, softmax):
     """t at which γ = 1 - δ: ∫_0^U du/u̇(u), integrated in σ = u/U ∈ [0, 1]."""
     total = -jnp.log(delta)
 
     def slowness(sigma, t, args):
-        return total / _log_gap_rate(total * sigma, n, beta, model)
+        return total / _log_gap_rate(total * sigma, n, beta, softmax)
 
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(slowness), diffrax.Dopri8(), t0=jnp.zeros((), beta.dtype),
+        diffrax.ODETerm(slowness), diffrax.Tsit5(), t0=jnp.zeros((), beta.dtype),
         t1=jnp.ones((), beta.dtype), dt0=None, y0=jnp.zeros((), beta.dtype),
         stepsize_controller=_controller(beta.dtype), max_steps=_MAX_STEPS,
     )
     return solution.ys[-1]
 
 
-@eqx.filter_jit
-def _cosines(ts, n, betas, model):
-    return jax.vmap(lambda b: _cosine_one_beta(ts, n, b, model))(betas)
+@jax.jit
+def _cosines(ts, n, betas, softmax):
+    return jax.vmap(lambda b: _cosine_one_beta(ts, n, b, softmax))(betas)
 
 
-@eqx.filter_jit
-def _times(n, betas, deltas, model):
-    return jax.vmap(lambda b, e: _time_one(n, b, e, model))(betas, deltas)
+def _times(n, betas, deltas, softmax):
+    return jax.vmap(lambda b, e: _time_one(n, b, e, softmax))(betas, deltas)
+
+
+_times_jit = jax.jit(_times)
 
 
 def _dtype():
@@ -111,7 +115,7 @@ def equiangular_cosine(
     ts = check_times(ts, _dtype())
     beta = check_beta_jax(beta, ts.dtype)
     # n is passed as an array so that every n shares one compiled program.
-    values = _cosines(ts, jnp.asarray(n, ts.dtype), beta.reshape(-1), model)
+    values = _cosines(ts, jnp.asarray(n, ts.dtype), beta.reshape(-1), jnp.asarray(model == "SA"))
     return values.reshape(beta.shape + ts.shape)
 
 
@@ -132,7 +136,8 @@ def clustering_time(
     delta = check_delta_jax(delta, beta.dtype)
     beta, delta = jnp.broadcast_arrays(beta, delta)
     size = jnp.asarray(n, beta.dtype)
-    return _times(size, beta.reshape(-1), delta.reshape(-1), model).reshape(beta.shape)
+    softmax = jnp.asarray(model == "SA")
+    return _times_jit(size, beta.reshape(-1), delta.reshape(-1), softmax).reshape(beta.shape)
 
 
 def phase_boundary(
@@ -172,32 +177,29 @@ def phase_boundary(
     betas = check_condition(
         betas, jnp.any(jnp.diff(betas) <= 0), "`betas` must be strictly increasing."
     )
-    return _boundary(ts, jnp.asarray(n, ts.dtype), delta, betas, model)
+    return _boundary(ts, jnp.asarray(n, ts.dtype), delta, betas, jnp.asarray(model == "SA"))
 
 
-@eqx.filter_jit
-def _boundary(ts, n, delta, betas, model):
-    grid_times = _times(n, betas, jnp.full_like(betas, delta), model)
+@jax.jit
+def _boundary(ts, n, delta, betas, softmax):
+    grid_times = _times(n, betas, jnp.full_like(betas, delta), softmax)
     size = betas.shape[0]
-    # Number of grid β clustered by each t (grid times are monotone in β).
+    # Number of grid β clustered by each t (grid times are monotone in β): a prefix of the
+    # grid for SA (t* increases with β), a suffix for USA.
     clustered = jnp.sum(grid_times[None, :] <= ts[:, None], axis=1)
-    if model == "SA":  # clustered = a prefix of the grid
-        lower = jnp.clip(clustered - 1, 0, size - 2)
-        saturated = betas[-1]
-    else:  # clustered = a suffix
-        lower = jnp.clip(size - clustered - 1, 0, size - 2)
-        saturated = betas[0]
+    lower = jnp.clip(jnp.where(softmax, clustered - 1, size - clustered - 1), 0, size - 2)
+    saturated = jnp.where(softmax, betas[-1], betas[0])
     low, high = betas[lower], betas[lower + 1]
 
     def bisect(_, bracket):
         low, high = bracket
         middle = (low + high) / 2
-        done = _times(n, middle, jnp.full_like(middle, delta), model) <= ts
-        if model == "SA":
-            return jnp.where(done, middle, low), jnp.where(done, high, middle)
-        return jnp.where(done, low, middle), jnp.where(done, middle, high)
+        done = _times(n, middle, jnp.full_like(middle, delta), softmax) <= ts
+        # SA: clustered below the boundary (keep `low` clustered); USA: above.
+        move_low = jnp.where(softmax, done, ~done)
+        return jnp.where(move_low, middle, low), jnp.where(move_low, high, middle)
 
     low, high = jax.lax.fori_loop(0, _BISECTIONS, bisect, (low, high))
-    boundary = low if model == "SA" else high
+    boundary = jnp.where(softmax, low, high)
     boundary = jnp.where(clustered == size, saturated, boundary)
     return jnp.where(clustered == 0, jnp.nan, boundary)
