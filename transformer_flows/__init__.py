@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import theory as theory
 from ._attention import attend as attend, attention_weights as attention_weights
 from ._energy import (
     energy as energy,

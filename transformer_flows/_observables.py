@@ -236,11 +236,11 @@ def inner_product_histogram(
 
 def first_crossing_time(
     ts: Float[ArrayLike, " times"],
-    values: Real[ArrayLike, "times *batch"],
+    values: Real[ArrayLike, "times ..."],
     level: Real[ArrayLike, ""],
     *,
     direction: str = "up",
-) -> Float[Array, "*batch"]:
+) -> Float[Array, "..."]:
     """First time a saved statistic reaches `level`, linearly interpolated between saves.
 
     **Arguments:**

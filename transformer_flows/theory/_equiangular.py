@@ -16,7 +16,6 @@ True)`) for ~1e-11 accuracy; float32 gives ~1e-6.
 """
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
