@@ -4,7 +4,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
@@ -237,27 +236,15 @@ def test_observables_on_kuramoto_angles(getkey):
         (lambda: tf.inner_product_histogram(jnp.eye(3), np.array([0.5, 0.1])), "increasing"),
         (lambda: tf.first_crossing_time(jnp.arange(3.0), jnp.zeros(3), 1.0, direction="below"),
          "`direction`"),
+        (lambda: tf.count_clusters(jnp.eye(3), delta=jnp.ones(2)), "`delta` must be a scalar"),
+        (lambda: tf.gram(jnp.ones((2, 3, 4))), "`x` must be points of shape"),
+        (lambda: tf.order_parameter(jnp.zeros((3, 3))), "points on the circle"),
+        (lambda: tf.min_projection(jnp.eye(3), jnp.ones(2)), "`w` must have shape"),
+        (lambda: tf.first_crossing_time(jnp.arange(3.0), jnp.zeros(4), 1.0), "leading axis"),
     ],
 )
 def test_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
-        call()
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda: tf.count_clusters(jnp.eye(3), delta=jnp.ones(2)),
-        lambda: tf.gram(jnp.ones((2, 3, 4))),
-        lambda: tf.order_parameter(jnp.zeros((3, 3))),
-        lambda: tf.min_projection(jnp.eye(3), jnp.ones(2)),
-        lambda: tf.first_crossing_time(jnp.arange(3.0), jnp.zeros(4), 1.0),
-    ],
-)
-def test_shape_errors(call):
-    # The test suite's runtime checker (jaxtyping) rejects these from the annotations before
-    # the functions' own ValueError (which users without the checker get) can fire.
-    with pytest.raises((ValueError, jaxtyping.TypeCheckError)):
         call()
 
 
