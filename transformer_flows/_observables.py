@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
-from ._sphere import points_to_angles
+from ._sphere import angles_to_points, points_to_angles
 
 Configuration = Float[Array, "n d"] | Float[Array, " n"]
 
@@ -33,9 +33,7 @@ def _check_configuration(x, name: str = "x") -> None:
 def _as_points(x: Configuration) -> Float[Array, "n d"]:
     _check_configuration(x)
     x = jnp.asarray(x)
-    if x.ndim == 1:
-        return jnp.stack([jnp.cos(x), jnp.sin(x)], axis=-1)
-    return x
+    return angles_to_points(x) if x.ndim == 1 else x
 
 
 def _known(value) -> np.ndarray | None:
@@ -47,24 +45,21 @@ def _known(value) -> np.ndarray | None:
 
 
 def _checked_delta(delta, dtype) -> Float[Array, ""]:
-    known = _known(delta)
     message = (
         "`delta` must lie in [0, 2] (pairs count as clustered when <x_i,x_j> >= 1 - delta), "
         "got {}; the paper uses delta=1e-3."
     )
+    known = _known(delta)
+    shape = np.shape(known) if known is not None else jnp.shape(delta)
+    if shape != ():
+        raise ValueError(
+            f"`delta` must be a scalar, got shape {shape}; `jax.vmap` over δ instead."
+        )
     if known is not None:
-        if known.ndim != 0:
-            raise ValueError(
-                f"`delta` must be a scalar, got shape {known.shape}; `jax.vmap` over δ instead."
-            )
         if not 0 <= float(known) <= 2:
             raise ValueError(message.format(float(known)))
         return jnp.asarray(delta, dtype=dtype)
     delta = jnp.asarray(delta, dtype=dtype)
-    if delta.ndim != 0:
-        raise ValueError(
-            f"`delta` must be a scalar, got shape {delta.shape}; `jax.vmap` over δ instead."
-        )
     return eqx.error_if(delta, ~((delta >= 0) & (delta <= 2)), message.format("a value outside"))
 
 
@@ -104,10 +99,10 @@ def clustered_fraction(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> 
 def cluster_labels(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> Int[Array, " n"]:
     """Connected components of the graph with edges {<x_i, x_j> >= 1 - δ}.
 
-    Token i gets the smallest index in its component as label, so labels are canonical
-    (independent of the solver's numbering only up to a permutation of tokens: permuting the
-    tokens permutes the partition). Computed by min-label propagation with pointer jumping
-    inside `lax.while_loop` (O(n²) memory and work per sweep, a few sweeps), not a Python loop.
+    Token i gets the smallest token index in its component as label: tokens share a label
+    exactly when they are in the same component, and permuting the tokens permutes the
+    partition. Computed by min-label propagation with pointer jumping inside
+    `lax.while_loop` (O(n²) memory and work per sweep, a few sweeps), not a Python loop.
 
     Note the authors' code counts clusters as the rank of 1{G > 0.9999}; connected components
     differ from that rank when the threshold graph is not a union of cliques (chains).
