@@ -31,7 +31,7 @@ class Trajectory(eqx.Module):
     ts: Float[Array, " times"]
     xs: Array | None
     observed: PyTree | None
-    stats: dict[str, Array]
+    stats: dict[str, Array | int]  # diffrax also reports `max_steps` as a Python int
     result: diffrax.RESULTS
 
     @property
@@ -217,7 +217,17 @@ def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
     # BacksolveAdjoint differentiates saved states only, so observe afterwards there.
     observe_inside = observe is not None and not isinstance(adjoint, diffrax.BacksolveAdjoint)
     if observe_inside:
-        saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: observe(on_sphere(y)))
+        # diffrax pre-fills its save buffers with inf, which integer outputs (cluster counts)
+        # cannot hold: save those as floats and cast back (exact below 2^24 / 2^53).
+        observed_shapes = jax.eval_shape(observe, x0)
+
+        def observe_as_float(t, y, args):
+            return jax.tree_util.tree_map(
+                lambda v: v if jnp.issubdtype(v.dtype, jnp.inexact) else v.astype(x0.dtype),
+                observe(on_sphere(y)),
+            )
+
+        saveat = diffrax.SaveAt(ts=ts, fn=observe_as_float)
     elif isinstance(adjoint, diffrax.BacksolveAdjoint):
         saveat = diffrax.SaveAt(ts=ts)
     else:
@@ -238,7 +248,10 @@ def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
         progress_meter=progress_meter,
     )
     if observe_inside:
-        xs, observed = None, solution.ys
+        xs = None
+        observed = jax.tree_util.tree_map(
+            lambda v, shape: v.astype(shape.dtype), solution.ys, observed_shapes
+        )
     else:
         xs = jax.vmap(on_sphere)(solution.ys)
         observed = None
