@@ -22,7 +22,7 @@ def sphere_axes(ax):
     u, v = jnp.meshgrid(jnp.linspace(0, 2 * jnp.pi, 40), jnp.linspace(0, jnp.pi, 20))
     ax.plot_wireframe(jnp.cos(u) * jnp.sin(v), jnp.sin(u) * jnp.sin(v), jnp.cos(v),
                       color="0.85", linewidth=0.4)
-    ax.set_box_aspect((1, 1, 1))
+    ax.set_box_aspect((1, 1, 1), zoom=1.35)
     ax.set_axis_off()
 
 
