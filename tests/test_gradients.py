@@ -119,14 +119,15 @@ def test_adaptive_gradient_matches_finite_differences(getkey):
 
 
 def test_adjoints_agree(getkey):
-    """Checkpointed (default, and only 3 checkpoints) and backsolve adjoints on the same
-    adaptive solve: the checkpointed ones differentiate the same discrete solve (agree to
+    """Checkpointed (default, and only 3 checkpoints), direct and backsolve adjoints on the
+    same adaptive solve: the first three differentiate the same discrete solve (agree to
     rounding); backsolve integrates the continuous adjoint (agrees to the tolerance)."""
     model = _field("sa", getkey)
     x0, readout = _problem(getkey)
     reference = _grad(model, x0, readout, None, None, diffrax.RecursiveCheckpointAdjoint())
     for adjoint, rtol in (
         (diffrax.RecursiveCheckpointAdjoint(checkpoints=3), 1e-11),
+        (diffrax.DirectAdjoint(), 1e-11),
         (diffrax.BacksolveAdjoint(), 1e-6),
     ):
         other = _grad(model, x0, readout, None, None, adjoint)

@@ -18,11 +18,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._custom_types import Particles
+from ._observables import cluster_labels
 from ._sphere import normalize
 from ._validation import as_float_array
 
@@ -145,7 +144,8 @@ class TargetPartition(AbstractTask):
     """A partition without locations: same-label pairs merge (loss 1 - <x_i, x_j>), pairs with
     different labels stay below the cosine `margin` (hinge max(0, <x_i, x_j> - margin)); the two
     parts are averaged over their pairs and added. Metric: adjusted Rand index between the
-    labels and the connected components of the graph {<x_i, x_j> >= 1 - delta}."""
+    labels and the connected components of the graph {<x_i, x_j> >= 1 - delta}
+    (`cluster_labels`)."""
 
     headline: ClassVar[str] = "heldout_ari"
     higher_is_better: ClassVar[bool] = True
@@ -183,10 +183,10 @@ class TargetPartition(AbstractTask):
 
     def metrics(self, xs_final, labels):
         labels = np.asarray(labels)
-        scores = [
-            adjusted_rand_index(labels[b], component_labels(xs_final[b], self.delta))
-            for b in range(labels.shape[0])
-        ]
+        components = np.asarray(
+            jax.vmap(cluster_labels, in_axes=(0, None))(jnp.asarray(xs_final), self.delta)
+        )
+        scores = [adjusted_rand_index(true, found) for true, found in zip(labels, components)]
         return {"heldout_ari": float(np.mean(scores))}
 
 
@@ -292,14 +292,6 @@ def nearest_target_accuracy(xs_final, labels, targets) -> float:
     """Fraction of tokens whose nearest target (largest cosine) is the one of their label."""
     nearest = np.argmax(np.asarray(xs_final) @ np.asarray(targets).T, axis=-1)
     return float(np.mean(nearest == np.asarray(labels)))
-
-
-def component_labels(x: np.ndarray, delta: float) -> np.ndarray:
-    """Connected components of the graph linking tokens with <x_i, x_j> >= 1 - delta."""
-    x = np.asarray(x)
-    adjacency = scipy.sparse.csr_matrix(x @ x.T >= 1 - delta)
-    _, labels = scipy.sparse.csgraph.connected_components(adjacency, directed=False)
-    return labels
 
 
 def adjusted_rand_index(labels_true, labels_pred) -> float:
