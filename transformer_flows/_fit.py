@@ -238,7 +238,8 @@ def evaluate(
 class FitResult:
     """`model`: the trained model; `opt_state`; `loss_history`: the training loss of every
     step run so far (resumed steps included); `evaluations`: held-out metrics, each with its
-    `step`; `train_seconds`: wall time of this call's steps, the first (compiling) step
+    `step` (the first at the step this call started from); `train_seconds`: wall time of this
+    call's steps, the first (compiling) step
     excluded and timed apart as `first_step_seconds`."""
 
     model: PyTree

@@ -18,7 +18,15 @@ import numpy as np
 import optax
 import yaml
 
-from ._fit import FlowOptions, LowRank, LowRankAttention, as_field, fit, trainable_spec
+from ._fit import (
+    FlowOptions,
+    LowRank,
+    LowRankAttention,
+    as_field,
+    evaluate,
+    fit,
+    trainable_spec,
+)
 from ._losses import (
     AbstractTask,
     CapMixture,
@@ -193,7 +201,11 @@ def run_fit(config: dict, out: pathlib.Path, *, progress: bool = True) -> dict:
     eqx.tree_serialise_leaves(out / "params.eqx", result.model)
     history = result.loss_history
     tail = history[-max(1, len(history) // 10):] if len(history) else np.array([np.nan])
-    before, after = result.evaluations[0], result.evaluations[-1]
+    after = result.evaluations[-1]
+    before = result.evaluations[0]
+    if before["step"] != 0:  # resumed: score the initial model on the same held-out inputs
+        heldout_key = jax.random.split(jax.random.key(config["seed"]))[1]
+        before = {"step": 0, **evaluate(model, task, flow, heldout_key, train["eval_size"])}
     metrics = {
         "task": config["task"]["kind"],
         "headline": task.headline,
