@@ -1,0 +1,47 @@
+"""Datasets of theory curves (Figs. 2 and 6) for `experiment: theory` configs."""
+
+import numpy as np
+import xarray as xr
+
+from ._config import Config
+
+
+def theory_dataset(config: Config) -> xr.Dataset:
+    """Evaluate the thresholds and curves of `transformer_flows.theory` on the config's grids.
+
+    Variables: `landscape_g` (d, beta, tau), `critical_angle` (d, beta), `wendel_probability`
+    (d), `clustering_time_SA` / `clustering_time_USA` (beta); attributes: the exact d = 2
+    large-β threshold β_B(n) and the printed n²/π² (typo T3).
+    """
+    from . import theory
+
+    spec = config.theory
+    beta = np.asarray(spec.beta)
+    tau = np.asarray(spec.tau)
+    d = np.asarray(spec.d)
+    landscape = np.array([[np.asarray(theory.landscape_g(tau, b, dim)) for b in beta] for dim in d])
+    critical = np.array([[float(theory.critical_angle(b, dim)) for b in beta] for dim in d])
+    wendel = np.array([float(theory.wendel_probability(spec.n, int(dim))) for dim in d])
+    clustering = {
+        model: np.array([float(theory.clustering_time(spec.n, b, spec.delta, model)) for b in beta])
+        for model in ("SA", "USA")
+    }
+    dataset = xr.Dataset(
+        {
+            "landscape_g": (("d", "beta", "tau"), landscape),
+            "critical_angle": (("d", "beta"), critical),
+            "wendel_probability": (("d",), wendel),
+            "clustering_time_SA": (("beta",), clustering["SA"]),
+            "clustering_time_USA": (("beta",), clustering["USA"]),
+        },
+        coords={"d": d, "beta": beta, "tau": tau},
+    )
+    dataset["landscape_g"].attrs["long_name"] = "g(τ) (App. B)"
+    dataset["critical_angle"].attrs["long_name"] = "τ*_β: β sin²τ = (d-1) cos τ"
+    dataset.attrs.update(
+        n=spec.n,
+        delta=spec.delta,
+        large_beta_threshold=float(theory.large_beta_threshold(spec.n)),
+        printed_threshold=spec.n**2 / np.pi**2,
+    )
+    return dataset
