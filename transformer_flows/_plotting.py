@@ -28,7 +28,7 @@ def draw_figures(dataset: xr.Dataset, config: Config, out: str | Path) -> list[P
 
 def _panels(dataset: xr.Dataset) -> list[tuple[str, xr.Dataset]]:
     """One panel per shape combination (and tolerance): (title, dataset with those dims dropped)."""
-    axes = [dim for dim in ("n", "d", "weights", "tolerance") if dim in dataset.dims]
+    axes = [dim for dim in ("n", "d", "weights", "rtol") if dim in dataset.dims]
     panels = [("", dataset)]
     for dim in axes:
         size = dataset.sizes[dim]
@@ -47,7 +47,7 @@ def _label(dim: str, value, size: int) -> str:
         return ""
     if dim == "weights":
         return str(value)
-    return f"{dim} = {value:g}" if dim == "tolerance" else f"{dim} = {value}"
+    return f"{dim} = {value:g}" if dim == "rtol" else f"{dim} = {value}"
 
 
 def _join(*parts: str) -> str:
@@ -101,7 +101,8 @@ def _phase_diagram(dataset, config, out):
         times, betas = part["time"].values, part["beta"].values
         image = ax.pcolormesh(times, betas, probability.values, cmap="RdBu_r", vmin=0, vmax=1,
                               shading="nearest")
-        if len(times) > 1 and len(betas) > 1:
+        values = probability.values
+        if len(times) > 1 and len(betas) > 1 and values.min() < 0.5 < values.max():
             ax.contour(times, betas, probability.values, levels=[0.5], colors="0.3",
                        linestyles="--", linewidths=1.0)
         if str(part["weights"].values) == "identity" and len(betas) > 1:
@@ -109,7 +110,8 @@ def _phase_diagram(dataset, config, out):
             ax.plot(curve_t, curve_beta, "k-", lw=1.6, label="Γ∞,δ (theory)")
         ax.set(title=title, xlabel="t", ylabel="β", xlim=(times.min(), times.max()),
                ylim=(betas.min(), betas.max()))
-    axes[0].legend(loc="lower right", fontsize=7, frameon=True)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(loc="lower right", fontsize=7, frameon=True)
     fig.colorbar(image, ax=axes, label=f"P(<x_i,x_j> ≥ 1−δ), δ = {config.observables.delta:g}")
     fig.suptitle(f"{config.name}: {_subtitle(dataset, config)}\ndashed: empirical 50% level",
                  fontsize=9)
@@ -129,7 +131,7 @@ def _example(part: xr.Dataset, config: Config) -> xr.Dataset:
 
 def _circle_snapshots(dataset, config, out):
     part = dataset.isel(n=0, d=0, weights=0)
-    part = part.isel(tolerance=0) if "tolerance" in part.dims else part
+    part = part.isel(rtol=0) if "rtol" in part.dims else part
     columns = _snapshot_indices(part, config)
     betas = part["beta"].values[::-1]  # largest β on top, as in Fig. 4
     fig, axes = plt.subplots(len(betas), len(columns), figsize=(2.4 * len(columns), 2.4 * len(betas)),
@@ -157,7 +159,7 @@ def _movie(dataset, config, out):
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     part = dataset.isel(n=0, d=0, weights=0, beta=0)
-    part = part.isel(tolerance=0) if "tolerance" in part.dims else part
+    part = part.isel(rtol=0) if "rtol" in part.dims else part
     example = _example(part, config)
     positions = example["positions"].values
     times = part["time"].values

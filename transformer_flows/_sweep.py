@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -112,7 +113,7 @@ class Plan:
     shapes: tuple[Shape, ...]
     beta: np.ndarray
     starts: np.ndarray
-    tolerances: np.ndarray  # (R, 2): (rtol, atol) per tolerance-axis entry
+    tolerances: np.ndarray  # (R,): rtol = atol per tolerance-axis entry (rtol if no axis)
     has_tolerance_axis: bool
     times: np.ndarray
     chunk_size: int
@@ -133,10 +134,7 @@ class Plan:
 def plan_sweep(config: Config) -> Plan:
     model, sweep, solver = config.model, config.sweep, config.solver
     shapes = tuple(Shape(n, d, w) for n in model.n for d in model.d for w in model.weights)
-    if sweep.tolerance is None:
-        tolerances = np.array([[solver.rtol, solver.atol]])
-    else:
-        tolerances = np.array([[tol, tol] for tol in sweep.tolerance])
+    tolerances = np.array(sweep.tolerance or [solver.rtol])
     times = np.asarray(config.times)
     num_combos = len(sweep.beta) * sweep.starts * len(tolerances)
     chunk_size = sweep.chunk_size or _auto_chunk_size(config, shapes, len(times))
@@ -166,8 +164,22 @@ def _dtype(config: Config):
     return jnp.float32
 
 
+_PROGRAM_CACHE: dict = {}
+
+
 def _program(config: Config, shape: Shape, plan: Plan):
-    """The jitted, vmapped solve of one chunk of (β, start, tolerance) combos."""
+    """The jitted, vmapped solve of one chunk of (β, start, tolerance) combos (cached, so
+    resuming in the same process does not compile again)."""
+    cache_key = (json.dumps(_numerics(config.raw), sort_keys=True), shape, plan.chunk_size,
+                 jax.config.jax_enable_x64)
+    if cache_key not in _PROGRAM_CACHE:
+        if len(_PROGRAM_CACHE) >= 4:
+            _PROGRAM_CACHE.pop(next(iter(_PROGRAM_CACHE)))
+        _PROGRAM_CACHE[cache_key] = _build_program(config, shape, plan)
+    return _PROGRAM_CACHE[cache_key]
+
+
+def _build_program(config: Config, shape: Shape, plan: Plan):
     dtype = _dtype(config)
     solver_config, observables = config.solver, config.observables
     ts = jnp.asarray(plan.times, dtype=dtype)
@@ -179,7 +191,17 @@ def _program(config: Config, shape: Shape, plan: Plan):
     else:
         solver, dt0 = NormalizedEuler(), solver_config.dt
 
-    def one(beta, start, rtol, atol):
+    tolerance_axis = plan.has_tolerance_axis
+    rtol, atol = solver_config.rtol, solver_config.atol
+
+    def controller(tolerance):
+        # `solve` takes rtol/atol as Python floats; a vmapped tolerance axis goes in through
+        # its own PID controller, with the coefficients of `solve`'s default one.
+        if not tolerance_axis:
+            return None
+        return diffrax.PIDController(rtol=tolerance, atol=tolerance, pcoeff=0.3, icoeff=0.4)
+
+    def one(beta, start, tolerance):
         # Start s uses the same initial tokens (and weights) for every β: common random
         # numbers make the phase diagram smooth in β.
         init_key, weight_key = jax.random.split(jax.random.fold_in(base_key, start))
@@ -192,7 +214,8 @@ def _program(config: Config, shape: Shape, plan: Plan):
         field = field_class(beta, Q, K, V)
         observer = Observer(beta, observables.names, observables.delta, observables.harmonic)
         trajectory = solve(field, x0, ts, solver=solver, dt0=dt0, rtol=rtol, atol=atol,
-                           max_steps=solver_config.max_steps, observe=observer, throw=False)
+                           max_steps=solver_config.max_steps, observe=observer, throw=False,
+                           stepsize_controller=controller(tolerance))
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 
     return eqx.filter_jit(jax.vmap(one))
@@ -279,8 +302,7 @@ def _chunk_inputs(plan: Plan, chunk: int, dtype):
     index = np.minimum(index, plan.num_combos - 1)  # pad the last chunk: same compiled shape
     b, s, r = np.unravel_index(index, plan.inner_shape)
     return (jnp.asarray(plan.beta[b], dtype=dtype), jnp.asarray(plan.starts[s]),
-            jnp.asarray(plan.tolerances[r, 0], dtype=dtype),
-            jnp.asarray(plan.tolerances[r, 1], dtype=dtype))
+            jnp.asarray(plan.tolerances[r], dtype=dtype))
 
 
 def run_experiment(config: Config, out: str | Path, *, progress: bool = True,
@@ -327,12 +349,10 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
     computed = 0
     with tqdm(total=total, initial=total - len(todo), unit="chunk", disable=not progress,
               desc=config.name, dynamic_ncols=True) as bar:
-        programs = {}
         for shape, chunk in todo:
-            if shape not in programs:
-                programs = {shape: _program(config, shape, plan)}  # one compiled program live
             start_time = time.perf_counter()
-            observed, succeeded, num_steps = programs[shape](*_chunk_inputs(plan, chunk, dtype))
+            program = _program(config, shape, plan)
+            observed, succeeded, num_steps = program(*_chunk_inputs(plan, chunk, dtype))
             observed = jax.device_get(observed)
             seconds = time.perf_counter() - start_time
             path = _chunk_path(out, shape, chunk)
@@ -354,7 +374,7 @@ def _chunk_path(out: Path, shape: Shape, chunk: int) -> Path:
 
 def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
     """Gather every chunk file into one labelled dataset with dims
-    (n, d, weights, beta, start[, tolerance], time[, particle, component])."""
+    (n, d, weights, beta, start[, rtol], time[, particle, component])."""
     model = config.model
     outer = (len(model.n), len(model.d), len(model.weights))
     inner = plan.inner_shape
@@ -371,10 +391,11 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
                 if name not in arrays:
                     arrays[name] = np.zeros(outer + inner + variable.shape[1:], variable.dtype)
                 arrays[name][where + (b, s, r)] = variable.values
-    dims = ("n", "d", "weights", "beta", "start", "tolerance")
+    # The tolerance axis is named `rtol` (= atol): `tolerance` is a keyword of xarray's `sel`.
+    dims = ("n", "d", "weights", "beta", "start", "rtol")
     coords = {
         "n": list(model.n), "d": list(model.d), "weights": [w.label for w in model.weights],
-        "beta": plan.beta, "start": plan.starts, "tolerance": plan.tolerances[:, 0],
+        "beta": plan.beta, "start": plan.starts, "rtol": plan.tolerances,
         "time": plan.times,
     }
     variables = {}
@@ -385,7 +406,9 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
         variables[name] = (dims + extra, values)
     dataset = xr.Dataset(variables, coords=coords)
     if not plan.has_tolerance_axis:
-        dataset = dataset.isel(tolerance=0, drop=True)
+        dataset = dataset.isel(rtol=0, drop=True)
+    else:
+        dataset["rtol"].attrs["long_name"] = "rtol = atol of the adaptive solver"
     dataset["beta"].attrs["long_name"] = "inverse temperature β"
     dataset["time"].attrs["long_name"] = "time t"
     dataset["start"].attrs["long_name"] = "random initial configuration (and weight draw)"
