@@ -79,17 +79,15 @@ def _subtitle(dataset: xr.Dataset, config: Config) -> str:
 
 
 def phase_boundary_curve(config: Config, n: int, times: np.ndarray, betas: np.ndarray):
-    """Γ∞,δ (6.12) as (t, β) points for the config's model, or None when it does not apply
-    (random weights: the theory is for Q = K = V = I)."""
+    """Γ∞,δ (6.12) for the config's model as a curve β(t) on a fine grid (theory for
+    Q = K = V = I; the caller draws it on identity-weight panels only)."""
     from . import theory
 
-    delta = config.observables.delta
+    fine_times = np.linspace(float(times.min()), float(times.max()), 300)
     fine_betas = np.linspace(float(betas.min()), float(betas.max()), 200)
-    if config.model.field == "SA":
-        fine_times = np.linspace(float(times.min()), float(times.max()), 300)
-        return fine_times, np.asarray(theory.phase_boundary(fine_times, n, delta, fine_betas))
-    crossing = np.array([float(theory.clustering_time(n, b, delta, "USA")) for b in fine_betas])
-    return crossing, fine_betas
+    curve = theory.phase_boundary(fine_times, n, config.observables.delta, fine_betas,
+                                  model=config.model.field)
+    return fine_times, np.asarray(curve)
 
 
 def _phase_diagram(dataset, config, out):

@@ -43,7 +43,6 @@ from ._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 from ._initial import sample_hemisphere, sample_sphere
 from ._solve import solve
 from ._solver._fixed_step import NormalizedEuler
-from ._sphere import points_to_angles
 
 ENGINE = "h5netcdf"
 DATASET_FILE = "dataset.nc"
@@ -61,7 +60,7 @@ def _observable_functions() -> dict[str, Callable]:
         "clustered_fraction": lambda x, o: tf.clustered_fraction(x, o.delta),
         "cluster_count": lambda x, o: tf.count_clusters(x, o.delta),
         "energy": lambda x, o: energy(x, o.beta),
-        "order_parameter": lambda x, o: tf.order_parameter(points_to_angles(x), k=o.harmonic),
+        "order_parameter": lambda x, o: tf.order_parameter(x, k=o.harmonic),
         "positions": lambda x, o: x,
     }
 

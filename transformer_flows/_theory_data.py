@@ -22,10 +22,8 @@ def theory_dataset(config: Config) -> xr.Dataset:
     landscape = np.array([[np.asarray(theory.landscape_g(tau, b, dim)) for b in beta] for dim in d])
     critical = np.array([[float(theory.critical_angle(b, dim)) for b in beta] for dim in d])
     wendel = np.array([float(theory.wendel_probability(spec.n, int(dim))) for dim in d])
-    clustering = {
-        model: np.array([float(theory.clustering_time(spec.n, b, spec.delta, model)) for b in beta])
-        for model in ("SA", "USA")
-    }
+    clustering = {model: np.asarray(theory.clustering_time(spec.n, beta, spec.delta, model))
+                  for model in ("SA", "USA")}
     dataset = xr.Dataset(
         {
             "landscape_g": (("d", "beta", "tau"), landscape),
