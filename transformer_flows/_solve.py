@@ -31,7 +31,7 @@ class Trajectory(eqx.Module):
     ts: Float[Array, " times"]
     xs: Array | None
     observed: PyTree | None
-    stats: dict[str, Array | int]  # diffrax adds the Python int `max_steps`
+    stats: dict[str, Array | int]  # diffrax also reports `max_steps` as a Python int
     result: diffrax.RESULTS
 
     @property
