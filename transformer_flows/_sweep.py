@@ -89,7 +89,9 @@ class Observer(eqx.Module):
 
     def __call__(self, x):
         functions = _observable_functions()
-        return {name: functions[name](x, self) for name in self.names}
+        # Saved as floats: diffrax pre-fills its output buffers with inf, which an integer
+        # buffer (cluster counts) cannot hold. Storage casts back (`_STORAGE`).
+        return {name: functions[name](x, self).astype(x.dtype) for name in self.names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +292,10 @@ def _chunk_dataset(plan: Plan, chunk: int, observed, succeeded, num_steps, secon
     }
     for name, values in observed.items():
         dtype, extra = _STORAGE[name]
-        variables[name] = (("combo", "time", *extra), np.asarray(values)[:count].astype(dtype))
+        values = np.asarray(values)[:count]
+        if np.issubdtype(dtype, np.integer):
+            values = np.rint(values)
+        variables[name] = (("combo", "time", *extra), values.astype(dtype))
     return xr.Dataset(variables, coords={"combo": np.arange(first, first + count)},
                       attrs={"compute_seconds": float(seconds)})
 

@@ -19,9 +19,12 @@ def theory_dataset(config: Config) -> xr.Dataset:
     beta = np.asarray(spec.beta)
     tau = np.asarray(spec.tau)
     d = np.asarray(spec.d)
-    landscape = np.array([[np.asarray(theory.landscape_g(tau, b, dim)) for b in beta] for dim in d])
-    critical = np.array([[float(theory.critical_angle(b, dim)) for b in beta] for dim in d])
-    wendel = np.array([float(theory.wendel_probability(spec.n, int(dim))) for dim in d])
+    # Arrays of one shape in, int d (the theory functions' signatures).
+    beta_grid, tau_grid = np.meshgrid(beta, tau, indexing="ij")
+    landscape = np.stack([np.asarray(theory.landscape_g(tau_grid, beta_grid, dim))
+                          for dim in spec.d])
+    critical = np.stack([np.asarray(theory.critical_angle(beta, dim)) for dim in spec.d])
+    wendel = np.array([float(theory.wendel_probability(spec.n, dim)) for dim in spec.d])
     clustering = {model: np.asarray(theory.clustering_time(spec.n, beta, spec.delta, model))
                   for model in ("SA", "USA")}
     dataset = xr.Dataset(
