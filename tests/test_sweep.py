@@ -33,7 +33,7 @@ def numbers(dataset):
 
 
 def test_dataset_dims_coords_attrs(tmp_path):
-    config = small_config("model.weights=[identity, 'ginibre:wishart']", names=("energy",))
+    config = small_config("model.weights=['ginibre:wishart', 'goe:qk']", names=("energy",))
     dataset = run_sweep(config, tmp_path, progress=False)
     assert dict(dataset.sizes) == {"n": 1, "d": 1, "weights": 2, "beta": 3, "start": 3, "time": 5}
     assert dataset["energy"].dims == ("n", "d", "weights", "beta", "start", "time")
@@ -42,7 +42,7 @@ def test_dataset_dims_coords_attrs(tmp_path):
     np.testing.assert_array_equal(dataset["beta"], BETAS)
     np.testing.assert_array_equal(dataset["start"], [0, 1, 2])
     np.testing.assert_allclose(dataset["time"], np.linspace(0, 2, 5))
-    assert list(dataset["weights"].values) == ["identity", "ginibre:wishart"]
+    assert list(dataset["weights"].values) == ["ginibre:wishart", "goe:qk"]
     assert bool(dataset["succeeded"].all()) and int(dataset["num_steps"].min()) > 0
     attrs = dataset.attrs
     assert config_from_dict(yaml.safe_load(attrs["config"])).raw == config.raw
@@ -50,17 +50,15 @@ def test_dataset_dims_coords_attrs(tmp_path):
     assert json.loads(attrs["versions"])["jax"] == jax.__version__
     assert attrs["git_commit"] and attrs["chunk_size"] == 4
     energy = dataset["energy"].isel(n=0, d=0)
-    # With Q = K = V = I the sweep integrates SA, whose energy is non-decreasing (§7.4).
-    assert float(energy.sel(weights="identity").diff("time").min()) > -1e-10
-    # Same starts for both ensembles, different dynamics once the weights are random.
+    # Both ensembles ran in one program, from the same starts, with different dynamics.
     np.testing.assert_allclose(energy.isel(weights=0, time=0), energy.isel(weights=1, time=0))
     assert not np.allclose(energy.isel(weights=0, time=-1), energy.isel(weights=1, time=-1))
     # What is on disk is what was returned, and the config travels with it.
     saved, saved_config = load_dataset(tmp_path)
     xr.testing.assert_identical(saved, dataset)
     assert saved_config.raw == config.raw
-    # 2 shapes x ceil(9 combos / 4) chunks, one file each.
-    assert len(list(tmp_path.glob("chunks/*/chunk_*.nc"))) == 6
+    # One program (both ensembles), ceil(2 x 9 combos / 4) chunks, one file each.
+    assert len(list(tmp_path.glob("chunks/*/chunk_*.nc"))) == 5
 
 
 @pytest.mark.parametrize("method", ["adaptive", "normalized_euler"])
@@ -86,6 +84,8 @@ def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method):
             energies = [tf.energy(x, beta) for x in trajectory.xs]
             np.testing.assert_allclose(dataset["energy"].sel(beta=beta, start=start), energies,
                                        rtol=1e-10)
+    if method == "adaptive":  # SA's energy is non-decreasing (MODELS.md §7.4)
+        assert float(dataset["energy"].diff("time").min()) > -1e-10
 
 
 def test_tolerance_axis_is_one_program(tmp_path):
@@ -107,7 +107,7 @@ class Crash(RuntimeError):
 def test_resume_after_interruption_is_identical_and_skips_done_chunks(tmp_path):
     config = small_config(names=("positions", "energy"))
     plan = plan_sweep(config)
-    assert plan.num_chunks == 3  # 9 combos, chunks of 4: the last one is padded
+    assert plan.num_chunks(plan.shapes[0]) == 3  # 9 combos, chunks of 4: the last one is padded
 
     def crash_after_two(count):
         if count == 2:
@@ -146,11 +146,21 @@ def test_refuses_to_mix_configs_in_one_directory(tmp_path):
                   progress=False)
 
 
+def test_programs_group_random_ensembles_per_shape():
+    config = small_config("model.weights=[identity, 'ginibre:wishart', 'goe:qk']",
+                          "model.n=[4, 6]", "model.d=3", names=("energy",))
+    labels = [shape.label for shape in plan_sweep(config).shapes]
+    assert labels == ["n4_d3_identity", "n4_d3_ginibre-wishart+goe-qk",
+                      "n6_d3_identity", "n6_d3_ginibre-wishart+goe-qk"]
+
+
 def test_auto_chunk_size_fits_budget():
     config = small_config("sweep.chunk_size=auto", "sweep.starts=1000")
-    assert plan_sweep(config).chunk_size == 3000  # the small sweep fits the 256 MB budget
+    plan = plan_sweep(config)
+    assert plan.chunk_length(plan.shapes[0]) == 3000  # the small sweep fits the 256 MB budget
     tight = small_config("sweep.chunk_size=auto", "sweep.starts=1000", "sweep.memory_budget_mb=1")
-    assert 1 <= plan_sweep(tight).chunk_size < 3000
+    plan = plan_sweep(tight)
+    assert 1 <= plan.chunk_length(plan.shapes[0]) < 3000
 
 
 def test_missing_dataset_says_how_to_resume(tmp_path):

@@ -96,20 +96,28 @@ class Observer(eqx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """One shape-changing combination, run by its own compiled program."""
+    """One compiled program: a fixed (n, d) and a group of weight ensembles. Q = K = V = I
+    runs alone (no matrices at all); the random ensembles of one d share a program, their
+    draws chosen per element by `lax.switch`, so the ensemble is one more vmapped axis."""
 
     n: int
     d: int
-    weights: Weights
+    weights: tuple[Weights, ...]
+
+    @property
+    def random(self) -> bool:
+        return self.weights[0].query_key is not None
 
     @property
     def label(self) -> str:
-        return f"n{self.n}_d{self.d}_{self.weights.label.replace(':', '-')}"
+        names = "+".join(w.label.replace(":", "-") for w in self.weights)
+        return f"n{self.n}_d{self.d}_{names}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How a simulation config is cut into programs and chunks."""
+    """How a simulation config is cut into programs and chunks. Within a program the combos
+    (weights, β, start, tolerance) are flattened in that order and cut into chunks."""
 
     shapes: tuple[Shape, ...]
     beta: np.ndarray
@@ -119,28 +127,31 @@ class Plan:
     times: np.ndarray
     chunk_size: int
 
-    @property
-    def inner_shape(self) -> tuple[int, int, int]:
-        return len(self.beta), len(self.starts), len(self.tolerances)
+    def inner_shape(self, shape: Shape) -> tuple[int, int, int, int]:
+        return len(shape.weights), len(self.beta), len(self.starts), len(self.tolerances)
 
-    @property
-    def num_combos(self) -> int:
-        return int(np.prod(self.inner_shape))
+    def num_combos(self, shape: Shape) -> int:
+        return int(np.prod(self.inner_shape(shape)))
 
-    @property
-    def num_chunks(self) -> int:
-        return -(-self.num_combos // self.chunk_size)
+    def chunk_length(self, shape: Shape) -> int:
+        """Combos per call of this shape's program (never more than it has)."""
+        return min(self.chunk_size, self.num_combos(shape))
+
+    def num_chunks(self, shape: Shape) -> int:
+        return -(-self.num_combos(shape) // self.chunk_length(shape))
 
 
 def plan_sweep(config: Config) -> Plan:
     model, sweep, solver = config.model, config.sweep, config.solver
-    shapes = tuple(Shape(n, d, w) for n in model.n for d in model.d for w in model.weights)
+    identity = tuple(w for w in model.weights if w.query_key is None)
+    random = tuple(w for w in model.weights if w.query_key is not None)
+    groups = [group for group in (identity, random) if group]
+    shapes = tuple(Shape(n, d, group) for n in model.n for d in model.d for group in groups)
     tolerances = np.array(sweep.tolerance or [solver.rtol])
     times = np.asarray(config.times)
-    num_combos = len(sweep.beta) * sweep.starts * len(tolerances)
     chunk_size = sweep.chunk_size or _auto_chunk_size(config, shapes, len(times))
     return Plan(shapes, np.asarray(sweep.beta), np.arange(sweep.starts), tolerances,
-                sweep.tolerance is not None, times, min(chunk_size, num_combos))
+                sweep.tolerance is not None, times, chunk_size)
 
 
 def _auto_chunk_size(config: Config, shapes, num_times: int) -> int:
@@ -171,7 +182,7 @@ _PROGRAM_CACHE: dict = {}
 def _program(config: Config, shape: Shape, plan: Plan):
     """The jitted, vmapped solve of one chunk of (β, start, tolerance) combos (cached, so
     resuming in the same process does not compile again)."""
-    cache_key = (json.dumps(_numerics(config.raw), sort_keys=True), shape, plan.chunk_size,
+    cache_key = (json.dumps(_numerics(config.raw), sort_keys=True), shape, plan.chunk_length(shape),
                  jax.config.jax_enable_x64)
     if cache_key not in _PROGRAM_CACHE:
         if len(_PROGRAM_CACHE) >= 4:
@@ -202,16 +213,25 @@ def _build_program(config: Config, shape: Shape, plan: Plan):
             return None
         return diffrax.PIDController(rtol=tolerance, atol=tolerance, pcoeff=0.3, icoeff=0.4)
 
-    def one(beta, start, tolerance):
-        # Start s uses the same initial tokens (and weights) for every β: common random
-        # numbers make the phase diagram smooth in β.
+    def draw(weights: Weights):
+        def weights_of(key):
+            Q, K, V = random_weights(key, shape.d, query_key=weights.query_key,
+                                     value=weights.value, dtype=dtype)
+            return Q, K, jnp.eye(shape.d, dtype=dtype) if V is None else V
+
+        return weights_of
+
+    draws = [draw(weights) for weights in shape.weights]
+
+    def one(ensemble, beta, start, tolerance):
+        # Start s uses the same initial tokens (and weight key) for every β and ensemble:
+        # common random numbers make the phase diagram smooth in β.
         init_key, weight_key = jax.random.split(jax.random.fold_in(base_key, start))
         x0 = sample(init_key, shape.n, shape.d, dtype=dtype)
-        if shape.weights.query_key is None:
-            Q = K = V = None
+        if shape.random:
+            Q, K, V = jax.lax.switch(ensemble, draws, weight_key)
         else:
-            Q, K, V = random_weights(weight_key, shape.d, query_key=shape.weights.query_key,
-                                     value=shape.weights.value, dtype=dtype)
+            Q = K = V = None
         field = field_class(beta, Q, K, V)
         observer = Observer(beta, observables.names, observables.delta, observables.harmonic)
         trajectory = solve(field, x0, ts, solver=solver, dt0=dt0, rtol=rtol, atol=atol,
@@ -283,9 +303,10 @@ def _atomic_to_netcdf(dataset: xr.Dataset, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _chunk_dataset(plan: Plan, chunk: int, observed, succeeded, num_steps, seconds) -> xr.Dataset:
-    first = chunk * plan.chunk_size
-    count = min(plan.chunk_size, plan.num_combos - first)
+def _chunk_dataset(plan: Plan, shape: Shape, chunk: int, observed, succeeded, num_steps,
+                   seconds) -> xr.Dataset:
+    first = chunk * plan.chunk_length(shape)
+    count = min(plan.chunk_length(shape), plan.num_combos(shape) - first)
     variables = {
         "succeeded": (("combo",), np.asarray(succeeded)[:count].astype(np.int8)),
         "num_steps": (("combo",), np.asarray(num_steps)[:count].astype(np.int64)),
@@ -300,12 +321,13 @@ def _chunk_dataset(plan: Plan, chunk: int, observed, succeeded, num_steps, secon
                       attrs={"compute_seconds": float(seconds)})
 
 
-def _chunk_inputs(plan: Plan, chunk: int, dtype):
-    first = chunk * plan.chunk_size
-    index = np.arange(first, first + plan.chunk_size)
-    index = np.minimum(index, plan.num_combos - 1)  # pad the last chunk: same compiled shape
-    b, s, r = np.unravel_index(index, plan.inner_shape)
-    return (jnp.asarray(plan.beta[b], dtype=dtype), jnp.asarray(plan.starts[s]),
+def _chunk_inputs(plan: Plan, shape: Shape, chunk: int, dtype):
+    first = chunk * plan.chunk_length(shape)
+    index = np.arange(first, first + plan.chunk_length(shape))
+    # Pad the last chunk so every call has the compiled shape.
+    index = np.minimum(index, plan.num_combos(shape) - 1)
+    w, b, s, r = np.unravel_index(index, plan.inner_shape(shape))
+    return (jnp.asarray(w), jnp.asarray(plan.beta[b], dtype=dtype), jnp.asarray(plan.starts[s]),
             jnp.asarray(plan.tolerances[r], dtype=dtype))
 
 
@@ -347,22 +369,22 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
     _claim_directory(config, out)
     for stale in out.glob("chunks/*/*.tmp*"):
         stale.unlink()  # left by a run killed while writing; that chunk is recomputed
-    todo = [(shape, chunk) for shape in plan.shapes for chunk in range(plan.num_chunks)
+    todo = [(shape, chunk) for shape in plan.shapes for chunk in range(plan.num_chunks(shape))
             if not _chunk_path(out, shape, chunk).exists()]
-    total = len(plan.shapes) * plan.num_chunks
+    total = sum(plan.num_chunks(shape) for shape in plan.shapes)
     computed = 0
     with tqdm(total=total, initial=total - len(todo), unit="chunk", disable=not progress,
               desc=config.name, dynamic_ncols=True) as bar:
         for shape, chunk in todo:
             start_time = time.perf_counter()
             program = _program(config, shape, plan)
-            observed, succeeded, num_steps = program(*_chunk_inputs(plan, chunk, dtype))
+            observed, succeeded, num_steps = program(*_chunk_inputs(plan, shape, chunk, dtype))
             observed = jax.device_get(observed)
             seconds = time.perf_counter() - start_time
             path = _chunk_path(out, shape, chunk)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_to_netcdf(
-                _chunk_dataset(plan, chunk, observed, succeeded, num_steps, seconds), path)
+                _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds), path)
             computed += 1
             bar.update(1)
             if on_chunk is not None:
@@ -380,21 +402,22 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
     """Gather every chunk file into one labelled dataset with dims
     (n, d, weights, beta, start[, rtol], time[, particle, component])."""
     model = config.model
-    outer = (len(model.n), len(model.d), len(model.weights))
-    inner = plan.inner_shape
+    outer = (len(model.n), len(model.d))
+    full_inner = (len(model.weights), len(plan.beta), len(plan.starts), len(plan.tolerances))
     arrays: dict[str, np.ndarray] = {}
     compute_seconds = 0.0
     for shape in plan.shapes:
-        where = (model.n.index(shape.n), model.d.index(shape.d), model.weights.index(shape.weights))
-        for chunk in range(plan.num_chunks):
+        where = (model.n.index(shape.n), model.d.index(shape.d))
+        weight_index = np.array([model.weights.index(w) for w in shape.weights])
+        for chunk in range(plan.num_chunks(shape)):
             with xr.open_dataset(_chunk_path(out, shape, chunk), engine=ENGINE) as piece:
                 piece = piece.load()
             compute_seconds += float(piece.attrs["compute_seconds"])
-            b, s, r = np.unravel_index(piece["combo"].values, inner)
+            w, b, s, r = np.unravel_index(piece["combo"].values, plan.inner_shape(shape))
             for name, variable in piece.data_vars.items():
                 if name not in arrays:
-                    arrays[name] = np.zeros(outer + inner + variable.shape[1:], variable.dtype)
-                arrays[name][where + (b, s, r)] = variable.values
+                    arrays[name] = np.zeros(outer + full_inner + variable.shape[1:], variable.dtype)
+                arrays[name][where + (weight_index[w], b, s, r)] = variable.values
     # The tolerance axis is named `rtol` (= atol): `tolerance` is a keyword of xarray's `sel`.
     dims = ("n", "d", "weights", "beta", "start", "rtol")
     coords = {
@@ -420,7 +443,7 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
         dataset["clustered_fraction"].attrs["long_name"] = (
             f"fraction of ordered pairs i≠j with <x_i,x_j> >= 1-δ, δ={config.observables.delta:g}")
     dataset.attrs.update(_provenance(config, compute_seconds))
-    dataset.attrs["chunk_size"] = plan.chunk_size
+    dataset.attrs["chunk_size"] = max(plan.chunk_length(shape) for shape in plan.shapes)
     return dataset
 
 
