@@ -57,7 +57,8 @@ def _join(*parts: str) -> str:
 def _grid(count: int, per_row: int, size=(4.2, 3.4)):
     cols = min(count, per_row)
     rows = -(-count // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:count])
@@ -132,8 +133,8 @@ def _circle_snapshots(dataset, config, out):
     part = part.isel(rtol=0) if "rtol" in part.dims else part
     columns = _snapshot_indices(part, config)
     betas = part["beta"].values[::-1]  # largest β on top, as in Fig. 4
-    fig, axes = plt.subplots(len(betas), len(columns), figsize=(2.4 * len(columns), 2.4 * len(betas)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(betas), len(columns), figsize=(2.4 * len(columns), 2.6 * len(betas)),
+                             squeeze=False, layout="constrained")
     circle = np.linspace(0, 2 * np.pi, 200)
     for row, beta in enumerate(betas):
         example = _example(part.sel(beta=beta), config)
@@ -216,7 +217,8 @@ def _cluster_staircase(dataset, config, out):
     written = []
     for title, part in _panels(dataset):
         has_energy = "energy" in part
-        fig, axes = plt.subplots(1, 3 if has_energy else 2, figsize=(13 if has_energy else 9, 3.6))
+        fig, axes = plt.subplots(1, 3 if has_energy else 2, figsize=(13 if has_energy else 9, 3.8),
+                                 layout="constrained")
         times = part["time"].values
         colors = plt.cm.plasma(np.linspace(0, 0.85, part.sizes["beta"]))
         d = int(part["d"])
@@ -233,10 +235,12 @@ def _cluster_staircase(dataset, config, out):
                          label=f"β = {beta:g}")
             if has_energy:
                 axes[2].plot(times, _normalized_energy(example["energy"]).values, color=color)
-        axes[0].set(xlabel="t", ylabel="number of clusters", yscale="log",
+        axes[0].set(xlabel="t", ylabel="number of clusters",
                     title="median and 10–90% over starts; dotted: ℓ*(β)")
-        axes[1].set(xlabel="t", ylabel="number of clusters", yscale="log",
+        axes[1].set(xlabel="t", ylabel="number of clusters",
                     title=f"one start ({config.plot['example_start']})")
+        for ax in axes[:2]:
+            _count_axis(ax, int(part["n"]))
         axes[0].legend(fontsize=7)
         if has_energy:
             axes[2].set(xlabel="t", ylabel="E_β / E_β(consensus)", title="energy staircase (same start)")
@@ -244,6 +248,21 @@ def _cluster_staircase(dataset, config, out):
         suffix = title.replace(" ", "").replace(",", "_").replace("=", "") or "all"
         written.append(_save(fig, out / f"{config.name}_cluster_staircase_{suffix}.png"))
     return written
+
+
+def _count_axis(ax, n: int) -> None:
+    """Log scale with plain integer ticks 1, 2, 3, 4, 6, 8, 16, ... up to n."""
+    ax.set_yscale("log")
+    ticks = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256) if t <= n]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(0.8, n * 1.15)
+
+
+def _log_d_axis(ax, ds) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(ds, [str(d) for d in ds])
+    ax.minorticks_off()
 
 
 def _landscape(dataset, config, out):
@@ -266,25 +285,28 @@ def _landscape(dataset, config, out):
 def _regimes(dataset, config, out):
     n = int(dataset.attrs["n"])
     exact, printed = dataset.attrs["large_beta_threshold"], dataset.attrs["printed_threshold"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     ax = axes[0]
     top = 10 ** np.ceil(np.log10(exact * 3))
     ax.fill_between([1.5, 2.5], 1e-2, 1, color="tab:green", alpha=0.6, label="proved single cluster")
     ax.fill_between([1.5, 2.5], 1, exact, color="tab:red", alpha=0.6, label="open (Problem 3)")
     ax.fill_between([1.5, 2.5], exact, top, color="tab:green", alpha=0.6)
     ax.fill_between([2.5, 2 * n], 1e-2, top, color="tab:green", alpha=0.35)
-    ax.fill_between([n, 2 * n], 1e-2, top, color="none", hatch="//", edgecolor="k", lw=0,
-                    label="d ≥ n: exponential rate (Thm 6.3)")
+    ax.fill_between([n, 2 * n], 1e-2, top, facecolor="none", hatch="//", edgecolor="0.3",
+                    lw=0.5, label="d ≥ n: exponential rate (Thm 6.3)")
     ax.axhline(printed, xmin=0, xmax=0.2, color="k", ls="--", lw=1)
     ax.text(2.6, printed, f"printed n²/π² = {printed:.1f}", fontsize=7, va="bottom")
     ax.text(2.6, exact, f"exact β_B(n) = {exact:.1f}", fontsize=7, va="top")
     ax.text(4, 1, "Thm 6.1 (d ≥ 3, all β)", fontsize=8)
-    ax.set(xscale="log", yscale="log", xlim=(1.5, 2 * n), ylim=(1e-2, top), xlabel="d", ylabel="β",
+    ax.set(yscale="log", ylim=(1e-2, top), xlabel="d", ylabel="β",
            title=f"Fig. 2: proved regimes, n = {n}")
+    _log_d_axis(ax, sorted({2, 3, 4, 8, 16, n, 2 * n}))
+    ax.set_xlim(1.5, 2 * n)
     ax.legend(fontsize=7, loc="lower right")
     axes[1].semilogy(dataset["d"].values, dataset["wendel_probability"].values, "o-")
     axes[1].set(xlabel="d", ylabel="P(all tokens in a hemisphere)",
-                title=f"Wendel (Thm 6.7), n = {n}", xscale="log")
+                title=f"Wendel (Thm 6.7), n = {n}")
+    _log_d_axis(axes[1], list(dataset["d"].values))
     betas = dataset["beta"].values
     for model in ("SA", "USA"):
         axes[2].plot(betas, dataset[f"clustering_time_{model}"].values, label=model)

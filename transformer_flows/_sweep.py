@@ -339,8 +339,9 @@ def run_experiment(config: Config, out: str | Path, *, progress: bool = True,
 
         out = Path(out)
         _claim_directory(config, out)
+        start_time = time.perf_counter()
         dataset = theory_dataset(config)
-        dataset.attrs.update(_provenance(config, compute_seconds=0.0))
+        dataset.attrs.update(_provenance(config, time.perf_counter() - start_time))
         _atomic_to_netcdf(dataset, out / DATASET_FILE)
         return dataset
     return run_sweep(config, out, progress=progress, on_chunk=on_chunk)
