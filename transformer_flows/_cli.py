@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that define `register(subparsers)`; optional ones are skipped when absent.
-COMMAND_MODULES = ("_run_command", "_plot_command", "_fit_command")
+COMMAND_MODULES = ("_run_command", "_plot_command", "_summarize_command", "_fit_command")
 
 
 def build_parser() -> argparse.ArgumentParser:

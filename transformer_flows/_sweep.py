@@ -48,6 +48,9 @@ ENGINE = "h5netcdf"
 DATASET_FILE = "dataset.nc"
 CONFIG_FILE = "config.yaml"
 _CHUNK_FILE = "chunk_{:05d}.nc"
+# Cap of automatic chunks: keeps the progress bar and the resume granularity useful (and a
+# vmapped adaptive solve waits for its slowest member, so huge chunks gain little).
+_MAX_AUTO_CHUNK = 2048
 # Config parts that do not change the numbers: a re-run may change them and still resume.
 _PRESENTATION_KEYS = ("description", "figures", "plot", "smoke")
 
@@ -125,7 +128,7 @@ class Plan:
     tolerances: np.ndarray  # (R,): rtol = atol per tolerance-axis entry (rtol if no axis)
     has_tolerance_axis: bool
     times: np.ndarray
-    chunk_size: int
+    chunk_sizes: tuple[int, ...]  # combos per call, one per shape (the memory need grows with d)
 
     def inner_shape(self, shape: Shape) -> tuple[int, int, int, int]:
         return len(shape.weights), len(self.beta), len(self.starts), len(self.tolerances)
@@ -135,7 +138,7 @@ class Plan:
 
     def chunk_length(self, shape: Shape) -> int:
         """Combos per call of this shape's program (never more than it has)."""
-        return min(self.chunk_size, self.num_combos(shape))
+        return min(self.chunk_sizes[self.shapes.index(shape)], self.num_combos(shape))
 
     def num_chunks(self, shape: Shape) -> int:
         return -(-self.num_combos(shape) // self.chunk_length(shape))
@@ -149,19 +152,22 @@ def plan_sweep(config: Config) -> Plan:
     shapes = tuple(Shape(n, d, group) for n in model.n for d in model.d for group in groups)
     tolerances = np.array(sweep.tolerance or [solver.rtol])
     times = np.asarray(config.times)
-    chunk_size = sweep.chunk_size or _auto_chunk_size(config, shapes, len(times))
+    chunk_sizes = tuple(sweep.chunk_size or _auto_chunk_size(config, shape, len(times))
+                        for shape in shapes)
     return Plan(shapes, np.asarray(sweep.beta), np.arange(sweep.starts), tolerances,
-                sweep.tolerance is not None, times, chunk_size)
+                sweep.tolerance is not None, times, chunk_sizes)
 
 
-def _auto_chunk_size(config: Config, shapes, num_times: int) -> int:
+def _auto_chunk_size(config: Config, shape: Shape, num_times: int) -> int:
     """Combos per call so that saved outputs plus solver work arrays fit the memory budget."""
-    n = max(s.n for s in shapes)
-    d = max(s.d for s in shapes)
+    n, d = shape.n, shape.d
     saved = sum(n * d if name == "positions" else 1 for name in config.observables.names)
-    # Tsit5 keeps ~10 stage copies of the state, attention needs a few n×n and d×d arrays.
-    per_combo = 8 * (num_times * saved + 16 * n * d + 8 * n * n + 4 * d * d)
-    return max(1, int(config.sweep.memory_budget_mb * 2**20 // per_combo))
+    # Tsit5 keeps ~10 stage copies of the state, attention a few n×n arrays; random
+    # ensembles hold Q, K, V and the draws of every ensemble (lax.switch under vmap).
+    matrices = 4 * (len(shape.weights) + 3) * d * d if shape.random else 0
+    per_combo = 8 * (num_times * saved + 16 * n * d + 8 * n * n) + 8 * matrices
+    fits = int(config.sweep.memory_budget_mb * 2**20 // per_combo)
+    return max(1, min(fits, _MAX_AUTO_CHUNK))
 
 
 def _dtype(config: Config):
@@ -371,7 +377,7 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
     for stale in out.glob("chunks/*/*.tmp*"):
         stale.unlink()  # left by a run killed while writing; that chunk is recomputed
     todo = [(shape, chunk) for shape in plan.shapes for chunk in range(plan.num_chunks(shape))
-            if not _chunk_path(out, shape, chunk).exists()]
+            if not _chunk_path(out, plan, shape, chunk).exists()]
     total = sum(plan.num_chunks(shape) for shape in plan.shapes)
     computed = 0
     with tqdm(total=total, initial=total - len(todo), unit="chunk", disable=not progress,
@@ -382,7 +388,7 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
             observed, succeeded, num_steps = program(*_chunk_inputs(plan, shape, chunk, dtype))
             observed = jax.device_get(observed)
             seconds = time.perf_counter() - start_time
-            path = _chunk_path(out, shape, chunk)
+            path = _chunk_path(out, plan, shape, chunk)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_to_netcdf(
                 _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds), path)
@@ -395,8 +401,11 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
     return dataset
 
 
-def _chunk_path(out: Path, shape: Shape, chunk: int) -> Path:
-    return out / "chunks" / shape.label / _CHUNK_FILE.format(chunk)
+def _chunk_path(out: Path, plan: Plan, shape: Shape, chunk: int) -> Path:
+    # The chunk length is part of the folder name: chunk k of another length holds other
+    # combos, so a changed memory budget can never mix them up on resume.
+    folder = f"{shape.label}_chunk{plan.chunk_length(shape)}"
+    return out / "chunks" / folder / _CHUNK_FILE.format(chunk)
 
 
 def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
@@ -411,7 +420,7 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
         where = (model.n.index(shape.n), model.d.index(shape.d))
         weight_index = np.array([model.weights.index(w) for w in shape.weights])
         for chunk in range(plan.num_chunks(shape)):
-            with xr.open_dataset(_chunk_path(out, shape, chunk), engine=ENGINE) as piece:
+            with xr.open_dataset(_chunk_path(out, plan, shape, chunk), engine=ENGINE) as piece:
                 piece = piece.load()
             compute_seconds += float(piece.attrs["compute_seconds"])
             w, b, s, r = np.unravel_index(piece["combo"].values, plan.inner_shape(shape))
