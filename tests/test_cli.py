@@ -1,5 +1,6 @@
 """The `transformer-flows` command line: `--help`, errors, and a smoke run of every config."""
 
+import json
 from pathlib import Path
 
 import matplotlib.image
@@ -13,7 +14,8 @@ from transformer_flows._config import load_config
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "--help"],
+                                  ["summarize", "--help"]])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -63,6 +65,19 @@ def test_smoke_run_of_every_config(path, tmp_path, capsys):
     redraw = tmp_path / "redraw"
     assert main(["plot", str(out), "--figures-dir", str(redraw)]) == 0
     assert sorted(p.name for p in redraw.iterdir()) == sorted(p.name for p in figures)
+    if "clustered_fraction" in dataset or "cluster_count" in dataset:
+        assert main(["summarize", str(out), "--times", "1.0", "--betas", "4.0"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        for row in summary.get("phase_levels", []):
+            assert row["t"] == pytest.approx(float(dataset["time"].sel(time=1.0, method="nearest")))
+            if row.get("weights", "identity") == "identity":
+                # Γ∞,δ lies in the β range, or is NaN where no β has clustered yet.
+                beta = dataset["beta"]
+                assert float(beta.min()) <= row["beta_theory"] <= float(beta.max()) or np.isnan(
+                    row["beta_theory"])
+        for row in summary.get("cluster_counts", []):
+            assert 1 <= row["q10"] <= row["median"] <= row["q90"] <= int(dataset["n"].max())
+            assert sum(row["histogram"].values()) == dataset.sizes["start"]
     # Running again resumes a finished directory: nothing left to compute.
     assert main(["run", str(path), "--out", str(out), "--smoke", "--no-progress",
                  "--no-figures", "plot.max_panels_per_row=4"]) == 0

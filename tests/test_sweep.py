@@ -11,6 +11,7 @@ import yaml
 
 import transformer_flows as tf
 from transformer_flows._config import ConfigError, config_from_dict
+from transformer_flows._summary import level_crossing
 from transformer_flows._sweep import DATASET_FILE, load_dataset, plan_sweep, run_sweep
 
 BETAS = [0.0, 1.0, 3.0]
@@ -168,3 +169,13 @@ def test_auto_chunk_size_fits_budget():
 def test_missing_dataset_says_how_to_resume(tmp_path):
     with pytest.raises(FileNotFoundError, match="resume"):
         load_dataset(tmp_path)
+
+
+def test_level_crossing_interpolates_the_first_fall_below_the_level():
+    betas = np.array([0.0, 1.0, 2.0, 3.0])
+    # Linear P(β) = 1 - β/3 crosses 1/2 at β = 1.5 exactly.
+    assert level_crossing(1 - betas / 3, betas) == pytest.approx(1.5)
+    # The first fall counts (a later recovery is noise).
+    assert level_crossing(np.array([1.0, 0.2, 0.8, 0.1]), betas) == pytest.approx(0.625)
+    assert level_crossing(np.ones(4), betas) == np.inf
+    assert level_crossing(np.zeros(4), betas) == -np.inf
