@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import theory as theory
 from ._attention import attend as attend, attention_weights as attention_weights
 from ._energy import (
     energy as energy,
@@ -30,6 +31,17 @@ from ._initial import (
     sample_hemisphere as sample_hemisphere,
     sample_sphere as sample_sphere,
     uniform_angles as uniform_angles,
+)
+from ._observables import (
+    cluster_labels as cluster_labels,
+    cluster_sizes as cluster_sizes,
+    clustered_fraction as clustered_fraction,
+    count_clusters as count_clusters,
+    first_crossing_time as first_crossing_time,
+    gram as gram,
+    inner_product_histogram as inner_product_histogram,
+    min_projection as min_projection,
+    order_parameter as order_parameter,
 )
 from ._solve import Trajectory as Trajectory, solve as solve
 from ._solver._fixed_step import (
