@@ -14,8 +14,9 @@ from transformer_flows._config import load_config
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["plot", "--help"],
-                                  ["summarize", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["plot", "--help"], ["summarize", "--help"]]
+)
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
@@ -46,11 +47,24 @@ def check_figures(paths):
 def test_smoke_run_of_every_config(path, tmp_path, capsys):
     out = tmp_path / "run"
     # An override after --out exercises the key=value words argparse leaves over.
-    assert main(["run", str(path), "--out", str(out), "--smoke", "--no-progress",
-                 "plot.max_panels_per_row=4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--smoke",
+                "--no-progress",
+                "plot.max_panels_per_row=4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    figures = sorted(Path(line.split("figure ")[1]) for line in printed.splitlines()
-                     if " figure " in line)
+    figures = sorted(
+        Path(line.split("figure ")[1]) for line in printed.splitlines() if " figure " in line
+    )
     assert len(figures) >= len(load_config(path).figures)
     check_figures(figures)
     dataset = xr.open_dataset(out / "dataset.nc", engine="h5netcdf").load()
@@ -76,10 +90,24 @@ def test_smoke_run_of_every_config(path, tmp_path, capsys):
                 # Γ∞,δ lies in the β range, or is NaN where no β has clustered yet.
                 beta = dataset["beta"]
                 assert float(beta.min()) <= row["beta_theory"] <= float(beta.max()) or np.isnan(
-                    row["beta_theory"])
+                    row["beta_theory"]
+                )
         for row in summary.get("cluster_counts", []):
             assert 1 <= row["q10"] <= row["median"] <= row["q90"] <= int(dataset["n"].max())
             assert sum(row["histogram"].values()) == dataset.sizes["start"]
     # Running again resumes a finished directory: nothing left to compute.
-    assert main(["run", str(path), "--out", str(out), "--smoke", "--no-progress",
-                 "--no-figures", "plot.max_panels_per_row=4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--smoke",
+                "--no-progress",
+                "--no-figures",
+                "plot.max_panels_per_row=4",
+            ]
+        )
+        == 0
+    )

@@ -40,8 +40,9 @@ def test_smoke_section_shrinks_the_run():
 
 
 def test_defaults_and_grid():
-    config = config_from_dict(minimal(sweep={"beta": {"start": 0.1, "stop": 9, "num": 90},
-                                             "starts": 3}))
+    config = config_from_dict(
+        minimal(sweep={"beta": {"start": 0.1, "stop": 9, "num": 90}, "starts": 3})
+    )
     np.testing.assert_allclose(config.sweep.beta, np.linspace(0.1, 9, 90))
     assert config.solver.method == "adaptive" and config.solver.rtol == 1e-6
     assert config.solver.dt == 0.1  # the authors' step, used with normalized_euler
@@ -57,10 +58,16 @@ def test_defaults_and_grid():
         ({"model": {"n": 4, "d": 2, "feild": "SA"}}, "model.feild", "['field', 'n', 'd'"),
         ({"solver": {"method": "euler"}}, "solver.method", "['adaptive', 'normalized_euler']"),
         ({"model": {"n": 4, "d": 2, "field": "sa"}}, "model.field", "['SA', 'USA']"),
-        ({"model": {"n": 4, "d": 2, "weights": ["ginibre:psd"]}}, "model.weights[0]",
-         "'goe:wishart'"),
-        ({"observables": {"names": ["energy", "clusters"]}}, "observables.names[1]",
-         "'cluster_count'"),
+        (
+            {"model": {"n": 4, "d": 2, "weights": ["ginibre:psd"]}},
+            "model.weights[0]",
+            "'goe:wishart'",
+        ),
+        (
+            {"observables": {"names": ["energy", "clusters"]}},
+            "observables.names[1]",
+            "'cluster_count'",
+        ),
         ({"sweep": {"beta": {"start": 0, "stop": 9}, "starts": 2}}, "sweep.beta.num", "required"),
         ({"sweep": {"beta": [0.0, -1.0], "starts": 2}}, "sweep.beta[1]", ">= 0"),
         ({"sweep": {"beta": [1.0], "starts": 0}}, "sweep.starts", "integer >= 1"),
@@ -87,14 +94,29 @@ def test_unknown_top_level_key():
 @pytest.mark.parametrize(
     "sections, path, fix",
     [
-        ({"figures": ["phase_diagram"], "observables": {"names": ["energy"]}},
-         "observables.names", "needs observable 'clustered_fraction'"),
-        ({"model": {"n": 4, "d": [2, 3]}, "observables": {"names": ["positions"]}},
-         "observables.names", "single `model.n` and `model.d`"),
-        ({"solver": {"method": "normalized_euler", "dt": 0.1, "max_steps": 5}}, "solver.max_steps",
-         "needs 10 steps"),
-        ({"sweep": {"beta": [1.0], "starts": 2, "tolerance": [1e-4]},
-          "solver": {"method": "normalized_euler"}}, "sweep.tolerance", "adaptive"),
+        (
+            {"figures": ["phase_diagram"], "observables": {"names": ["energy"]}},
+            "observables.names",
+            "needs observable 'clustered_fraction'",
+        ),
+        (
+            {"model": {"n": 4, "d": [2, 3]}, "observables": {"names": ["positions"]}},
+            "observables.names",
+            "single `model.n` and `model.d`",
+        ),
+        (
+            {"solver": {"method": "normalized_euler", "dt": 0.1, "max_steps": 5}},
+            "solver.max_steps",
+            "needs 10 steps",
+        ),
+        (
+            {
+                "sweep": {"beta": [1.0], "starts": 2, "tolerance": [1e-4]},
+                "solver": {"method": "normalized_euler"},
+            },
+            "sweep.tolerance",
+            "adaptive",
+        ),
         ({"figures": ["movie"], "observables": {"names": ["positions"]}}, "figures", "d = 3"),
     ],
 )
@@ -104,9 +126,16 @@ def test_cross_checks_name_the_key(sections, path, fix):
 
 
 def test_overrides_change_values_and_reject_typos():
-    config = config_from_dict(minimal(), ["solver.method=normalized_euler", "sweep.starts=8",
-                                          "solver.rtol=1e-9", "sweep.beta=[2, 4]",
-                                          "model.weights=[goe:qk]"])
+    config = config_from_dict(
+        minimal(),
+        [
+            "solver.method=normalized_euler",
+            "sweep.starts=8",
+            "solver.rtol=1e-9",
+            "sweep.beta=[2, 4]",
+            "model.weights=[goe:qk]",
+        ],
+    )
     assert config.solver.method == "normalized_euler" and config.sweep.starts == 8
     assert config.solver.rtol == 1e-9  # YAML reads "1e-9" as a string; it is accepted
     assert config.sweep.beta == (2.0, 4.0)

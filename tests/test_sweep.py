@@ -78,20 +78,24 @@ def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method):
     for beta in BETAS:
         for start in range(2):
             initial = jnp.asarray(x0.sel(beta=beta, start=start).values)
-            trajectory = tf.solve(tf.SelfAttention(beta), initial, ts, solver=solver, dt0=dt0,
-                                  rtol=1e-8, atol=1e-8)
-            np.testing.assert_allclose(positions.sel(beta=beta, start=start), trajectory.xs,
-                                       atol=1e-10)
+            trajectory = tf.solve(
+                tf.SelfAttention(beta), initial, ts, solver=solver, dt0=dt0, rtol=1e-8, atol=1e-8
+            )
+            np.testing.assert_allclose(
+                positions.sel(beta=beta, start=start), trajectory.xs, atol=1e-10
+            )
             energies = [tf.energy(x, beta) for x in trajectory.xs]
-            np.testing.assert_allclose(dataset["energy"].sel(beta=beta, start=start), energies,
-                                       rtol=1e-10)
+            np.testing.assert_allclose(
+                dataset["energy"].sel(beta=beta, start=start), energies, rtol=1e-10
+            )
     if method == "adaptive":  # SA's energy is non-decreasing (MODELS.md §7.4)
         assert float(dataset["energy"].diff("time").min()) > -1e-10
 
 
 def test_tolerance_axis_is_one_program(tmp_path):
-    config = small_config("sweep.tolerance=[1e-3, 1e-9]", "sweep.beta=[3.0]", "sweep.starts=2",
-                          names=("energy",))
+    config = small_config(
+        "sweep.tolerance=[1e-3, 1e-9]", "sweep.beta=[3.0]", "sweep.starts=2", names=("energy",)
+    )
     dataset = run_sweep(config, tmp_path, progress=False).isel(n=0, d=0, weights=0)
     np.testing.assert_array_equal(dataset["rtol"], [1e-3, 1e-9])
     steps = dataset["num_steps"].sel(beta=3.0)
@@ -140,27 +144,46 @@ def test_resume_after_interruption_is_identical_and_skips_done_chunks(tmp_path):
 
 
 def test_refuses_to_mix_configs_in_one_directory(tmp_path):
-    run_sweep(small_config("sweep.starts=1", "sweep.beta=[1.0]", names=("energy",)), tmp_path,
-              progress=False)
+    run_sweep(
+        small_config("sweep.starts=1", "sweep.beta=[1.0]", names=("energy",)),
+        tmp_path,
+        progress=False,
+    )
     with pytest.raises(ConfigError, match="holds a run of a different config"):
-        run_sweep(small_config("sweep.starts=2", "sweep.beta=[1.0]", names=("energy",)), tmp_path,
-                  progress=False)
+        run_sweep(
+            small_config("sweep.starts=2", "sweep.beta=[1.0]", names=("energy",)),
+            tmp_path,
+            progress=False,
+        )
 
 
 def test_programs_group_random_ensembles_per_shape():
-    config = small_config("model.weights=[identity, 'ginibre:wishart', 'goe:qk']",
-                          "model.n=[4, 6]", "model.d=3", names=("energy",))
+    config = small_config(
+        "model.weights=[identity, 'ginibre:wishart', 'goe:qk']",
+        "model.n=[4, 6]",
+        "model.d=3",
+        names=("energy",),
+    )
     labels = [shape.label for shape in plan_sweep(config).shapes]
-    assert labels == ["n4_d3_identity", "n4_d3_ginibre-wishart+goe-qk",
-                      "n6_d3_identity", "n6_d3_ginibre-wishart+goe-qk"]
+    assert labels == [
+        "n4_d3_identity",
+        "n4_d3_ginibre-wishart+goe-qk",
+        "n6_d3_identity",
+        "n6_d3_ginibre-wishart+goe-qk",
+    ]
 
 
 def test_auto_chunk_size_fits_budget():
     config = small_config("sweep.chunk_size=auto", "sweep.starts=1000")
     plan = plan_sweep(config)
     assert plan.chunk_length(plan.shapes[0]) == 2048  # fits 256 MB; capped for progress/resume
-    tight = small_config("sweep.chunk_size=auto", "sweep.starts=1000", "sweep.memory_budget_mb=1",
-                         "model.d=[3, 300]", names=("energy",))
+    tight = small_config(
+        "sweep.chunk_size=auto",
+        "sweep.starts=1000",
+        "sweep.memory_budget_mb=1",
+        "model.d=[3, 300]",
+        names=("energy",),
+    )
     plan = plan_sweep(tight)
     small, large = (plan.chunk_length(shape) for shape in plan.shapes)
     assert 1 <= large < small <= 2048  # the memory need grows with d

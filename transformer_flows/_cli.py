@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transformer-flows",
         description="Simulate the self-attention dynamics on the sphere from YAML configs: run "
-                    "sweeps into labelled, resumable datasets and draw the paper's figures.",
+        "sweeps into labelled, resumable datasets and draw the paper's figures.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

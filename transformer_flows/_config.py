@@ -45,7 +45,9 @@ class _Section:
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
-            _fail(path or "<top level>", f"must be a mapping with keys {list(allowed)}, got {raw!r}.")
+            _fail(
+                path or "<top level>", f"must be a mapping with keys {list(allowed)}, got {raw!r}."
+            )
         unknown = sorted(set(raw) - set(allowed))
         if unknown:
             where = f"{path}.{unknown[0]}" if path else str(unknown[0])
@@ -72,8 +74,14 @@ class _Section:
     def integer(self, key: str, default: Any = dataclasses.MISSING, *, low: int = 1) -> int:
         return _integer(self.get(key, default), self.where(key), low)
 
-    def number(self, key: str, default: Any = dataclasses.MISSING, *, positive: bool = False,
-               nonnegative: bool = False) -> float:
+    def number(
+        self,
+        key: str,
+        default: Any = dataclasses.MISSING,
+        *,
+        positive: bool = False,
+        nonnegative: bool = False,
+    ) -> float:
         return _number(self.get(key, default), self.where(key), positive, nonnegative)
 
     def section(self, key: str, allowed: Sequence[str]) -> "_Section":
@@ -220,8 +228,21 @@ class Config:
         return yaml.safe_dump(self.raw, sort_keys=False)
 
 
-_TOP = ("name", "description", "experiment", "precision", "figures", "plot", "model", "sweep",
-        "time", "solver", "observables", "theory", "smoke")
+_TOP = (
+    "name",
+    "description",
+    "experiment",
+    "precision",
+    "figures",
+    "plot",
+    "model",
+    "sweep",
+    "time",
+    "solver",
+    "observables",
+    "theory",
+    "smoke",
+)
 _PLOT = ("snapshot_times", "movie_frames", "max_panels_per_row", "example_start")
 
 
@@ -237,17 +258,27 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, smoke: bool 
     return config_from_dict(raw, overrides, smoke=smoke, default_name=path.stem)
 
 
-def config_from_dict(raw: Any, overrides: Sequence[str] = (), *, smoke: bool = False,
-                     default_name: str = "experiment") -> Config:
+def config_from_dict(
+    raw: Any,
+    overrides: Sequence[str] = (),
+    *,
+    smoke: bool = False,
+    default_name: str = "experiment",
+) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a config must be a YAML mapping at the top level, got {raw!r}.")
     raw = dict(raw)
     smoke_overrides = raw.pop("smoke", None) or {}
     if not isinstance(smoke_overrides, Mapping):
-        _fail("smoke", f"must map key paths to values, e.g. {{sweep.starts: 4}}, got {smoke_overrides!r}.")
+        _fail(
+            "smoke",
+            f"must map key paths to values, e.g. {{sweep.starts: 4}}, got {smoke_overrides!r}.",
+        )
     if smoke:
         raw = _fill_sections(raw)
-        raw = apply_overrides(raw, [f"{key}={json.dumps(value)}" for key, value in smoke_overrides.items()])
+        raw = apply_overrides(
+            raw, [f"{key}={json.dumps(value)}" for key, value in smoke_overrides.items()]
+        )
     raw = apply_overrides(_fill_sections(raw), list(overrides))
     config = _validate(raw, default_name)
     if smoke_overrides:
@@ -290,20 +321,45 @@ def _validate(raw: dict, default_name: str) -> Config:
     figures = tuple(_as_list(top.get("figures", [])))
     for i, figure in enumerate(figures):
         if figure not in allowed_figures:
-            _fail(f"figures[{i}]", f"must be one of {list(allowed_figures)} for a {experiment} "
-                                   f"experiment, got {figure!r}.")
+            _fail(
+                f"figures[{i}]",
+                f"must be one of {list(allowed_figures)} for a {experiment} "
+                f"experiment, got {figure!r}.",
+            )
     plot = _validate_plot(top.section("plot", _PLOT))
-    resolved: dict = {"name": name, "description": description, "experiment": experiment,
-                      "precision": precision, "figures": list(figures), "plot": plot}
+    resolved: dict = {
+        "name": name,
+        "description": description,
+        "experiment": experiment,
+        "precision": precision,
+        "figures": list(figures),
+        "plot": plot,
+    }
     if experiment == "theory":
         theory = _validate_theory(top.section("theory", ("n", "d", "delta", "beta", "tau", "t1")))
         resolved["theory"] = dataclasses.asdict(theory)
-        return Config(name, description, experiment, precision, figures, plot, None, None, None,
-                      None, None, theory, _plain(resolved))
+        return Config(
+            name,
+            description,
+            experiment,
+            precision,
+            figures,
+            plot,
+            None,
+            None,
+            None,
+            None,
+            None,
+            theory,
+            _plain(resolved),
+        )
 
     model = _validate_model(top.section("model", ("field", "n", "d", "weights", "initial")))
-    sweep = _validate_sweep(top.section(
-        "sweep", ("beta", "starts", "seed", "tolerance", "chunk_size", "memory_budget_mb")))
+    sweep = _validate_sweep(
+        top.section(
+            "sweep", ("beta", "starts", "seed", "tolerance", "chunk_size", "memory_budget_mb")
+        )
+    )
     time = top.section("time", ("t1", "num"))
     t1 = time.number("t1", positive=True)
     num = time.integer("num", low=2)
@@ -312,21 +368,41 @@ def _validate(raw: dict, default_name: str) -> Config:
     observables = _validate_observables(top.section("observables", ("names", "delta", "harmonic")))
     _cross_checks(model, sweep, solver, observables, figures, t1)
     resolved.update(
-        model={"field": model.field, "n": list(model.n), "d": list(model.d),
-               "weights": [w.label for w in model.weights], "initial": model.initial},
+        model={
+            "field": model.field,
+            "n": list(model.n),
+            "d": list(model.d),
+            "weights": [w.label for w in model.weights],
+            "initial": model.initial,
+        },
         sweep=dataclasses.asdict(sweep),
         time={"t1": t1, "num": num},
         solver=dataclasses.asdict(solver),
         observables=dataclasses.asdict(observables),
     )
-    return Config(name, description, experiment, precision, figures, plot, model, sweep, times,
-                  solver, observables, None, _plain(resolved))
+    return Config(
+        name,
+        description,
+        experiment,
+        precision,
+        figures,
+        plot,
+        model,
+        sweep,
+        times,
+        solver,
+        observables,
+        None,
+        _plain(resolved),
+    )
 
 
 def _validate_plot(section: _Section) -> dict:
     snapshot_times = section.get("snapshot_times", None)
     if snapshot_times is not None:
-        snapshot_times = list(_grid(snapshot_times, section.where("snapshot_times"), nonnegative=True))
+        snapshot_times = list(
+            _grid(snapshot_times, section.where("snapshot_times"), nonnegative=True)
+        )
     return {
         "snapshot_times": snapshot_times,
         "movie_frames": section.integer("movie_frames", 60),
@@ -337,19 +413,28 @@ def _validate_plot(section: _Section) -> dict:
 
 def _validate_model(section: _Section) -> ModelConfig:
     field = section.choice("field", FIELDS, "SA")
-    n = tuple(_integer(v, f"{section.where('n')}[{i}]", 2)
-              for i, v in enumerate(_as_list(section.get("n"))))
-    d = tuple(_integer(v, f"{section.where('d')}[{i}]", 2)
-              for i, v in enumerate(_as_list(section.get("d"))))
-    weights = tuple(Weights.parse(w, f"{section.where('weights')}[{i}]")
-                    for i, w in enumerate(_as_list(section.get("weights", "identity"))))
+    n = tuple(
+        _integer(v, f"{section.where('n')}[{i}]", 2)
+        for i, v in enumerate(_as_list(section.get("n")))
+    )
+    d = tuple(
+        _integer(v, f"{section.where('d')}[{i}]", 2)
+        for i, v in enumerate(_as_list(section.get("d")))
+    )
+    weights = tuple(
+        Weights.parse(w, f"{section.where('weights')}[{i}]")
+        for i, w in enumerate(_as_list(section.get("weights", "identity")))
+    )
     initial = section.choice("initial", INITIAL, "sphere")
     for axis, values in (("n", n), ("d", d), ("weights", [w.label for w in weights])):
         if len(set(values)) != len(values):
             _fail(section.where(axis), f"has repeated values {list(values)}; list each once.")
     if field == "USA" and any(w.value not in (None, "identity") for w in weights):
-        _fail(section.where("weights"), "USA is defined with V = I here (MODELS.md M3); use a "
-                                        "`query_key:identity` ensemble or field SA.")
+        _fail(
+            section.where("weights"),
+            "USA is defined with V = I here (MODELS.md M3); use a "
+            "`query_key:identity` ensemble or field SA.",
+        )
     return ModelConfig(field, n, d, weights, initial)
 
 
@@ -359,10 +444,14 @@ def _validate_sweep(section: _Section) -> SweepConfig:
         _fail(section.where("beta"), f"has repeated values {list(beta)}.")
     tolerance = section.get("tolerance", None)
     if tolerance is not None:
-        tolerance = tuple(_number(v, f"{section.where('tolerance')}[{i}]", positive=True)
-                          for i, v in enumerate(_as_list(tolerance)))
+        tolerance = tuple(
+            _number(v, f"{section.where('tolerance')}[{i}]", positive=True)
+            for i, v in enumerate(_as_list(tolerance))
+        )
     chunk_size = section.get("chunk_size", "auto")
-    chunk_size = None if chunk_size == "auto" else _integer(chunk_size, section.where("chunk_size"), 1)
+    chunk_size = (
+        None if chunk_size == "auto" else _integer(chunk_size, section.where("chunk_size"), 1)
+    )
     return SweepConfig(
         beta=beta,
         starts=section.integer("starts"),
@@ -387,12 +476,17 @@ def _validate_observables(section: _Section) -> ObservablesConfig:
     names = tuple(_as_list(section.get("names", ["clustered_fraction"])))
     for i, name in enumerate(names):
         if name not in OBSERVABLES:
-            _fail(f"{section.where('names')}[{i}]", f"must be one of {list(OBSERVABLES)}, got {name!r}.")
+            _fail(
+                f"{section.where('names')}[{i}]",
+                f"must be one of {list(OBSERVABLES)}, got {name!r}.",
+            )
     if len(set(names)) != len(names):
         _fail(section.where("names"), f"has repeated values {list(names)}.")
     delta = section.number("delta", 1e-3, positive=True)
     if not delta < 2:
-        _fail(section.where("delta"), f"must be < 2 (pairs with <x_i,x_j> >= 1 - delta), got {delta}.")
+        _fail(
+            section.where("delta"), f"must be < 2 (pairs with <x_i,x_j> >= 1 - delta), got {delta}."
+        )
     return ObservablesConfig(names, delta, section.integer("harmonic", 1))
 
 
@@ -409,35 +503,66 @@ def _cross_checks(model, sweep, solver, observables, figures, t1) -> None:
     for figure in figures:
         for needed in _FIGURE_NEEDS[figure]:
             if needed not in observables.names:
-                _fail("observables.names", f"figure {figure!r} needs observable {needed!r}; "
-                                           f"add it to {list(observables.names)}.")
+                _fail(
+                    "observables.names",
+                    f"figure {figure!r} needs observable {needed!r}; "
+                    f"add it to {list(observables.names)}.",
+                )
     if "positions" in observables.names and (len(model.n) > 1 or len(model.d) > 1):
-        _fail("observables.names", "`positions` stores whole states, whose shape changes with n "
-                                   "and d: use a single `model.n` and `model.d` with it.")
+        _fail(
+            "observables.names",
+            "`positions` stores whole states, whose shape changes with n "
+            "and d: use a single `model.n` and `model.d` with it.",
+        )
     if "circle_snapshots" in figures and model.d != (2,):
-        _fail("figures", f"'circle_snapshots' draws points on the circle: needs model.d = 2, got {list(model.d)}.")
+        _fail(
+            "figures",
+            "'circle_snapshots' draws points on the circle: needs model.d = 2, got "
+            f"{list(model.d)}.",
+        )
     if "movie" in figures and model.d != (3,):
         _fail("figures", f"'movie' draws points on S^2: needs model.d = 3, got {list(model.d)}.")
     if "order_parameter" in observables.names and model.d != (2,):
-        _fail("observables.names", "`order_parameter` is defined for angles on the circle: needs model.d = 2.")
+        _fail(
+            "observables.names",
+            "`order_parameter` is defined for angles on the circle: needs model.d = 2.",
+        )
     if sweep.tolerance is not None and solver.method != "adaptive":
-        _fail("sweep.tolerance", "a tolerance axis needs solver.method = 'adaptive' "
-                                 f"(got {solver.method!r}); set sweep.tolerance = null.")
+        _fail(
+            "sweep.tolerance",
+            "a tolerance axis needs solver.method = 'adaptive' "
+            f"(got {solver.method!r}); set sweep.tolerance = null.",
+        )
     if solver.method == "normalized_euler" and t1 / solver.dt > solver.max_steps:
-        _fail("solver.max_steps", f"the fixed step dt={solver.dt} needs {int(np.ceil(t1 / solver.dt))} "
-                                  f"steps to reach t1={t1}; raise it above {solver.max_steps}.")
+        _fail(
+            "solver.max_steps",
+            f"the fixed step dt={solver.dt} needs {int(np.ceil(t1 / solver.dt))} "
+            f"steps to reach t1={t1}; raise it above {solver.max_steps}.",
+        )
 
 
 def _validate_theory(section: _Section) -> TheoryConfig:
     n = section.integer("n", 32, low=2)
-    d = tuple(_integer(v, f"{section.where('d')}[{i}]", 2)
-              for i, v in enumerate(_as_list(section.get("d", 2))))
-    beta = _grid(section.get("beta", {"start": 0.0, "stop": 9.0, "num": 91}), section.where("beta"),
-                 nonnegative=True)
-    tau = _grid(section.get("tau", {"start": -3.14159, "stop": 3.14159, "num": 801}),
-                section.where("tau"))
-    return TheoryConfig(n, d, section.number("delta", 1e-3, positive=True), beta, tau,
-                        section.number("t1", 30.0, positive=True))
+    d = tuple(
+        _integer(v, f"{section.where('d')}[{i}]", 2)
+        for i, v in enumerate(_as_list(section.get("d", 2)))
+    )
+    beta = _grid(
+        section.get("beta", {"start": 0.0, "stop": 9.0, "num": 91}),
+        section.where("beta"),
+        nonnegative=True,
+    )
+    tau = _grid(
+        section.get("tau", {"start": -3.14159, "stop": 3.14159, "num": 801}), section.where("tau")
+    )
+    return TheoryConfig(
+        n,
+        d,
+        section.number("delta", 1e-3, positive=True),
+        beta,
+        tau,
+        section.number("t1", 30.0, positive=True),
+    )
 
 
 def _plain(value: Any) -> Any:

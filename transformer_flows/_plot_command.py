@@ -9,11 +9,12 @@ def register(subparsers) -> None:
         "plot",
         help="redraw the figures of DIR from its saved dataset",
         description="Redraw the figures of a finished run from DIR/dataset.nc and the config "
-                    "saved in it (no simulation).",
+        "saved in it (no simulation).",
     )
     parser.add_argument("out", type=Path, metavar="DIR", help="directory of a finished run")
-    parser.add_argument("--figures-dir", type=Path, default=None,
-                        help="write the figures here instead of DIR")
+    parser.add_argument(
+        "--figures-dir", type=Path, default=None, help="write the figures here instead of DIR"
+    )
     parser.set_defaults(func=plot)
 
 

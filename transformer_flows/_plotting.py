@@ -57,8 +57,9 @@ def _join(*parts: str) -> str:
 def _grid(count: int, per_row: int, size=(4.2, 3.4)):
     cols = min(count, per_row)
     rows = -(-count // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:count])
@@ -86,8 +87,9 @@ def phase_boundary_curve(config: Config, n: int, times: np.ndarray, betas: np.nd
 
     fine_times = np.linspace(float(times.min()), float(times.max()), 300)
     fine_betas = np.linspace(float(betas.min()), float(betas.max()), 200)
-    curve = theory.phase_boundary(fine_times, n, config.observables.delta, fine_betas,
-                                  model=config.model.field)
+    curve = theory.phase_boundary(
+        fine_times, n, config.observables.delta, fine_betas, model=config.model.field
+    )
     return fine_times, np.asarray(curve)
 
 
@@ -98,22 +100,36 @@ def _phase_diagram(dataset, config, out):
     for ax, (title, part) in zip(axes, panels):
         probability = part["clustered_fraction"].mean("start").transpose("beta", "time")
         times, betas = part["time"].values, part["beta"].values
-        image = ax.pcolormesh(times, betas, probability.values, cmap="RdBu_r", vmin=0, vmax=1,
-                              shading="nearest")
+        image = ax.pcolormesh(
+            times, betas, probability.values, cmap="RdBu_r", vmin=0, vmax=1, shading="nearest"
+        )
         values = probability.values
         if len(times) > 1 and len(betas) > 1 and values.min() < 0.5 < values.max():
-            ax.contour(times, betas, probability.values, levels=[0.5], colors="0.3",
-                       linestyles="--", linewidths=1.0)
+            ax.contour(
+                times,
+                betas,
+                probability.values,
+                levels=[0.5],
+                colors="0.3",
+                linestyles="--",
+                linewidths=1.0,
+            )
         if str(part["weights"].values) == "identity" and len(betas) > 1:
             curve_t, curve_beta = phase_boundary_curve(config, int(part["n"]), times, betas)
             ax.plot(curve_t, curve_beta, "k-", lw=1.6, label="Γ∞,δ (theory)")
-        ax.set(title=title, xlabel="t", ylabel="β", xlim=(times.min(), times.max()),
-               ylim=(betas.min(), betas.max()))
+        ax.set(
+            title=title,
+            xlabel="t",
+            ylabel="β",
+            xlim=(times.min(), times.max()),
+            ylim=(betas.min(), betas.max()),
+        )
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(loc="lower right", fontsize=7, frameon=True)
     fig.colorbar(image, ax=axes, label=f"P(<x_i,x_j> ≥ 1−δ), δ = {config.observables.delta:g}")
-    fig.suptitle(f"{config.name}: {_subtitle(dataset, config)}\ndashed: empirical 50% level",
-                 fontsize=9)
+    fig.suptitle(
+        f"{config.name}: {_subtitle(dataset, config)}\ndashed: empirical 50% level", fontsize=9
+    )
     return [_save(fig, out / f"{config.name}_phase_diagram.png")]
 
 
@@ -133,8 +149,13 @@ def _circle_snapshots(dataset, config, out):
     part = part.isel(rtol=0) if "rtol" in part.dims else part
     columns = _snapshot_indices(part, config)
     betas = part["beta"].values[::-1]  # largest β on top, as in Fig. 4
-    fig, axes = plt.subplots(len(betas), len(columns), figsize=(2.4 * len(columns), 2.6 * len(betas)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(betas),
+        len(columns),
+        figsize=(2.4 * len(columns), 2.6 * len(betas)),
+        squeeze=False,
+        layout="constrained",
+    )
     circle = np.linspace(0, 2 * np.pi, 200)
     for row, beta in enumerate(betas):
         example = _example(part.sel(beta=beta), config)
@@ -149,8 +170,11 @@ def _circle_snapshots(dataset, config, out):
             ax.set_title(title, fontsize=8)
             ax.set_aspect("equal")
             ax.axis("off")
-    fig.suptitle(f"{config.name}: one trajectory per β (start {config.plot['example_start']})\n"
-                 f"{_subtitle(dataset, config)}", fontsize=8)
+    fig.suptitle(
+        f"{config.name}: one trajectory per β (start {config.plot['example_start']})\n"
+        f"{_subtitle(dataset, config)}",
+        fontsize=8,
+    )
     return [_save(fig, out / f"{config.name}_circle_snapshots.png")]
 
 
@@ -174,8 +198,9 @@ def _movie(dataset, config, out):
 
     def update(frame):
         points._offsets3d = tuple(positions[frame].T)
-        title.set_text(f"{config.model.field}, n = {positions.shape[1]}, β = {beta:g}, "
-                       f"t = {times[frame]:.1f}")
+        title.set_text(
+            f"{config.model.field}, n = {positions.shape[1]}, β = {beta:g}, t = {times[frame]:.1f}"
+        )
         return points, title
 
     animation = FuncAnimation(fig, update, frames=frames, blit=False)
@@ -206,8 +231,10 @@ def _energy(dataset, config, out):
             ax.plot(times, curves.mean(0), color=color, lw=2, label=f"β = {beta:g}")
         ax.set(title=title, xlabel="t", ylabel="E_β(t) / E_β(consensus)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{config.name}: energy (thin: single starts, thick: mean)\n"
-                 f"{_subtitle(dataset, config)}", fontsize=8)
+    fig.suptitle(
+        f"{config.name}: energy (thin: single starts, thick: mean)\n{_subtitle(dataset, config)}",
+        fontsize=8,
+    )
     return [_save(fig, out / f"{config.name}_energy.png")]
 
 
@@ -217,8 +244,9 @@ def _cluster_staircase(dataset, config, out):
     written = []
     for title, part in _panels(dataset):
         has_energy = "energy" in part
-        fig, axes = plt.subplots(1, 3 if has_energy else 2, figsize=(13 if has_energy else 9, 3.8),
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1, 3 if has_energy else 2, figsize=(13 if has_energy else 9, 3.8), layout="constrained"
+        )
         times = part["time"].values
         colors = plt.cm.plasma(np.linspace(0, 0.85, part.sizes["beta"]))
         d = int(part["d"])
@@ -231,19 +259,32 @@ def _cluster_staircase(dataset, config, out):
                 mode = int(theory.selected_mode(float(beta), d, config.model.field))
                 axes[0].axhline(mode, color=color, ls=":", lw=1.2)
             example = _example(part.sel(beta=beta), config)
-            axes[1].step(times, example["cluster_count"].values, where="post", color=color,
-                         label=f"β = {beta:g}")
+            axes[1].step(
+                times,
+                example["cluster_count"].values,
+                where="post",
+                color=color,
+                label=f"β = {beta:g}",
+            )
             if has_energy:
                 axes[2].plot(times, _normalized_energy(example["energy"]).values, color=color)
-        axes[0].set(xlabel="t", ylabel="number of clusters",
-                    title="median and 10–90% over starts; dotted: ℓ*(β)")
-        axes[1].set(xlabel="t", ylabel="number of clusters",
-                    title=f"one start ({config.plot['example_start']})")
+        axes[0].set(
+            xlabel="t",
+            ylabel="number of clusters",
+            title="median and 10–90% over starts; dotted: ℓ*(β)",
+        )
+        axes[1].set(
+            xlabel="t",
+            ylabel="number of clusters",
+            title=f"one start ({config.plot['example_start']})",
+        )
         for ax in axes[:2]:
             _count_axis(ax, int(part["n"]))
         axes[0].legend(fontsize=7)
         if has_energy:
-            axes[2].set(xlabel="t", ylabel="E_β / E_β(consensus)", title="energy staircase (same start)")
+            axes[2].set(
+                xlabel="t", ylabel="E_β / E_β(consensus)", title="energy staircase (same start)"
+            )
         fig.suptitle(f"{config.name} {title}: {_subtitle(dataset, config)}", fontsize=8)
         suffix = title.replace(" ", "").replace(",", "_").replace("=", "") or "all"
         written.append(_save(fig, out / f"{config.name}_cluster_staircase_{suffix}.png"))
@@ -270,8 +311,9 @@ def _landscape(dataset, config, out):
     tau = dataset["tau"].values
     for ax, d in zip(axes, dataset["d"].values):
         for beta in dataset["beta"].values:
-            line, = ax.plot(tau, dataset["landscape_g"].sel(d=d, beta=beta).values,
-                            label=f"β = {beta:g}")
+            (line,) = ax.plot(
+                tau, dataset["landscape_g"].sel(d=d, beta=beta).values, label=f"β = {beta:g}"
+            )
             critical = float(dataset["critical_angle"].sel(d=d, beta=beta))
             for sign in (-1, 1):
                 ax.axvline(sign * critical, color=line.get_color(), ls=":", lw=1)
@@ -288,30 +330,50 @@ def _regimes(dataset, config, out):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     ax = axes[0]
     top = 10 ** np.ceil(np.log10(exact * 3))
-    ax.fill_between([1.5, 2.5], 1e-2, 1, color="tab:green", alpha=0.6, label="proved single cluster")
+    ax.fill_between(
+        [1.5, 2.5], 1e-2, 1, color="tab:green", alpha=0.6, label="proved single cluster"
+    )
     ax.fill_between([1.5, 2.5], 1, exact, color="tab:red", alpha=0.6, label="open (Problem 3)")
     ax.fill_between([1.5, 2.5], exact, top, color="tab:green", alpha=0.6)
     ax.fill_between([2.5, 2 * n], 1e-2, top, color="tab:green", alpha=0.35)
-    ax.fill_between([n, 2 * n], 1e-2, top, facecolor="none", hatch="//", edgecolor="0.3",
-                    lw=0.5, label="d ≥ n: exponential rate (Thm 6.3)")
+    ax.fill_between(
+        [n, 2 * n],
+        1e-2,
+        top,
+        facecolor="none",
+        hatch="//",
+        edgecolor="0.3",
+        lw=0.5,
+        label="d ≥ n: exponential rate (Thm 6.3)",
+    )
     ax.axhline(printed, xmin=0, xmax=0.2, color="k", ls="--", lw=1)
     ax.text(2.6, printed, f"printed n²/π² = {printed:.1f}", fontsize=7, va="bottom")
     ax.text(2.6, exact, f"exact β_B(n) = {exact:.1f}", fontsize=7, va="top")
     ax.text(4, 1, "Thm 6.1 (d ≥ 3, all β)", fontsize=8)
-    ax.set(yscale="log", ylim=(1e-2, top), xlabel="d", ylabel="β",
-           title=f"Fig. 2: proved regimes, n = {n}")
+    ax.set(
+        yscale="log",
+        ylim=(1e-2, top),
+        xlabel="d",
+        ylabel="β",
+        title=f"Fig. 2: proved regimes, n = {n}",
+    )
     _log_d_axis(ax, sorted({2, 3, 4, 8, 16, n, 2 * n}))
     ax.set_xlim(1.5, 2 * n)
     ax.legend(fontsize=7, loc="lower right")
     axes[1].semilogy(dataset["d"].values, dataset["wendel_probability"].values, "o-")
-    axes[1].set(xlabel="d", ylabel="P(all tokens in a hemisphere)",
-                title=f"Wendel (Thm 6.7), n = {n}")
+    axes[1].set(
+        xlabel="d", ylabel="P(all tokens in a hemisphere)", title=f"Wendel (Thm 6.7), n = {n}"
+    )
     _log_d_axis(axes[1], list(dataset["d"].values))
     betas = dataset["beta"].values
     for model in ("SA", "USA"):
         axes[2].plot(betas, dataset[f"clustering_time_{model}"].values, label=model)
-    axes[2].set(xlabel="β", ylabel="t*(β): γ_β(t*) = 1 − δ", yscale="log",
-                title=f"fast ← clustering time → slow (δ = {dataset.attrs['delta']:g})")
+    axes[2].set(
+        xlabel="β",
+        ylabel="t*(β): γ_β(t*) = 1 − δ",
+        yscale="log",
+        title=f"fast ← clustering time → slow (δ = {dataset.attrs['delta']:g})",
+    )
     axes[2].legend()
     return [_save(fig, out / f"{config.name}_regimes.png")]
 

@@ -50,9 +50,13 @@ def phase_levels(dataset: xr.Dataset, config: Config, times=(15.0, 30.0), level:
             empirical = level_crossing(probability.isel(time=index).values, betas, level)
             row = {**labels, "t": saved_t, "beta_empirical": empirical}
             if labels.get("weights", "identity") == "identity":
-                curve = theory.phase_boundary(np.array([saved_t]), int(labels.get("n", part["n"])),
-                                              config.observables.delta, fine_betas,
-                                              model=config.model.field)
+                curve = theory.phase_boundary(
+                    np.array([saved_t]),
+                    int(labels.get("n", part["n"])),
+                    config.observables.delta,
+                    fine_betas,
+                    model=config.model.field,
+                )
                 row["beta_theory"] = float(np.asarray(curve)[0])
                 row["difference"] = row["beta_empirical"] - row["beta_theory"]
             rows.append(row)
@@ -68,15 +72,17 @@ def cluster_count_statistics(dataset: xr.Dataset, betas, times):
                 counts = part["cluster_count"].sel(beta=beta, method="nearest")
                 counts = counts.sel(time=t, method="nearest").values.astype(int)
                 values, frequencies = np.unique(counts, return_counts=True)
-                rows.append({
-                    **labels,
-                    "beta": float(part["beta"].sel(beta=beta, method="nearest")),
-                    "t": float(part["time"].sel(time=t, method="nearest")),
-                    "starts": int(counts.size),
-                    "mean": float(counts.mean()),
-                    "median": float(np.median(counts)),
-                    "q10": float(np.percentile(counts, 10)),
-                    "q90": float(np.percentile(counts, 90)),
-                    "histogram": {int(v): int(f) for v, f in zip(values, frequencies)},
-                })
+                rows.append(
+                    {
+                        **labels,
+                        "beta": float(part["beta"].sel(beta=beta, method="nearest")),
+                        "t": float(part["time"].sel(time=t, method="nearest")),
+                        "starts": int(counts.size),
+                        "mean": float(counts.mean()),
+                        "median": float(np.median(counts)),
+                        "q10": float(np.percentile(counts, 10)),
+                        "q90": float(np.percentile(counts, 90)),
+                        "histogram": {int(v): int(f) for v, f in zip(values, frequencies)},
+                    }
+                )
     return rows

@@ -152,10 +152,18 @@ def plan_sweep(config: Config) -> Plan:
     shapes = tuple(Shape(n, d, group) for n in model.n for d in model.d for group in groups)
     tolerances = np.array(sweep.tolerance or [solver.rtol])
     times = np.asarray(config.times)
-    chunk_sizes = tuple(sweep.chunk_size or _auto_chunk_size(config, shape, len(times))
-                        for shape in shapes)
-    return Plan(shapes, np.asarray(sweep.beta), np.arange(sweep.starts), tolerances,
-                sweep.tolerance is not None, times, chunk_sizes)
+    chunk_sizes = tuple(
+        sweep.chunk_size or _auto_chunk_size(config, shape, len(times)) for shape in shapes
+    )
+    return Plan(
+        shapes,
+        np.asarray(sweep.beta),
+        np.arange(sweep.starts),
+        tolerances,
+        sweep.tolerance is not None,
+        times,
+        chunk_sizes,
+    )
 
 
 def _auto_chunk_size(config: Config, shape: Shape, num_times: int) -> int:
@@ -188,8 +196,12 @@ _PROGRAM_CACHE: dict = {}
 def _program(config: Config, shape: Shape, plan: Plan):
     """The jitted, vmapped solve of one chunk of (β, start, tolerance) combos (cached, so
     resuming in the same process does not compile again)."""
-    cache_key = (json.dumps(_numerics(config.raw), sort_keys=True), shape, plan.chunk_length(shape),
-                 jax.config.jax_enable_x64)
+    cache_key = (
+        json.dumps(_numerics(config.raw), sort_keys=True),
+        shape,
+        plan.chunk_length(shape),
+        jax.config.jax_enable_x64,
+    )
     if cache_key not in _PROGRAM_CACHE:
         if len(_PROGRAM_CACHE) >= 4:
             _PROGRAM_CACHE.pop(next(iter(_PROGRAM_CACHE)))
@@ -221,8 +233,9 @@ def _build_program(config: Config, shape: Shape, plan: Plan):
 
     def draw(weights: Weights):
         def weights_of(key):
-            Q, K, V = random_weights(key, shape.d, query_key=weights.query_key,
-                                     value=weights.value, dtype=dtype)
+            Q, K, V = random_weights(
+                key, shape.d, query_key=weights.query_key, value=weights.value, dtype=dtype
+            )
             return Q, K, jnp.eye(shape.d, dtype=dtype) if V is None else V
 
         return weights_of
@@ -240,17 +253,36 @@ def _build_program(config: Config, shape: Shape, plan: Plan):
             Q = K = V = None
         field = field_class(beta, Q, K, V)
         observer = Observer(beta, observables.names, observables.delta, observables.harmonic)
-        trajectory = solve(field, x0, ts, solver=solver, dt0=dt0, rtol=rtol, atol=atol,
-                           max_steps=solver_config.max_steps, observe=observer, throw=False,
-                           stepsize_controller=controller(tolerance))
+        trajectory = solve(
+            field,
+            x0,
+            ts,
+            solver=solver,
+            dt0=dt0,
+            rtol=rtol,
+            atol=atol,
+            max_steps=solver_config.max_steps,
+            observe=observer,
+            throw=False,
+            stepsize_controller=controller(tolerance),
+        )
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 
     return eqx.filter_jit(jax.vmap(one))
 
 
 def _versions() -> dict[str, str]:
-    names = ("transformer-flows", "jax", "jaxlib", "diffrax", "equinox", "numpy", "xarray",
-             "h5netcdf", "h5py")
+    names = (
+        "transformer-flows",
+        "jax",
+        "jaxlib",
+        "diffrax",
+        "equinox",
+        "numpy",
+        "xarray",
+        "h5netcdf",
+        "h5py",
+    )
     versions = {}
     for name in names:
         try:
@@ -264,10 +296,21 @@ def git_commit() -> str:
     """The commit of the package's checkout, with '+dirty' for uncommitted changes."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
@@ -309,8 +352,9 @@ def _atomic_to_netcdf(dataset: xr.Dataset, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _chunk_dataset(plan: Plan, shape: Shape, chunk: int, observed, succeeded, num_steps,
-                   seconds) -> xr.Dataset:
+def _chunk_dataset(
+    plan: Plan, shape: Shape, chunk: int, observed, succeeded, num_steps, seconds
+) -> xr.Dataset:
     first = chunk * plan.chunk_length(shape)
     count = min(plan.chunk_length(shape), plan.num_combos(shape) - first)
     variables = {
@@ -323,8 +367,11 @@ def _chunk_dataset(plan: Plan, shape: Shape, chunk: int, observed, succeeded, nu
         if np.issubdtype(dtype, np.integer):
             values = np.rint(values)
         variables[name] = (("combo", "time", *extra), values.astype(dtype))
-    return xr.Dataset(variables, coords={"combo": np.arange(first, first + count)},
-                      attrs={"compute_seconds": float(seconds)})
+    return xr.Dataset(
+        variables,
+        coords={"combo": np.arange(first, first + count)},
+        attrs={"compute_seconds": float(seconds)},
+    )
 
 
 def _chunk_inputs(plan: Plan, shape: Shape, chunk: int, dtype):
@@ -333,12 +380,21 @@ def _chunk_inputs(plan: Plan, shape: Shape, chunk: int, dtype):
     # Pad the last chunk so every call has the compiled shape.
     index = np.minimum(index, plan.num_combos(shape) - 1)
     w, b, s, r = np.unravel_index(index, plan.inner_shape(shape))
-    return (jnp.asarray(w), jnp.asarray(plan.beta[b], dtype=dtype), jnp.asarray(plan.starts[s]),
-            jnp.asarray(plan.tolerances[r], dtype=dtype))
+    return (
+        jnp.asarray(w),
+        jnp.asarray(plan.beta[b], dtype=dtype),
+        jnp.asarray(plan.starts[s]),
+        jnp.asarray(plan.tolerances[r], dtype=dtype),
+    )
 
 
-def run_experiment(config: Config, out: str | Path, *, progress: bool = True,
-                   on_chunk: Callable[[int], None] | None = None) -> xr.Dataset:
+def run_experiment(
+    config: Config,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> xr.Dataset:
     """Run a config into directory `out` and return its dataset (see `run_sweep`)."""
     if config.experiment == "theory":
         from ._theory_data import theory_dataset
@@ -347,14 +403,19 @@ def run_experiment(config: Config, out: str | Path, *, progress: bool = True,
         _claim_directory(config, out)
         start_time = time.perf_counter()
         dataset = theory_dataset(config)
-        dataset.attrs.update(_provenance(config, time.perf_counter() - start_time))
+        dataset.attrs.update(_provenance(config, time.perf_counter() - start_time, git_commit()))
         _atomic_to_netcdf(dataset, out / DATASET_FILE)
         return dataset
     return run_sweep(config, out, progress=progress, on_chunk=on_chunk)
 
 
-def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
-              on_chunk: Callable[[int], None] | None = None) -> xr.Dataset:
+def run_sweep(
+    config: Config,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> xr.Dataset:
     """Run a simulation sweep, chunk by chunk, into `out`; resume from chunks already there.
 
     **Arguments:**
@@ -368,20 +429,33 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
     **Returns:** the assembled `xarray.Dataset`, also written to `out/dataset.nc`.
     """
     if config.experiment != "simulation":
-        raise ValueError(f"`run_sweep` runs simulation configs; {config.name!r} is a "
-                         f"{config.experiment!r} config (use run_experiment).")
+        raise ValueError(
+            f"`run_sweep` runs simulation configs; {config.name!r} is a "
+            f"{config.experiment!r} config (use run_experiment)."
+        )
     out = Path(out)
     dtype = _dtype(config)
     plan = plan_sweep(config)
+    commit = git_commit()  # the code this call runs (a later checkout may differ)
     _claim_directory(config, out)
     for stale in out.glob("chunks/*/*.tmp*"):
         stale.unlink()  # left by a run killed while writing; that chunk is recomputed
-    todo = [(shape, chunk) for shape in plan.shapes for chunk in range(plan.num_chunks(shape))
-            if not _chunk_path(out, plan, shape, chunk).exists()]
+    todo = [
+        (shape, chunk)
+        for shape in plan.shapes
+        for chunk in range(plan.num_chunks(shape))
+        if not _chunk_path(out, plan, shape, chunk).exists()
+    ]
     total = sum(plan.num_chunks(shape) for shape in plan.shapes)
     computed = 0
-    with tqdm(total=total, initial=total - len(todo), unit="chunk", disable=not progress,
-              desc=config.name, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total,
+        initial=total - len(todo),
+        unit="chunk",
+        disable=not progress,
+        desc=config.name,
+        dynamic_ncols=True,
+    ) as bar:
         for shape, chunk in todo:
             start_time = time.perf_counter()
             program = _program(config, shape, plan)
@@ -391,12 +465,13 @@ def run_sweep(config: Config, out: str | Path, *, progress: bool = True,
             path = _chunk_path(out, plan, shape, chunk)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_to_netcdf(
-                _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds), path)
+                _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds), path
+            )
             computed += 1
             bar.update(1)
             if on_chunk is not None:
                 on_chunk(computed)
-    dataset = assemble(config, plan, out)
+    dataset = assemble(config, plan, out, commit)
     _atomic_to_netcdf(dataset, out / DATASET_FILE)
     return dataset
 
@@ -408,7 +483,7 @@ def _chunk_path(out: Path, plan: Plan, shape: Shape, chunk: int) -> Path:
     return out / "chunks" / folder / _CHUNK_FILE.format(chunk)
 
 
-def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
+def assemble(config: Config, plan: Plan, out: Path, commit: str = "unknown") -> xr.Dataset:
     """Gather every chunk file into one labelled dataset with dims
     (n, d, weights, beta, start[, rtol], time[, particle, component])."""
     model = config.model
@@ -431,8 +506,12 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
     # The tolerance axis is named `rtol` (= atol): `tolerance` is a keyword of xarray's `sel`.
     dims = ("n", "d", "weights", "beta", "start", "rtol")
     coords = {
-        "n": list(model.n), "d": list(model.d), "weights": [w.label for w in model.weights],
-        "beta": plan.beta, "start": plan.starts, "rtol": plan.tolerances,
+        "n": list(model.n),
+        "d": list(model.d),
+        "weights": [w.label for w in model.weights],
+        "beta": plan.beta,
+        "start": plan.starts,
+        "rtol": plan.tolerances,
         "time": plan.times,
     }
     variables = {}
@@ -451,19 +530,20 @@ def assemble(config: Config, plan: Plan, out: Path) -> xr.Dataset:
     dataset["start"].attrs["long_name"] = "random initial configuration (and weight draw)"
     if "clustered_fraction" in dataset:
         dataset["clustered_fraction"].attrs["long_name"] = (
-            f"fraction of ordered pairs i≠j with <x_i,x_j> >= 1-δ, δ={config.observables.delta:g}")
-    dataset.attrs.update(_provenance(config, compute_seconds))
+            f"fraction of ordered pairs i≠j with <x_i,x_j> >= 1-δ, δ={config.observables.delta:g}"
+        )
+    dataset.attrs.update(_provenance(config, compute_seconds, commit))
     dataset.attrs["chunk_size"] = max(plan.chunk_length(shape) for shape in plan.shapes)
     return dataset
 
 
-def _provenance(config: Config, compute_seconds: float) -> dict:
+def _provenance(config: Config, compute_seconds: float, commit: str) -> dict:
     attrs = {
         "name": config.name,
         "config": config.to_yaml(),
         "smoke": int(config.smoke),
         "versions": json.dumps(_versions()),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "compute_seconds": compute_seconds,
     }

@@ -21,12 +21,15 @@ def theory_dataset(config: Config) -> xr.Dataset:
     d = np.asarray(spec.d)
     # Arrays of one shape in, int d (the theory functions' signatures).
     beta_grid, tau_grid = np.meshgrid(beta, tau, indexing="ij")
-    landscape = np.stack([np.asarray(theory.landscape_g(tau_grid, beta_grid, dim))
-                          for dim in spec.d])
+    landscape = np.stack(
+        [np.asarray(theory.landscape_g(tau_grid, beta_grid, dim)) for dim in spec.d]
+    )
     critical = np.stack([np.asarray(theory.critical_angle(beta, dim)) for dim in spec.d])
     wendel = np.array([float(theory.wendel_probability(spec.n, dim)) for dim in spec.d])
-    clustering = {model: np.asarray(theory.clustering_time(spec.n, beta, spec.delta, model))
-                  for model in ("SA", "USA")}
+    clustering = {
+        model: np.asarray(theory.clustering_time(spec.n, beta, spec.delta, model))
+        for model in ("SA", "USA")
+    }
     dataset = xr.Dataset(
         {
             "landscape_g": (("d", "beta", "tau"), landscape),
