@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench env clean
+.PHONY: demo test bench env clean figures figures-smoke
 
 env: $(STAMP)
 
@@ -19,6 +19,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The paper's figures, one config each (configs/*.yaml), plus Fig. 4's phase diagram with the
+# authors' fixed-step scheme for comparison. Re-running resumes interrupted sweeps.
+CONFIGS := $(sort $(wildcard configs/*.yaml))
+CLI := $(PY) -m transformer_flows._cli
+FIGURES_OUT ?= out/figures
+
+figures: $(STAMP)
+	@set -e; for config in $(CONFIGS); do \
+	  $(CLI) run $$config --out $(FIGURES_OUT)/$$(basename $$config .yaml); done
+	$(CLI) run configs/figure4_phase.yaml --out $(FIGURES_OUT)/figure4_phase_fixed_step \
+	  name=figure4_phase_fixed_step solver.method=normalized_euler solver.dt=0.1
+
+figures-smoke: $(STAMP)
+	@set -e; for config in $(CONFIGS); do \
+	  $(CLI) run $$config --smoke --out $(FIGURES_OUT)-smoke/$$(basename $$config .yaml); done
 
 # Benchmarks (never part of `make test`): torch and torchdiffeq come from the `bench` extra.
 # Results are appended to benchmarks/results/*.md; BENCHMARKS.md summarises them.

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import theory as theory
 from ._attention import (
     AbstractAttentionMethod as AbstractAttentionMethod,
     attend as attend,
@@ -23,6 +24,23 @@ from ._ensembles import (
     random_weights as random_weights,
     wishart as wishart,
 )
+from ._fit import (
+    AbstractFieldModel as AbstractFieldModel,
+    FitResult as FitResult,
+    FlowOptions as FlowOptions,
+    LowRank as LowRank,
+    LowRankAttention as LowRankAttention,
+    as_field as as_field,
+    batch_loss as batch_loss,
+    evaluate as evaluate,
+    fit as fit,
+    load_checkpoint as load_checkpoint,
+    make_step as make_step,
+    project_beta as project_beta,
+    save_checkpoint as save_checkpoint,
+    trainable_spec as trainable_spec,
+)
+from ._fit_command import load_fitted_model as load_fitted_model
 from ._field._base import (
     AbstractAngleField as AbstractAngleField,
     AbstractSphereField as AbstractSphereField,
@@ -38,6 +56,28 @@ from ._initial import (
     sample_hemisphere as sample_hemisphere,
     sample_sphere as sample_sphere,
     uniform_angles as uniform_angles,
+)
+from ._losses import (
+    AbstractTask as AbstractTask,
+    CapMixture as CapMixture,
+    LabeledInputs as LabeledInputs,
+    LabeledTargets as LabeledTargets,
+    TargetMeasure as TargetMeasure,
+    TargetPartition as TargetPartition,
+    adjusted_rand_index as adjusted_rand_index,
+    nearest_target_accuracy as nearest_target_accuracy,
+    sphere_mmd2 as sphere_mmd2,
+)
+from ._observables import (
+    cluster_labels as cluster_labels,
+    cluster_sizes as cluster_sizes,
+    clustered_fraction as clustered_fraction,
+    count_clusters as count_clusters,
+    first_crossing_time as first_crossing_time,
+    gram as gram,
+    inner_product_histogram as inner_product_histogram,
+    min_projection as min_projection,
+    order_parameter as order_parameter,
 )
 from ._sharding import (
     device_mesh as device_mesh,

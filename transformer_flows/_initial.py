@@ -39,7 +39,7 @@ def orthonormal_tokens(
     gaussian = jax.random.normal(key, (d, n), dtype=_dtype(dtype))
     q, r = jnp.linalg.qr(gaussian)
     # Fix the QR sign ambiguity so the frame is Haar-distributed.
-    return (q * jnp.sign(jnp.diagonal(r))).T
+    return (q * jnp.sign(jnp.diagonal(r))[None, :]).T
 
 
 def sample_hemisphere(

@@ -31,7 +31,7 @@ class Trajectory(eqx.Module):
     ts: Float[Array, " times"]
     xs: Array | None
     observed: PyTree | None
-    stats: dict[str, Array | int]
+    stats: dict[str, Array | int]  # diffrax also reports `max_steps` as a Python int
     result: diffrax.RESULTS
 
     @property
@@ -97,6 +97,7 @@ def solve(
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
     x0, ts = _check_values(field, x0, ts, sphere)
+    solver = _prepare_for_adjoint(solver, adjoint)
     tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
     dt0 = None if dt0 is None else jnp.asarray(dt0, x0.dtype)
     return _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
@@ -119,6 +120,17 @@ def _resolve_solver(solver, sphere: bool) -> diffrax.AbstractSolver:
             )
         return solver.solver if isinstance(solver, Renormalized) else solver
     return solver if isinstance(solver, _SPHERE_PRESERVING) else Renormalized(solver)
+
+
+def _prepare_for_adjoint(solver, adjoint):
+    """DirectAdjoint/ForwardMode need a Runge–Kutta stage loop they can differentiate; diffrax
+    sets it on the solver it is given, so set it on the solver inside `Renormalized` here."""
+    scan_kind = {diffrax.DirectAdjoint: "bounded", diffrax.ForwardMode: "lax"}.get(type(adjoint))
+    inner = solver.solver if isinstance(solver, Renormalized) else None
+    if scan_kind and isinstance(inner, diffrax.AbstractRungeKutta) and inner.scan_kind is None:
+        solver = eqx.tree_at(lambda s: s.solver.scan_kind, solver, scan_kind,
+                             is_leaf=lambda leaf: leaf is None)
+    return solver
 
 
 def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe,
@@ -190,6 +202,9 @@ def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
             )
             jumps = field.jump_times() if sphere else None
             if jumps is not None:
+                # Step to just before and just after each layer boundary, so that no stage
+                # of a step reads the next layer's weights. (Fixed-step solvers keep their
+                # stage times inside the step instead; see `_fixed_step.py`.)
                 stepsize_controller = diffrax.ClipStepSizeController(
                     stepsize_controller, jump_ts=jumps.astype(ts.dtype)
                 )
@@ -202,7 +217,17 @@ def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
     # BacksolveAdjoint differentiates saved states only, so observe afterwards there.
     observe_inside = observe is not None and not isinstance(adjoint, diffrax.BacksolveAdjoint)
     if observe_inside:
-        saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: observe(on_sphere(y)))
+        # diffrax pre-fills its save buffers with inf, which integer outputs (cluster counts)
+        # cannot hold: save those as floats and cast back (exact below 2^24 / 2^53).
+        observed_shapes = jax.eval_shape(observe, x0)
+
+        def observe_as_float(t, y, args):
+            return jax.tree_util.tree_map(
+                lambda v: v if jnp.issubdtype(v.dtype, jnp.inexact) else v.astype(x0.dtype),
+                observe(on_sphere(y)),
+            )
+
+        saveat = diffrax.SaveAt(ts=ts, fn=observe_as_float)
     elif isinstance(adjoint, diffrax.BacksolveAdjoint):
         saveat = diffrax.SaveAt(ts=ts)
     else:
@@ -223,7 +248,10 @@ def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
         progress_meter=progress_meter,
     )
     if observe_inside:
-        xs, observed = None, solution.ys
+        xs = None
+        observed = jax.tree_util.tree_map(
+            lambda v, shape: v.astype(shape.dtype), solution.ys, observed_shapes
+        )
     else:
         xs = jax.vmap(on_sphere)(solution.ys)
         observed = None

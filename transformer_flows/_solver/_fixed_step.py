@@ -5,10 +5,21 @@ from typing import ClassVar
 
 import diffrax
 import jax
+import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from .._field._base import AbstractSphereField
 from .._sphere import exp_map, normalize
+
+
+def inside(t, toward, ulps: int = 4):
+    """`t` moved a few ulps towards `toward`. Stage times of a step [t0, t1] are read at
+    t0⁺ and t1⁻ so that a field piecewise constant in time (per-layer weights, layer l on
+    [l·τ, (l+1)·τ)) is read on the step's own piece, even when the constant-step grid
+    t0 + k·h is off by a rounding error; smooth time dependence moves by ~1e-15 only."""
+    for _ in range(ulps):
+        t = jnp.nextafter(t, toward)
+    return t
 
 
 class AbstractFixedStepSolver(diffrax.AbstractSolver):
@@ -62,7 +73,7 @@ class NormalizedEuler(AbstractFixedStepSolver):
         return 1
 
     def advance(self, terms, t0, t1, y0, args):
-        drift = _sphere_field(terms).drift(t0, y0, args)
+        drift = _sphere_field(terms).drift(inside(t0, t1), y0, args)
         return normalize(y0 + (t1 - t0) * drift)
 
 
@@ -73,7 +84,7 @@ class GeodesicEuler(AbstractFixedStepSolver):
         return 1
 
     def advance(self, terms, t0, t1, y0, args):
-        return exp_map(y0, terms.vf_prod(t0, y0, args, terms.contr(t0, t1)))
+        return exp_map(y0, terms.vf_prod(inside(t0, t1), y0, args, terms.contr(t0, t1)))
 
 
 class RK4(AbstractFixedStepSolver):
@@ -93,10 +104,10 @@ class RK4(AbstractFixedStepSolver):
         def shifted(y, k, scale):
             return jax.tree_util.tree_map(lambda a, b: a + scale * b, y, k)
 
-        k1 = terms.vf_prod(t0, y0, args, control)
+        k1 = terms.vf_prod(inside(t0, t1), y0, args, control)
         k2 = terms.vf_prod(tmid, shifted(y0, k1, 0.5), args, control)
         k3 = terms.vf_prod(tmid, shifted(y0, k2, 0.5), args, control)
-        k4 = terms.vf_prod(t1, shifted(y0, k3, 1.0), args, control)
+        k4 = terms.vf_prod(inside(t1, t0), shifted(y0, k3, 1.0), args, control)
         return jax.tree_util.tree_map(
             lambda y, a, b, c, d: y + (a + 2 * b + 2 * c + d) / 6, y0, k1, k2, k3, k4
         )

@@ -39,6 +39,12 @@ class Renormalized(diffrax.AbstractWrappedSolver):
     def interpolation_cls(self):  # pyright: ignore
         return self.solver.interpolation_cls
 
+    @property
+    def scan_kind(self):
+        # diffrax's DirectAdjoint/ForwardMode read this (isinstance forwards to the inner
+        # Runge–Kutta solver); `solve` sets the inner value before they look.
+        return getattr(self.solver, "scan_kind", None)
+
     def order(self, terms):
         return self.solver.order(terms)
 

@@ -1,0 +1,117 @@
+"""The `transformer-flows` command line: `--help`, errors, and a smoke run of every config."""
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import xarray as xr
+
+from transformer_flows._cli import main
+from transformer_flows._config import load_config
+
+# Sweep configs for `run`; configs/fit_*.yaml belong to `fit` (smoke-run in tests/test_fit.py).
+CONFIGS = sorted(
+    path for path in (Path(__file__).parent.parent / "configs").glob("*.yaml")
+    if not path.name.startswith("fit_")
+)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["plot", "--help"], ["summarize", "--help"]]
+)
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    assert "usage: transformer-flows" in capsys.readouterr().out
+
+
+def test_bad_override_names_the_key(tmp_path, capsys):
+    config = CONFIGS[0].parent / "figure3.yaml"
+    assert main(["run", str(config), "--out", str(tmp_path), "solver.mthod=rk4"]) == 2
+    assert "unknown key 'solver.mthod'" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "has not finished" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", str(config), "--out", str(tmp_path), "--bogus"])
+
+
+def check_figures(paths):
+    for path in paths:
+        image = matplotlib.image.imread(path) if path.suffix == ".png" else None
+        assert path.stat().st_size > 1000
+        if image is not None:
+            assert image.ndim == 3 and min(image.shape[:2]) > 100
+            assert float(np.ptp(image)) > 0  # not a blank canvas
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_smoke_run_of_every_config(path, tmp_path, capsys):
+    out = tmp_path / "run"
+    # An override after --out exercises the key=value words argparse leaves over.
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--smoke",
+                "--no-progress",
+                "plot.max_panels_per_row=4",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    figures = sorted(
+        Path(line.split("figure ")[1]) for line in printed.splitlines() if " figure " in line
+    )
+    assert len(figures) >= len(load_config(path).figures)
+    check_figures(figures)
+    dataset = xr.open_dataset(out / "dataset.nc", engine="h5netcdf").load()
+    assert dataset.attrs["smoke"] == 1 and dataset.attrs["git_commit"]
+    if "clustered_fraction" in dataset:
+        fraction = dataset["clustered_fraction"]
+        assert float(fraction.min()) >= 0 and float(fraction.max()) <= 1
+        assert "solver" in dataset.attrs
+    if "succeeded" in dataset:
+        assert bool(dataset["succeeded"].all())
+    # `plot` redraws the same figures from the saved dataset alone.
+    redraw = tmp_path / "redraw"
+    assert main(["plot", str(out), "--figures-dir", str(redraw)]) == 0
+    assert sorted(p.name for p in redraw.iterdir()) == sorted(p.name for p in figures)
+    if "clustered_fraction" in dataset or "cluster_count" in dataset:
+        capsys.readouterr()  # drop what `plot` printed
+        saved_t = float(dataset["time"][1])
+        assert main(["summarize", str(out), "--times", str(saved_t), "--betas", "4.0"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        for row in summary.get("phase_levels", []):
+            assert row["t"] == pytest.approx(saved_t)
+            if row.get("weights", "identity") == "identity":
+                # Γ∞,δ lies in the β range, or is NaN where no β has clustered yet.
+                beta = dataset["beta"]
+                assert float(beta.min()) <= row["beta_theory"] <= float(beta.max()) or np.isnan(
+                    row["beta_theory"]
+                )
+        for row in summary.get("cluster_counts", []):
+            assert 1 <= row["q10"] <= row["median"] <= row["q90"] <= int(dataset["n"].max())
+            assert sum(row["histogram"].values()) == dataset.sizes["start"]
+    # Running again resumes a finished directory: nothing left to compute.
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(out),
+                "--smoke",
+                "--no-progress",
+                "--no-figures",
+                "plot.max_panels_per_row=4",
+            ]
+        )
+        == 0
+    )

@@ -1,0 +1,124 @@
+"""Solvers: convergence orders, the authors' update restated in NumPy, sphere drift, adjoints."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import transformer_flows as tf
+
+
+def _problem():
+    rng = np.random.default_rng(5)
+    d = 3
+    field = tf.SelfAttention(1.0, *(rng.standard_normal((3, d, d)) / np.sqrt(d)))
+    x0 = tf.normalize(jnp.asarray(rng.standard_normal((6, d))))
+    return field, x0
+
+
+@pytest.mark.parametrize(
+    "solver, order",
+    [(tf.NormalizedEuler(), 1), (tf.GeodesicEuler(), 1), (tf.RK4(), 4)],
+)
+def test_convergence_order(solver, order):
+    field, x0 = _problem()
+    ts = jnp.array([0.0, 1.0])
+    reference = tf.solve(field, x0, ts, solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-13).xs[-1]
+    steps = np.array([0.1, 0.05, 0.025, 0.0125])
+    errors = [
+        float(jnp.max(jnp.abs(tf.solve(field, x0, ts, solver=solver, dt0=h).xs[-1] - reference)))
+        for h in steps
+    ]
+    slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.15, (slope, errors)
+
+
+def _numpy_normalized_euler(x, beta, Q, K, V, eta, steps, softmax):
+    """The authors' loop (phase-diagrams.py), restated independently in NumPy."""
+    B = Q.T @ K
+    for _ in range(steps):
+        logits = beta * (x @ B) @ x.T
+        if softmax:
+            weights = np.exp(logits - logits.max(1, keepdims=True))
+            weights /= weights.sum(1, keepdims=True)
+        else:
+            weights = np.exp(logits) / x.shape[0]
+        update = eta * (weights @ x) @ V.T
+        x = x + update
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_normalized_euler_equals_numpy_loop(normalized):
+    rng = np.random.default_rng(6)
+    n, d, beta, eta = 7, 4, 2.0, 0.1
+    Q, K, V = (rng.standard_normal((d, d)) / np.sqrt(d) for _ in range(3))
+    x0 = rng.standard_normal((n, d))
+    x0 /= np.linalg.norm(x0, axis=1, keepdims=True)
+    cls = tf.SelfAttention if normalized else tf.UnnormalizedSelfAttention
+    ts = np.linspace(0, 3, 4)
+    traj = tf.solve(cls(beta, Q, K, V), x0, ts, solver=tf.NormalizedEuler(), dt0=eta)
+    for k, t in enumerate(ts):
+        expected = _numpy_normalized_euler(x0, beta, Q, K, V, eta, round(t / eta), normalized)
+        np.testing.assert_allclose(traj.xs[k], expected, atol=1e-12, rtol=0)
+
+
+def test_adaptive_default_is_accurate_and_renormalises(getkey):
+    field, x0 = _problem()
+    ts = jnp.linspace(0, 200, 5)
+    traj = tf.solve(field, x0, ts, rtol=1e-8, atol=1e-8)
+    assert tf.sphere_drift(traj.xs) <= 1e-14
+    # without renormalisation the same Tsit5 solve drifts off the sphere
+    raw = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 200.0, None, x0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8), max_steps=16384,
+    )
+    assert tf.sphere_drift(raw.ys) > 10 * tf.sphere_drift(traj.xs)
+    assert traj.succeeded and int(traj.stats["num_steps"]) > 0
+
+
+def test_tolerance_controls_error(getkey):
+    field, x0 = _problem()
+    ts = jnp.array([0.0, 2.0])
+    reference = tf.solve(field, x0, ts, solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-13).xs[-1]
+    errors = [float(jnp.abs(tf.solve(field, x0, ts, rtol=tol, atol=tol).xs[-1] - reference).max())
+              for tol in (1e-4, 1e-7, 1e-10)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-8
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [diffrax.RecursiveCheckpointAdjoint(), diffrax.BacksolveAdjoint(), diffrax.ForwardMode()],
+)
+def test_adjoints_agree_and_match_finite_differences(getkey, adjoint):
+    x0 = tf.sample_sphere(getkey(), 5, 3)
+    target = tf.sample_sphere(getkey(), 5, 3)
+    V = jnp.eye(3) + 0.1 * jax.random.normal(getkey(), (3, 3))
+
+    def loss(beta):
+        traj = tf.solve(tf.SelfAttention(beta, V=V), x0, jnp.array([0.0, 1.5]), rtol=1e-11,
+                        atol=1e-11, adjoint=adjoint)
+        return jnp.sum((traj.xs[-1] - target) ** 2)
+
+    differentiate = jax.jacfwd if isinstance(adjoint, diffrax.ForwardMode) else jax.grad
+    gradient = differentiate(loss)(1.3)
+    h = 1e-5
+    finite = (loss(1.3 + h) - loss(1.3 - h)) / (2 * h)
+    np.testing.assert_allclose(gradient, finite, rtol=1e-6)
+
+
+def test_normalized_euler_with_layers_switches_every_layer_duration():
+    """dt = 0.1 and layer_duration = 1: ten updates per layer, as in a stack of post-LN layers."""
+    rng = np.random.default_rng(7)
+    L, n, d, beta, eta = 3, 5, 3, 1.0, 0.1
+    V = rng.standard_normal((L, d, d))
+    x0 = rng.standard_normal((n, d))
+    x0 /= np.linalg.norm(x0, axis=1, keepdims=True)
+    field = tf.SelfAttention(beta, V=V, layer_duration=1.0)
+    final = tf.solve(field, x0, np.array([0.0, 3.0]), solver=tf.NormalizedEuler(), dt0=eta).xs[-1]
+    x = x0
+    for layer in range(L):
+        x = _numpy_normalized_euler(x, beta, np.eye(d), np.eye(d), V[layer], eta, 10, True)
+    np.testing.assert_allclose(final, x, atol=1e-12, rtol=0)

@@ -1,0 +1,204 @@
+"""Sweep runner: labelled dataset, vmapped sweep = loop of `solve`, resume after a crash."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+import transformer_flows as tf
+from transformer_flows._config import ConfigError, config_from_dict
+from transformer_flows._summary import level_crossing
+from transformer_flows._sweep import DATASET_FILE, load_dataset, plan_sweep, run_sweep
+
+BETAS = [0.0, 1.0, 3.0]
+
+
+def small_config(*overrides, d=(3,), starts=3, chunk_size=4, names=("positions", "energy")):
+    raw = {
+        "name": "small",
+        "model": {"field": "SA", "n": 5, "d": list(d)},
+        "sweep": {"beta": BETAS, "starts": starts, "seed": 7, "chunk_size": chunk_size},
+        "time": {"t1": 2.0, "num": 5},
+        "solver": {"rtol": 1e-8, "atol": 1e-8},
+        "observables": {"names": list(names)},
+    }
+    return config_from_dict(raw, list(overrides))
+
+
+def numbers(dataset):
+    return dataset.drop_attrs()
+
+
+def test_dataset_dims_coords_attrs(tmp_path):
+    config = small_config("model.weights=['ginibre:wishart', 'goe:qk']", names=("energy",))
+    dataset = run_sweep(config, tmp_path, progress=False)
+    assert dict(dataset.sizes) == {"n": 1, "d": 1, "weights": 2, "beta": 3, "start": 3, "time": 5}
+    assert dataset["energy"].dims == ("n", "d", "weights", "beta", "start", "time")
+    np.testing.assert_array_equal(dataset["n"], [5])
+    np.testing.assert_array_equal(dataset["d"], [3])
+    np.testing.assert_array_equal(dataset["beta"], BETAS)
+    np.testing.assert_array_equal(dataset["start"], [0, 1, 2])
+    np.testing.assert_allclose(dataset["time"], np.linspace(0, 2, 5))
+    assert list(dataset["weights"].values) == ["ginibre:wishart", "goe:qk"]
+    assert bool(dataset["succeeded"].all()) and int(dataset["num_steps"].min()) > 0
+    attrs = dataset.attrs
+    assert config_from_dict(yaml.safe_load(attrs["config"])).raw == config.raw
+    assert "Tsit5" in attrs["solver"] and "rtol=1e-08" in attrs["solver"]
+    assert json.loads(attrs["versions"])["jax"] == jax.__version__
+    assert attrs["git_commit"] and attrs["chunk_size"] == 4
+    energy = dataset["energy"].isel(n=0, d=0)
+    # Both ensembles ran in one program, from the same starts, with different dynamics.
+    np.testing.assert_allclose(energy.isel(weights=0, time=0), energy.isel(weights=1, time=0))
+    assert not np.allclose(energy.isel(weights=0, time=-1), energy.isel(weights=1, time=-1))
+    # What is on disk is what was returned, and the config travels with it.
+    saved, saved_config = load_dataset(tmp_path)
+    xr.testing.assert_identical(saved, dataset)
+    assert saved_config.raw == config.raw
+    # One program (both ensembles), ceil(2 x 9 combos / 4) chunks, one file each.
+    assert len(list(tmp_path.glob("chunks/*/chunk_*.nc"))) == 5
+
+
+@pytest.mark.parametrize("method", ["adaptive", "normalized_euler"])
+def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method):
+    config = small_config(f"solver.method={method}", "solver.dt=0.05", "sweep.starts=2")
+    dataset = run_sweep(config, tmp_path, progress=False).isel(n=0, d=0, weights=0)
+    positions = dataset["positions"]
+    # Start s has the same initial tokens for every β (common random numbers), and different
+    # starts differ.
+    x0 = positions.isel(time=0)
+    np.testing.assert_array_equal(x0.isel(beta=0).values, x0.isel(beta=2).values)
+    assert not np.allclose(x0.isel(start=0, beta=0), x0.isel(start=1, beta=0))
+    solver = tf.NormalizedEuler() if method == "normalized_euler" else None
+    dt0 = 0.05 if method == "normalized_euler" else None
+    ts = jnp.asarray(dataset["time"].values)
+    for beta in BETAS:
+        for start in range(2):
+            initial = jnp.asarray(x0.sel(beta=beta, start=start).values)
+            trajectory = tf.solve(
+                tf.SelfAttention(beta), initial, ts, solver=solver, dt0=dt0, rtol=1e-8, atol=1e-8
+            )
+            np.testing.assert_allclose(
+                positions.sel(beta=beta, start=start), trajectory.xs, atol=1e-10
+            )
+            energies = [tf.energy(x, beta) for x in trajectory.xs]
+            np.testing.assert_allclose(
+                dataset["energy"].sel(beta=beta, start=start), energies, rtol=1e-10
+            )
+    if method == "adaptive":  # SA's energy is non-decreasing (MODELS.md §7.4)
+        assert float(dataset["energy"].diff("time").min()) > -1e-10
+
+
+def test_tolerance_axis_is_one_program(tmp_path):
+    config = small_config(
+        "sweep.tolerance=[1e-3, 1e-9]", "sweep.beta=[3.0]", "sweep.starts=2", names=("energy",)
+    )
+    dataset = run_sweep(config, tmp_path, progress=False).isel(n=0, d=0, weights=0)
+    np.testing.assert_array_equal(dataset["rtol"], [1e-3, 1e-9])
+    steps = dataset["num_steps"].sel(beta=3.0)
+    assert bool((steps.sel(rtol=1e-9) > steps.sel(rtol=1e-3)).all())
+    # The loose solve is close to the tight one, not equal to it.
+    gap = abs(dataset["energy"].sel(rtol=1e-3) - dataset["energy"].sel(rtol=1e-9))
+    assert 0 < float(gap.max()) < 1e-2
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_interruption_is_identical_and_skips_done_chunks(tmp_path):
+    config = small_config(names=("positions", "energy"))
+    plan = plan_sweep(config)
+    assert plan.num_chunks(plan.shapes[0]) == 3  # 9 combos, chunks of 4: the last one is padded
+
+    def crash_after_two(count):
+        if count == 2:
+            raise Crash
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        run_sweep(config, interrupted, progress=False, on_chunk=crash_after_two)
+    done = sorted(interrupted.glob("chunks/*/chunk_*.nc"))
+    assert len(done) == 2 and not (interrupted / DATASET_FILE).exists()
+    stamps = {path: path.stat().st_mtime_ns for path in done}
+    # A run killed while writing leaves a temporary file; it must not count as a chunk.
+    (done[0].parent / "chunk_00002.nc.tmp123").write_bytes(b"partial")
+
+    computed = []
+    resumed = run_sweep(config, interrupted, progress=False, on_chunk=computed.append)
+    assert computed == [1]  # only the missing chunk was computed
+    assert {path: path.stat().st_mtime_ns for path in done} == stamps
+    assert not list(interrupted.glob("chunks/*/*.tmp*"))
+
+    straight = run_sweep(config, tmp_path / "straight", progress=False)
+    xr.testing.assert_identical(numbers(resumed), numbers(straight))
+
+    # Re-running a finished directory computes nothing.
+    computed.clear()
+    again = run_sweep(config, interrupted, progress=False, on_chunk=computed.append)
+    assert computed == []
+    xr.testing.assert_identical(numbers(again), numbers(resumed))
+
+
+def test_refuses_to_mix_configs_in_one_directory(tmp_path):
+    run_sweep(
+        small_config("sweep.starts=1", "sweep.beta=[1.0]", names=("energy",)),
+        tmp_path,
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match="holds a run of a different config"):
+        run_sweep(
+            small_config("sweep.starts=2", "sweep.beta=[1.0]", names=("energy",)),
+            tmp_path,
+            progress=False,
+        )
+
+
+def test_programs_group_random_ensembles_per_shape():
+    config = small_config(
+        "model.weights=[identity, 'ginibre:wishart', 'goe:qk']",
+        "model.n=[4, 6]",
+        "model.d=3",
+        names=("energy",),
+    )
+    labels = [shape.label for shape in plan_sweep(config).shapes]
+    assert labels == [
+        "n4_d3_identity",
+        "n4_d3_ginibre-wishart+goe-qk",
+        "n6_d3_identity",
+        "n6_d3_ginibre-wishart+goe-qk",
+    ]
+
+
+def test_auto_chunk_size_fits_budget():
+    config = small_config("sweep.chunk_size=auto", "sweep.starts=1000")
+    plan = plan_sweep(config)
+    assert plan.chunk_length(plan.shapes[0]) == 2048  # fits 256 MB; capped for progress/resume
+    tight = small_config(
+        "sweep.chunk_size=auto",
+        "sweep.starts=1000",
+        "sweep.memory_budget_mb=1",
+        "model.d=[3, 300]",
+        names=("energy",),
+    )
+    plan = plan_sweep(tight)
+    small, large = (plan.chunk_length(shape) for shape in plan.shapes)
+    assert 1 <= large < small <= 2048  # the memory need grows with d
+
+
+def test_missing_dataset_says_how_to_resume(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume"):
+        load_dataset(tmp_path)
+
+
+def test_level_crossing_interpolates_the_first_fall_below_the_level():
+    betas = np.array([0.0, 1.0, 2.0, 3.0])
+    # Linear P(β) = 1 - β/3 crosses 1/2 at β = 1.5 exactly.
+    assert level_crossing(1 - betas / 3, betas) == pytest.approx(1.5)
+    # The first fall counts (a later recovery is noise).
+    assert level_crossing(np.array([1.0, 0.2, 0.8, 0.1]), betas) == pytest.approx(0.625)
+    assert level_crossing(np.ones(4), betas) == np.inf
+    assert level_crossing(np.zeros(4), betas) == -np.inf

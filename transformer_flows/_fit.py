@@ -1,0 +1,397 @@
+"""Fitting Q, K, V and β by differentiating a loss on `solve` outputs: an optax loop with one
+`eqx.filter_jit` step.
+
+- The model is a field (`SelfAttention`, `UnnormalizedSelfAttention`, with heads and per-layer
+  weights as they come) or an `AbstractFieldModel` that builds one (`LowRankAttention`:
+  W = A Bᵀ factors).
+- A filter spec (pytree of bools, `trainable_spec`) picks the trained leaves; the step
+  differentiates only those and `eqx.apply_updates` skips the rest, so frozen leaves are
+  bit-for-bit unchanged.
+- β stays >= 0 by projection: after every update β ← max(β, 0) (projected gradient descent;
+  a frozen β, already >= 0, is left exactly as it is).
+- Every step draws a fresh batch of inputs from the task with key fold_in(train_key, step), so
+  a run resumed from a checkpoint continues exactly as an uninterrupted one.
+"""
+
+import abc
+import dataclasses
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from ._custom_types import Particles
+from ._field._base import AbstractSphereField
+from ._field._self_attention import (
+    AbstractAttentionField,
+    SelfAttention,
+    UnnormalizedSelfAttention,
+    as_beta,
+)
+from ._losses import AbstractTask
+from ._solve import Trajectory, solve
+from ._validation import as_float_array
+
+
+class LowRank(eqx.Module):
+    """A weight stored as factors, W = left @ rightᵀ, with `left` (..., k, r) and `right`
+    (..., d, r) (leading head/layer axes shared). Rank r <= min(k, d)."""
+
+    left: Array
+    right: Array
+
+    def __check_init__(self):
+        for name, factor in (("left", self.left), ("right", self.right)):
+            if factor.ndim < 2:
+                raise ValueError(f"`{name}` must have shape (..., ., r), got {factor.shape}.")
+        left, right = self.left.shape, self.right.shape
+        if left[:-2] != right[:-2] or left[-1] != right[-1]:
+            raise ValueError(
+                f"`left` {self.left.shape} and `right` {self.right.shape} must share leading "
+                "axes and the rank r (last axis): W = left @ rightᵀ."
+            )
+
+    def __init__(self, left, right):
+        self.left = as_float_array(left, "left")
+        self.right = as_float_array(right, "right")
+
+    @property
+    def matrix(self) -> Array:
+        return self.left @ jnp.swapaxes(self.right, -1, -2)
+
+
+class AbstractFieldModel(eqx.Module):
+    """A trainable parametrisation that builds an attention field."""
+
+    @abc.abstractmethod
+    def field(self) -> AbstractAttentionField:
+        """The field with the current parameters."""
+
+
+class LowRankAttention(AbstractFieldModel):
+    """(SA) (`normalized=True`) or (USA) whose Q, K, V may be `LowRank` factors (W = A Bᵀ),
+    full arrays or None (identity); shapes otherwise as in `SelfAttention`."""
+
+    beta: Float[Array, ""] = eqx.field(converter=as_beta)
+    Q: LowRank | Array | None = None
+    K: LowRank | Array | None = None
+    V: LowRank | Array | None = None
+    normalized: bool = eqx.field(default=True, static=True, kw_only=True)
+    layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+
+    def __check_init__(self):
+        self.field()  # the built field validates the shapes, with its messages
+
+    def field(self) -> AbstractAttentionField:
+        def dense(w):
+            return w.matrix if isinstance(w, LowRank) else w
+
+        cls = SelfAttention if self.normalized else UnnormalizedSelfAttention
+        return cls(
+            self.beta, dense(self.Q), dense(self.K), dense(self.V),
+            layer_duration=self.layer_duration,
+        )
+
+
+def as_field(model: AbstractSphereField | AbstractFieldModel) -> AbstractSphereField:
+    """The field a model stands for (a field is its own model)."""
+    if isinstance(model, AbstractFieldModel):
+        return model.field()
+    if isinstance(model, AbstractSphereField):
+        return model
+    raise ValueError(
+        f"`model` must be a sphere field (e.g. SelfAttention) or an AbstractFieldModel "
+        f"(e.g. LowRankAttention), got {type(model).__name__}."
+    )
+
+
+def trainable_spec(model: PyTree, names: Sequence[str] = ("Q", "K", "V", "beta")) -> PyTree:
+    """A filter spec (pytree of bools) training the attributes `names` of `model` (a field or
+    `LowRankAttention`; a `LowRank` weight trains both factors) and freezing everything else.
+    For finer control edit the result with `eqx.tree_at`."""
+    fields = {f.name for f in dataclasses.fields(model)}
+    spec = jax.tree_util.tree_map(lambda _: False, model)
+    for name in names:
+        if name not in fields:
+            raise ValueError(
+                f"`names` has {name!r}, which is not an attribute of {type(model).__name__}; "
+                f"choose among {sorted(fields)}."
+            )
+        if getattr(model, name) is None:
+            raise ValueError(
+                f"`{name}` is None (the identity) and cannot be trained; give the model an "
+                f"explicit `{name}` matrix (e.g. the identity) to train it."
+            )
+        spec = eqx.tree_at(lambda s, name=name: getattr(s, name), spec, replace=True)
+    return spec
+
+
+class FlowOptions(eqx.Module):
+    """How the flow is solved during fitting: from t = 0 to `horizon` with `solve`'s options.
+    `adjoint`: `diffrax.RecursiveCheckpointAdjoint()` (default; exact gradient of the discrete
+    solve; `checkpoints=` trades memory for recomputation) or `diffrax.BacksolveAdjoint()`."""
+
+    horizon: float = eqx.field(static=True)
+    solver: diffrax.AbstractSolver | None = None
+    dt0: float | None = eqx.field(default=None, static=True)
+    rtol: float = eqx.field(default=1e-4, static=True)
+    atol: float = eqx.field(default=1e-4, static=True)
+    max_steps: int = eqx.field(default=4096, static=True)
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
+
+    def __check_init__(self):
+        if not self.horizon > 0:
+            raise ValueError(f"`horizon` (final time T) must be > 0, got {self.horizon}.")
+
+    def trajectory(
+        self, field: AbstractSphereField, x0: Particles, num_saves: int = 2
+    ) -> Trajectory:
+        ts = jnp.linspace(0.0, self.horizon, num_saves, dtype=x0.dtype)
+        return solve(
+            field, x0, ts, solver=self.solver, dt0=self.dt0, rtol=self.rtol, atol=self.atol,
+            max_steps=self.max_steps, adjoint=self.adjoint,
+        )
+
+    def final(self, field: AbstractSphereField, x0: Particles) -> Particles:
+        return self.trajectory(field, x0).xs[-1]
+
+
+def batch_loss(
+    model: PyTree, task: AbstractTask, flow: FlowOptions, key: PRNGKeyArray, batch_size: int
+) -> Float[Array, ""]:
+    """Mean task loss over `batch_size` fresh inputs drawn with `key` (vmap over solves)."""
+    x0, aux = jax.vmap(task.sample)(jax.random.split(key, batch_size))
+    field = as_field(model)
+    x_final = jax.vmap(lambda x: flow.final(field, x))(x0)
+    return jnp.mean(jax.vmap(task.loss)(x_final, aux))
+
+
+def make_step(
+    task: AbstractTask,
+    optimizer: optax.GradientTransformation,
+    flow: FlowOptions,
+    filter_spec: PyTree,
+    batch_size: int,
+) -> Callable:
+    """`step(model, opt_state, key) -> (model, opt_state, loss)`, jitted once (a retrace
+    raises: the shapes and options must not change between steps)."""
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def step(model, opt_state, key):
+        trainable, frozen = eqx.partition(model, filter_spec)
+
+        def loss_of(params):
+            return batch_loss(eqx.combine(params, frozen), task, flow, key, batch_size)
+
+        loss, grads = eqx.filter_value_and_grad(loss_of)(trainable)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        model = project_beta(eqx.apply_updates(model, updates))
+        return model, opt_state, loss
+
+    return step
+
+
+def project_beta(model: PyTree) -> PyTree:
+    """β ← max(β, 0) in every attention field or field model inside `model`."""
+
+    def is_node(node):
+        return isinstance(node, (AbstractAttentionField, LowRankAttention))
+
+    def clip(node):
+        if not is_node(node):
+            return node
+        return eqx.tree_at(lambda m: m.beta, node, jnp.maximum(node.beta, 0))
+
+    return jax.tree_util.tree_map(clip, model, is_leaf=is_node)
+
+
+@eqx.filter_jit
+def final_states(model: PyTree, flow: FlowOptions, x0: Float[Array, "batch n d"]) -> Array:
+    """Final tokens x(T) for a batch of inputs (no gradient; used for evaluation)."""
+    field = as_field(model)
+    return jax.vmap(lambda x: flow.final(field, x))(x0)
+
+
+def evaluate(
+    model: PyTree, task: AbstractTask, flow: FlowOptions, key: PRNGKeyArray, num_samples: int
+) -> dict[str, float]:
+    """Held-out metrics (`task.metrics`) and `heldout_loss` on `num_samples` inputs drawn
+    with `key` (use a key never used for training)."""
+    x0, aux = jax.vmap(task.sample)(jax.random.split(key, num_samples))
+    x_final = final_states(model, flow, x0)
+    metrics = task.metrics(np.asarray(x_final), aux)
+    metrics["heldout_loss"] = float(jnp.mean(jax.vmap(task.loss)(x_final, aux)))
+    return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """`model`: the trained model; `opt_state`; `loss_history`: the training loss of every
+    step run so far (resumed steps included); `evaluations`: held-out metrics, each with its
+    `step` (the first at the step this call started from); `train_seconds`: wall time of this
+    call's steps, the first (compiling) step
+    excluded and timed apart as `first_step_seconds`."""
+
+    model: PyTree
+    opt_state: PyTree
+    loss_history: np.ndarray
+    evaluations: list[dict]
+    train_seconds: float
+    first_step_seconds: float
+
+
+def fit(
+    model: PyTree,
+    task: AbstractTask,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: PRNGKeyArray,
+    num_steps: int,
+    flow: FlowOptions,
+    batch_size: int = 16,
+    filter_spec: PyTree | None = None,
+    eval_every: int = 0,
+    eval_size: int = 64,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = False,
+) -> FitResult:
+    """Train `model` for `num_steps` optimizer steps on batches of `batch_size` inputs.
+
+    **Arguments:**
+    - `model`: a sphere field or an `AbstractFieldModel` (e.g. `LowRankAttention`).
+    - `task`: an `AbstractTask` (`LabeledTargets`, `TargetPartition`, `TargetMeasure`).
+    - `optimizer`: any optax transformation (schedules and clipping via `optax.chain`).
+    - `key`: split into a training key (step s uses fold_in(key, s)) and a held-out key.
+    - `flow`: `FlowOptions` (horizon, solver, adjoint, ...).
+    - `filter_spec`: which leaves train (default: every inexact array); see `trainable_spec`.
+    - `eval_every`: held-out evaluation every so many steps (0: only before and after).
+    - `checkpoint`: a file; if it exists the run resumes from it, and it is rewritten
+      atomically every `checkpoint_every` steps (0: only at the end).
+    - `progress`: print a progress bar to stderr.
+
+    **Returns:** a `FitResult`.
+    """
+    for name, value, low in (("num_steps", num_steps, 0), ("batch_size", batch_size, 1),
+                             ("eval_every", eval_every, 0), ("eval_size", eval_size, 1),
+                             ("checkpoint_every", checkpoint_every, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+    if not isinstance(task, AbstractTask):
+        raise ValueError(f"`task` must be an AbstractTask (e.g. LabeledTargets), got {task!r}.")
+    field = as_field(model)
+    if field.dim is not None and field.dim != task.dim:
+        raise ValueError(f"The model acts on d={field.dim} but the task has d={task.dim}.")
+    if filter_spec is None:
+        filter_spec = jax.tree_util.tree_map(eqx.is_inexact_array, model)
+    # A weakly typed leaf (β = 1.0) comes back strongly typed from the update: fix the types
+    # now so the step compiles once.
+    model = jax.tree_util.tree_map(
+        lambda leaf: jnp.asarray(leaf, dtype=leaf.dtype) if eqx.is_array(leaf) else leaf, model
+    )
+    train_key, heldout_key = jax.random.split(key)
+    opt_state = optimizer.init(eqx.filter(eqx.filter(model, filter_spec), eqx.is_inexact_array))
+    start, history = 0, np.zeros(0)
+    path = None if checkpoint is None else pathlib.Path(checkpoint)
+    if path is not None and path.exists():
+        model, opt_state, start, history = load_checkpoint(path, model, opt_state)
+    step = make_step(task, optimizer, flow, filter_spec, batch_size)
+    evaluations = []
+
+    def record_evaluation(at):
+        evaluations.append({"step": at, **evaluate(model, task, flow, heldout_key, eval_size)})
+
+    record_evaluation(start)
+    losses = list(history)
+    bar = _ProgressBar(num_steps, start) if progress else None
+    first_step_seconds = train_seconds = 0.0
+    for s in range(start, num_steps):
+        began = time.perf_counter()
+        model, opt_state, loss = step(model, opt_state, jax.random.fold_in(train_key, s))
+        losses.append(float(loss))  # blocks until the step is done
+        elapsed = time.perf_counter() - began
+        if s == start:
+            first_step_seconds = elapsed
+        else:
+            train_seconds += elapsed
+        done = s + 1
+        if bar is not None:
+            bar.update(done, losses[-1])
+        if eval_every and done % eval_every == 0 and done < num_steps:
+            record_evaluation(done)
+        if path is not None and checkpoint_every and done % checkpoint_every == 0:
+            save_checkpoint(path, model, opt_state, done, np.asarray(losses))
+    if bar is not None:
+        bar.close()
+    if num_steps > start:
+        record_evaluation(num_steps)
+        if path is not None:
+            save_checkpoint(path, model, opt_state, num_steps, np.asarray(losses))
+    return FitResult(model, opt_state, np.asarray(losses), evaluations, train_seconds,
+                     first_step_seconds)
+
+
+def save_checkpoint(path, model, opt_state, step: int, history: np.ndarray) -> None:
+    """Write (model, opt_state, step) with `eqx.tree_serialise_leaves` and the loss history
+    beside it (`<path>.history.npy`); each file is written to a temporary name and renamed,
+    so a crash never leaves a half-written checkpoint."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path.with_name(path.name + ".history.npy"), lambda f: np.save(f, history))
+    _atomic(path, lambda f: eqx.tree_serialise_leaves(f, (model, opt_state, jnp.asarray(step))))
+
+
+def load_checkpoint(path, model, opt_state) -> tuple[PyTree, PyTree, int, np.ndarray]:
+    """Read a checkpoint written by `save_checkpoint`; `model` and `opt_state` give the
+    structure (same shapes and optimizer as the run that wrote it)."""
+    path = pathlib.Path(path)
+    try:
+        model, opt_state, step = eqx.tree_deserialise_leaves(
+            path, (model, opt_state, jnp.asarray(0))
+        )
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"Checkpoint {path} does not match this model/optimizer ({err}); resume with the "
+            "same configuration or remove the file to start afresh."
+        ) from err
+    step = int(step)
+    history = np.load(path.with_name(path.name + ".history.npy"))[:step]
+    return model, opt_state, step, history
+
+
+def _atomic(path: pathlib.Path, write: Callable) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as f:
+        write(f)
+    os.replace(temporary, path)
+
+
+class _ProgressBar:
+    """A one-line text progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, done: int, width: int = 30):
+        self.total, self.width, self.started = max(total, 1), width, time.perf_counter()
+        self.update(done, float("nan"))
+
+    def update(self, done: int, loss: float) -> None:
+        filled = int(self.width * done / self.total)
+        elapsed = time.perf_counter() - self.started
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
+            f"loss {loss:.4g} {elapsed:.0f}s"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()

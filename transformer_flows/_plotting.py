@@ -1,0 +1,389 @@
+"""Figures drawn from a sweep or theory dataset (matplotlib, Agg backend, no numerics here
+beyond averaging over starts and the theory overlays)."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from ._config import Config  # noqa: E402
+
+DPI = 90
+
+
+def draw_figures(dataset: xr.Dataset, config: Config, out: str | Path) -> list[Path]:
+    """Draw every figure listed in `config.figures` into `out`; returns the written files."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in config.figures:
+        written.extend(_FIGURES[name](dataset, config, out))
+    return written
+
+
+def _panels(dataset: xr.Dataset) -> list[tuple[str, xr.Dataset]]:
+    """One panel per shape combination (and tolerance): (title, dataset with those dims dropped)."""
+    axes = [dim for dim in ("n", "d", "weights", "rtol") if dim in dataset.dims]
+    panels = [("", dataset)]
+    for dim in axes:
+        size = dataset.sizes[dim]
+        panels = [
+            (_join(title, _label(dim, value, size)), part.sel({dim: value}))
+            for title, part in panels
+            for value in part[dim].values
+        ]
+    return panels
+
+
+def _label(dim: str, value, size: int) -> str:
+    if dim == "d":
+        return f"d = {value}"
+    if size == 1:
+        return ""
+    if dim == "weights":
+        return str(value)
+    return f"{dim} = {value:g}" if dim == "rtol" else f"{dim} = {value}"
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(part for part in parts if part)
+
+
+def _grid(count: int, per_row: int, size=(4.2, 3.4)):
+    cols = min(count, per_row)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _subtitle(dataset: xr.Dataset, config: Config) -> str:
+    starts = dataset.sizes.get("start", 0)
+    model = config.model
+    text = f"{model.field}, n = {', '.join(map(str, model.n))}, {starts} starts per β"
+    if "solver" in dataset.attrs:
+        text += f"\n{dataset.attrs['solver']}"
+    return text + (" [smoke]" if config.smoke else "")
+
+
+def phase_boundary_curve(config: Config, n: int, times: np.ndarray, betas: np.ndarray):
+    """Γ∞,δ (6.12) for the config's model as a curve β(t) on a fine grid (theory for
+    Q = K = V = I; the caller draws it on identity-weight panels only)."""
+    from . import theory
+
+    fine_times = np.linspace(float(times.min()), float(times.max()), 300)
+    fine_betas = np.linspace(float(betas.min()), float(betas.max()), 200)
+    curve = theory.phase_boundary(
+        fine_times, n, config.observables.delta, fine_betas, model=config.model.field
+    )
+    return fine_times, np.asarray(curve)
+
+
+def _phase_diagram(dataset, config, out):
+    panels = _panels(dataset)
+    fig, axes = _grid(len(panels), config.plot["max_panels_per_row"])
+    image = None
+    for ax, (title, part) in zip(axes, panels):
+        probability = part["clustered_fraction"].mean("start").transpose("beta", "time")
+        times, betas = part["time"].values, part["beta"].values
+        image = ax.pcolormesh(
+            times, betas, probability.values, cmap="RdBu_r", vmin=0, vmax=1, shading="nearest"
+        )
+        values = probability.values
+        if len(times) > 1 and len(betas) > 1 and values.min() < 0.5 < values.max():
+            ax.contour(
+                times,
+                betas,
+                probability.values,
+                levels=[0.5],
+                colors="0.3",
+                linestyles="--",
+                linewidths=1.0,
+            )
+        if str(part["weights"].values) == "identity" and len(betas) > 1:
+            curve_t, curve_beta = phase_boundary_curve(config, int(part["n"]), times, betas)
+            ax.plot(curve_t, curve_beta, "k-", lw=1.6, label="Γ∞,δ (theory)")
+        ax.set(
+            title=title,
+            xlabel="t",
+            ylabel="β",
+            xlim=(times.min(), times.max()),
+            ylim=(betas.min(), betas.max()),
+        )
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(loc="lower right", fontsize=7, frameon=True)
+    fig.colorbar(image, ax=axes, label=f"P(<x_i,x_j> ≥ 1−δ), δ = {config.observables.delta:g}")
+    fig.suptitle(
+        f"{config.name}: {_subtitle(dataset, config)}\ndashed: empirical 50% level", fontsize=9
+    )
+    return [_save(fig, out / f"{config.name}_phase_diagram.png")]
+
+
+def _snapshot_indices(dataset, config) -> list[int]:
+    times = dataset["time"].values
+    wanted = config.plot["snapshot_times"] or list(np.linspace(times[0], times[-1], 3))
+    return [int(np.argmin(np.abs(times - t))) for t in wanted]
+
+
+def _example(part: xr.Dataset, config: Config) -> xr.Dataset:
+    start = min(config.plot["example_start"], part.sizes["start"] - 1)
+    return part.isel(start=start)
+
+
+def _circle_snapshots(dataset, config, out):
+    part = dataset.isel(n=0, d=0, weights=0)
+    part = part.isel(rtol=0) if "rtol" in part.dims else part
+    columns = _snapshot_indices(part, config)
+    betas = part["beta"].values[::-1]  # largest β on top, as in Fig. 4
+    fig, axes = plt.subplots(
+        len(betas),
+        len(columns),
+        figsize=(2.4 * len(columns), 2.6 * len(betas)),
+        squeeze=False,
+        layout="constrained",
+    )
+    circle = np.linspace(0, 2 * np.pi, 200)
+    for row, beta in enumerate(betas):
+        example = _example(part.sel(beta=beta), config)
+        for col, index in enumerate(columns):
+            ax = axes[row, col]
+            x = example["positions"].isel(time=index).values
+            ax.plot(np.cos(circle), np.sin(circle), color="0.8", lw=1)
+            ax.scatter(x[:, 0], x[:, 1], s=18, color="tab:red", zorder=3)
+            title = f"β = {beta:g}, t = {part['time'].values[index]:.1f}"
+            if "cluster_count" in example:
+                title += f"\n{int(example['cluster_count'].isel(time=index))} clusters"
+            ax.set_title(title, fontsize=8)
+            ax.set_aspect("equal")
+            ax.axis("off")
+    fig.suptitle(
+        f"{config.name}: one trajectory per β (start {config.plot['example_start']})\n"
+        f"{_subtitle(dataset, config)}",
+        fontsize=8,
+    )
+    return [_save(fig, out / f"{config.name}_circle_snapshots.png")]
+
+
+def _movie(dataset, config, out):
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    part = dataset.isel(n=0, d=0, weights=0, beta=0)
+    part = part.isel(rtol=0) if "rtol" in part.dims else part
+    example = _example(part, config)
+    positions = example["positions"].values
+    times = part["time"].values
+    frames = np.unique(np.linspace(0, len(times) - 1, config.plot["movie_frames"]).astype(int))
+    fig = plt.figure(figsize=(3.2, 3.2))
+    ax = fig.add_subplot(projection="3d")
+    u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 24), np.linspace(0, np.pi, 12))
+    ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4)
+    points = ax.scatter(*positions[0].T, s=12, color="tab:red", depthshade=False)
+    ax.set_axis_off()
+    title = ax.set_title("", fontsize=8)
+    beta = float(part["beta"])
+
+    def update(frame):
+        points._offsets3d = tuple(positions[frame].T)
+        title.set_text(
+            f"{config.model.field}, n = {positions.shape[1]}, β = {beta:g}, t = {times[frame]:.1f}"
+        )
+        return points, title
+
+    animation = FuncAnimation(fig, update, frames=frames, blit=False)
+    path = out / f"{config.name}_movie.gif"
+    animation.save(path, writer=PillowWriter(fps=10), dpi=60)
+    plt.close(fig)
+    return [path]
+
+
+def _normalized_energy(energy: xr.DataArray) -> xr.DataArray:
+    """E_β(t) / E_β(consensus); consensus energy e^β/(2β) (1/2 for the β = 0 limit)."""
+    beta = energy["beta"]
+    maximum = xr.where(beta > 0, np.exp(beta) / (2 * beta.where(beta > 0, 1.0)), 0.5)
+    return energy / maximum
+
+
+def _energy(dataset, config, out):
+    panels = _panels(dataset)
+    fig, axes = _grid(len(panels), config.plot["max_panels_per_row"])
+    colors = plt.cm.viridis(np.linspace(0, 0.9, dataset.sizes["beta"]))
+    for ax, (title, part) in zip(axes, panels):
+        normalized = _normalized_energy(part["energy"])
+        times = part["time"].values
+        for color, beta in zip(colors, part["beta"].values):
+            curves = normalized.sel(beta=beta).transpose("start", "time").values
+            for curve in curves[:8]:
+                ax.plot(times, curve, color=color, lw=0.5, alpha=0.4)
+            ax.plot(times, curves.mean(0), color=color, lw=2, label=f"β = {beta:g}")
+        ax.set(title=title, xlabel="t", ylabel="E_β(t) / E_β(consensus)")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"{config.name}: energy (thin: single starts, thick: mean)\n{_subtitle(dataset, config)}",
+        fontsize=8,
+    )
+    return [_save(fig, out / f"{config.name}_energy.png")]
+
+
+def _cluster_staircase(dataset, config, out):
+    from . import theory
+
+    written = []
+    for title, part in _panels(dataset):
+        has_energy = "energy" in part
+        fig, axes = plt.subplots(
+            1, 3 if has_energy else 2, figsize=(13 if has_energy else 9, 3.8), layout="constrained"
+        )
+        times = part["time"].values
+        colors = plt.cm.plasma(np.linspace(0, 0.85, part.sizes["beta"]))
+        d = int(part["d"])
+        for color, beta in zip(colors, part["beta"].values):
+            counts = part["cluster_count"].sel(beta=beta).transpose("start", "time").values
+            low, median, high = np.percentile(counts, [10, 50, 90], axis=0)
+            axes[0].fill_between(times, low, high, color=color, alpha=0.2, step="post")
+            axes[0].step(times, median, where="post", color=color, lw=1.8, label=f"β = {beta:g}")
+            if beta > 0:
+                mode = int(theory.selected_mode(float(beta), d, config.model.field))
+                axes[0].axhline(mode, color=color, ls=":", lw=1.2)
+            example = _example(part.sel(beta=beta), config)
+            axes[1].step(
+                times,
+                example["cluster_count"].values,
+                where="post",
+                color=color,
+                label=f"β = {beta:g}",
+            )
+            if has_energy:
+                axes[2].plot(times, _normalized_energy(example["energy"]).values, color=color)
+        axes[0].set(
+            xlabel="t",
+            ylabel="number of clusters",
+            title="median and 10–90% over starts; dotted: ℓ*(β)",
+        )
+        axes[1].set(
+            xlabel="t",
+            ylabel="number of clusters",
+            title=f"one start ({config.plot['example_start']})",
+        )
+        for ax in axes[:2]:
+            _count_axis(ax, int(part["n"]))
+        axes[0].legend(fontsize=7)
+        if has_energy:
+            axes[2].set(
+                xlabel="t", ylabel="E_β / E_β(consensus)", title="energy staircase (same start)"
+            )
+        fig.suptitle(f"{config.name} {title}: {_subtitle(dataset, config)}", fontsize=8)
+        suffix = title.replace(" ", "").replace(",", "_").replace("=", "") or "all"
+        written.append(_save(fig, out / f"{config.name}_cluster_staircase_{suffix}.png"))
+    return written
+
+
+def _count_axis(ax, n: int) -> None:
+    """Log scale with plain integer ticks 1, 2, 3, 4, 6, 8, 16, ... up to n."""
+    ax.set_yscale("log")
+    ticks = [t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256) if t <= n]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(0.8, n * 1.15)
+
+
+def _log_d_axis(ax, ds) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(ds, [str(d) for d in ds])
+    ax.minorticks_off()
+
+
+def _landscape(dataset, config, out):
+    fig, axes = _grid(dataset.sizes["d"], config.plot["max_panels_per_row"], size=(5, 3.6))
+    tau = dataset["tau"].values
+    for ax, d in zip(axes, dataset["d"].values):
+        for beta in dataset["beta"].values:
+            (line,) = ax.plot(
+                tau, dataset["landscape_g"].sel(d=d, beta=beta).values, label=f"β = {beta:g}"
+            )
+            critical = float(dataset["critical_angle"].sel(d=d, beta=beta))
+            for sign in (-1, 1):
+                ax.axvline(sign * critical, color=line.get_color(), ls=":", lw=1)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set(ylim=(-2.5, 7), xlabel="τ", ylabel="g(τ)", title=f"d = {d}; dotted: ±τ*_β")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{config.name}: g(τ) = e^(β cos τ)((d−1) cos τ − β sin² τ) (App. B)", fontsize=9)
+    return [_save(fig, out / f"{config.name}_landscape.png")]
+
+
+def _regimes(dataset, config, out):
+    n = int(dataset.attrs["n"])
+    exact, printed = dataset.attrs["large_beta_threshold"], dataset.attrs["printed_threshold"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    ax = axes[0]
+    top = 10 ** np.ceil(np.log10(exact * 3))
+    ax.fill_between(
+        [1.5, 2.5], 1e-2, 1, color="tab:green", alpha=0.6, label="proved single cluster"
+    )
+    ax.fill_between([1.5, 2.5], 1, exact, color="tab:red", alpha=0.6, label="open (Problem 3)")
+    ax.fill_between([1.5, 2.5], exact, top, color="tab:green", alpha=0.6)
+    ax.fill_between([2.5, 2 * n], 1e-2, top, color="tab:green", alpha=0.35)
+    ax.fill_between(
+        [n, 2 * n],
+        1e-2,
+        top,
+        facecolor="none",
+        hatch="//",
+        edgecolor="0.3",
+        lw=0.5,
+        label="d ≥ n: exponential rate (Thm 6.3)",
+    )
+    ax.axhline(printed, xmin=0, xmax=0.2, color="k", ls="--", lw=1)
+    ax.text(2.6, printed, f"printed n²/π² = {printed:.1f}", fontsize=7, va="bottom")
+    ax.text(2.6, exact, f"exact β_B(n) = {exact:.1f}", fontsize=7, va="top")
+    ax.text(4, 1, "Thm 6.1 (d ≥ 3, all β)", fontsize=8)
+    ax.set(
+        yscale="log",
+        ylim=(1e-2, top),
+        xlabel="d",
+        ylabel="β",
+        title=f"Fig. 2: proved regimes, n = {n}",
+    )
+    _log_d_axis(ax, sorted({2, 3, 4, 8, 16, n, 2 * n}))
+    ax.set_xlim(1.5, 2 * n)
+    ax.legend(fontsize=7, loc="lower right")
+    axes[1].semilogy(dataset["d"].values, dataset["wendel_probability"].values, "o-")
+    axes[1].set(
+        xlabel="d", ylabel="P(all tokens in a hemisphere)", title=f"Wendel (Thm 6.7), n = {n}"
+    )
+    _log_d_axis(axes[1], list(dataset["d"].values))
+    betas = dataset["beta"].values
+    for model in ("SA", "USA"):
+        axes[2].plot(betas, dataset[f"clustering_time_{model}"].values, label=model)
+    axes[2].set(
+        xlabel="β",
+        ylabel="t*(β): γ_β(t*) = 1 − δ",
+        yscale="log",
+        title=f"fast ← clustering time → slow (δ = {dataset.attrs['delta']:g})",
+    )
+    axes[2].legend()
+    return [_save(fig, out / f"{config.name}_regimes.png")]
+
+
+_FIGURES: dict[str, Callable] = {
+    "phase_diagram": _phase_diagram,
+    "circle_snapshots": _circle_snapshots,
+    "movie": _movie,
+    "energy": _energy,
+    "cluster_staircase": _cluster_staircase,
+    "landscape": _landscape,
+    "regimes": _regimes,
+}

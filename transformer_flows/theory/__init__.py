@@ -1,0 +1,27 @@
+"""Theory overlays: exact reductions, thresholds and rates from MODELS.md §4.
+
+- `equiangular_cosine`, `clustering_time`, `phase_boundary`: Thm 6.8 and the curve Γ_{∞,δ}
+  (JAX + diffrax; jit/vmap-able in β, δ).
+- `wendel_probability` (Thm 6.7), `critical_angle`, `large_beta_threshold`, `landscape_g`
+  (App. B), `uniform_energy`, `growth_rate`, `selected_mode` (the uniform state): numpy/scipy,
+  float64.
+
+`model` is "SA" (softmax attention) or "USA" (unnormalised attention).
+"""
+
+from ._equiangular import (
+    clustering_time as clustering_time,
+    equiangular_cosine as equiangular_cosine,
+    phase_boundary as phase_boundary,
+)
+from ._hemisphere import wendel_probability as wendel_probability
+from ._landscape import (
+    critical_angle as critical_angle,
+    landscape_g as landscape_g,
+    large_beta_threshold as large_beta_threshold,
+)
+from ._uniform import (
+    growth_rate as growth_rate,
+    selected_mode as selected_mode,
+    uniform_energy as uniform_energy,
+)
