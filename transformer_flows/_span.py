@@ -11,8 +11,8 @@ reduction composes with `jit`, `vmap` and `grad`.
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
-import jax.scipy.linalg
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -22,28 +22,28 @@ from ._solve import Trajectory, solve
 from ._validation import check_condition
 
 
-def _cholesky_rows(a: Float[Array, "n d"]) -> tuple[Array, Array]:
-    """(L, q) with a = L q, L lower-triangular n × n (Cholesky of a aᵀ), q orthonormal rows."""
-    chol = jnp.linalg.cholesky(a @ a.T)
-    identity = jnp.eye(a.shape[0], dtype=a.dtype)
-    # Invert the small n × n factor, then one matmul (faster than a batched triangular solve).
-    return chol, jax.scipy.linalg.solve_triangular(chol, identity, lower=True) @ a
-
-
 def _span_coordinates(x0: Particles) -> tuple[Float[Array, "n n"], Float[Array, "d n"]]:
     """(y0, U): an orthonormal basis U (d × n) of span{x_i(0)} and the tokens in it, y0 = x0 U.
 
-    CholeskyQR2 (two passes of Gram–Cholesky orthonormalisation): x0 = L1 L2 q with q
-    orthonormal rows, so U = qᵀ and y0 = L1 L2, with matmuls and n × n factorisations only;
-    orthonormal to rounding while the tokens' condition number is below ~1/sqrt(eps). It
-    replaces a Householder QR, which took 10-20x longer for batches of 1024 × 32 tokens on
-    the benchmark CPU. Linearly dependent tokens make the factors non-finite: rejected.
+    Classical Gram–Schmidt with re-orthogonalisation ("twice is enough"), scanned over the
+    n tokens: pure XLA matmuls, orthonormal to rounding. It replaces a Householder QR and a
+    Cholesky-based QR; both call LAPACK on CPU, and either made the whole jitted sweep 2–5x
+    slower on the loaded 2-core benchmark machine (BENCHMARKS.md §4). A token whose
+    component outside the span of the previous ones is below sqrt(eps) is rejected.
     """
-    first, rows = _cholesky_rows(x0)
-    second, rows = _cholesky_rows(rows)
-    y0 = first @ second
+    tolerance = float(np.sqrt(jnp.finfo(x0.dtype).eps))
+
+    def add_token(rows, i):
+        v = x0[i]
+        for _ in range(2):
+            v = v - rows.T @ (rows @ v)
+        norm = jnp.linalg.norm(v)
+        independent = norm / jnp.linalg.norm(x0[i])
+        return rows.at[i].set(v / jnp.where(norm > 0, norm, 1)), independent
+
+    rows, independent = jax.lax.scan(add_token, jnp.zeros_like(x0), jnp.arange(x0.shape[0]))
     y0 = check_condition(
-        y0, ~jnp.all(jnp.isfinite(y0)),
+        x0 @ rows.T, jnp.min(independent) < tolerance,
         "The tokens of `x0` are (numerically) linearly dependent, so span reduction cannot "
         "build its basis; use `transformer_flows.solve` directly for this start.",
     )
