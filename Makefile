@@ -49,6 +49,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_RUN) benchmarks/bench_fig3a.py
 	$(BENCH_RUN) benchmarks/bench_scaling_n.py
 	$(BENCH_RUN) benchmarks/bench_span.py
+	$(BENCH_RUN) benchmarks/bench_span_interleaved.py
 	$(BENCH_RUN) benchmarks/bench_grad_compile.py
 	$(BENCH_RUN) benchmarks/bench_throughput.py
 
