@@ -201,7 +201,8 @@ def main():
         jb, jx = jnp.asarray(betas, dtype), jnp.asarray(x0, dtype)
         seconds, first = time_call(fn, jb, jx, repeats=args.repeats)
         how = "vmap" if chunk is None else f"sorted by β, chunks of {chunk}"
-        record(f"ours {solver} tol={tol:g} ({jnp.dtype(dtype).name}, {how})", f"ours {solver}",
+        record(f"ours {solver} tol={tol:g} ({jnp.dtype(dtype).name}, {how})",
+               f"ours {solver} {jnp.dtype(dtype).name}",
                seconds, first, ours_exact(solver, tol, dtype), fn(jb, jx))
     eta, dtype = 0.1, jnp.float64
     fn = ours_euler(eta, dtype)
