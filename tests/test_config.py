@@ -1,6 +1,5 @@
 """Config validation: every error names the key path and the allowed values; overrides."""
 
-
 import numpy as np
 import pytest
 
