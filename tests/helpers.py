@@ -1,5 +1,7 @@
 """Shared references for the tests: independent NumPy/SciPy restatements of the models."""
 
+from pathlib import Path
+
 import numpy as np
 from scipy.integrate import solve_ivp
 
@@ -26,3 +28,10 @@ def off_diagonal(gram):
 def random_orthogonal(rng, d):
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
     return q * np.sign(np.diag(r))
+
+
+# Sweep configs for `transformer-flows run`; configs/fit_*.yaml belong to `fit` (tests/test_fit.py).
+SWEEP_CONFIGS = sorted(
+    path for path in (Path(__file__).parent.parent / "configs").glob("*.yaml")
+    if not path.name.startswith("fit_")
+)

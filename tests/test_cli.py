@@ -11,11 +11,7 @@ import xarray as xr
 from transformer_flows._cli import main
 from transformer_flows._config import load_config
 
-# Sweep configs for `run`; configs/fit_*.yaml belong to `fit` (smoke-run in tests/test_fit.py).
-CONFIGS = sorted(
-    path for path in (Path(__file__).parent.parent / "configs").glob("*.yaml")
-    if not path.name.startswith("fit_")
-)
+from helpers import SWEEP_CONFIGS as CONFIGS
 
 
 @pytest.mark.parametrize(

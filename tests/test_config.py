@@ -1,13 +1,11 @@
 """Config validation: every error names the key path and the allowed values; overrides."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from transformer_flows._config import ConfigError, config_from_dict, load_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+from helpers import SWEEP_CONFIGS as CONFIGS
 
 
 def minimal(**sections):
