@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env clean figures figures-smoke
+.PHONY: demo test bench env clean figures figures-smoke
 
 env: $(STAMP)
 
@@ -38,6 +38,23 @@ figures: $(STAMP)
 figures-smoke: $(STAMP)
 	@set -e; for config in $(CONFIGS); do \
 	  $(CLI) run $$config --smoke --out $(FIGURES_OUT)-smoke/$$(basename $$config .yaml); done
+
+# Benchmarks (never part of `make test`): torch and torchdiffeq come from the `bench` extra.
+# Results are appended to benchmarks/results/*.md; BENCHMARKS.md summarises them.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_RUN := PYTHONPATH=.:benchmarks $(PY)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_RUN) benchmarks/bench_fig3a.py
+	$(BENCH_RUN) benchmarks/bench_scaling_n.py
+	$(BENCH_RUN) benchmarks/bench_span.py
+	$(BENCH_RUN) benchmarks/bench_span_interleaved.py
+	$(BENCH_RUN) benchmarks/bench_grad_compile.py
+	$(BENCH_RUN) benchmarks/bench_throughput.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

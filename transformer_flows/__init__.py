@@ -3,7 +3,15 @@
 import importlib.metadata
 
 from . import theory as theory
-from ._attention import attend as attend, attention_weights as attention_weights
+from ._attention import (
+    AbstractAttentionMethod as AbstractAttentionMethod,
+    attend as attend,
+    attention_weights as attention_weights,
+    AutoAttention as AutoAttention,
+    BlockwiseAttention as BlockwiseAttention,
+    DenseAttention as DenseAttention,
+    FusedAttention as FusedAttention,
+)
 from ._energy import (
     energy as energy,
     modified_metric_energy as modified_metric_energy,
@@ -71,7 +79,18 @@ from ._observables import (
     min_projection as min_projection,
     order_parameter as order_parameter,
 )
+from ._sharding import (
+    device_mesh as device_mesh,
+    shard_tokens as shard_tokens,
+    sharded_map as sharded_map,
+    TokenSharded as TokenSharded,
+)
 from ._solve import Trajectory as Trajectory, solve as solve
+from ._span import (
+    reduce_to_span as reduce_to_span,
+    solve_in_span as solve_in_span,
+    span_basis as span_basis,
+)
 from ._solver._fixed_step import (
     AbstractFixedStepSolver as AbstractFixedStepSolver,
     GeodesicEuler as GeodesicEuler,

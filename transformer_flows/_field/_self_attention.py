@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from .._attention import attend, attention_weights
+from .._attention import AbstractAttentionMethod, AutoAttention, attend, attention_weights
 from .._custom_types import Particles
 from .._validation import as_float_array, check_finite, is_concrete, optional_float_array
 from ._base import AbstractSphereField, check_points
@@ -42,9 +42,15 @@ class AbstractAttentionField(AbstractSphereField):
     K: eqx.AbstractVar[Array | None]
     V: eqx.AbstractVar[Array | None]
     layer_duration: eqx.AbstractVar[float | None]
+    attention: eqx.AbstractVar[AbstractAttentionMethod]
 
     def __check_init__(self):
         _check_weights(self.Q, self.K, self.V, self.layer_duration)
+        if not isinstance(self.attention, AbstractAttentionMethod):
+            raise ValueError(
+                f"`attention` must be an attention method such as AutoAttention(), "
+                f"BlockwiseAttention(block_size=512) or DenseAttention(), got {self.attention!r}."
+            )
 
     @property
     def num_layers(self) -> int | None:
@@ -98,7 +104,8 @@ class AbstractAttentionField(AbstractSphereField):
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         normalized, log_shift = self._normalization()
         return attend(
-            x, self.beta, *self.weights_at(t), normalized=normalized, log_shift=log_shift
+            x, self.beta, *self.weights_at(t), normalized=normalized, log_shift=log_shift,
+            method=self.attention,
         )
 
     @abc.abstractmethod
@@ -114,6 +121,8 @@ class SelfAttention(AbstractAttentionField):
     - `Q`, `K`, `V`: weights (see `AbstractAttentionField`); None means the identity.
     - `layer_duration`: if set, the weights carry a leading layer axis and are used
       piecewise-constantly in time (Q(t), K(t), V(t) of (2.3)).
+    - `attention`: how the sum over tokens is evaluated (`AutoAttention()`: dense for small
+      n, blockwise above 2048 tokens; or `DenseAttention()`, `BlockwiseAttention(block)`).
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -121,6 +130,7 @@ class SelfAttention(AbstractAttentionField):
     K: Array | None = eqx.field(default=None, converter=optional_float_array("K"))
     V: Array | None = eqx.field(default=None, converter=optional_float_array("V"))
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+    attention: AbstractAttentionMethod = eqx.field(default=AutoAttention(), kw_only=True)
 
     def _normalization(self):
         return True, 0.0
@@ -139,6 +149,7 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     K: Array | None = eqx.field(default=None, converter=optional_float_array("K"))
     V: Array | None = eqx.field(default=None, converter=optional_float_array("V"))
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+    attention: AbstractAttentionMethod = eqx.field(default=AutoAttention(), kw_only=True)
     time_rescaled: bool = eqx.field(default=False, static=True, kw_only=True)
 
     def _normalization(self):
