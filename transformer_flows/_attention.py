@@ -68,7 +68,8 @@ def _normalise_scores(
 _UNROLLED_WIDTH = 3
 
 
-def _dense_scores(queries: Float[Array, "nq k"], keys: Float[Array, "nk k"]) -> Array:
+def inner_products(queries: Float[Array, "nq k"], keys: Float[Array, "nk k"]) -> Array:
+    """<q_i, k_j> for all pairs; also the Gram matrix of the observables."""
     if queries.shape[1] > _UNROLLED_WIDTH:
         return queries @ keys.T
     products = [queries[:, None, c] * keys[None, :, c] for c in range(queries.shape[1])]
@@ -79,7 +80,7 @@ class DenseAttention(AbstractAttentionMethod):
     """Materialise the (nq, nk) score matrix per head: O(n²) memory."""
 
     def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        scores = beta * _dense_scores(queries, keys)
+        scores = beta * inner_products(queries, keys)
         return _normalise_scores(scores, normalized, log_shift) @ values
 
 

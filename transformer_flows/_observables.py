@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
+from ._attention import inner_products
 from ._sphere import angles_to_points, points_to_angles
 
 Configuration = Float[Array, "n d"] | Float[Array, " n"]
@@ -69,7 +70,7 @@ def gram(x: Configuration) -> Float[Array, "n n"]:
     x = jnp.asarray(x)
     if x.ndim == 1:
         return jnp.cos(x[:, None] - x[None, :])
-    return x @ x.T
+    return inner_products(x, x)
 
 
 def _adjacency(x: Configuration, delta) -> Bool[Array, "n n"]:
