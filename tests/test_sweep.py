@@ -92,6 +92,27 @@ def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method):
         assert float(dataset["energy"].diff("time").min()) > -1e-10
 
 
+def test_identity_weights_with_d_above_n_solve_in_the_span(tmp_path):
+    """d = 8 > n = 5: the sweep solves in span{x_i(0)}; states mapped back and inner-product
+    observables computed in the span both equal a direct solve in R^8."""
+    names = ("positions", "energy", "clustered_fraction")
+    dataset = run_sweep(small_config(d=(8,), starts=2, names=names), tmp_path / "a",
+                        progress=False).isel(n=0, d=0, weights=0)
+    in_span = run_sweep(small_config(d=(8,), starts=2, names=names[1:]), tmp_path / "b",
+                        progress=False).isel(n=0, d=0, weights=0)
+    ts = jnp.asarray(dataset["time"].values)
+    for beta in BETAS:
+        for start in range(2):
+            x0 = jnp.asarray(dataset["positions"].sel(beta=beta, start=start).values[0])
+            direct = tf.solve(tf.SelfAttention(beta), x0, ts, rtol=1e-8, atol=1e-8).xs
+            np.testing.assert_allclose(dataset["positions"].sel(beta=beta, start=start), direct,
+                                       atol=1e-6)
+            energies = np.array([tf.energy(x, beta) for x in direct])
+            for result in (dataset, in_span):
+                np.testing.assert_allclose(result["energy"].sel(beta=beta, start=start),
+                                           energies, rtol=1e-6)
+
+
 def test_tolerance_axis_is_one_program(tmp_path):
     config = small_config(
         "sweep.tolerance=[1e-3, 1e-9]", "sweep.beta=[3.0]", "sweep.starts=2", names=("energy",)
