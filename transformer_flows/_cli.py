@@ -1,13 +1,12 @@
 """`transformer-flows` command line: one subcommand per module, each added by its
-`register(subparsers)` function (run, plot, and fit where `_fit_command` exists)."""
+`register(subparsers)` function (run, plot, summarize, fit)."""
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
-# Modules that define `register(subparsers)`; optional ones are skipped when absent.
+# Modules that define `register(subparsers)`, one per subcommand.
 COMMAND_MODULES = ("_run_command", "_plot_command", "_summarize_command", "_fit_command")
 
 
@@ -19,10 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        module_name = f"{__package__}.{name}"
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        importlib.import_module(module_name).register(subparsers)
+        importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser
 
 
