@@ -97,9 +97,8 @@ class Observer(eqx.Module):
 
     def __call__(self, x):
         functions = _observable_functions()
-        # Saved as floats: diffrax pre-fills its output buffers with inf, which an integer
-        # buffer (cluster counts) cannot hold. Storage casts back (`_STORAGE`).
-        return {name: functions[name](x, self).astype(x.dtype) for name in self.names}
+        # `solve` saves integer observables (cluster counts) through float buffers itself.
+        return {name: functions[name](x, self) for name in self.names}
 
 
 @dataclasses.dataclass(frozen=True)
