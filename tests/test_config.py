@@ -44,6 +44,8 @@ def test_defaults_and_grid():
     np.testing.assert_allclose(config.sweep.beta, np.linspace(0.1, 9, 90))
     assert config.solver.method == "adaptive" and config.solver.rtol == 1e-6
     assert config.solver.dt == 0.1  # the authors' step, used with normalized_euler
+    assert config.solver.scheme == "tsit5"
+    assert config.solver.describe() == "Renormalized(Tsit5) adaptive PID, rtol=1e-06, atol=1e-06"
     assert config.observables.delta == 1e-3
     np.testing.assert_allclose(config.times, [0.0, 0.5, 1.0])
     assert config.model.weights[0].label == "identity"
@@ -55,6 +57,12 @@ def test_defaults_and_grid():
     [
         ({"model": {"n": 4, "d": 2, "feild": "SA"}}, "model.feild", "['field', 'n', 'd'"),
         ({"solver": {"method": "euler"}}, "solver.method", "['adaptive', 'normalized_euler']"),
+        ({"solver": {"scheme": "rk45"}}, "solver.scheme", "['tsit5', 'bosh3', 'dopri5'"),
+        (
+            {"solver": {"method": "normalized_euler", "scheme": "bosh3"}},
+            "solver.scheme",
+            "method 'adaptive'",
+        ),
         ({"model": {"n": 4, "d": 2, "field": "sa"}}, "model.field", "['SA', 'USA']"),
         (
             {"model": {"n": 4, "d": 2, "weights": ["ginibre:psd"]}},

@@ -2,6 +2,7 @@
 
 import json
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,17 +63,22 @@ def test_dataset_dims_coords_attrs(tmp_path):
     assert len(list(tmp_path.glob("chunks/*/chunk_*.nc"))) == 5
 
 
-@pytest.mark.parametrize("method", ["adaptive", "normalized_euler"])
-def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method):
-    config = small_config(f"solver.method={method}", "solver.dt=0.05", "sweep.starts=2")
+@pytest.mark.parametrize(
+    "method, scheme", [("adaptive", "tsit5"), ("adaptive", "bosh3"), ("normalized_euler", None)]
+)
+def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method, scheme):
+    overrides = [f"solver.method={method}", "solver.dt=0.05", "sweep.starts=2"]
+    config = small_config(*overrides, *([f"solver.scheme={scheme}"] if scheme else []))
     dataset = run_sweep(config, tmp_path, progress=False).isel(n=0, d=0, weights=0)
+    if scheme == "bosh3":
+        assert dataset.attrs["solver"].startswith("Renormalized(Bosh3) adaptive")
     positions = dataset["positions"]
     # Start s has the same initial tokens for every β (common random numbers), and different
     # starts differ.
     x0 = positions.isel(time=0)
     np.testing.assert_array_equal(x0.isel(beta=0).values, x0.isel(beta=2).values)
     assert not np.allclose(x0.isel(start=0, beta=0), x0.isel(start=1, beta=0))
-    solver = tf.NormalizedEuler() if method == "normalized_euler" else None
+    solver = {"tsit5": None, "bosh3": diffrax.Bosh3(), None: tf.NormalizedEuler()}[scheme]
     dt0 = 0.05 if method == "normalized_euler" else None
     ts = jnp.asarray(dataset["time"].values)
     for beta in BETAS:

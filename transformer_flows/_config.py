@@ -20,6 +20,10 @@ from ._overrides import apply_overrides
 
 FIELDS = ("SA", "USA")
 SOLVER_METHODS = ("adaptive", "normalized_euler")
+# Runge–Kutta schemes of the adaptive method (diffrax names, lower case): tsit5 for accuracy
+# work, bosh3 (3rd order, 3 stages) for loose-tolerance sweeps where phase diagrams need ~1e-2.
+ADAPTIVE_SCHEMES = ("tsit5", "bosh3", "dopri5", "dopri8")
+_SOLVER_KEYS = ("method", "scheme", "rtol", "atol", "dt", "max_steps")
 INITIAL = ("sphere", "hemisphere")
 QUERY_KEYS = ("ginibre", "goe")
 VALUES = ("identity", "ginibre", "wishart", "qk", "minus_qk")
@@ -176,6 +180,7 @@ class SweepConfig:
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
     method: str
+    scheme: str | None
     rtol: float
     atol: float
     dt: float
@@ -183,7 +188,11 @@ class SolverConfig:
 
     def describe(self) -> str:
         if self.method == "adaptive":
-            return f"Renormalized(Tsit5) adaptive PID, rtol={self.rtol:g}, atol={self.atol:g}"
+            scheme = {"tsit5": "Tsit5", "bosh3": "Bosh3", "dopri5": "Dopri5", "dopri8": "Dopri8"}
+            return (
+                f"Renormalized({scheme[self.scheme]}) adaptive PID, "
+                f"rtol={self.rtol:g}, atol={self.atol:g}"
+            )
         return f"NormalizedEuler fixed step dt={self.dt:g} (the authors' scheme)"
 
 
@@ -215,13 +224,14 @@ class Config:
     precision: str
     figures: tuple[str, ...]
     plot: dict
-    model: ModelConfig | None
-    sweep: SweepConfig | None
-    times: tuple[float, ...] | None
-    solver: SolverConfig | None
-    observables: ObservablesConfig | None
-    theory: TheoryConfig | None
     raw: dict
+    # Simulation sections, or the theory section: the other kind's stay None.
+    model: ModelConfig | None = None
+    sweep: SweepConfig | None = None
+    times: tuple[float, ...] | None = None
+    solver: SolverConfig | None = None
+    observables: ObservablesConfig | None = None
+    theory: TheoryConfig | None = None
     smoke: bool = False
 
     def to_yaml(self) -> str:
@@ -297,7 +307,7 @@ def _fill_sections(raw: dict) -> dict:
             model=("field", "n", "d", "weights", "initial"),
             sweep=("beta", "starts", "seed", "tolerance", "chunk_size", "memory_budget_mb"),
             time=("t1", "num"),
-            solver=("method", "rtol", "atol", "dt", "max_steps"),
+            solver=_SOLVER_KEYS,
             observables=("names", "delta", "harmonic"),
         )
     else:
@@ -335,24 +345,18 @@ def _validate(raw: dict, default_name: str) -> Config:
         "figures": list(figures),
         "plot": plot,
     }
+    common = dict(
+        name=name,
+        description=description,
+        experiment=experiment,
+        precision=precision,
+        figures=figures,
+        plot=plot,
+    )
     if experiment == "theory":
         theory = _validate_theory(top.section("theory", ("n", "d", "delta", "beta", "tau", "t1")))
         resolved["theory"] = dataclasses.asdict(theory)
-        return Config(
-            name,
-            description,
-            experiment,
-            precision,
-            figures,
-            plot,
-            None,
-            None,
-            None,
-            None,
-            None,
-            theory,
-            _plain(resolved),
-        )
+        return Config(**common, theory=theory, raw=_plain(resolved))
 
     model = _validate_model(top.section("model", ("field", "n", "d", "weights", "initial")))
     sweep = _validate_sweep(
@@ -364,7 +368,7 @@ def _validate(raw: dict, default_name: str) -> Config:
     t1 = time.number("t1", positive=True)
     num = time.integer("num", low=2)
     times = tuple(float(t) for t in np.linspace(0.0, t1, num))
-    solver = _validate_solver(top.section("solver", ("method", "rtol", "atol", "dt", "max_steps")))
+    solver = _validate_solver(top.section("solver", _SOLVER_KEYS))
     observables = _validate_observables(top.section("observables", ("names", "delta", "harmonic")))
     _cross_checks(model, sweep, solver, observables, figures, t1)
     resolved.update(
@@ -381,19 +385,13 @@ def _validate(raw: dict, default_name: str) -> Config:
         observables=dataclasses.asdict(observables),
     )
     return Config(
-        name,
-        description,
-        experiment,
-        precision,
-        figures,
-        plot,
-        model,
-        sweep,
-        times,
-        solver,
-        observables,
-        None,
-        _plain(resolved),
+        **common,
+        model=model,
+        sweep=sweep,
+        times=times,
+        solver=solver,
+        observables=observables,
+        raw=_plain(resolved),
     )
 
 
@@ -463,8 +461,20 @@ def _validate_sweep(section: _Section) -> SweepConfig:
 
 
 def _validate_solver(section: _Section) -> SolverConfig:
+    method = section.choice("method", SOLVER_METHODS, "adaptive")
+    if method == "adaptive":
+        scheme = section.choice("scheme", ADAPTIVE_SCHEMES, "tsit5")
+    elif section.get("scheme", None) is not None:
+        _fail(
+            section.where("scheme"),
+            f"chooses the Runge–Kutta scheme of method 'adaptive'; method {method!r} has its "
+            f"own update. Remove it (got {section.get('scheme')!r}) or set method=adaptive.",
+        )
+    else:
+        scheme = None
     return SolverConfig(
-        method=section.choice("method", SOLVER_METHODS, "adaptive"),
+        method=method,
+        scheme=scheme,
         rtol=section.number("rtol", 1e-6, positive=True),
         atol=section.number("atol", 1e-6, positive=True),
         dt=section.number("dt", 0.1, positive=True),

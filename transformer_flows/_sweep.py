@@ -194,6 +194,14 @@ def _dtype(config: Config):
     return jnp.float32
 
 
+# `solve` wraps each in `Renormalized`.
+_ADAPTIVE_SCHEMES = {
+    "tsit5": diffrax.Tsit5,
+    "bosh3": diffrax.Bosh3,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+}
+
 _PROGRAM_CACHE: dict = {}
 
 
@@ -221,7 +229,7 @@ def _build_program(config: Config, shape: Shape, plan: Plan):
     field_class = SelfAttention if config.model.field == "SA" else UnnormalizedSelfAttention
     sample = sample_sphere if config.model.initial == "sphere" else sample_hemisphere
     if solver_config.method == "adaptive":
-        solver, dt0 = None, None
+        solver, dt0 = _ADAPTIVE_SCHEMES[solver_config.scheme](), None
     else:
         solver, dt0 = NormalizedEuler(), solver_config.dt
 
