@@ -46,21 +46,13 @@ def check_figures(paths):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_smoke_run_of_every_config(path, tmp_path, capsys):
     out = tmp_path / "run"
-    # An override after --out exercises the key=value words argparse leaves over.
-    assert (
-        main(
-            [
-                "run",
-                str(path),
-                "--out",
-                str(out),
-                "--smoke",
-                "--no-progress",
-                "plot.max_panels_per_row=4",
-            ]
-        )
-        == 0
-    )
+
+    def smoke_run(*flags):
+        # An override after --out exercises the key=value words argparse leaves over.
+        argv = ["run", str(path), "--out", str(out), "--smoke", "--no-progress", *flags]
+        return main([*argv, "plot.max_panels_per_row=4"])
+
+    assert smoke_run() == 0
     printed = capsys.readouterr().out
     figures = sorted(
         Path(line.split("figure ")[1]) for line in printed.splitlines() if " figure " in line
@@ -96,18 +88,4 @@ def test_smoke_run_of_every_config(path, tmp_path, capsys):
             assert 1 <= row["q10"] <= row["median"] <= row["q90"] <= int(dataset["n"].max())
             assert sum(row["histogram"].values()) == dataset.sizes["start"]
     # Running again resumes a finished directory: nothing left to compute.
-    assert (
-        main(
-            [
-                "run",
-                str(path),
-                "--out",
-                str(out),
-                "--smoke",
-                "--no-progress",
-                "--no-figures",
-                "plot.max_panels_per_row=4",
-            ]
-        )
-        == 0
-    )
+    assert smoke_run("--no-figures") == 0

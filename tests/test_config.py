@@ -148,6 +148,8 @@ def test_overrides_change_values_and_reject_typos():
     assert config.model.weights[0].query_key == "goe" and config.model.weights[0].value == "qk"
     # Keys absent from the file but part of the schema can be overridden too.
     assert config_from_dict(minimal(), ["solver.dt=0.05"]).solver.dt == 0.05
+    # Top-level keys the file leaves out can be overridden too.
+    assert config_from_dict(minimal(), ["precision=float32"]).precision == "float32"
     with pytest.raises(ValueError, match="unknown key 'solver.mthod'.*'method'"):
         config_from_dict(minimal(), ["solver.mthod=adaptive"])
     with pytest.raises(ConfigError, match="`solver.method`.*'normalized_euler'"):

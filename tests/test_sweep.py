@@ -98,6 +98,22 @@ def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method, scheme):
         assert float(dataset["energy"].diff("time").min()) > -1e-10
 
 
+def test_float32_and_float64_runs_integrate_the_same_systems(tmp_path):
+    """Starts and weights are drawn once (in float32) whatever the precision, so the two
+    precisions differ by rounding only: same starts, and energies within float32 accuracy."""
+    weights = "model.weights=['identity', 'goe:wishart']"
+    runs = [
+        run_sweep(small_config(weights, f"precision={precision}", "solver.rtol=1e-6",
+                               "solver.atol=1e-6"), tmp_path / precision, progress=False)
+        for precision in ("float64", "float32")
+    ]
+    wide, narrow = (run.isel(n=0, d=0) for run in runs)
+    assert not np.array_equal(wide["positions"], narrow["positions"])  # it did run in float32
+    np.testing.assert_allclose(wide["positions"].isel(time=0), narrow["positions"].isel(time=0),
+                               atol=1e-6)
+    np.testing.assert_allclose(wide["energy"], narrow["energy"], rtol=1e-4)
+
+
 def test_identity_weights_with_d_above_n_solve_in_the_span(tmp_path):
     """d = 8 > n = 5: the sweep solves in span{x_i(0)}; states mapped back and inner-product
     observables computed in the span both equal a direct solve in R^8."""

@@ -300,7 +300,9 @@ def _fill_sections(raw: dict) -> dict:
     """Give every optional section its keys (value None = default) so overrides can reach
     them; unknown keys inside are still rejected by validation."""
     raw = dict(raw)
-    experiment = raw.get("experiment", "simulation")
+    for key in ("name", "description", "experiment", "precision", "figures"):
+        raw.setdefault(key, None)
+    experiment = raw.get("experiment") or "simulation"
     sections = {"plot": _PLOT}
     if experiment == "simulation":
         sections.update(

@@ -108,7 +108,20 @@ class AbstractTask(eqx.Module):
         """Held-out metrics over a batch (leading axis) of final configurations."""
 
 
-class LabeledTargets(AbstractTask):
+class _AbstractLabeledTask(AbstractTask):
+    """A task whose inputs are `LabeledInputs`: samples are their draws, aux the labels."""
+
+    inputs: eqx.AbstractVar[LabeledInputs]
+
+    @property
+    def dim(self) -> int:
+        return self.inputs.dim
+
+    def sample(self, key):
+        return self.inputs(key)
+
+
+class LabeledTargets(_AbstractLabeledTask):
     """Tokens with label c should end at `targets[c]`: loss mean_i (1 - <x_i(T), t_{c_i}>)
     (half the squared chordal distance); metric: accuracy of the nearest target."""
 
@@ -126,13 +139,6 @@ class LabeledTargets(AbstractTask):
                 f"{inputs.num_labels} labels (anchors); give one target per label."
             )
 
-    @property
-    def dim(self) -> int:
-        return self.inputs.dim
-
-    def sample(self, key):
-        return self.inputs(key)
-
     def loss(self, x_final, labels):
         return jnp.mean(1 - jnp.sum(x_final * self.targets[labels], axis=-1))
 
@@ -140,7 +146,7 @@ class LabeledTargets(AbstractTask):
         return {"heldout_accuracy": nearest_target_accuracy(xs_final, labels, self.targets)}
 
 
-class TargetPartition(AbstractTask):
+class TargetPartition(_AbstractLabeledTask):
     """A partition without locations: same-label pairs merge (loss 1 - <x_i, x_j>), pairs with
     different labels stay below the cosine `margin` (hinge max(0, <x_i, x_j> - margin)); the two
     parts are averaged over their pairs and added. Metric: adjusted Rand index between the
@@ -159,13 +165,6 @@ class TargetPartition(AbstractTask):
         if not 0 < delta < 2:
             raise ValueError(f"`delta` must be in (0, 2) (merge threshold 1 - delta), got {delta}.")
         self.inputs, self.margin, self.delta = inputs, float(margin), float(delta)
-
-    @property
-    def dim(self) -> int:
-        return self.inputs.dim
-
-    def sample(self, key):
-        return self.inputs(key)
 
     def loss(self, x_final, labels):
         gram = x_final @ x_final.T

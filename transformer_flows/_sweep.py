@@ -44,6 +44,7 @@ from ._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 from ._initial import sample_hemisphere, sample_sphere
 from ._solve import solve
 from ._span import solve_in_span
+from ._sphere import normalize
 from ._solver._fixed_step import NormalizedEuler
 
 ENGINE = "h5netcdf"
@@ -194,6 +195,10 @@ def _dtype(config: Config):
     return jnp.float32
 
 
+# Starts and weights are drawn in float32 whatever the precision, so that a float32 and a float64
+# run of one config integrate the same systems and differ by precision only.
+_DRAW_DTYPE = jnp.float32
+
 # `solve` wraps each in `Renormalized`.
 _ADAPTIVE_SCHEMES = {
     "tsit5": diffrax.Tsit5,
@@ -246,9 +251,10 @@ def _build_program(config: Config, shape: Shape, plan: Plan):
     def draw(weights: Weights):
         def weights_of(key):
             Q, K, V = random_weights(
-                key, shape.d, query_key=weights.query_key, value=weights.value, dtype=dtype
+                key, shape.d, query_key=weights.query_key, value=weights.value, dtype=_DRAW_DTYPE
             )
-            return Q, K, jnp.eye(shape.d, dtype=dtype) if V is None else V
+            V = jnp.eye(shape.d) if V is None else V
+            return Q.astype(dtype), K.astype(dtype), V.astype(dtype)
 
         return weights_of
 
@@ -268,7 +274,7 @@ def _build_program(config: Config, shape: Shape, plan: Plan):
         # Start s uses the same initial tokens (and weight key) for every β and ensemble:
         # common random numbers make the phase diagram smooth in β.
         init_key, weight_key = jax.random.split(jax.random.fold_in(base_key, start))
-        x0 = sample(init_key, shape.n, shape.d, dtype=dtype)
+        x0 = normalize(sample(init_key, shape.n, shape.d, dtype=_DRAW_DTYPE).astype(dtype))
         if shape.random:
             Q, K, V = jax.lax.switch(ensemble, draws, weight_key)
         else:
