@@ -470,7 +470,8 @@ def _validate_solver(section: _Section) -> SolverConfig:
         _fail(
             section.where("scheme"),
             f"chooses the Runge–Kutta scheme of method 'adaptive'; method {method!r} has its "
-            f"own update. Remove it (got {section.get('scheme')!r}) or set method=adaptive.",
+            f"own update. Remove it (override: solver.scheme=null; got {section.get('scheme')!r}) "
+            "or set method=adaptive.",
         )
     else:
         scheme = None

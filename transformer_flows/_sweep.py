@@ -558,7 +558,8 @@ def assemble(config: Config, plan: Plan, out: Path, commit: str = "unknown") -> 
     dataset["start"].attrs["long_name"] = "random initial configuration (and weight draw)"
     if "clustered_fraction" in dataset:
         dataset["clustered_fraction"].attrs["long_name"] = (
-            f"fraction of ordered pairs i≠j with <x_i,x_j> >= 1-δ, δ={config.observables.delta:g}"
+            "fraction of ordered pairs i≠j with <x_i,x_j> >= 1-δ, "
+            f"δ={config.observables.delta:g}"
         )
     dataset.attrs.update(_provenance(config, compute_seconds, commit))
     dataset.attrs["chunk_size"] = max(plan.chunk_length(shape) for shape in plan.shapes)
