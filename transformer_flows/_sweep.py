@@ -577,7 +577,7 @@ def _provenance(config: Config, compute_seconds: float, commit: str) -> dict:
         "compute_seconds": compute_seconds,
     }
     if config.solver is not None:
-        attrs["solver"] = config.solver.describe()
+        attrs["solver"] = f"{config.solver.describe()}, {config.precision}"
     return attrs
 
 
