@@ -20,8 +20,9 @@ from ._overrides import apply_overrides
 
 FIELDS = ("SA", "USA")
 SOLVER_METHODS = ("adaptive", "normalized_euler")
-# Runge–Kutta schemes of the adaptive method (diffrax names, lower case): tsit5 for accuracy
-# work, bosh3 (3rd order, 3 stages) for loose-tolerance sweeps where phase diagrams need ~1e-2.
+# Runge–Kutta schemes of the adaptive method: diffrax class names in lower case. Which one a
+# phase diagram can use is measured by experiments/figure3_solver_choice.py (Bosh3 at 1e-2 is
+# not accurate enough for Fig. 3 at large d; Tsit5 at 1e-4 is).
 ADAPTIVE_SCHEMES = ("tsit5", "bosh3", "dopri5", "dopri8")
 _SOLVER_KEYS = ("method", "scheme", "rtol", "atol", "dt", "max_steps")
 INITIAL = ("sphere", "hemisphere")
@@ -188,9 +189,8 @@ class SolverConfig:
 
     def describe(self) -> str:
         if self.method == "adaptive":
-            scheme = {"tsit5": "Tsit5", "bosh3": "Bosh3", "dopri5": "Dopri5", "dopri8": "Dopri8"}
             return (
-                f"Renormalized({scheme[self.scheme]}) adaptive PID, "
+                f"Renormalized({self.scheme.capitalize()}) adaptive PID, "
                 f"rtol={self.rtol:g}, atol={self.atol:g}"
             )
         return f"NormalizedEuler fixed step dt={self.dt:g} (the authors' scheme)"
@@ -339,14 +339,6 @@ def _validate(raw: dict, default_name: str) -> Config:
                 f"experiment, got {figure!r}.",
             )
     plot = _validate_plot(top.section("plot", _PLOT))
-    resolved: dict = {
-        "name": name,
-        "description": description,
-        "experiment": experiment,
-        "precision": precision,
-        "figures": list(figures),
-        "plot": plot,
-    }
     common = dict(
         name=name,
         description=description,
@@ -355,6 +347,8 @@ def _validate(raw: dict, default_name: str) -> Config:
         figures=figures,
         plot=plot,
     )
+    # The mapping saved with the output: the same fields, as plain YAML values.
+    resolved: dict = {**common, "figures": list(figures)}
     if experiment == "theory":
         theory = _validate_theory(top.section("theory", ("n", "d", "delta", "beta", "tau", "t1")))
         resolved["theory"] = dataclasses.asdict(theory)
@@ -464,17 +458,16 @@ def _validate_sweep(section: _Section) -> SweepConfig:
 
 def _validate_solver(section: _Section) -> SolverConfig:
     method = section.choice("method", SOLVER_METHODS, "adaptive")
+    scheme = section.get("scheme", None)
     if method == "adaptive":
         scheme = section.choice("scheme", ADAPTIVE_SCHEMES, "tsit5")
-    elif section.get("scheme", None) is not None:
+    elif scheme is not None:
         _fail(
             section.where("scheme"),
             f"chooses the Runge–Kutta scheme of method 'adaptive'; method {method!r} has its "
-            f"own update. Remove it (override: solver.scheme=null; got {section.get('scheme')!r}) "
+            f"own update. Remove it (override: solver.scheme=null; got {scheme!r}) "
             "or set method=adaptive.",
         )
-    else:
-        scheme = None
     return SolverConfig(
         method=method,
         scheme=scheme,

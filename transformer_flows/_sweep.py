@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from ._config import Config, ConfigError, Weights, config_from_dict
+from ._config import ADAPTIVE_SCHEMES, Config, ConfigError, Weights, config_from_dict
 from ._energy import energy
 from ._ensembles import random_weights
 from ._field._self_attention import SelfAttention, UnnormalizedSelfAttention
@@ -199,13 +199,8 @@ def _dtype(config: Config):
 # run of one config integrate the same systems and differ by precision only.
 _DRAW_DTYPE = jnp.float32
 
-# `solve` wraps each in `Renormalized`.
-_ADAPTIVE_SCHEMES = {
-    "tsit5": diffrax.Tsit5,
-    "bosh3": diffrax.Bosh3,
-    "dopri5": diffrax.Dopri5,
-    "dopri8": diffrax.Dopri8,
-}
+# Config names are diffrax class names in lower case; `solve` wraps each in `Renormalized`.
+_ADAPTIVE_SCHEMES = {name: getattr(diffrax, name.capitalize()) for name in ADAPTIVE_SCHEMES}
 
 _PROGRAM_CACHE: dict = {}
 
