@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import transformer_flows as tf
 from transformer_flows._config import load_config
 from transformer_flows._summary import level_crossing
 from transformer_flows._sweep import run_sweep
@@ -62,15 +63,7 @@ def panels(probability):
 
 def front_times(values, times):
     """Per (panel, β): the first time P reaches 1/2, linearly interpolated; inf if never."""
-    out = np.full(values.shape[:2], np.inf)
-    for index in np.ndindex(*values.shape[:2]):
-        curve = values[index]
-        reached = np.flatnonzero(curve >= 0.5)
-        if reached.size:
-            k = reached[0]
-            out[index] = times[0] if k == 0 else np.interp(0.5, curve[k - 1 : k + 1],
-                                                            times[k - 1 : k + 1])
-    return out
+    return np.asarray(tf.first_crossing_time(times, np.moveaxis(values, -1, 0), 0.5))
 
 
 def levels(values, betas, times):
