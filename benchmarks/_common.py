@@ -49,21 +49,6 @@ def time_call(fn, *args, repeats: int = 3, warmup: int = 1) -> tuple[float, floa
     return stats["median"], stats["first"]
 
 
-def clustered_fraction(x, delta: float = 1e-3):
-    """Fraction of ordered pairs i != j with <x_i, x_j> >= 1 - δ, for JAX points (..., n, d).
-
-    For d <= 3 the Gram matrix is summed outer products (XLA fuses them with the comparison;
-    a matmul with an inner size of 2 is several times slower on CPU)."""
-    import jax.numpy as jnp
-
-    n, d = x.shape[-2], x.shape[-1]
-    if d <= 3:
-        gram = sum(x[..., :, None, c] * x[..., None, :, c] for c in range(d))
-    else:
-        gram = x @ jnp.swapaxes(x, -1, -2)
-    return (jnp.sum(gram >= 1 - delta, axis=(-1, -2)) - n) / (n * (n - 1))
-
-
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

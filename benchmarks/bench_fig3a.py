@@ -27,7 +27,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import RESULTS, report, table, time_call  # noqa: E402
-from _common import clustered_fraction as jax_clustered_fraction  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 from torchdiffeq import odeint  # noqa: E402
 
@@ -43,7 +42,7 @@ torch.set_grad_enabled(False)
 def clustered_fraction(x):
     """Fraction of ordered pairs i != j with <x_i, x_j> >= 1 - δ (JAX or torch, (..., n, d))."""
     if isinstance(x, jax.Array):
-        return jax_clustered_fraction(x, DELTA)
+        return tf.clustered_fraction(x, DELTA)
     n = x.shape[-2]
     return ((x @ x.transpose(-1, -2) >= 1 - DELTA).sum((-1, -2)) - n) / (n * (n - 1))
 

@@ -13,7 +13,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-from _common import clustered_fraction, report, table, time_stats  # noqa: E402
+from _common import report, table, time_stats  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
 
@@ -23,7 +23,7 @@ N = 32
 def runner(reduce: bool):
     ts = jnp.linspace(0.0, 10.0, 50)
     def one(x0):
-        kwargs = dict(rtol=1e-6, atol=1e-6, observe=clustered_fraction)
+        kwargs = dict(rtol=1e-6, atol=1e-6, observe=tf.clustered_fraction)
         if reduce:  # the statistic depends on inner products only
             return tf.solve_in_span(tf.SelfAttention(1.0), x0, ts, observe_in_span=True,
                                     **kwargs).observed

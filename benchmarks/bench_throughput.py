@@ -19,7 +19,7 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import clustered_fraction, report, table, time_call  # noqa: E402
+from _common import report, table, time_call  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
 
@@ -32,7 +32,7 @@ TOL = 1e-2
 def one(beta, x0):
     # The statistic depends on inner products only, so it is observed in span coordinates.
     sol = tf.solve_in_span(tf.SelfAttention(beta), x0, CHECKPOINTS.astype(x0.dtype), rtol=TOL,
-                           atol=TOL, solver=diffrax.Bosh3(), observe=clustered_fraction,
+                           atol=TOL, solver=diffrax.Bosh3(), observe=tf.clustered_fraction,
                            observe_in_span=True, max_steps=4096)
     return sol.observed, sol.stats["num_steps"]
 
