@@ -1,0 +1,1 @@
+"""The experiment layer: declared config schema, registries, planning, storage, runs."""
