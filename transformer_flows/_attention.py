@@ -2,7 +2,7 @@
 
 Every field (SA, USA, multi-head, per-layer, the circle forms) evaluates its interaction term
 through `attend`, so a faster evaluation only has to be added here. How the sum over keys is
-evaluated is an option object (STYLE.md: options are modules, not string flags):
+evaluated is an option object (as in diffrax: options are modules, not string flags):
 
 - `DenseAttention()`: the full (n, n) score matrix; fastest for small n.
 - `BlockwiseAttention(block_size)`: online softmax over key blocks (flash-attention style),

@@ -426,7 +426,7 @@ def _validate_model(section: _Section) -> ModelConfig:
     if field == "USA" and any(w.value not in (None, "identity") for w in weights):
         _fail(
             section.where("weights"),
-            "USA is defined with V = I here (MODELS.md M3); use a "
+            "USA is defined with V = I here (docs/mathematics.md §M3); use a "
             "`query_key:identity` ensemble or field SA.",
         )
     return ModelConfig(field, n, d, weights, initial)

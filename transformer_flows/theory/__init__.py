@@ -1,4 +1,4 @@
-"""Theory overlays: exact reductions, thresholds and rates from MODELS.md §4.
+"""Theory overlays: exact reductions, thresholds and rates from docs/mathematics.md §4.
 
 - `equiangular_cosine`, `clustering_time`, `phase_boundary`: Thm 6.8 and the curve Γ_{∞,δ}
   (JAX + diffrax; jit/vmap-able in β, δ).

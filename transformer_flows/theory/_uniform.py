@@ -89,7 +89,7 @@ def growth_rate(
     - SA: the same divided by Γ(d/2) (2/β)^{(d-2)/2} I_{(d-2)/2}(β) (the softmax
       normaliser at σ_d).
     For d = 2: ℓ² I_ℓ(β)/β and ℓ² I_ℓ(β)/(β I_0(β)). At β = 0, λ_1 = (d-1)/d (1/2 on the
-    circle, Kuramoto's K/2) and λ_ℓ = 0 for ℓ >= 2. Derived (MODELS.md §4.13), not in
+    circle, Kuramoto's K/2) and λ_ℓ = 0 for ℓ >= 2. Derived (docs/mathematics.md §4.13), not in
     the paper. `ell` and `beta` broadcast.
     """
     check_model(model)
