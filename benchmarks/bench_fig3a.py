@@ -2,7 +2,7 @@
 
 Peers, same machine, same run:
 - the authors' scheme restated in PyTorch (batched, float64, x ← normalize(x + η A x), η = 0.1;
-  MODELS.md §5 "Integrator in the authors' code"), statistic at the 200 checkpoints;
+  docs/mathematics.md §M15), statistic at the 200 checkpoints;
 - torchdiffeq dopri5 on the projected field (one adaptive step for the whole batch).
 Ours: `tf.solve` (adaptive, per-system steps) vmapped over the batch, observing only the
 statistic (fraction of pairs with <x_i, x_j> >= 1 - δ) at the 200 checkpoints.

@@ -1,4 +1,4 @@
-"""Invariants and symmetries of the flow (MODELS.md §7 items 1–3 and 10)."""
+"""Invariants and symmetries of the flow (docs/mathematics.md §7.1–§7.3 and §7.10)."""
 
 import jax
 import jax.numpy as jnp

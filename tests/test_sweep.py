@@ -94,7 +94,7 @@ def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method, scheme):
             np.testing.assert_allclose(
                 dataset["energy"].sel(beta=beta, start=start), energies, rtol=1e-10
             )
-    if method == "adaptive":  # SA's energy is non-decreasing (MODELS.md §7.4)
+    if method == "adaptive":  # SA's energy is non-decreasing (docs/mathematics.md §7.4)
         assert float(dataset["energy"].diff("time").min()) > -1e-10
 
 
