@@ -358,9 +358,7 @@ class RunDirectory:
         if path.exists():
             previous = _header_fingerprint(path)
             if previous != config_fingerprint:
-                recorded = (
-                    f"fingerprint {previous[:12]}…" if previous else "no fingerprint line"
-                )
+                recorded = f"fingerprint {previous[:12]}…" if previous else "no fingerprint line"
                 raise StoreError(
                     f"--out {str(self.out)!r} holds a run of a different config ({path}: "
                     f"{recorded}; this config: {config_fingerprint[:12]}…); resuming would mix "
@@ -543,7 +541,7 @@ def _header_fingerprint(path: Path) -> str | None:
     with open(path, encoding="utf-8", errors="replace") as file:
         first = file.readline().rstrip("\n")
     if first.startswith(FINGERPRINT_HEADER):
-        return first[len(FINGERPRINT_HEADER):].strip() or None
+        return first[len(FINGERPRINT_HEADER) :].strip() or None
     return None
 
 
