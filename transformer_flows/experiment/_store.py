@@ -1,0 +1,576 @@
+"""Storage of the experiment layer: file names, atomic writes, fingerprints, locking, resume.
+
+This is the only module of the experiment layer that touches an output directory; commands and
+runners ask it (STYLE.md §8.3). Layout of an output directory OUT (the `--out` of a command):
+
+- `OUT/.lock`: the lock file. A run holds an exclusive `fcntl.flock` on it for its whole life
+  and writes its pid, host, start time and command line into it (JSON), so a second run on the
+  same OUT is refused with a message that names the holder. The lock belongs to the open file,
+  so it dies with its process: a killed run never leaves OUT locked. The file itself stays
+  (deleting a lock file races with its next holder); its content is emptied on release.
+- `OUT/config.yaml`: the resolved config of the run. Its first line is a comment
+  `# fingerprint: <sha256>` (`FINGERPRINT_HEADER`), the fingerprint of the config's numerics;
+  a later run with another fingerprint is refused, one with the same fingerprint resumes (and
+  rewrites the file, so presentation-only keys may change).
+- `OUT/chunks/<group>/chunk_#####.nc` (`chunk_path`): one netCDF-4 file per finished chunk,
+  with the attributes `fingerprint` (of the config's numerics and the chunk's inputs),
+  `complete` (= 1) and `num_combos` (its length along the `combo` dimension). A chunk is trusted
+  only if it opens, carries `complete = 1`, the expected fingerprint and the expected number of
+  combos; otherwise it is reported (`StoreWarning`), deleted and recomputed by the caller. So
+  deleting config.yaml and rerunning with another seed recomputes every chunk instead of
+  silently reusing the old ones.
+- `OUT/dataset.nc`: the assembled dataset (`write_dataset` / `read_dataset`).
+- Every file is written to a temporary `<name>.tmp-<pid>-<8 hex digits>` in its own folder,
+  flushed, fsynced and renamed over its final name (`atomic_write`), so a final name only ever
+  holds a whole file. Temporaries left by killed writers are removed by
+  `RunDirectory.remove_temporaries` under the lock (no live writer can own one then).
+
+Storage format: netCDF-4 through h5netcdf (HDF5 via h5py): one self-contained file per chunk,
+so a chunk is committed by one rename. HDF5 checksums its metadata, so a truncated or
+overwritten header is detected; raw array bytes carry no checksum.
+"""
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+import numpy as np
+import xarray as xr
+
+ENGINE = "h5netcdf"
+CONFIG_FILE = "config.yaml"
+DATASET_FILE = "dataset.nc"
+LOCK_FILE = ".lock"
+CHUNKS_DIR = "chunks"
+COMBO_DIM = "combo"
+FINGERPRINT_HEADER = "# fingerprint: "
+# Attributes this module adds to every chunk (and strips again on read).
+FINGERPRINT_ATTR = "fingerprint"
+COMPLETE_ATTR = "complete"
+NUM_COMBOS_ATTR = "num_combos"
+_STORE_ATTRS = (FINGERPRINT_ATTR, COMPLETE_ATTR, NUM_COMBOS_ATTR)
+
+# `<name>.tmp-<pid>-<8 hex>`; `<name>.tmp<pid>` is what earlier versions wrote.
+_TEMPORARY = re.compile(r"\.tmp(-\d+-[0-9a-f]{8}|\d+)$")
+
+# What opening a damaged HDF5/netCDF file raises: h5py reports a bad superblock or a truncated
+# file as OSError, a failed metadata checksum as KeyError (h5py maps HDF5 errors onto builtin
+# exceptions); h5netcdf and xarray raise ValueError/TypeError/IndexError on malformed netCDF
+# structure (dimension scales, attributes), and RuntimeError escapes some HDF5 code paths. Any
+# of these while reading one of our own files means the file is damaged, not that the code is.
+_DAMAGED_FILE_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
+
+
+class StoreError(ValueError):
+    """The output directory cannot be used as asked; the message names the path and the fix."""
+
+
+class StoreWarning(UserWarning):
+    """A stored file was not trusted (damaged, stale or incomplete) and will be recomputed."""
+
+
+def fingerprint(payload: Mapping) -> str:
+    """The sha256 (hex) of a canonical JSON text of `payload`.
+
+    Callers pass the resolved numerics of the config (everything that changes the numbers:
+    model, sweep, solver, precision, seeds — not names, descriptions or plot settings) plus the
+    inputs of what is fingerprinted (for a chunk: its group, index, length and the values of
+    the axes it covers). Keys are sorted, floats are written with `repr` (so exact: 0.1 and
+    0.1 + 1e-17 differ only if they are different floats), tuples are lists and numpy scalars
+    and arrays become Python numbers and lists. Note that 1 and 1.0 are different values.
+
+    Values must be mappings with string keys, lists, tuples, strings, ints, floats, bools,
+    None, numpy scalars or numpy arrays; anything else raises TypeError naming its key path.
+    """
+    if not isinstance(payload, Mapping):
+        raise TypeError(
+            f"fingerprint() takes a mapping of plain values, got {type(payload).__name__}; "
+            "pass e.g. {'config': numerics, 'chunk': inputs}."
+        )
+    text = json.dumps(
+        _canonical(payload, "payload"), sort_keys=True, separators=(",", ":"), allow_nan=True
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _canonical(value, where: str):
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # 'nan', 'inf', '-inf'
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist(), where)
+    if isinstance(value, np.generic):
+        return _canonical(value.item(), where)
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"fingerprint(): key {key!r} at {where} is a {type(key).__name__}; keys "
+                    "must be strings (convert it with str(), as the config does)."
+                )
+        return {key: _canonical(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise TypeError(
+        f"fingerprint(): {where} is a {type(value).__name__} ({value!r:.60}); pass plain "
+        "values (str, int, float, bool, None, lists, mappings, numpy arrays)."
+    )
+
+
+def chunk_path(group: str, index: int) -> PurePosixPath:
+    """Relative path of chunk `index` of `group` (a name such as a program's shape label)."""
+    if not group or "/" in group or group in (".", ".."):
+        raise ValueError(f"chunk group {group!r} must be a non-empty folder name without '/'.")
+    return PurePosixPath(CHUNKS_DIR, group, f"chunk_{index:05d}.nc")
+
+
+# ---------------------------------------------------------------------------------- atomic I/O
+
+
+def _temporary_for(path: Path) -> Path:
+    """A new, empty, unique temporary file beside `path` (created here, so no writer shares)."""
+    while True:
+        temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            continue
+        return temporary
+
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in `path` durable (best effort: some file systems refuse it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _commit(path: Path, write_temporary: Callable[[Path], None]) -> None:
+    """Write `path` through `write_temporary(temporary_path)`, fsync it and rename it into place.
+
+    On any error the temporary is removed and `path` keeps its previous content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_for(path)
+    try:
+        write_temporary(temporary)
+        _fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], object]) -> None:
+    """Write `path` atomically: `writer(f)` writes into a binary file `f` opened on a temporary
+    beside `path`, which is then flushed, fsynced and renamed over `path`. Readers see the old
+    file or the whole new one, never a part; a crash leaves at most a temporary
+    (`<name>.tmp-<pid>-<hex>`), removed by `RunDirectory.remove_temporaries`.
+
+    For `eqx.tree_serialise_leaves(f, tree)`, `np.save(f, array)`, `f.write(data)`."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as file:
+            writer(file)
+
+    _commit(Path(path), write)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_write`)."""
+    atomic_write(path, lambda file: file.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see `atomic_write`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_to_netcdf(path: str | os.PathLike, dataset: xr.Dataset) -> None:
+    """Write `dataset` to `path` as netCDF-4 (h5netcdf) atomically (see `atomic_write`)."""
+    _commit(Path(path), lambda temporary: dataset.to_netcdf(temporary, engine=ENGINE))
+
+
+def _probe_attrs(path: Path) -> dict:
+    """The root attributes of an HDF5 file, read with h5py alone.
+
+    Opening a damaged file with h5netcdf directly can fail half-way through its constructor
+    and leave an object whose `__del__` raises (an unraisable AttributeError); probing the
+    superblock and root attributes with h5py first keeps such files away from h5netcdf."""
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        return {key: file.attrs[key] for key in file.attrs}
+
+
+def _open_loaded(path: Path) -> xr.Dataset:
+    """The dataset in `path`, fully loaded into memory, with the file closed again."""
+    with xr.open_dataset(path, engine=ENGINE) as dataset:
+        return dataset.load()
+
+
+# ------------------------------------------------------------------------------ run directory
+
+
+class RunDirectory:
+    """One output directory `out` of a run: lock, config claim, chunks, dataset.
+
+    Typical use by a runner:
+
+        run = RunDirectory(out)
+        with run.lock():
+            run.claim(config.to_yaml(), fingerprint(numerics))
+            run.remove_temporaries()
+            for group, index, inputs in chunks:
+                key = fingerprint({"config": numerics, "chunk": inputs})
+                piece = run.read_chunk(chunk_path(group, index), key, expected_size=size)
+                if piece is None:
+                    run.write_chunk(chunk_path(group, index), compute(inputs), key)
+            run.write_dataset(assembled)
+
+    Methods that write or delete (`claim`, `remove_temporaries`, `write_chunk`, `read_chunk`,
+    `write_dataset`, `write_text`, `write_bytes`) must be called inside `lock()`;
+    `read_dataset` need not.
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self._lock_descriptor: int | None = None
+        if self.out.exists() and not self.out.is_dir():
+            raise StoreError(
+                f"--out {str(self.out)!r} is an existing file, not a directory; pass a "
+                "directory path (new or holding an earlier run)."
+            )
+        for parent in self.out.parents:
+            if parent.exists() and not parent.is_dir():
+                raise StoreError(
+                    f"--out {str(self.out)!r} lies under {str(parent)!r}, which is a file, "
+                    "so the directory cannot be created; pass a path whose parents are "
+                    "directories."
+                )
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.out)!r})"
+
+    @property
+    def locked(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._lock_descriptor is not None
+
+    # ------------------------------------------------------------------------------- locking
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["RunDirectory"]:
+        """Hold the exclusive lock on `out/.lock` (creating `out`) for the `with` block.
+
+        Raises StoreError at once (no waiting) if another process holds it; the message names
+        the holder's pid, host, start time and command. The lock is an `fcntl.flock`, released
+        by the kernel when its process ends, however it ends."""
+        if self.locked:
+            raise RuntimeError(
+                f"{self!r} already holds the lock on --out {str(self.out)!r}; take it once "
+                "(`with run.lock():`) around all the work."
+            )
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(
+                f"cannot create the lock file in --out {str(self.out)!r} ({err.strerror}); "
+                "pass a directory you can write to."
+            ) from err
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_holder(descriptor)
+            os.close(descriptor)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreError(
+                    f"cannot lock {str(self.out / LOCK_FILE)!r} ({err.strerror}); the file "
+                    "system may not support flock: use a local directory for --out."
+                ) from err
+            raise StoreError(
+                f"--out {str(self.out)!r} is in use by another run ({holder}). Wait for it to "
+                "finish or stop it, then rerun with the same --out to resume; or use another "
+                "--out. (A run that was killed releases the directory by itself.)"
+            ) from None
+        self._lock_descriptor = descriptor
+        try:
+            _write_holder(descriptor)
+            yield self
+        finally:
+            self._lock_descriptor = None
+            try:
+                os.ftruncate(descriptor, 0)
+            except OSError:
+                pass
+            os.close(descriptor)  # closing the only descriptor releases the flock
+
+    def _require_lock(self, method: str) -> None:
+        if not self.locked:
+            raise RuntimeError(
+                f"RunDirectory.{method} on --out {str(self.out)!r} needs the lock: call it "
+                "inside `with run.lock():`."
+            )
+
+    # ---------------------------------------------------------------------------- the claim
+
+    def claim(self, config_text: str, config_fingerprint: str) -> None:
+        """Make `out` the directory of the run with this config, or refuse.
+
+        If `out/config.yaml` exists and records another fingerprint (or none), raise
+        StoreError; otherwise (new directory, or a resumed run of the same numerics) write
+        `config.yaml` = the header line `# fingerprint: <config_fingerprint>` + `config_text`,
+        atomically. If config.yaml was deleted, the chunks' own fingerprints still keep other
+        configs' chunks out."""
+        self._require_lock("claim")
+        path = self.out / CONFIG_FILE
+        if path.exists():
+            previous = _header_fingerprint(path)
+            if previous != config_fingerprint:
+                recorded = f"fingerprint {previous[:12]}…" if previous else "no fingerprint line"
+                raise StoreError(
+                    f"--out {str(self.out)!r} holds a run of a different config ({path}: "
+                    f"{recorded}; this config: {config_fingerprint[:12]}…); resuming would mix "
+                    "results. Use a new --out, or delete that directory."
+                )
+        atomic_write_text(path, f"{FINGERPRINT_HEADER}{config_fingerprint}\n{config_text}")
+
+    def config_fingerprint(self) -> str | None:
+        """The fingerprint recorded in `out/config.yaml` (None if the file or line is absent)."""
+        path = self.out / CONFIG_FILE
+        return _header_fingerprint(path) if path.exists() else None
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete temporaries (`*.tmp-<pid>-<hex>`) left anywhere in `out` by killed writers.
+
+        Safe only under the lock, which keeps every live writer of this directory out."""
+        self._require_lock("remove_temporaries")
+        removed = []
+        for folder, _, names in os.walk(self.out):
+            for name in names:
+                if _TEMPORARY.search(name):
+                    path = Path(folder, name)
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
+    # ------------------------------------------------------------------------------- chunks
+
+    def _path(self, relative_path: str | os.PathLike) -> Path:
+        relative = PurePosixPath(relative_path)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ValueError(
+                f"{relative_path!r} must be a path relative to --out {str(self.out)!r}, "
+                "without '..' (e.g. chunk_path(group, index))."
+            )
+        return self.out.joinpath(*relative.parts)
+
+    def write_chunk(
+        self, relative_path: str | os.PathLike, dataset: xr.Dataset, fingerprint: str
+    ) -> Path:
+        """Write a finished chunk atomically with attrs `fingerprint`, `complete` = 1 and
+        `num_combos` (its length along `combo`); returns its path."""
+        self._require_lock("write_chunk")
+        if COMBO_DIM not in dataset.dims:
+            raise ValueError(
+                f"chunk {str(relative_path)!r} has dims {tuple(dataset.dims)}; a chunk is "
+                f"indexed by a {COMBO_DIM!r} dimension (one entry per combo)."
+            )
+        path = self._path(relative_path)
+        marked = dataset.copy()
+        marked.attrs.update(
+            {
+                FINGERPRINT_ATTR: fingerprint,
+                COMPLETE_ATTR: 1,
+                NUM_COMBOS_ATTR: int(dataset.sizes[COMBO_DIM]),
+            }
+        )
+        atomic_to_netcdf(path, marked)
+        return path
+
+    def read_chunk(
+        self,
+        relative_path: str | os.PathLike,
+        fingerprint: str,
+        expected_size: int | None = None,
+    ) -> xr.Dataset | None:
+        """The stored chunk, loaded into memory (file closed), or None if it must be computed.
+
+        None if the file is missing. If it is damaged (does not open or read: a truncated or
+        overwritten file), incomplete (no `complete` = 1), stale (another fingerprint: made
+        by another config or from other inputs) or of the wrong length (`expected_size`
+        combos, when given), warn with StoreWarning naming the file and the reason, delete the
+        file and return None. The returned dataset has the store's attrs removed, so it equals
+        what was passed to `write_chunk`."""
+        self._require_lock("read_chunk")
+        path = self._path(relative_path)
+        if not path.exists():
+            return None
+        try:
+            attrs = _probe_attrs(path)
+        except _DAMAGED_FILE_ERRORS as err:
+            return self._reject(path, f"corrupt (cannot open it: {_describe(err)})")
+        problem = _chunk_problem(attrs, fingerprint, expected_size)
+        if problem:
+            return self._reject(path, problem)
+        try:
+            dataset = _open_loaded(path)
+        except _DAMAGED_FILE_ERRORS as err:
+            return self._reject(path, f"corrupt (cannot read it: {_describe(err)})")
+        size = dataset.sizes.get(COMBO_DIM)
+        if size != _as_int(attrs[NUM_COMBOS_ATTR]):
+            return self._reject(
+                path, f"corrupt ({size} combos stored, {attrs[NUM_COMBOS_ATTR]} recorded)"
+            )
+        for name in _STORE_ATTRS:
+            dataset.attrs.pop(name, None)
+        return dataset
+
+    def _reject(self, path: Path, reason: str) -> None:
+        warnings.warn(
+            f"chunk {str(path)!r} is {reason}; it is deleted and will be recomputed.",
+            StoreWarning,
+            stacklevel=3,
+        )
+        path.unlink(missing_ok=True)
+        return None
+
+    # ------------------------------------------------------------------- dataset and files
+
+    def write_dataset(self, dataset: xr.Dataset, name: str = DATASET_FILE) -> Path:
+        """Write the assembled dataset to `out/name` atomically; returns its path."""
+        self._require_lock("write_dataset")
+        path = self._path(name)
+        atomic_to_netcdf(path, dataset)
+        return path
+
+    def read_dataset(self, name: str = DATASET_FILE) -> xr.Dataset:
+        """The dataset in `out/name`, loaded into memory (file closed).
+
+        StoreError if it is missing (the run has not finished) or damaged."""
+        path = self._path(name)
+        if not path.exists():
+            raise StoreError(
+                f"{str(path)!r} does not exist: the run in --out {str(self.out)!r} has not "
+                "finished. Rerun it with the same --out to resume."
+            )
+        try:
+            _probe_attrs(path)
+            return _open_loaded(path)
+        except _DAMAGED_FILE_ERRORS as err:
+            raise StoreError(
+                f"{str(path)!r} is corrupt ({_describe(err)}). Delete it and rerun with the "
+                "same --out: it is rebuilt from the finished chunks."
+            ) from err
+
+    def write_text(self, relative_path: str | os.PathLike, text: str) -> Path:
+        """Write `out/relative_path` (UTF-8 text) atomically; returns its path."""
+        self._require_lock("write_text")
+        path = self._path(relative_path)
+        atomic_write_text(path, text)
+        return path
+
+    def write_bytes(self, relative_path: str | os.PathLike, data: bytes) -> Path:
+        """Write `out/relative_path` (bytes) atomically; returns its path."""
+        self._require_lock("write_bytes")
+        path = self._path(relative_path)
+        atomic_write_bytes(path, data)
+        return path
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _write_holder(descriptor: int) -> None:
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
+    data = json.dumps(holder).encode("utf-8")
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, data, 0)
+
+
+def _read_holder(descriptor: int) -> str:
+    """'pid P on HOST, started T, running CMD' from the lock file (best effort)."""
+    try:
+        holder = json.loads(os.pread(descriptor, 65536, 0).decode("utf-8"))
+        return (
+            f"pid {holder['pid']} on {holder['host']}, started {holder['started']}, "
+            f"running {holder['command']!r}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        # The holder may have taken the lock but not yet written its details.
+        return "pid unknown: the holder has not written its details yet"
+
+
+def _header_fingerprint(path: Path) -> str | None:
+    with open(path, encoding="utf-8", errors="replace") as file:
+        first = file.readline().rstrip("\n")
+    if first.startswith(FINGERPRINT_HEADER):
+        return first[len(FINGERPRINT_HEADER) :].strip() or None
+    return None
+
+
+def _chunk_problem(attrs: Mapping, fingerprint: str, expected_size: int | None) -> str | None:
+    """Why a chunk with these root attrs cannot be trusted (None if it can)."""
+    if _as_int(attrs.get(COMPLETE_ATTR)) != 1:
+        return "incomplete (no completeness marker: written by an older version or by hand)"
+    stored = attrs.get(FINGERPRINT_ATTR)
+    if isinstance(stored, bytes):
+        stored = stored.decode("utf-8", errors="replace")
+    if stored != fingerprint:
+        return (
+            f"stale: written by a different config or from other inputs (fingerprint "
+            f"{str(stored)[:12]}…, expected {fingerprint[:12]}…)"
+        )
+    recorded = _as_int(attrs.get(NUM_COMBOS_ATTR))
+    if recorded is None:
+        return "incomplete (no combo count recorded)"
+    if expected_size is not None and recorded != expected_size:
+        return f"of the wrong length ({recorded} combos, expected {expected_size})"
+    return None
+
+
+def _as_int(value) -> int | None:
+    try:
+        return int(np.asarray(value).item())
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
