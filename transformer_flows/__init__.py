@@ -40,7 +40,6 @@ from ._fit import (
     save_checkpoint as save_checkpoint,
     trainable_spec as trainable_spec,
 )
-from ._fit_command import load_fitted_model as load_fitted_model
 from ._field._base import (
     AbstractAngleField as AbstractAngleField,
     AbstractSphereField as AbstractSphereField,
@@ -106,5 +105,7 @@ from ._sphere import (
     project_tangent as project_tangent,
     sphere_drift as sphere_drift,
 )
+
+from . import experiment as experiment  # noqa: E402  (after the names it builds on)
 
 __version__ = importlib.metadata.version("transformer-flows")

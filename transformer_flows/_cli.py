@@ -1,25 +1,170 @@
-"""`transformer-flows` command line: one subcommand per module, each added by its
-`register(subparsers)` function (run, plot, summarize, fit)."""
+"""`transformer-flows` command line: thin argparse over `transformer_flows.experiment`.
+
+    transformer-flows run CONFIG --out DIR [--smoke] [key=value ...]   (sweeps, theory, fits)
+    transformer-flows fit CONFIG --out DIR [--smoke] [key=value ...]   (fit configs only)
+    transformer-flows plot DIR        transformer-flows summarize DIR
+    transformer-flows schema          (JSON Schema of the configs, for editors)
+
+Bad input (configs, overrides, output directories) ends with a message naming the key or path
+and the fix, exit status 2, and no traceback; failed solves end with exit status 3.
+"""
 
 import argparse
-import importlib
+import json
+import math
 import sys
+import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-# Modules that define `register(subparsers)`, one per subcommand.
-COMMAND_MODULES = ("_run_command", "_plot_command", "_summarize_command", "_fit_command")
+EXIT_BAD_INPUT = 2
+EXIT_FAILED_SOLVES = 3
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="YAML config, e.g. configs/figure3.yaml")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output directory; reuse it to resume a run"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="apply the config's `smoke:` overrides (toy size)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-figures", action="store_true", help="write the dataset only")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override config values, e.g. sweep.starts=64 solver.name=normalized_euler "
+        "solver.dt=0.1 (null restores a default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transformer-flows",
-        description="Simulate the self-attention dynamics on the sphere from YAML configs: run "
-        "sweeps into labelled, resumable datasets and draw the paper's figures.",
+        description="Simulate and fit the self-attention dynamics on the sphere from YAML "
+        "configs: sweeps into labelled, resumable datasets, the paper's figures, fits.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"{__package__}.{name}").register(subparsers)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run a config into DIR (dataset or fit, and figures); rerunning resumes",
+        description="Run the experiment of a YAML config into DIR: a sweep's labelled dataset "
+        "(DIR/dataset.nc, built from verified chunks under DIR/chunks, so an interrupted run "
+        "resumes), a theory dataset, or a fit; then the config's figures as PNG.",
+    )
+    _add_run_options(run)
+    run.set_defaults(func=_run, kinds=("simulation", "theory", "fit"))
+    fit = commands.add_parser(
+        "fit",
+        help="learn Q, K, V and/or β by differentiating through the flow",
+        description="Run a fit config (experiment: fit) into DIR: params.eqx, metrics.json, "
+        "loss.png, trajectories_{before,after}.png; rerunning resumes from checkpoint.eqx.",
+    )
+    _add_run_options(fit)
+    fit.set_defaults(func=_run, kinds=("fit",))
+    plot = commands.add_parser(
+        "plot", help="redraw the figures of DIR from its saved dataset (no simulation)"
+    )
+    plot.add_argument("out", type=Path, metavar="DIR", help="directory of a finished run")
+    plot.add_argument("--figures-dir", type=Path, default=None, help="write the figures here")
+    plot.set_defaults(func=_plot)
+    summarize = commands.add_parser(
+        "summarize",
+        help="print 50%% levels vs Γ∞,δ and cluster-count statistics of DIR as JSON",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    summarize.add_argument("out", type=Path, metavar="DIR", help="directory of a finished run")
+    summarize.add_argument("--times", type=float, nargs="+", default=[15.0, 30.0])
+    summarize.add_argument(
+        "--betas", type=float, nargs="+", default=[4.0, 9.0],
+        help="β values for cluster-count statistics (nearest on the grid)",
+    )
+    summarize.add_argument("--level", type=float, default=0.5)
+    summarize.set_defaults(func=_summarize)
+    schema = commands.add_parser("schema", help="print the JSON Schema of configs (for editors)")
+    schema.set_defaults(func=_schema)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    import jax
+
+    from .experiment import SolveFailures, draw_figures, load_config, run_experiment
+
+    config = load_config(args.config, args.overrides, smoke=args.smoke)
+    if config.experiment not in args.kinds:
+        raise ValueError(
+            f"{str(args.config)!r} is a {config.experiment!r} config; `{args.command}` runs "
+            f"{' and '.join(args.kinds)} configs (use `transformer-flows run`)."
+        )
+    if config.precision == "float64":
+        jax.config.update("jax_enable_x64", True)
+    started = time.perf_counter()
+    try:
+        result = run_experiment(config, args.out, progress=not args.no_progress)
+    except SolveFailures as failures:
+        print(f"transformer-flows {args.command}: {failures}", file=sys.stderr)
+        return EXIT_FAILED_SOLVES
+    seconds = time.perf_counter() - started
+    if config.experiment == "fit":
+        headline = result["headline"]
+        keys = ("train_loss", headline, f"{headline}_before", "steps", "train_seconds",
+                "wall_seconds")
+        print(json.dumps({key: result[key] for key in keys}, indent=2))
+        return 0
+    failed = int(result.attrs.get("failed_solves", 0))
+    note = f", {failed} failed solves masked" if failed else ""
+    print(
+        f"{config.name}: dataset {args.out / 'dataset.nc'} ({seconds:.1f} s this call, "
+        f"{result.attrs['compute_seconds']:.1f} s computing in all{note})"
+    )
+    if not args.no_figures:
+        for path in draw_figures(result, config, args.out):
+            print(f"{config.name}: figure {path}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .experiment import draw_figures, load_dataset
+
+    dataset, config = load_dataset(args.out)
+    for path in draw_figures(dataset, config, args.figures_dir or args.out):
+        print(f"{config.name}: figure {path}")
+    return 0
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from .experiment import load_dataset, summary
+
+    dataset, config = load_dataset(args.out)
+    if config.experiment != "simulation":
+        raise ValueError(f"{str(args.out)!r} holds a {config.experiment} run; nothing to summarize.")
+    result = summary(dataset, config, args.times, args.betas, args.level)
+    print(json.dumps(_strict_json(result), indent=1, allow_nan=False))
+    return 0
+
+
+def _strict_json(value):
+    """Non-finite floats → None (strict JSON has no NaN/Infinity)."""
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _strict_json(value.item())
+    return value
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .experiment import json_schema
+
+    print(json.dumps(json_schema(), indent=1))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,11 +178,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    # Recomputed chunks and similar notices reach the user once each, without a traceback.
+    warnings.simplefilter("default")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
+        # ConfigError, StoreError (both ValueError), unreadable files: a message, no traceback.
         print(f"transformer-flows {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -1,1 +1,66 @@
-"""The experiment layer: declared config schema, registries, planning, storage, runs."""
+"""The experiment layer: one declared config schema, open registries, trustworthy runs.
+
+- `_schema`: pydantic models of the experiment kinds (simulation sweep, theory figure, fit);
+  `load_config`, `config_from_dict`, `json_schema`.
+- `_registry` / `_builtins`: one registry per vocabulary (FIELDS, SOLVERS, WEIGHTS,
+  OBSERVABLES, FIGURES, TASKS); built-ins register like a user's entries.
+- `_plan`: how a sweep is cut into programs and chunks; `_build`: where names become objects;
+  `_program`: the compiled, vmapped solve of a chunk.
+- `_store`: the output directory (lock, fingerprinted chunks, atomic writes).
+- `_run`: sweeps and theory datasets into a directory; `_fit_run`: fits.
+- `_summarize`, `_plot`: read datasets only (they import no simulator).
+"""
+
+from . import _builtins as _builtins  # registers the built-in entries
+from ._build import build_field as build_field
+from ._fit_run import load_fitted_model as load_fitted_model, run_fit as run_fit
+from ._overrides import apply_overrides as apply_overrides, parse_override as parse_override
+from ._plan import Plan as Plan, plan_sweep as plan_sweep, Shape as Shape
+from ._registry import (
+    FieldEntry as FieldEntry,
+    FIELDS as FIELDS,
+    FigureEntry as FigureEntry,
+    FIGURES as FIGURES,
+    import_object as import_object,
+    ObservableContext as ObservableContext,
+    ObservableEntry as ObservableEntry,
+    OBSERVABLES as OBSERVABLES,
+    Registry as Registry,
+    SolverEntry as SolverEntry,
+    SOLVERS as SOLVERS,
+    TaskEntry as TaskEntry,
+    TASKS as TASKS,
+    WEIGHTS as WEIGHTS,
+    WeightsEntry as WeightsEntry,
+)
+from ._run import (
+    FAILED_INTEGER as FAILED_INTEGER,
+    load_dataset as load_dataset,
+    run_experiment as run_experiment,
+    run_sweep as run_sweep,
+    run_theory as run_theory,
+    SolveFailures as SolveFailures,
+)
+from ._schema import (
+    config_from_dict as config_from_dict,
+    ConfigError as ConfigError,
+    FitConfig as FitConfig,
+    json_schema as json_schema,
+    load_config as load_config,
+    SimulationConfig as SimulationConfig,
+    TheoryConfig as TheoryConfig,
+)
+from ._store import (
+    fingerprint as fingerprint,
+    RunDirectory as RunDirectory,
+    StoreError as StoreError,
+    StoreWarning as StoreWarning,
+)
+from ._summarize import level_crossing as level_crossing, summary as summary
+
+
+def draw_figures(dataset, config, out):
+    """Draw the config's figures from a dataset into `out` (imports matplotlib)."""
+    from ._plot import draw_figures as draw
+
+    return draw(dataset, config, out)

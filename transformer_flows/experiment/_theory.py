@@ -3,18 +3,17 @@
 import numpy as np
 import xarray as xr
 
-from ._config import Config
+from .. import theory
 
 
-def theory_dataset(config: Config) -> xr.Dataset:
+
+def theory_dataset(config) -> xr.Dataset:
     """Evaluate the thresholds and curves of `transformer_flows.theory` on the config's grids.
 
     Variables: `landscape_g` (d, beta, tau), `critical_angle` (d, beta), `wendel_probability`
     (d), `clustering_time_SA` / `clustering_time_USA` (beta); attributes: the exact d = 2
     large-β threshold β_B(n) and the printed n²/π² (typo T3).
     """
-    from . import theory
-
     spec = config.theory
     beta = np.asarray(spec.beta)
     tau = np.asarray(spec.tau)

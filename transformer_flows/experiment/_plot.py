@@ -1,7 +1,6 @@
 """Figures drawn from a sweep or theory dataset (matplotlib, Agg backend, no numerics here
 beyond averaging over starts and the theory overlays)."""
 
-from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -11,24 +10,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from ._config import Config  # noqa: E402
+from .. import theory  # noqa: E402
+from ._registry import FIGURES  # noqa: E402
 
 DPI = 90
+# Dimensions drawn inside one panel; every other one (n, d, weights, rtol, swept parameters)
+# gets a panel per value.
+_NOT_PANELS = ("beta", "start", "time", "particle", "component", "tau")
 
 
-def draw_figures(dataset: xr.Dataset, config: Config, out: str | Path) -> list[Path]:
+def draw_figures(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
     """Draw every figure listed in `config.figures` into `out`; returns the written files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in config.figures:
-        written.extend(_FIGURES[name](dataset, config, out))
+        written.extend(FIGURES[name].draw(dataset, config, out))
     return written
 
 
 def _panels(dataset: xr.Dataset) -> list[tuple[str, xr.Dataset]]:
     """One panel per shape combination (and tolerance): (title, dataset with those dims dropped)."""
-    axes = [dim for dim in ("n", "d", "weights", "rtol") if dim in dataset.dims]
+    axes = [dim for dim in dataset.dims if dim not in _NOT_PANELS]
     panels = [("", dataset)]
     for dim in axes:
         size = dataset.sizes[dim]
@@ -71,20 +74,31 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _subtitle(dataset: xr.Dataset, config: Config) -> str:
+def _subtitle(dataset: xr.Dataset, config) -> str:
     starts = dataset.sizes.get("start", 0)
     model = config.model
     text = f"{model.field}, n = {', '.join(map(str, model.n))}, {starts} starts per β"
     if "solver" in dataset.attrs:
         text += f"\n{dataset.attrs['solver']}"
-    return text + (" [smoke]" if config.smoke else "")
+    failed = int(dataset.attrs.get("failed_solves", 0))
+    if failed:
+        text += f"\n{failed} of {dataset.attrs['total_solves']} solves failed: excluded"
+    return text + (" [smoke]" if dataset.attrs.get("smoke") else "")
 
 
-def phase_boundary_curve(config: Config, n: int, times: np.ndarray, betas: np.ndarray):
+def _theory_model(config) -> str | None:
+    """The model name of `theory` curves (Q = K = V = I), or None for other fields."""
+    return config.model.field if config.model.field in ("SA", "USA") else None
+
+
+def _valid(part: xr.Dataset, name: str) -> xr.DataArray:
+    """The observable with failed solves masked as NaN (floats are NaN already)."""
+    return part[name].where(part["succeeded"])
+
+
+def phase_boundary_curve(config, n: int, times: np.ndarray, betas: np.ndarray):
     """Γ∞,δ (6.12) for the config's model as a curve β(t) on a fine grid (theory for
     Q = K = V = I; the caller draws it on identity-weight panels only)."""
-    from . import theory
-
     fine_times = np.linspace(float(times.min()), float(times.max()), 300)
     fine_betas = np.linspace(float(betas.min()), float(betas.max()), 200)
     curve = theory.phase_boundary(
@@ -93,9 +107,9 @@ def phase_boundary_curve(config: Config, n: int, times: np.ndarray, betas: np.nd
     return fine_times, np.asarray(curve)
 
 
-def _phase_diagram(dataset, config, out):
+def phase_diagram(dataset, config, out):
     panels = _panels(dataset)
-    fig, axes = _grid(len(panels), config.plot["max_panels_per_row"])
+    fig, axes = _grid(len(panels), config.plot.max_panels_per_row)
     image = None
     for ax, (title, part) in zip(axes, panels):
         probability = part["clustered_fraction"].mean("start").transpose("beta", "time")
@@ -114,7 +128,11 @@ def _phase_diagram(dataset, config, out):
                 linestyles="--",
                 linewidths=1.0,
             )
-        if str(part["weights"].values) == "identity" and len(betas) > 1:
+        if (
+            str(part["weights"].values) == "identity"
+            and len(betas) > 1
+            and _theory_model(config)
+        ):
             curve_t, curve_beta = phase_boundary_curve(config, int(part["n"]), times, betas)
             ax.plot(curve_t, curve_beta, "k-", lw=1.6, label="Γ∞,δ (theory)")
         ax.set(
@@ -135,18 +153,17 @@ def _phase_diagram(dataset, config, out):
 
 def _snapshot_indices(dataset, config) -> list[int]:
     times = dataset["time"].values
-    wanted = config.plot["snapshot_times"] or list(np.linspace(times[0], times[-1], 3))
+    wanted = config.plot.snapshot_times or list(np.linspace(times[0], times[-1], 3))
     return [int(np.argmin(np.abs(times - t))) for t in wanted]
 
 
-def _example(part: xr.Dataset, config: Config) -> xr.Dataset:
-    start = min(config.plot["example_start"], part.sizes["start"] - 1)
+def _example(part: xr.Dataset, config) -> xr.Dataset:
+    start = min(config.plot.example_start, part.sizes["start"] - 1)
     return part.isel(start=start)
 
 
-def _circle_snapshots(dataset, config, out):
-    part = dataset.isel(n=0, d=0, weights=0)
-    part = part.isel(rtol=0) if "rtol" in part.dims else part
+def circle_snapshots(dataset, config, out):
+    part = _panels(dataset)[0][1]
     columns = _snapshot_indices(part, config)
     betas = part["beta"].values[::-1]  # largest β on top, as in Fig. 4
     fig, axes = plt.subplots(
@@ -171,22 +188,21 @@ def _circle_snapshots(dataset, config, out):
             ax.set_aspect("equal")
             ax.axis("off")
     fig.suptitle(
-        f"{config.name}: one trajectory per β (start {config.plot['example_start']})\n"
+        f"{config.name}: one trajectory per β (start {config.plot.example_start})\n"
         f"{_subtitle(dataset, config)}",
         fontsize=8,
     )
     return [_save(fig, out / f"{config.name}_circle_snapshots.png")]
 
 
-def _movie(dataset, config, out):
+def movie(dataset, config, out):
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    part = dataset.isel(n=0, d=0, weights=0, beta=0)
-    part = part.isel(rtol=0) if "rtol" in part.dims else part
+    part = _panels(dataset)[0][1].isel(beta=0)
     example = _example(part, config)
     positions = example["positions"].values
     times = part["time"].values
-    frames = np.unique(np.linspace(0, len(times) - 1, config.plot["movie_frames"]).astype(int))
+    frames = np.unique(np.linspace(0, len(times) - 1, config.plot.movie_frames).astype(int))
     fig = plt.figure(figsize=(3.2, 3.2))
     ax = fig.add_subplot(projection="3d")
     u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 24), np.linspace(0, np.pi, 12))
@@ -211,15 +227,16 @@ def _movie(dataset, config, out):
 
 
 def _normalized_energy(energy: xr.DataArray) -> xr.DataArray:
-    """E_β(t) / E_β(consensus); consensus energy e^β/(2β) (1/2 for the β = 0 limit)."""
+    """E_β(t) / E_β(consensus) from the saved rescaled energy e^{-β}E_β, whose consensus
+    value is 1/(2β) (1/2 for the β = 0 limit)."""
     beta = energy["beta"]
-    maximum = xr.where(beta > 0, np.exp(beta) / (2 * beta.where(beta > 0, 1.0)), 0.5)
+    maximum = xr.where(beta > 0, 1 / (2 * beta.where(beta > 0, 1.0)), 0.5)
     return energy / maximum
 
 
-def _energy(dataset, config, out):
+def energy(dataset, config, out):
     panels = _panels(dataset)
-    fig, axes = _grid(len(panels), config.plot["max_panels_per_row"])
+    fig, axes = _grid(len(panels), config.plot.max_panels_per_row)
     colors = plt.cm.viridis(np.linspace(0, 0.9, dataset.sizes["beta"]))
     for ax, (title, part) in zip(axes, panels):
         normalized = _normalized_energy(part["energy"])
@@ -228,7 +245,7 @@ def _energy(dataset, config, out):
             curves = normalized.sel(beta=beta).transpose("start", "time").values
             for curve in curves[:8]:
                 ax.plot(times, curve, color=color, lw=0.5, alpha=0.4)
-            ax.plot(times, curves.mean(0), color=color, lw=2, label=f"β = {beta:g}")
+            ax.plot(times, np.nanmean(curves, 0), color=color, lw=2, label=f"β = {beta:g}")
         ax.set(title=title, xlabel="t", ylabel="E_β(t) / E_β(consensus)")
         ax.legend(fontsize=7)
     fig.suptitle(
@@ -238,9 +255,7 @@ def _energy(dataset, config, out):
     return [_save(fig, out / f"{config.name}_energy.png")]
 
 
-def _cluster_staircase(dataset, config, out):
-    from . import theory
-
+def cluster_staircase(dataset, config, out):
     written = []
     for title, part in _panels(dataset):
         has_energy = "energy" in part
@@ -251,17 +266,17 @@ def _cluster_staircase(dataset, config, out):
         colors = plt.cm.plasma(np.linspace(0, 0.85, part.sizes["beta"]))
         d = int(part["d"])
         for color, beta in zip(colors, part["beta"].values):
-            counts = part["cluster_count"].sel(beta=beta).transpose("start", "time").values
-            low, median, high = np.percentile(counts, [10, 50, 90], axis=0)
+            counts = _valid(part, "cluster_count").sel(beta=beta).transpose("start", "time")
+            low, median, high = np.nanpercentile(counts.values, [10, 50, 90], axis=0)
             axes[0].fill_between(times, low, high, color=color, alpha=0.2, step="post")
             axes[0].step(times, median, where="post", color=color, lw=1.8, label=f"β = {beta:g}")
-            if beta > 0:
+            if beta > 0 and _theory_model(config):
                 mode = int(theory.selected_mode(float(beta), d, config.model.field))
                 axes[0].axhline(mode, color=color, ls=":", lw=1.2)
             example = _example(part.sel(beta=beta), config)
             axes[1].step(
                 times,
-                example["cluster_count"].values,
+                _valid(example, "cluster_count").values,
                 where="post",
                 color=color,
                 label=f"β = {beta:g}",
@@ -276,7 +291,7 @@ def _cluster_staircase(dataset, config, out):
         axes[1].set(
             xlabel="t",
             ylabel="number of clusters",
-            title=f"one start ({config.plot['example_start']})",
+            title=f"one start ({config.plot.example_start})",
         )
         for ax in axes[:2]:
             _count_axis(ax, int(part["n"]))
@@ -306,8 +321,8 @@ def _log_d_axis(ax, ds) -> None:
     ax.minorticks_off()
 
 
-def _landscape(dataset, config, out):
-    fig, axes = _grid(dataset.sizes["d"], config.plot["max_panels_per_row"], size=(5, 3.6))
+def landscape(dataset, config, out):
+    fig, axes = _grid(dataset.sizes["d"], config.plot.max_panels_per_row, size=(5, 3.6))
     tau = dataset["tau"].values
     for ax, d in zip(axes, dataset["d"].values):
         for beta in dataset["beta"].values:
@@ -324,7 +339,7 @@ def _landscape(dataset, config, out):
     return [_save(fig, out / f"{config.name}_landscape.png")]
 
 
-def _regimes(dataset, config, out):
+def regimes(dataset, config, out):
     n = int(dataset.attrs["n"])
     exact, printed = dataset.attrs["large_beta_threshold"], dataset.attrs["printed_threshold"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
@@ -376,14 +391,3 @@ def _regimes(dataset, config, out):
     )
     axes[2].legend()
     return [_save(fig, out / f"{config.name}_regimes.png")]
-
-
-_FIGURES: dict[str, Callable] = {
-    "phase_diagram": _phase_diagram,
-    "circle_snapshots": _circle_snapshots,
-    "movie": _movie,
-    "energy": _energy,
-    "cluster_staircase": _cluster_staircase,
-    "landscape": _landscape,
-    "regimes": _regimes,
-}

@@ -1,0 +1,162 @@
+"""Where config names become objects: fields, solvers, weight draws, fit models, tasks,
+flows and optimizers, all looked up in the registries."""
+
+from typing import Any
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._registry import FIELDS, SOLVERS, TASKS, WEIGHTS, FieldEntry
+from ._schema import ConfigError, FitConfig, SolverConfig
+
+
+def dtype_of(precision: str):
+    """The float dtype of a config's `precision` (float64 needs JAX's 64-bit mode)."""
+    if precision == "float64":
+        if not jax.config.jax_enable_x64:
+            raise ConfigError(
+                "config key `precision`: 'float64' needs JAX's 64-bit mode; call "
+                "jax.config.update('jax_enable_x64', True) first (the CLI does) or set "
+                "precision=float32."
+            )
+        return jnp.float64
+    return jnp.float32
+
+
+def field_entry(name: str) -> FieldEntry:
+    return FIELDS.resolve(name)
+
+
+def solver_of(config: SolverConfig) -> tuple[diffrax.AbstractSolver, float | None]:
+    """(the diffrax solver, dt0): adaptive solvers choose their steps, the others take dt."""
+    entry = SOLVERS[config.name]
+    return entry.make(), (None if entry.adaptive else config.dt)
+
+
+def weight_draws(names: tuple[str, ...]):
+    """The `draw(key, d, dtype)` functions of random weight ensembles."""
+    return [WEIGHTS[name].draw for name in names]
+
+
+def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, **options):
+    """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)`; weights (Q, K, V) may hold
+    None (the identity)."""
+    kwargs = {**params, **options, "beta": beta}
+    if weights is not None:
+        kwargs.update(zip("QKV", weights))
+    return entry.cls(**kwargs)
+
+
+# --- fits ----------------------------------------------------------------------------------
+
+
+def build_fit_model(config: FitConfig):
+    """The initial model of a fit. Attention fields (SA, USA): random Gaussian
+    N(0, init_scale²/d) weights fixed by `seed`, with heads, layers and low rank as configured
+    (names in `model.identity` stay None, i.e. the identity). Other fields: `cls(**params)`."""
+    from .._fit import LowRank, LowRankAttention
+    from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
+
+    spec = config.model
+    entry = FIELDS.resolve(spec.field)
+    params = dict(spec.params)
+    if entry.cls not in (SelfAttention, UnnormalizedSelfAttention):
+        model = entry.cls(**params)
+    else:
+        d, heads, layers, rank = spec.d, spec.heads, spec.layers, spec.rank
+        lead = (() if layers is None else (layers,)) + (() if heads is None else (heads,))
+        scale = spec.init_scale / np.sqrt(d)
+        keys = dict(zip("QKV", jax.random.split(jax.random.key(config.seed), 3)))
+        dtype = dtype_of(config.precision)
+
+        def weight(name):
+            if name in spec.identity:
+                return None
+            if name in spec.start_at_identity:
+                return jnp.broadcast_to(jnp.eye(d, dtype=dtype), (*lead, d, d))
+            if rank is None:
+                return scale * jax.random.normal(keys[name], (*lead, d, d), dtype=dtype)
+            left_key, right_key = jax.random.split(keys[name])
+            # left @ rightᵀ has entries of variance rank·(scale²/sqrt(d))², i.e. scale²·rank/d.
+            factor = np.sqrt(scale / np.sqrt(rank))
+            return LowRank(
+                factor * jax.random.normal(left_key, (*lead, d, rank), dtype=dtype),
+                factor * jax.random.normal(right_key, (*lead, d, rank), dtype=dtype),
+            )
+
+        layer_duration = None if layers is None else config.flow.horizon / layers
+        beta = params.pop("beta", 1.0)
+        if params:
+            raise ConfigError(
+                f"config key `model.params`: {sorted(params)} are not set by fits of "
+                f"{spec.field} (only beta); remove them."
+            )
+        model = LowRankAttention(
+            jnp.asarray(beta, dtype),
+            weight("Q"),
+            weight("K"),
+            weight("V"),
+            normalized=entry.cls is SelfAttention,
+            layer_duration=layer_duration,
+        )
+    dtype = dtype_of(config.precision)
+    # Strong dtypes (β = 1.0 would be weakly typed), as `fit` returns them: one compilation
+    # serves the initial and the fitted model.
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.asarray(leaf, dtype=dtype) if _is_inexact(leaf) else leaf, model
+    )
+
+
+def _is_inexact(leaf) -> bool:
+    return isinstance(leaf, float) or (
+        hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
+    )
+
+
+def build_task(config: FitConfig):
+    """The fit task, its arrays in the config's precision (like the model's)."""
+    spec, dtype = config.task, dtype_of(config.precision)
+    task = TASKS[spec.kind].build(spec.spec(), config.model.d, config.seed)
+    return jax.tree_util.tree_map(
+        lambda leaf: leaf.astype(dtype) if _is_inexact(leaf) and hasattr(leaf, "astype") else leaf,
+        task,
+    )
+
+
+def build_flow(config: FitConfig):
+    from .._fit import FlowOptions
+
+    solver, dt0 = solver_of(config.solver)
+    if config.flow.adjoint == "recursive_checkpoint":
+        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=config.flow.checkpoints)
+    else:
+        adjoint = diffrax.BacksolveAdjoint()
+    return FlowOptions(
+        horizon=config.flow.horizon,
+        solver=solver,
+        dt0=dt0,
+        rtol=config.solver.rtol,
+        atol=config.solver.atol,
+        max_steps=config.solver.max_steps,
+        adjoint=adjoint,
+    )
+
+
+def build_optimizer(config: FitConfig) -> optax.GradientTransformation:
+    spec = config.train
+    steps, rate = spec.steps, spec.learning_rate
+    schedules = {
+        "constant": lambda: optax.constant_schedule(rate),
+        "cosine": lambda: optax.cosine_decay_schedule(rate, max(steps, 1)),
+        "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(
+            0.0, rate, spec.warmup_steps, max(steps, spec.warmup_steps + 1)
+        ),
+    }
+    optimizer = {"adam": optax.adam, "sgd": optax.sgd}[spec.optimizer](schedules[spec.schedule]())
+    if spec.clip_norm is None:
+        return optimizer
+    return optax.chain(optax.clip_by_global_norm(spec.clip_norm), optimizer)
+

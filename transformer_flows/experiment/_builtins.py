@@ -1,0 +1,239 @@
+"""The built-in entries of every registry, registered through the same calls a user makes."""
+
+import functools
+from typing import Any
+
+import diffrax
+import jax
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._energy import energy
+from .._ensembles import random_weights
+from .._field._kuramoto import Kuramoto
+from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
+from .._losses import CapMixture, LabeledInputs, LabeledTargets, TargetMeasure, TargetPartition
+from .._observables import clustered_fraction, count_clusters, order_parameter
+from .._solver._fixed_step import RK4, GeodesicEuler, NormalizedEuler
+from ._registry import (
+    FIELDS,
+    FIGURES,
+    OBSERVABLES,
+    SOLVERS,
+    TASKS,
+    WEIGHTS,
+    FieldEntry,
+    FigureEntry,
+    ObservableEntry,
+    SolverEntry,
+    TaskEntry,
+    WeightsEntry,
+)
+
+# --- fields --------------------------------------------------------------------------------
+FIELDS.register(
+    "SA",
+    FieldEntry(SelfAttention, rotation_invariant=True, description="softmax self-attention (SA)"),
+)
+FIELDS.register(
+    "USA",
+    FieldEntry(
+        UnnormalizedSelfAttention,
+        random_values=False,
+        rotation_invariant=True,
+        description="unnormalised self-attention (USA), V = I",
+    ),
+)
+FIELDS.register("Kuramoto", FieldEntry(Kuramoto, description="angle form on the circle (7.1)"))
+
+# --- solvers -------------------------------------------------------------------------------
+# Adaptive Runge–Kutta schemes (diffrax; `solve` wraps them in `Renormalized`). Which one a
+# phase diagram can use is measured by experiments/figure3_solver_choice.py.
+for _name, _cls in (
+    ("tsit5", diffrax.Tsit5),
+    ("bosh3", diffrax.Bosh3),
+    ("dopri5", diffrax.Dopri5),
+    ("dopri8", diffrax.Dopri8),
+):
+    SOLVERS.register(_name, SolverEntry(_cls, adaptive=True, description=f"diffrax.{_cls.__name__}"))
+SOLVERS.register(
+    "normalized_euler",
+    SolverEntry(NormalizedEuler, adaptive=False, description="the authors' Euler + normalise"),
+)
+SOLVERS.register("geodesic_euler", SolverEntry(GeodesicEuler, adaptive=False))
+SOLVERS.register("rk4", SolverEntry(RK4, adaptive=False))
+
+# --- weight ensembles (Fig. 5) -------------------------------------------------------------
+WEIGHTS.register("identity", WeightsEntry(None, description="Q = K = V = I"))
+
+
+def _draw(key, d, dtype, *, query_key, value):
+    return random_weights(key, d, query_key=query_key, value=value, dtype=dtype)
+
+
+for _query_key in ("ginibre", "goe"):
+    for _value in ("identity", "ginibre", "wishart", "qk", "minus_qk"):
+        WEIGHTS.register(
+            f"{_query_key}:{_value}",
+            WeightsEntry(
+                functools.partial(_draw, query_key=_query_key, value=_value),
+                random_values=_value != "identity",
+                description=f"QᵀK {_query_key}, V {_value} (random_weights)",
+            ),
+        )
+
+# --- observables ---------------------------------------------------------------------------
+OBSERVABLES.register(
+    "clustered_fraction",
+    ObservableEntry(
+        lambda x, c: clustered_fraction(x, c.delta),
+        # A multiple of 1/(n(n-1)): exact enough in float32, half the size of large sweeps.
+        dtype=np.float32,
+        inner_products=True,
+        long_name="fraction of ordered pairs i≠j with <x_i,x_j> >= 1-δ",
+    ),
+)
+OBSERVABLES.register(
+    "cluster_count",
+    ObservableEntry(
+        lambda x, c: count_clusters(x, c.delta),
+        dtype=np.int16,
+        inner_products=True,
+        long_name="connected components of the graph <x_i,x_j> >= 1-δ",
+    ),
+)
+OBSERVABLES.register(
+    "energy",
+    ObservableEntry(
+        # e^{-β} E_β: finite for large β in float32 (E_β itself overflows from β ≈ 89).
+        lambda x, c: energy(x, c.beta, rescaled=True),
+        inner_products=True,
+        long_name="e^{-β} E_β(x) (rescaled energy; consensus value 1/(2β))",
+    ),
+)
+OBSERVABLES.register(
+    "order_parameter",
+    ObservableEntry(
+        lambda x, c: order_parameter(x, k=c.harmonic),
+        d=2,
+        long_name="|(1/n) Σ_j e^{ikθ_j}|",
+    ),
+)
+OBSERVABLES.register(
+    "positions",
+    ObservableEntry(
+        lambda x, c: x, dims=("particle", "component"), per_shape=True, long_name="x_i(t)"
+    ),
+)
+
+
+# --- figures (drawn by `_plot`, imported only when a figure is drawn) ----------------------
+def _lazy(name: str):
+    def draw(dataset, config, out):
+        from . import _plot
+
+        return getattr(_plot, name)(dataset, config, out)
+
+    draw.__name__ = name
+    return draw
+
+
+for _name, _observables, _d in (
+    ("phase_diagram", ("clustered_fraction",), None),
+    ("circle_snapshots", ("positions",), 2),
+    ("movie", ("positions",), 3),
+    ("energy", ("energy",), None),
+    ("cluster_staircase", ("cluster_count",), None),
+):
+    FIGURES.register(_name, FigureEntry(_lazy(_name), "simulation", _observables, _d))
+for _name in ("landscape", "regimes"):
+    FIGURES.register(_name, FigureEntry(_lazy(_name), "theory"))
+
+
+# --- fit tasks -----------------------------------------------------------------------------
+class _TaskSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomPoints(_TaskSchema):
+    """k Gaussian directions drawn with `seed` (normalised by the task)."""
+
+    random: int = Field(ge=1)
+    seed: int = Field(0, ge=0, lt=2**63)
+
+
+Points = list[list[float]] | RandomPoints
+
+
+def _points(value: Any, name: str, d: int, seed: int) -> np.ndarray:
+    if isinstance(value, RandomPoints):
+        return np.asarray(jax.random.normal(jax.random.key(value.seed), (value.random, d)))
+    points = np.asarray(value, dtype=float)
+    if points.ndim != 2 or points.shape[1] != d:
+        raise ValueError(
+            f"`task.{name}` must be a list of {d}-dimensional points (model.d = {d}), got shape "
+            f"{points.shape}."
+        )
+    return points
+
+
+class LabeledSchema(_TaskSchema):
+    n: int = Field(ge=2, description="tokens per input")
+    anchors: Points
+    spread: float | None = Field(None, gt=0, description="None: uniform tokens; caps otherwise")
+    targets: Points
+
+
+class PartitionSchema(_TaskSchema):
+    n: int = Field(ge=2)
+    anchors: Points
+    spread: float | None = Field(None, gt=0)
+    margin: float = Field(ge=-1, le=1, description="different labels: cosine below this")
+    delta: float = Field(gt=0, lt=2, description="components of <x_i, x_j> >= 1 - delta")
+
+
+class CapSchema(_TaskSchema):
+    means: Points
+    spread: float = Field(ge=0)
+
+
+class PairSchema(_TaskSchema):
+    source: CapSchema
+    target: CapSchema
+
+
+class MeasureSchema(_TaskSchema):
+    n: int = Field(ge=2)
+    pairs: list[PairSchema] = Field(min_length=1)
+    num_target_samples: int | None = Field(None, ge=1)
+    kappa: float = Field(4.0, gt=0)
+
+
+def _inputs(spec, d, seed):
+    return LabeledInputs(_points(spec.anchors, "anchors", d, seed), spec.n, spec.spread)
+
+
+def _labeled(spec: LabeledSchema, d: int, seed: int):
+    return LabeledTargets(_inputs(spec, d, seed), _points(spec.targets, "targets", d, seed + 1))
+
+
+def _partition(spec: PartitionSchema, d: int, seed: int):
+    return TargetPartition(_inputs(spec, d, seed), spec.margin, spec.delta)
+
+
+def _measure(spec: MeasureSchema, d: int, seed: int):
+    def mixture(cap: CapSchema, where: str):
+        return CapMixture(_points(cap.means, f"pairs.{where}.means", d, seed), cap.spread)
+
+    return TargetMeasure(
+        [mixture(p.source, "source") for p in spec.pairs],
+        [mixture(p.target, "target") for p in spec.pairs],
+        n=spec.n,
+        num_target_samples=spec.num_target_samples,
+        kappa=spec.kappa,
+    )
+
+
+TASKS.register("labeled", TaskEntry(LabeledSchema, _labeled, "label c must end near target c"))
+TASKS.register("partition", TaskEntry(PartitionSchema, _partition, "labels merge, others apart"))
+TASKS.register("measure", TaskEntry(MeasureSchema, _measure, "final measure matches a target"))

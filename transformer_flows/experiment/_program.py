@@ -1,0 +1,166 @@
+"""The compiled program of one shape: a jitted, vmapped `solve` over the chunk's combos
+(weights ensemble, β, start, tolerance, swept parameters). Names become objects in `_build`."""
+
+import functools
+import json
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._initial import sample_hemisphere, sample_sphere
+from .._solve import solve
+from .._span import solve_in_span
+from .._sphere import angles_to_points, normalize, points_to_angles
+from ._build import build_field, dtype_of, field_entry, solver_of, weight_draws
+from ._plan import Plan, Shape
+from ._registry import OBSERVABLES, ObservableContext
+from ._schema import SimulationConfig
+
+# Starts and weights are drawn in float32 whatever the precision, so that a float32 and a float64
+# run of one config integrate the same systems and differ by precision only.
+DRAW_DTYPE = jnp.float32
+
+
+class Observer(eqx.Module):
+    """The `observe=` callback of one solve: the configured observables of a state (angles are
+    mapped to points on the circle first). β is a leaf (it is vmapped over), the rest static."""
+
+    beta: jax.Array
+    names: tuple[str, ...] = eqx.field(static=True)
+    delta: float = eqx.field(static=True)
+    harmonic: int = eqx.field(static=True)
+    angles: bool = eqx.field(static=True, default=False)
+
+    def __call__(self, x):
+        points = angles_to_points(x) if self.angles else x
+        context = ObservableContext(self.beta, self.delta, self.harmonic)
+        # `solve` saves integer observables (cluster counts) through float buffers itself.
+        return {name: OBSERVABLES[name].function(points, context) for name in self.names}
+
+
+_PROGRAM_CACHE: dict = {}
+
+
+def program(config: SimulationConfig, shape: Shape, plan: Plan):
+    """The jitted, vmapped solve of one chunk (cached, so resuming in the same process does
+    not compile again)."""
+    cache_key = (
+        json.dumps(config.numerics(), sort_keys=True),
+        shape,
+        plan.chunk_length(shape),
+        jax.config.jax_enable_x64,
+    )
+    if cache_key not in _PROGRAM_CACHE:
+        if len(_PROGRAM_CACHE) >= 4:
+            _PROGRAM_CACHE.pop(next(iter(_PROGRAM_CACHE)))
+        _PROGRAM_CACHE[cache_key] = _build_program(config, shape, plan)
+    return _PROGRAM_CACHE[cache_key]
+
+
+def chunk_inputs(config: SimulationConfig, plan: Plan, shape: Shape, chunk: int):
+    """The program's arguments for one chunk: per combo the ensemble index, β, start,
+    tolerance and the swept parameter values."""
+    dtype = dtype_of(config.precision)
+    w, b, s, r, *p = plan.chunk_indices(shape, chunk)
+    params = [
+        jnp.asarray(values[index], dtype=dtype)
+        for values, index in zip(plan.params.values(), p, strict=True)
+    ]
+    return (
+        jnp.asarray(w),
+        jnp.asarray(plan.beta[b], dtype=dtype),
+        jnp.asarray(plan.starts[s]),
+        jnp.asarray(plan.tolerances[r], dtype=dtype),
+        *params,
+    )
+
+
+def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
+    dtype = dtype_of(config.precision)
+    model, observables, solver_config = config.model, config.observables, config.solver
+    entry = field_entry(model.field)
+    angles = entry.state == "angles"
+    ts = jnp.asarray(plan.times, dtype=dtype)
+    base_key = jax.random.key(config.sweep.seed)
+    sample = sample_sphere if model.initial == "sphere" else sample_hemisphere
+    solver, dt0 = solver_of(solver_config)
+    fixed_params = dict(model.params)
+    param_names = tuple(plan.params)
+    tolerance_axis = plan.has_tolerance_axis
+    options = {}
+    if model.layers:
+        options["layer_duration"] = float(plan.times[-1]) / model.layers
+
+    def controller(tolerance):
+        # `solve` takes rtol/atol as Python floats; a vmapped tolerance axis goes in through
+        # its own PID controller, with the coefficients of `solve`'s default one.
+        if not tolerance_axis:
+            return None
+        return diffrax.PIDController(rtol=tolerance, atol=tolerance, pcoeff=0.3, icoeff=0.4)
+
+    stack = tuple(size for size in (model.layers, model.heads) if size)
+
+    def stacked(draw):
+        """One ensemble's draw with a leading (layers, heads) stack of independent draws."""
+
+        def weights_of(key):
+            one = functools.partial(draw, d=shape.d, dtype=DRAW_DTYPE)
+            for _ in stack:
+                one = jax.vmap(one)
+            if stack:
+                key = jax.random.split(key, int(np.prod(stack))).reshape(stack)
+            Q, K, V = one(key)
+            if V is None:  # every ensemble of a program returns arrays, for `lax.switch`
+                V = jnp.broadcast_to(jnp.eye(shape.d, dtype=DRAW_DTYPE), (*stack, shape.d, shape.d))
+            return Q.astype(dtype), K.astype(dtype), V.astype(dtype)
+
+        return weights_of
+
+    draws = [stacked(draw) for draw in weight_draws(shape.weights)] if shape.random else []
+    integrate = solve
+    if not shape.random and not angles and entry.rotation_invariant and shape.d > shape.n:
+        # Identity weights keep span{x_i(0)}: for d > n solve in that n-dimensional span
+        # (exact, and d = 1024 then costs what d = n costs). Inner-product observables need
+        # no map back.
+        integrate = functools.partial(
+            solve_in_span,
+            observe_in_span=all(OBSERVABLES[name].inner_products for name in observables.names),
+        )
+
+    def one(ensemble, beta, start, tolerance, *param_values):
+        # Start s uses the same initial tokens (and weight key) for every β, ensemble and
+        # parameter: common random numbers make the phase diagram smooth in β.
+        init_key, weight_key = jax.random.split(jax.random.fold_in(base_key, start))
+        x0 = normalize(sample(init_key, shape.n, shape.d, dtype=DRAW_DTYPE).astype(dtype))
+        if angles:
+            x0 = points_to_angles(x0)
+        weights = None
+        if shape.random:
+            Q, K, V = jax.lax.switch(ensemble, draws, weight_key)
+            # <Qx_i, Kx_j> = <(KᵀQ)x_i, x_j>: one query matrix and identity keys give the same
+            # logits with one n×d×d product per field evaluation fewer.
+            weights = (jnp.swapaxes(K, -1, -2) @ Q, None, V)
+        params = {**fixed_params, **dict(zip(param_names, param_values, strict=True))}
+        field = build_field(entry, beta, params, weights, **options)
+        observer = Observer(
+            beta, tuple(observables.names), observables.delta, observables.harmonic, angles
+        )
+        trajectory = integrate(
+            field,
+            x0,
+            ts,
+            solver=solver,
+            dt0=dt0,
+            rtol=solver_config.rtol,
+            atol=solver_config.atol,
+            max_steps=solver_config.max_steps,
+            observe=observer,
+            throw=False,
+            stepsize_controller=controller(tolerance),
+        )
+        return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
+
+    return eqx.filter_jit(jax.vmap(one))

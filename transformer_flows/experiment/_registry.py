@@ -1,0 +1,225 @@
+"""Registries: one per vocabulary of the config schema (fields, solvers, weight ensembles,
+observables, figures, fit tasks). A config names an entry; the entry declares what it needs.
+
+Built-in entries are registered in `_builtins.py` through the same calls a user makes::
+
+    from transformer_flows.experiment import FIELDS, FieldEntry
+    FIELDS.register("Scaled", FieldEntry(ScaledAttention))
+
+`model.field` also takes an import path `module:Class` (resolved by `FIELDS.resolve`).
+"""
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
+
+Entry = TypeVar("Entry")
+
+
+class Registry(Generic[Entry]):
+    """Names → entries of one vocabulary. Lookup errors list the registered names."""
+
+    def __init__(self, vocabulary: str):
+        self.vocabulary = vocabulary
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, entry: Entry, *, replace: bool = False) -> Entry:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.vocabulary} name must be a non-empty string, got {name!r}.")
+        if name in self._entries and not replace:
+            raise ValueError(
+                f"{self.vocabulary} {name!r} is registered already; pass replace=True to "
+                "replace it."
+            )
+        self._entries[name] = entry
+        return entry
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __getitem__(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown {self.vocabulary} {name!r}; registered: {self.names()}."
+            ) from None
+
+
+def import_object(path: str) -> Any:
+    """`"package.module:Name"` → the object (the module must be importable, e.g. on
+    PYTHONPATH)."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"an import path looks like `module:Class`, got {path!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"cannot import module {module_name!r} of {path!r} ({err}); put its folder on "
+            "PYTHONPATH or install it."
+        ) from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attribute!r}.") from None
+
+
+# --- fields --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldEntry:
+    """A vector field class usable from configs.
+
+    - `cls`: an `AbstractSphereField` (state: points (n, d)) or `AbstractAngleField` (state:
+      angles (n,), d = 2) subclass, built as `cls(beta=..., **params[, Q=, K=, V=])`.
+    - `random_values`: whether random value matrices V may be drawn for it (USA is defined
+      with V = I here, so its entry says False).
+    - `rotation_invariant`: with identity weights the field commutes with orthogonal maps and
+      keeps span{x_i(0)}, so sweeps with d > n solve in that span (exact, cost of d = n).
+    """
+
+    cls: type
+    random_values: bool = True
+    rotation_invariant: bool = False
+    description: str = ""
+
+    @property
+    def state(self) -> Literal["points", "angles"]:
+        from .._field._base import AbstractAngleField
+
+        return "angles" if issubclass(self.cls, AbstractAngleField) else "points"
+
+    def parameters(self) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(self.cls) if f.init}
+
+    @property
+    def takes_weights(self) -> bool:
+        return {"Q", "K", "V"} <= set(self.parameters())
+
+    def is_static(self, name: str) -> bool:
+        return bool(self.parameters()[name].metadata.get("static", False))
+
+
+class FieldRegistry(Registry[FieldEntry]):
+    def resolve(self, name: str) -> FieldEntry:
+        """A registered name, or an import path `module:Class` of a field class."""
+        if isinstance(name, str) and ":" in name and name not in self:
+            from .._field._base import AbstractAngleField, AbstractSphereField
+
+            cls = import_object(name)
+            if not (
+                isinstance(cls, type) and issubclass(cls, (AbstractSphereField, AbstractAngleField))
+            ):
+                raise ValueError(
+                    f"{name!r} is not a field class: subclass "
+                    "transformer_flows.AbstractSphereField (points) or AbstractAngleField (angles)."
+                )
+            return FieldEntry(cls)
+        return self[name]
+
+
+# --- solvers -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverEntry:
+    """`make()` returns the diffrax solver; `adaptive` solvers take rtol/atol, the others a
+    fixed step `solver.dt`."""
+
+    make: Callable[[], Any]
+    adaptive: bool
+    description: str = ""
+
+
+# --- weight ensembles ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsEntry:
+    """`draw(key, d, dtype) -> (Q, K, V)`, each (d, d) or None (the identity); None for the
+    identity ensemble (no matrices at all, one program of its own). `random_values`: draws a
+    V other than the identity."""
+
+    draw: Callable | None
+    random_values: bool = False
+    description: str = ""
+
+
+# --- observables ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservableContext:
+    """What an observable may read besides the state: β and the config's observable options."""
+
+    beta: Any
+    delta: float
+    harmonic: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservableEntry:
+    """`function(x, context)` of points x (n, d) on the sphere, saved per save time.
+
+    - `dtype`, `dims`: storage dtype and trailing dimension names (`positions`: particle,
+      component);
+    - `inner_products`: a function of the Gram matrix only (then solving in span{x_i(0)}
+      needs no map back to R^d);
+    - `d`: the only dimension where it is defined (None: any);
+    - `per_shape`: its shape changes with n and d (then one n and one d per config).
+    """
+
+    function: Callable
+    dtype: Any = np.float64
+    dims: tuple[str, ...] = ()
+    inner_products: bool = False
+    d: int | None = None
+    per_shape: bool = False
+    long_name: str = ""
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureEntry:
+    """`draw(dataset, config, out) -> list[Path]`; `experiment`: the kind it draws;
+    `observables` it reads; `d`: the only dimension it can draw (None: any)."""
+
+    draw: Callable
+    experiment: str = "simulation"
+    observables: tuple[str, ...] = ()
+    d: int | None = None
+    description: str = ""
+
+
+# --- fit tasks -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+    """`schema`: a pydantic model of the task's keys (besides `kind`); `build(spec, d, seed)`
+    returns an `AbstractTask`."""
+
+    schema: type
+    build: Callable
+    description: str = ""
+
+
+FIELDS = FieldRegistry("field")
+SOLVERS: Registry[SolverEntry] = Registry("solver")
+WEIGHTS: Registry[WeightsEntry] = Registry("weight ensemble")
+OBSERVABLES: Registry[ObservableEntry] = Registry("observable")
+FIGURES: Registry[FigureEntry] = Registry("figure")
+TASKS: Registry[TaskEntry] = Registry("fit task")

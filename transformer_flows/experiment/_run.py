@@ -1,0 +1,328 @@
+"""Running an experiment into its output directory: sweeps chunk by chunk (resumable,
+verified), theory datasets, and fits (`_fit_run`). Failed solves are masked and counted."""
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from ._plan import Plan, Shape, plan_sweep
+from ._registry import OBSERVABLES
+from ._schema import ConfigError, SimulationConfig, TheoryConfig, config_from_dict
+from ._store import RunDirectory, chunk_path, fingerprint
+
+# Integer observables (cluster counts) of a failed solve hold this value; `succeeded` says
+# which entries are real. Float observables of a failed solve are NaN.
+FAILED_INTEGER = -1
+
+
+class SolveFailures(RuntimeError):
+    """Some solves of a sweep failed (e.g. max_steps reached) and the config does not allow
+    failures. The dataset was written with them masked; `dataset` holds it."""
+
+    def __init__(self, message: str, dataset: xr.Dataset):
+        super().__init__(message)
+        self.dataset = dataset
+
+
+def run_experiment(
+    config,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> xr.Dataset | dict:
+    """Run a validated config into directory `out`: a sweep or theory dataset (returned), or a
+    fit (its metrics are returned)."""
+    if config.experiment == "theory":
+        return run_theory(config, out)
+    if config.experiment == "fit":
+        from ._fit_run import run_fit
+
+        return run_fit(config, out, progress=progress)
+    return run_sweep(config, out, progress=progress, on_chunk=on_chunk)
+
+
+def run_theory(config: TheoryConfig, out: str | Path) -> xr.Dataset:
+    from ._theory import theory_dataset
+
+    run = RunDirectory(out)
+    with run.lock():
+        run.claim(config.to_yaml(), fingerprint(config.numerics()))
+        started = time.perf_counter()
+        dataset = theory_dataset(config)
+        dataset.attrs.update(provenance(config, time.perf_counter() - started, git_commit()))
+        run.write_dataset(dataset)
+    return dataset
+
+
+def run_sweep(
+    config: SimulationConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> xr.Dataset:
+    """Run a simulation sweep, chunk by chunk, into `out`; resume from verified chunks.
+
+    **Arguments:**
+    - `config`: a validated `SimulationConfig`.
+    - `out`: output directory (created). Rerunning with the same directory skips every finished
+      chunk whose fingerprint matches; another config there is refused; a second run on the
+      same directory at the same time is refused (lock); a corrupt or stale chunk is
+      recomputed with a warning naming it.
+    - `progress`: a progress bar with ETA over chunks.
+    - `on_chunk`: called with the running count of chunks computed in this call, after each
+      chunk is safely on disk (tests use it to simulate a crash).
+
+    **Returns:** the assembled `xarray.Dataset`, also written to `out/dataset.nc`. Failed
+    solves are masked (NaN, or -1 with `succeeded` False for integer observables); if any
+    failed and `solver.allow_failures` is false, `SolveFailures` is raised after writing.
+    """
+    if config.experiment != "simulation":
+        raise ValueError(
+            f"`run_sweep` runs simulation configs; {config.name!r} is a {config.experiment!r} "
+            "config (use run_experiment)."
+        )
+    from ._program import chunk_inputs, program
+
+    plan = plan_sweep(config)
+    numerics = config.numerics()
+    commit = git_commit()  # the code this call runs (a later checkout may differ)
+    run = RunDirectory(out)
+    with run.lock():
+        run.claim(config.to_yaml(), fingerprint(numerics))
+        run.remove_temporaries()
+        pieces: dict[tuple[Shape, int], xr.Dataset] = {}
+        todo = []
+        for shape in plan.shapes:
+            for chunk in range(plan.num_chunks(shape)):
+                piece = run.read_chunk(
+                    _chunk_name(plan, shape, chunk),
+                    _chunk_fingerprint(numerics, plan, shape, chunk),
+                    plan.chunk_count(shape, chunk),
+                )
+                if piece is None:
+                    todo.append((shape, chunk))
+                else:
+                    pieces[shape, chunk] = piece
+        total = plan.total_chunks()
+        with tqdm(
+            total=total,
+            initial=total - len(todo),
+            unit="chunk",
+            disable=not progress,
+            desc=config.name,
+            dynamic_ncols=True,
+        ) as bar:
+            for computed, (shape, chunk) in enumerate(todo, start=1):
+                started = time.perf_counter()
+                observed, succeeded, num_steps = program(config, shape, plan)(
+                    *chunk_inputs(config, plan, shape, chunk)
+                )
+                observed = jax.device_get(observed)
+                piece = _chunk_dataset(
+                    plan, shape, chunk, observed, succeeded, num_steps,
+                    time.perf_counter() - started,
+                )
+                run.write_chunk(
+                    _chunk_name(plan, shape, chunk),
+                    piece,
+                    _chunk_fingerprint(numerics, plan, shape, chunk),
+                )
+                pieces[shape, chunk] = piece
+                bar.update(1)
+                if on_chunk is not None:
+                    on_chunk(computed)
+        dataset = assemble(config, plan, pieces, commit)
+        run.write_dataset(dataset)
+    failed = int(dataset.attrs["failed_solves"])
+    if failed and not config.solver.allow_failures:
+        raise SolveFailures(
+            f"{failed} of {dataset.attrs['total_solves']} solves failed ({_failure_hint(config)})."
+            " They are masked in the dataset (NaN; -1 with `succeeded` = False for counts). "
+            "Fix: raise solver.max_steps or loosen the tolerances, or set "
+            "solver.allow_failures=true to accept a dataset with masked entries.",
+            dataset,
+        )
+    return dataset
+
+
+def _failure_hint(config: SimulationConfig) -> str:
+    return f"e.g. solver.max_steps={config.solver.max_steps} reached"
+
+
+def _chunk_name(plan: Plan, shape: Shape, chunk: int) -> str:
+    # The chunk length is part of the folder name: chunk k of another length holds other
+    # combos, so a changed memory budget can never mix them up on resume.
+    return str(chunk_path(f"{shape.label}_chunk{plan.chunk_length(shape)}", chunk))
+
+
+def _chunk_fingerprint(numerics: dict, plan: Plan, shape: Shape, chunk: int) -> str:
+    return fingerprint(
+        {
+            "config": numerics,
+            "shape": dataclasses.asdict(shape),
+            "chunk": chunk,
+            "chunk_length": plan.chunk_length(shape),
+        }
+    )
+
+
+def _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds) -> xr.Dataset:
+    first = chunk * plan.chunk_length(shape)
+    count = plan.chunk_count(shape, chunk)
+    succeeded = np.asarray(succeeded)[:count].astype(bool)
+    variables = {
+        "succeeded": (("combo",), succeeded.astype(np.int8)),
+        "num_steps": (("combo",), np.asarray(num_steps)[:count].astype(np.int64)),
+    }
+    for name, values in observed.items():
+        entry = OBSERVABLES[name]
+        values = np.asarray(values)[:count]
+        failed = ~succeeded.reshape((-1,) + (1,) * (values.ndim - 1))
+        if np.issubdtype(entry.dtype, np.integer):
+            values = np.where(failed, FAILED_INTEGER, np.rint(np.nan_to_num(values)))
+        else:
+            values = np.where(failed, np.nan, values)
+        variables[name] = (("combo", "time", *entry.dims), values.astype(entry.dtype))
+    return xr.Dataset(
+        variables,
+        coords={"combo": np.arange(first, first + count)},
+        attrs={"compute_seconds": float(seconds)},
+    )
+
+
+def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "unknown"):
+    """Gather the chunks into one labelled dataset with dims
+    (n, d, weights, beta, start[, rtol][, *params], time[, particle, component])."""
+    model = config.model
+    outer = (len(model.n), len(model.d))
+    full_inner = (
+        len(model.weights),
+        len(plan.beta),
+        len(plan.starts),
+        len(plan.tolerances),
+        *(len(values) for values in plan.params.values()),
+    )
+    arrays: dict[str, np.ndarray] = {}
+    compute_seconds = 0.0
+    for (shape, _), piece in sorted(pieces.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+        where = (model.n.index(shape.n), model.d.index(shape.d))
+        weight_index = np.array([model.weights.index(w) for w in shape.weights])
+        compute_seconds += float(piece.attrs["compute_seconds"])
+        w, b, s, r, *p = np.unravel_index(piece["combo"].values, plan.inner_shape(shape))
+        for name, variable in piece.data_vars.items():
+            if name not in arrays:
+                arrays[name] = np.zeros(outer + full_inner + variable.shape[1:], variable.dtype)
+            arrays[name][where + (weight_index[w], b, s, r, *p)] = variable.values
+    # The tolerance axis is named `rtol` (= atol): `tolerance` is a keyword of xarray's `sel`.
+    dims = ("n", "d", "weights", "beta", "start", "rtol", *plan.params)
+    coords = {
+        "n": list(model.n),
+        "d": list(model.d),
+        "weights": list(model.weights),
+        "beta": plan.beta,
+        "start": plan.starts,
+        "rtol": plan.tolerances,
+        "time": plan.times,
+        **plan.params,
+    }
+    variables = {}
+    for name, values in arrays.items():
+        extra = ("time", *OBSERVABLES[name].dims) if name in OBSERVABLES else ()
+        if name == "succeeded":
+            values = values.astype(bool)
+        variables[name] = (dims + extra, values)
+    dataset = xr.Dataset(variables, coords=coords)
+    if not plan.has_tolerance_axis:
+        dataset = dataset.isel(rtol=0, drop=True)
+    else:
+        dataset["rtol"].attrs["long_name"] = "rtol = atol of the adaptive solver"
+    dataset["beta"].attrs["long_name"] = "inverse temperature β"
+    dataset["time"].attrs["long_name"] = "time t"
+    dataset["start"].attrs["long_name"] = "random initial configuration (and weight draw)"
+    for name in config.observables.names:
+        entry = OBSERVABLES[name]
+        text = entry.long_name
+        if name in ("clustered_fraction", "cluster_count"):
+            text += f", δ={config.observables.delta:g}"
+        dataset[name].attrs["long_name"] = text
+        if np.issubdtype(entry.dtype, np.integer):
+            dataset[name].attrs["failed_value"] = FAILED_INTEGER
+    dataset["succeeded"].attrs["long_name"] = "the solve reached t1 (failed solves are masked)"
+    failed = int((~dataset["succeeded"]).sum())
+    dataset.attrs.update(provenance(config, compute_seconds, commit))
+    dataset.attrs["chunk_size"] = max(plan.chunk_length(shape) for shape in plan.shapes)
+    dataset.attrs["failed_solves"] = failed
+    dataset.attrs["total_solves"] = int(dataset["succeeded"].size)
+    return dataset
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in ("transformer-flows", "jax", "jaxlib", "diffrax", "equinox", "numpy", "xarray",
+                 "h5netcdf", "h5py", "pydantic"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str:
+    """The commit of the package's checkout, with '+dirty' for uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def provenance(config, compute_seconds: float, commit: str) -> dict:
+    attrs = {
+        "name": config.name,
+        "config": config.to_yaml(),
+        "fingerprint": fingerprint(config.numerics()),
+        "versions": json.dumps(_versions()),
+        "git_commit": commit,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "compute_seconds": compute_seconds,
+        "smoke": int(config.smoke_run),
+    }
+    if getattr(config, "solver", None) is not None:
+        attrs["solver"] = f"{config.solver.describe()}, {config.precision}"
+    return attrs
+
+
+def load_dataset(out: str | Path) -> tuple[xr.Dataset, object]:
+    """The dataset of a finished run in `out` and the config it was made with."""
+    import yaml
+
+    dataset = RunDirectory(out).read_dataset()
+    try:
+        raw = yaml.safe_load(dataset.attrs["config"])
+    except (KeyError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"{str(out)!r}: its dataset carries no readable config ({err}); rerun it."
+        ) from None
+    config = config_from_dict(raw, default_name=raw.get("name") or "experiment")
+    config._smoke_run = bool(dataset.attrs.get("smoke", 0))
+    return dataset, config

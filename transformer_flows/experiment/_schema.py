@@ -1,0 +1,818 @@
+"""The config schema, declared once: pydantic models of the three experiment kinds
+(`simulation` sweeps, `theory` figures, `fit`), sharing one vocabulary for models, solvers,
+precision and observables.
+
+Defaults, validation, the saved (resolved) config, the fingerprint of a run and
+`transformer-flows schema` (JSON Schema) all derive from these declarations. Names (fields,
+solvers, weight ensembles, observables, figures, fit tasks) are checked against the
+registries of `_registry.py`; they become objects in `_build.py` only.
+"""
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ._registry import FIELDS, FIGURES, OBSERVABLES, SOLVERS, TASKS, WEIGHTS
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type, or not among the allowed values. The
+    message names the key path, the value, what is allowed and the fix."""
+
+
+# --- value types ---------------------------------------------------------------------------
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string.
+            return float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got the string {value!r}") from None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _integer(value: Any) -> Any:
+    return value.item() if isinstance(value, np.integer) else value
+
+
+def _as_list(value: Any) -> Any:
+    """One value stands for a list of one."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+PositiveNumber = Annotated[Number, Field(gt=0)]
+NonNegativeNumber = Annotated[Number, Field(ge=0)]
+Integer = Annotated[int, Strict(), BeforeValidator(_integer)]
+PositiveInteger = Annotated[Integer, Field(ge=1)]
+NonNegativeInteger = Annotated[Integer, Field(ge=0)]
+# jax.random.key takes a signed 64-bit seed.
+Seed = Annotated[Integer, Field(ge=0, lt=2**63)]
+Precision = Literal["float64", "float32"]
+ShapeList = Annotated[
+    list[Annotated[Integer, Field(ge=2)]], BeforeValidator(_as_list), Field(min_length=1)
+]
+
+
+def _grid(value: Any) -> Any:
+    """A list of numbers, one number, or {start, stop, num} (inclusive linspace)."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"start", "stop", "num"}
+        if unknown or not {"start", "stop", "num"} <= set(value):
+            raise ValueError(
+                "a grid mapping has exactly the keys start, stop, num (inclusive linspace), "
+                f"got {sorted(value)}"
+            )
+        start, stop, num = _number(value["start"]), _number(value["stop"]), value["num"]
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"grid `num` must be an integer >= 1, got {num!r}")
+        if num > 1 and not stop > start:
+            raise ValueError(f"grid `stop` must be > start={start} when num > 1, got {stop}")
+        return [float(v) for v in np.linspace(start, stop, num)]
+    return _as_list(value)
+
+
+def _unique(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError(f"has repeated values {values}; list each once")
+    return values
+
+
+Grid = Annotated[list[Number], BeforeValidator(_grid), Field(min_length=1)]
+
+
+class _Section(BaseModel):
+    """Unknown keys are errors; instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- shared vocabulary ---------------------------------------------------------------------
+
+
+class SolverConfig(_Section):
+    """How the flow is integrated: a registered solver (`SOLVERS`) and its options."""
+
+    name: str = Field("tsit5", description="registered solver, e.g. tsit5, normalized_euler")
+    rtol: PositiveNumber = Field(1e-6, description="relative tolerance (adaptive solvers)")
+    atol: PositiveNumber = Field(1e-6, description="absolute tolerance (adaptive solvers)")
+    dt: PositiveNumber | None = Field(None, description="the step of fixed-step solvers")
+    max_steps: PositiveInteger = 16_384
+    allow_failures: bool = Field(
+        False, description="finish with exit status 0 although some solves failed (masked)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, raw: Any) -> Any:
+        # Before issue 9: `method: adaptive` + `scheme: tsit5`, or `method: normalized_euler`.
+        if isinstance(raw, Mapping) and ("method" in raw or "scheme" in raw):
+            raw = dict(raw)
+            method, scheme = raw.pop("method", None), raw.pop("scheme", None)
+            if "name" not in raw:
+                raw["name"] = scheme or ("tsit5" if method in (None, "adaptive") else method)
+            if raw.get("name") in SOLVERS and SOLVERS[raw["name"]].adaptive:
+                raw.pop("dt", None)  # the old schema kept an unused dt for adaptive runs
+        return raw
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        SOLVERS[name]
+        return name
+
+    @model_validator(mode="after")
+    def _step(self) -> "SolverConfig":
+        if SOLVERS[self.name].adaptive:
+            if self.dt is not None:
+                raise ValueError(
+                    f"`dt` is the step of fixed-step solvers; {self.name!r} chooses its own "
+                    "steps from rtol/atol: remove solver.dt (override: solver.dt=null)"
+                )
+        elif self.dt is None:
+            raise ValueError(
+                f"solver {self.name!r} has a fixed step: set solver.dt, e.g. solver.dt=0.1"
+            )
+        return self
+
+    @property
+    def adaptive(self) -> bool:
+        return SOLVERS[self.name].adaptive
+
+    def describe(self) -> str:
+        if self.adaptive:
+            return f"Renormalized({self.name}) adaptive PID, rtol={self.rtol:g}, atol={self.atol:g}"
+        return f"{self.name} fixed step dt={self.dt:g}"
+
+
+class PlotConfig(_Section):
+    snapshot_times: Grid | None = None
+    movie_frames: PositiveInteger = 60
+    max_panels_per_row: PositiveInteger = 3
+    example_start: NonNegativeInteger = 0
+
+    @field_validator("snapshot_times")
+    @classmethod
+    def _nonnegative(cls, values):
+        if values is not None and min(values) < 0:
+            raise ValueError(f"save times are >= 0, got {values}")
+        return values
+
+
+class _Experiment(_Section):
+    name: str | None = Field(None, description="label of the run (default: the file's stem)")
+    description: str = ""
+    precision: Precision = "float64"
+    figures: Annotated[list[str], BeforeValidator(_as_list)] = []
+    plot: PlotConfig = PlotConfig()
+    smoke: dict[str, Any] = Field(
+        {}, description="key.path: value overrides applied by --smoke (toy size)"
+    )
+    _smoke_run: bool = PrivateAttr(False)
+
+    @property
+    def smoke_run(self) -> bool:
+        """Whether the `smoke:` overrides were applied (a toy-size run)."""
+        return self._smoke_run
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name):
+        if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
+            raise ValueError(
+                f"the name labels output files, so it cannot be empty or hold '/' or '\\', "
+                f"got {name!r}"
+            )
+        return name
+
+    @field_validator("figures")
+    @classmethod
+    def _figures(cls, figures):
+        for figure in figures:
+            FIGURES[figure]
+        return _unique(figures)
+
+    @model_validator(mode="after")
+    def _figure_kinds(self):
+        for figure in self.figures:
+            if FIGURES[figure].experiment != self.experiment:
+                allowed = [f for f in FIGURES if FIGURES[f].experiment == self.experiment]
+                raise ValueError(
+                    f"figure {figure!r} draws {FIGURES[figure].experiment} runs; a "
+                    f"{self.experiment} experiment draws {allowed}"
+                )
+        return self
+
+    def numerics(self) -> dict:
+        """The resolved config without the parts that do not change the numbers (a rerun
+        may change those and still resume)."""
+        return self.model_dump(
+            mode="json", exclude={"name", "description", "figures", "plot", "smoke"}
+        )
+
+    def resolved(self) -> dict:
+        """The resolved config (defaults filled in), as saved with the output."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved(), sort_keys=False, allow_unicode=True)
+
+
+# --- simulation sweeps ---------------------------------------------------------------------
+
+
+class ModelConfig(_Section):
+    """The vector field and the shapes it is integrated at."""
+
+    field: str = Field("SA", description="registered field (SA, USA, Kuramoto) or module:Class")
+    params: dict[str, Any] = Field(
+        {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
+    )
+    n: ShapeList
+    d: ShapeList
+    weights: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] = ["identity"]
+    heads: PositiveInteger | None = Field(None, description="H heads of random weights (H, d, d)")
+    layers: PositiveInteger | None = Field(
+        None, description="L per-layer random weights, piecewise constant over [0, t1]"
+    )
+    initial: Literal["sphere", "hemisphere"] = "sphere"
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, name):
+        FIELDS.resolve(name)
+        return name
+
+    @field_validator("n", "d")
+    @classmethod
+    def _unique_shapes(cls, values):
+        return _unique(values)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, names):
+        for name in names:
+            WEIGHTS[name]
+        return _unique(names)
+
+    @model_validator(mode="after")
+    def _field_accepts(self):
+        entry = FIELDS.resolve(self.field)
+        parameters = entry.parameters()
+        for name in self.params:
+            if name not in parameters:
+                raise ValueError(
+                    f"params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
+                    f"parameters are {sorted(parameters)}"
+                )
+            if name in ("beta", "Q", "K", "V"):
+                raise ValueError(
+                    f"params.{name}: {name} is set by the sweep (sweep.beta, model.weights), "
+                    "not under model.params"
+                )
+        if "beta" not in parameters:
+            raise ValueError(
+                f"field {self.field!r} has no parameter `beta`, which sweep.beta sets"
+            )
+        random = [w for w in self.weights if WEIGHTS[w].draw is not None]
+        if random and not entry.takes_weights:
+            raise ValueError(
+                f"weights {random} need a field with Q, K, V; {entry.cls.__name__} has none: "
+                "use weights=identity"
+            )
+        if not entry.random_values:
+            bad = [w for w in random if WEIGHTS[w].random_values]
+            if bad:
+                raise ValueError(
+                    f"field {self.field!r} is defined with V = I here "
+                    "(docs/mathematics.md, USA); use a `query_key:identity` ensemble or field SA"
+                    f", got weights {bad}"
+                )
+        if (self.heads or self.layers) and not random:
+            raise ValueError(
+                "model.heads and model.layers stack random weights; identity weights have "
+                "none (H identity heads act as one head with V = H·I): draw random weights, "
+                "e.g. model.weights=ginibre:identity"
+            )
+        if entry.state == "angles" and self.d != [2]:
+            raise ValueError(
+                f"field {self.field!r} moves angles on the circle: needs model.d = 2, got {self.d}"
+            )
+        return self
+
+
+class SweepConfig(_Section):
+    """The axes swept in one vmapped program: β, random starts, tolerances, parameters."""
+
+    beta: Grid
+    starts: PositiveInteger
+    seed: Seed = 0
+    tolerance: Annotated[list[PositiveNumber], BeforeValidator(_as_list)] | None = Field(
+        None, description="rtol = atol axis of an adaptive solver"
+    )
+    chunk_size: PositiveInteger | Literal["auto"] = "auto"
+    memory_budget_mb: PositiveNumber = 256.0
+    params: dict[str, Grid] = Field(
+        {}, description="axes over scalar field parameters, e.g. {gain: [0.5, 2.0]}"
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, values):
+        if min(values) < 0:
+            raise ValueError(f"β >= 0, got {values}")
+        return _unique(values)
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, values):
+        return None if values is None else _unique(values)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, params):
+        for name, values in params.items():
+            _unique(values)
+            if name in ("beta", "start", "rtol", "time", "n", "d", "weights"):
+                raise ValueError(f"params.{name}: {name!r} is a dimension of the sweep already")
+        return params
+
+
+class TimeConfig(_Section):
+    t1: PositiveNumber
+    num: Annotated[Integer, Field(ge=2)]
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.linspace(0.0, self.t1, self.num)
+
+
+class ObservablesConfig(_Section):
+    names: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] = [
+        "clustered_fraction"
+    ]
+    delta: Annotated[PositiveNumber, Field(lt=2)] = 1e-3
+    harmonic: PositiveInteger = 1
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, names):
+        for name in names:
+            OBSERVABLES[name]
+        return _unique(names)
+
+
+class SimulationConfig(_Experiment):
+    """Particles integrated by `solve` over a grid of β, starts, weights, shapes, parameters."""
+
+    experiment: Literal["simulation"] = "simulation"
+    model: ModelConfig
+    sweep: SweepConfig
+    time: TimeConfig
+    solver: SolverConfig = SolverConfig()
+    observables: ObservablesConfig = ObservablesConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        model, names = self.model, self.observables.names
+        entry = FIELDS.resolve(model.field)
+        for figure in self.figures:
+            needs = FIGURES[figure]
+            for needed in needs.observables:
+                if needed not in names:
+                    raise ValueError(
+                        f"figure {figure!r} needs observable {needed!r}: add it to "
+                        f"observables.names {names}"
+                    )
+            if needs.d is not None and model.d != [needs.d]:
+                raise ValueError(f"figure {figure!r} needs model.d = {needs.d}, got {model.d}")
+        for name in names:
+            observable = OBSERVABLES[name]
+            if observable.per_shape and (len(model.n) > 1 or len(model.d) > 1):
+                raise ValueError(
+                    f"observable {name!r} changes shape with n and d: use one model.n and one "
+                    "model.d with it"
+                )
+            if observable.d is not None and model.d != [observable.d]:
+                raise ValueError(
+                    f"observable {name!r} is defined for d = {observable.d}: needs model.d = "
+                    f"{observable.d}, got {model.d}"
+                )
+        parameters = entry.parameters()
+        for name in self.sweep.params:
+            if name not in parameters:
+                raise ValueError(
+                    f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
+                    f"parameters are {sorted(parameters)}"
+                )
+            if entry.is_static(name) or name in ("Q", "K", "V"):
+                raise ValueError(
+                    f"sweep.params.{name}: {name!r} is not a scalar array parameter of "
+                    f"{entry.cls.__name__} (static fields are fixed at compile time): set it "
+                    "under model.params instead"
+                )
+        if self.sweep.tolerance is not None and not self.solver.adaptive:
+            raise ValueError(
+                f"sweep.tolerance is an axis of adaptive solvers; {self.solver.name!r} has a "
+                "fixed step: set sweep.tolerance=null"
+            )
+        if not self.solver.adaptive:
+            steps = math.ceil(self.time.t1 / self.solver.dt - 1e-9)
+            if steps > self.solver.max_steps:
+                raise ValueError(
+                    f"the fixed step dt={self.solver.dt} needs {steps} steps to reach "
+                    f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
+                )
+        return self
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.time.times
+
+
+# --- theory figures ------------------------------------------------------------------------
+
+
+class TheorySection(_Section):
+    n: Annotated[Integer, Field(ge=2)] = 32
+    d: ShapeList = [2]
+    delta: PositiveNumber = 1e-3
+    beta: Grid = Field(default_factory=lambda: _grid({"start": 0.0, "stop": 9.0, "num": 91}))
+    tau: Grid = Field(
+        default_factory=lambda: _grid({"start": -3.14159, "stop": 3.14159, "num": 801})
+    )
+    t1: PositiveNumber = 30.0
+
+
+class TheoryConfig(_Experiment):
+    """Curves of `transformer_flows.theory` on grids (Figs. 2 and 6)."""
+
+    experiment: Literal["theory"]
+    theory: TheorySection = TheorySection()
+
+
+# --- fits ----------------------------------------------------------------------------------
+
+
+class FitModelConfig(_Section):
+    """The trained model: a registered attention field with random Gaussian weights (heads,
+    layers, low rank), or any field `module:Class` built from `params`."""
+
+    field: str = Field("SA", description="registered field or module:Class")
+    params: dict[str, Any] = Field({}, description="constructor parameters, e.g. {beta: 1.0}")
+    d: Annotated[Integer, Field(ge=2)]
+    heads: PositiveInteger | None = None
+    layers: PositiveInteger | None = None
+    rank: PositiveInteger | None = None
+    init_scale: PositiveNumber = 1.0
+    identity: list[Literal["Q", "K", "V"]] = Field(
+        [], description="weights kept at the identity (not trainable)"
+    )
+    start_at_identity: list[Literal["Q", "K", "V"]] = Field(
+        [], description="weights initialised to the identity (trainable)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, raw: Any) -> Any:
+        # Before issue 9: `kind: sa|usa`, `dim`, `beta` beside the other keys.
+        if isinstance(raw, Mapping) and {"kind", "dim", "beta"} & set(raw):
+            raw = dict(raw)
+            if "kind" in raw:
+                raw["field"] = {"sa": "SA", "usa": "USA"}.get(raw["kind"], raw["kind"])
+                del raw["kind"]
+            if "dim" in raw:
+                raw["d"] = raw.pop("dim")
+            if "beta" in raw:
+                raw["params"] = {"beta": raw.pop("beta"), **dict(raw.get("params") or {})}
+        return raw
+
+    @field_validator("field")
+    @classmethod
+    def _field(cls, name):
+        FIELDS.resolve(name)
+        return name
+
+    @model_validator(mode="after")
+    def _checks(self):
+        entry = FIELDS.resolve(self.field)
+        parameters = entry.parameters()
+        for name in self.params:
+            if name not in parameters or name in ("Q", "K", "V"):
+                raise ValueError(
+                    f"params.{name}: not a parameter of {entry.cls.__name__} set here; its "
+                    f"parameters are {sorted(set(parameters) - {'Q', 'K', 'V'})}"
+                )
+        if entry.state != "points":
+            raise ValueError(f"fits move points on the sphere; {self.field!r} moves angles")
+        if not entry.takes_weights and (self.heads or self.layers or self.rank):
+            raise ValueError(
+                f"heads/layers/rank shape the Q, K, V of attention fields; "
+                f"{entry.cls.__name__} has none"
+            )
+        if self.rank is not None and self.rank > self.d:
+            raise ValueError(f"rank {self.rank} exceeds d = {self.d}")
+        return self
+
+
+class TaskConfig(BaseModel):
+    """`kind`: a registered fit task (`TASKS`); the other keys are that task's schema (the
+    saved config holds them with their defaults filled in)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_keys(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping) or "kind" not in raw:
+            return raw
+        rest = {key: value for key, value in raw.items() if key != "kind"}
+        entry = TASKS[raw["kind"]]
+        try:
+            spec = entry.schema.model_validate(rest)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"`task.{_location(e['loc'])}` {e['msg'].removeprefix('Value error, ')}"
+                + ("" if e["type"] == "missing" else f" (got {e.get('input')!r})")
+                for e in err.errors(include_url=False)
+            )
+            raise ValueError(f"task kind {raw['kind']!r}: {problems}") from None
+        return {"kind": raw["kind"], **spec.model_dump(mode="json")}
+
+    def spec(self):
+        """The validated task keys (an instance of the task's schema)."""
+        return TASKS[self.kind].schema.model_validate(self.model_extra or {})
+
+
+class TrainConfig(_Section):
+    parameters: list[str] = ["Q", "K", "V", "beta"]
+    steps: NonNegativeInteger
+    batch_size: PositiveInteger = 16
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: PositiveNumber
+    schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
+    warmup_steps: NonNegativeInteger = 0
+    clip_norm: PositiveNumber | None = Field(None, description="global-norm clipping (> 0)")
+    eval_every: NonNegativeInteger = 0
+    eval_size: PositiveInteger = 64
+    checkpoint_every: NonNegativeInteger = 0
+
+
+class FlowConfig(_Section):
+    horizon: PositiveNumber
+    adjoint: Literal["recursive_checkpoint", "backsolve"] = "recursive_checkpoint"
+    checkpoints: PositiveInteger | None = None
+
+
+class FitConfig(_Experiment):
+    """Fit Q, K, V and/or β by differentiating through the flow."""
+
+    experiment: Literal["fit"]
+    seed: Seed = 0
+    precision: Precision = "float32"
+    model: FitModelConfig
+    task: TaskConfig
+    train: TrainConfig
+    flow: FlowConfig
+    solver: SolverConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, raw: Any) -> Any:
+        # Before issue 9 the solver options sat in `flow` (solver, dt0, rtol, atol, max_steps).
+        if isinstance(raw, Mapping) and isinstance(raw.get("flow"), Mapping):
+            flow = dict(raw["flow"])
+            moved = {k: flow.pop(k) for k in ("solver", "dt0", "rtol", "atol", "max_steps")
+                     if k in flow}
+            if moved:
+                raw = dict(raw)
+                solver = dict(raw.get("solver") or {})
+                if "solver" in moved:
+                    solver.setdefault("name", moved.pop("solver"))
+                if "dt0" in moved:
+                    dt = moved.pop("dt0")
+                    if dt is not None:
+                        solver.setdefault("dt", dt)
+                for key, value in moved.items():
+                    solver.setdefault(key, value)
+                raw["flow"], raw["solver"] = flow, solver
+        return raw
+
+    @model_validator(mode="after")
+    def _parameters(self):
+        entry = FIELDS.resolve(self.model.field)
+        for name in self.train.parameters:
+            if name not in entry.parameters():
+                raise ValueError(
+                    f"train.parameters: {name!r} is not a parameter of {entry.cls.__name__}; "
+                    f"choose among {sorted(entry.parameters())}"
+                )
+            if name in self.model.identity:
+                raise ValueError(
+                    f"train.parameters: {name!r} is kept at the identity (model.identity) and "
+                    "cannot be trained; use model.start_at_identity to train it from I"
+                )
+        if self.train.schedule == "warmup_cosine" and self.train.warmup_steps < 1:
+            raise ValueError("schedule warmup_cosine needs train.warmup_steps >= 1")
+        return self
+
+
+# --- the tagged union ----------------------------------------------------------------------
+
+KINDS: dict[str, type[_Experiment]] = {
+    "simulation": SimulationConfig,
+    "theory": TheoryConfig,
+    "fit": FitConfig,
+}
+Config = SimulationConfig | TheoryConfig | FitConfig
+
+
+def _kind_of(raw: Mapping) -> type[_Experiment]:
+    kind = raw.get("experiment", "simulation")
+    if kind not in KINDS:
+        raise ConfigError(
+            f"config key `experiment`: must be one of {list(KINDS)}, got {kind!r}. Fix: set "
+            "experiment: simulation (sweeps), theory (theory figures) or fit."
+        )
+    return KINDS[kind]
+
+
+def json_schema() -> dict:
+    """JSON Schema of every experiment kind (for editors), with the registered names."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "transformer-flows experiment config",
+        "oneOf": [],
+        "$defs": {},
+    }
+    for kind, model in KINDS.items():
+        part = model.model_json_schema(ref_template="#/$defs/{model}")
+        schema["$defs"].update(part.pop("$defs", {}))
+        part["properties"]["experiment"] = {"const": kind, **({"default": kind} if kind ==
+                                            "simulation" else {})}
+        schema["$defs"][model.__name__] = part
+        schema["oneOf"].append({"$ref": f"#/$defs/{model.__name__}"})
+    registries = {
+        "fields": FIELDS.names(),
+        "solvers": SOLVERS.names(),
+        "weights": WEIGHTS.names(),
+        "observables": OBSERVABLES.names(),
+        "figures": FIGURES.names(),
+        "tasks": TASKS.names(),
+    }
+    schema["x-registered-names"] = registries
+    return schema
+
+
+# --- reading configs -----------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), *, smoke: bool = False):
+    """Read a YAML config, apply its `smoke:` overrides (if `smoke`) then `overrides`, validate.
+    Raises `ConfigError` (never a traceback from inside) on any bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (or is not a file).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    return config_from_dict(raw, overrides, smoke=smoke, default_name=path.stem)
+
+
+def config_from_dict(
+    raw: Any,
+    overrides: Sequence[str] = (),
+    *,
+    smoke: bool = False,
+    default_name: str = "experiment",
+):
+    """Validate a config mapping (after `smoke:` and `key=value` overrides) into a
+    `SimulationConfig`, `TheoryConfig` or `FitConfig`."""
+    from ._overrides import apply_overrides
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"a config must be a YAML mapping at the top level, got {raw!r}. Fix: start from "
+            "one of configs/*.yaml."
+        )
+    raw = dict(raw)
+    kind = _kind_of(raw)
+    smoke_overrides = raw.get("smoke") or {}
+    if not isinstance(smoke_overrides, Mapping):
+        raise ConfigError(
+            "config key `smoke`: must map key paths to values, e.g. {sweep.starts: 4}, got "
+            f"{smoke_overrides!r}."
+        )
+    if smoke:
+        raw = apply_overrides(
+            raw, [f"{key}={json.dumps(value)}" for key, value in smoke_overrides.items()], kind
+        )
+    raw = apply_overrides(raw, list(overrides), _kind_of(raw))
+    kind = _kind_of(raw)
+    try:
+        config = kind.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, raw)) from None
+    if config.name is None:
+        config = config.model_copy(update={"name": default_name})
+    config._smoke_run = bool(smoke)
+    return config
+
+
+def _location(loc: Sequence) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif str(part).startswith(("function-", "lax-", "json-", "literal[")) or part in (
+            "list[...]",
+        ):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "<top level>"
+
+
+def _explain(error: ValidationError, raw: Mapping) -> str:
+    """Every pydantic error as: key path, the value given, what is wrong/allowed, the fix."""
+    lines = []
+    for item in error.errors(include_url=False):
+        path = _location(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            parent = _location(item["loc"][:-1])
+            allowed = _allowed_keys(raw, item["loc"][:-1])
+            lines.append(
+                f"config key `{path}`: unknown key. Allowed keys "
+                f"{'here' if parent == '<top level>' else 'in ' + parent}: {allowed}. Fix: "
+                "correct the spelling or remove it."
+            )
+            continue
+        if kind == "missing":
+            lines.append(
+                f"config key `{path}`: is required. Fix: add it to the config or pass "
+                f"`{path}=VALUE`."
+            )
+            continue
+        value = item.get("input")
+        if isinstance(value, Mapping) or kind == "value_error" and "Fix" in message:
+            # A check across keys: its message names the keys and the fix itself.
+            where = "config" if path == "<top level>" else f"config section `{path}`"
+            lines.append(f"{where}: {message}.")
+            continue
+        lines.append(
+            f"config key `{path}`: got {value!r}; {message}. Fix: edit `{path}` in the config "
+            f"or override it with `{path}=VALUE`."
+        )
+    head = "invalid config" + (f" ({len(lines)} errors)" if len(lines) > 1 else "")
+    return head + ":\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(raw: Mapping, loc: Sequence) -> list[str]:
+    model = _kind_of(raw)
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        annotation = getattr(field, "annotation", None)
+        model = _model_in(annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model class inside an annotation (X, X | None, Annotated[X, ...])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,134 @@
+"""Numbers read off a sweep dataset for REPRODUCTION.md: 50% levels of the phase diagrams
+against Γ∞,δ, and cluster-count statistics over starts. Failed solves are excluded and
+counted; the summary is strict JSON (no NaN or Infinity tokens)."""
+
+import math
+
+import numpy as np
+import xarray as xr
+
+from .. import theory
+
+# Dimensions summarised inside one panel; the others (n, d, weights, rtol, swept parameters)
+# give one row per value.
+_INSIDE = ("beta", "start", "time", "particle", "component")
+
+
+def level_crossing(values: np.ndarray, betas: np.ndarray, level: float = 0.5) -> float:
+    """The β at which `values` (a probability along the β grid, at one time) first falls
+    from >= level to < level, by linear interpolation between grid points.
+
+    Returns -inf if it is below `level` already at the first β, +inf if it never falls
+    below it on the grid, NaN if a value it needs is missing (failed solves only).
+    """
+    values, betas = np.asarray(values, float), np.asarray(betas, float)
+    below = np.flatnonzero(values < level)
+    if below.size == 0:
+        return float("nan") if np.isnan(values).any() else float("inf")
+    first = below[0]
+    if first == 0:
+        return float("-inf")
+    v0, v1 = values[first - 1], values[first]
+    if np.isnan(values[:first]).any():
+        return float("nan")
+    b0, b1 = betas[first - 1], betas[first]
+    return float(b0 + (v0 - level) / (v0 - v1) * (b1 - b0))
+
+
+def _panels(dataset: xr.Dataset):
+    axes = [dim for dim in dataset.dims if dim not in _INSIDE]
+    stacked = dataset.stack(panel=axes) if axes else dataset.expand_dims(panel=[0])
+    for index in range(stacked.sizes["panel"]):
+        part = stacked.isel(panel=index)
+        yield {dim: part[dim].item() for dim in axes}, part
+
+
+def _crossing_entry(value: float) -> dict:
+    """A crossing as JSON: a number, or null with the reason."""
+    if math.isfinite(value):
+        return {"beta_empirical": value}
+    reason = {
+        math.inf: "never below the level on the β grid",
+        -math.inf: "below the level already at the first β",
+    }.get(value, "undetermined: failed solves at the β values it needs")
+    return {"beta_empirical": None, "beta_empirical_note": reason}
+
+
+def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float = 0.5):
+    """Per panel and time: the empirical β where P(clustered) crosses `level` (failed solves
+    excluded from the mean over starts), and the β of Γ∞,δ (theory, Q = K = V = I, SA/USA
+    only) at that time."""
+    rows = []
+    betas = dataset["beta"].values
+    fine_betas = np.linspace(betas.min(), betas.max(), 2000)
+    for labels, part in _panels(dataset):
+        fraction = part["clustered_fraction"].where(part["succeeded"])
+        probability = fraction.mean("start", skipna=True)
+        for t in times:
+            index = int(np.argmin(np.abs(part["time"].values - t)))
+            saved_t = float(part["time"].values[index])
+            empirical = level_crossing(probability.isel(time=index).values, betas, level)
+            row = {**labels, "t": saved_t, **_crossing_entry(empirical)}
+            identity = labels.get("weights", "identity") == "identity"
+            if identity and config.model.field in ("SA", "USA"):
+                curve = theory.phase_boundary(
+                    np.array([saved_t]),
+                    int(labels.get("n", part["n"])),
+                    config.observables.delta,
+                    fine_betas,
+                    model=config.model.field,
+                )
+                beta_theory = float(np.asarray(curve)[0])
+                row["beta_theory"] = beta_theory if math.isfinite(beta_theory) else None
+                if row["beta_empirical"] is not None and row["beta_theory"] is not None:
+                    row["difference"] = row["beta_empirical"] - row["beta_theory"]
+            rows.append(row)
+    return rows
+
+
+def cluster_count_statistics(dataset: xr.Dataset, betas, times):
+    """Statistics over the starts whose solve succeeded of the number of clusters at the
+    given β and times; `failed` counts the starts left out."""
+    rows = []
+    for labels, part in _panels(dataset):
+        for beta in betas:
+            at_beta = part.sel(beta=beta, method="nearest")
+            for t in times:
+                here = at_beta.sel(time=t, method="nearest")
+                ok = here["succeeded"].values.astype(bool)
+                counts = here["cluster_count"].values[ok].astype(int)
+                row = {
+                    **labels,
+                    "beta": float(at_beta["beta"]),
+                    "t": float(here["time"]),
+                    "starts": int(ok.size),
+                    "failed": int((~ok).sum()),
+                }
+                if counts.size:
+                    values, frequencies = np.unique(counts, return_counts=True)
+                    row.update(
+                        mean=float(counts.mean()),
+                        median=float(np.median(counts)),
+                        q10=float(np.percentile(counts, 10)),
+                        q90=float(np.percentile(counts, 90)),
+                        histogram={int(v): int(f) for v, f in zip(values, frequencies)},
+                    )
+                rows.append(row)
+    return rows
+
+
+def summary(dataset: xr.Dataset, config, times, betas, level: float = 0.5) -> dict:
+    """The summary of a simulation run (see `transformer-flows summarize`)."""
+    result = {
+        "name": config.name,
+        "solver": dataset.attrs.get("solver"),
+        "starts": int(dataset.sizes["start"]),
+        "failed_solves": int(dataset.attrs.get("failed_solves", 0)),
+        "total_solves": int(dataset.attrs.get("total_solves", dataset["succeeded"].size)),
+        "compute_seconds": float(dataset.attrs["compute_seconds"]),
+    }
+    if "clustered_fraction" in dataset:
+        result["phase_levels"] = phase_levels(dataset, config, times, level)
+    if "cluster_count" in dataset:
+        result["cluster_counts"] = cluster_count_statistics(dataset, betas, times)
+    return result
