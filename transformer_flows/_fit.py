@@ -2,8 +2,7 @@
 `eqx.filter_jit` step.
 
 - The model is a field (`SelfAttention`, `UnnormalizedSelfAttention`, with heads and per-layer
-  weights as they come) or an `AbstractFieldModel` that builds one (`LowRankAttention`:
-  W = A Bᵀ factors).
+  weights as they come) or an `AbstractFieldModel` that builds one (`_field_models`).
 - A filter spec (pytree of bools, `trainable_spec`) picks the trained leaves; the step
   differentiates only those and `eqx.apply_updates` skips the rest, so frozen leaves are
   bit-for-bit unchanged.
@@ -13,7 +12,6 @@
   a run resumed from a checkpoint continues exactly as an uninterrupted one.
 """
 
-import abc
 import dataclasses
 import os
 import pathlib
@@ -31,87 +29,11 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._custom_types import Particles
 from ._field._base import AbstractSphereField
-from ._field._self_attention import (
-    AbstractAttentionField,
-    SelfAttention,
-    UnnormalizedSelfAttention,
-    as_beta,
-)
+from ._field._self_attention import AbstractAttentionField
+from ._field_models import LowRank as LowRank  # _fit_command imports it from here
+from ._field_models import LowRankAttention, as_field
 from ._losses import AbstractTask
 from ._solve import Trajectory, solve
-from ._validation import as_float_array
-
-
-class LowRank(eqx.Module):
-    """A weight stored as factors, W = left @ rightᵀ, with `left` (..., k, r) and `right`
-    (..., d, r) (leading head/layer axes shared). Rank r <= min(k, d)."""
-
-    left: Array
-    right: Array
-
-    def __check_init__(self):
-        for name, factor in (("left", self.left), ("right", self.right)):
-            if factor.ndim < 2:
-                raise ValueError(f"`{name}` must have shape (..., ., r), got {factor.shape}.")
-        left, right = self.left.shape, self.right.shape
-        if left[:-2] != right[:-2] or left[-1] != right[-1]:
-            raise ValueError(
-                f"`left` {self.left.shape} and `right` {self.right.shape} must share leading "
-                "axes and the rank r (last axis): W = left @ rightᵀ."
-            )
-
-    def __init__(self, left, right):
-        self.left = as_float_array(left, "left")
-        self.right = as_float_array(right, "right")
-
-    @property
-    def matrix(self) -> Array:
-        return self.left @ jnp.swapaxes(self.right, -1, -2)
-
-
-class AbstractFieldModel(eqx.Module):
-    """A trainable parametrisation that builds an attention field."""
-
-    @abc.abstractmethod
-    def field(self) -> AbstractAttentionField:
-        """The field with the current parameters."""
-
-
-class LowRankAttention(AbstractFieldModel):
-    """(SA) (`normalized=True`) or (USA) whose Q, K, V may be `LowRank` factors (W = A Bᵀ),
-    full arrays or None (identity); shapes otherwise as in `SelfAttention`."""
-
-    beta: Float[Array, ""] = eqx.field(converter=as_beta)
-    Q: LowRank | Array | None = None
-    K: LowRank | Array | None = None
-    V: LowRank | Array | None = None
-    normalized: bool = eqx.field(default=True, static=True, kw_only=True)
-    layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
-
-    def __check_init__(self):
-        self.field()  # the built field validates the shapes, with its messages
-
-    def field(self) -> AbstractAttentionField:
-        def dense(w):
-            return w.matrix if isinstance(w, LowRank) else w
-
-        cls = SelfAttention if self.normalized else UnnormalizedSelfAttention
-        return cls(
-            self.beta, dense(self.Q), dense(self.K), dense(self.V),
-            layer_duration=self.layer_duration,
-        )
-
-
-def as_field(model: AbstractSphereField | AbstractFieldModel) -> AbstractSphereField:
-    """The field a model stands for (a field is its own model)."""
-    if isinstance(model, AbstractFieldModel):
-        return model.field()
-    if isinstance(model, AbstractSphereField):
-        return model
-    raise ValueError(
-        f"`model` must be a sphere field (e.g. SelfAttention) or an AbstractFieldModel "
-        f"(e.g. LowRankAttention), got {type(model).__name__}."
-    )
 
 
 def trainable_spec(model: PyTree, names: Sequence[str] = ("Q", "K", "V", "beta")) -> PyTree:
