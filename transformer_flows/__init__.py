@@ -24,13 +24,15 @@ from ._ensembles import (
     random_weights as random_weights,
     wishart as wishart,
 )
-from ._fit import (
+from ._field_models import (
     AbstractFieldModel as AbstractFieldModel,
-    FitResult as FitResult,
-    FlowOptions as FlowOptions,
     LowRank as LowRank,
     LowRankAttention as LowRankAttention,
     as_field as as_field,
+)
+from ._fit import (
+    FitResult as FitResult,
+    FlowOptions as FlowOptions,
     batch_loss as batch_loss,
     evaluate as evaluate,
     fit as fit,

@@ -2,22 +2,21 @@
 `eqx.filter_jit` step.
 
 - The model is a field (`SelfAttention`, `UnnormalizedSelfAttention`, with heads and per-layer
-  weights as they come) or an `AbstractFieldModel` that builds one (`LowRankAttention`:
-  W = A Bᵀ factors).
+  weights as they come) or an `AbstractFieldModel` that builds one (`_field_models`).
 - A filter spec (pytree of bools, `trainable_spec`) picks the trained leaves; the step
   differentiates only those and `eqx.apply_updates` skips the rest, so frozen leaves are
   bit-for-bit unchanged.
 - β stays >= 0 by projection: after every update β ← max(β, 0) (projected gradient descent;
   a frozen β, already >= 0, is left exactly as it is).
 - Every step draws a fresh batch of inputs from the task with key fold_in(train_key, step), so
-  a run resumed from a checkpoint continues exactly as an uninterrupted one.
+  a run resumed from a checkpoint continues exactly as an uninterrupted one (loss history and
+  held-out evaluations included: they are saved beside the checkpoint).
 """
 
-import abc
 import dataclasses
+import json
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,90 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from tqdm.auto import tqdm
 
 from ._custom_types import Particles
 from ._field._base import AbstractSphereField
-from ._field._self_attention import (
-    AbstractAttentionField,
-    SelfAttention,
-    UnnormalizedSelfAttention,
-    as_beta,
-)
+from ._field._self_attention import AbstractAttentionField
+from ._field_models import LowRank as LowRank  # _fit_command imports it from here
+from ._field_models import LowRankAttention, as_field, check_nonempty_weights
 from ._losses import AbstractTask
 from ._solve import Trajectory, solve
-from ._validation import as_float_array
-
-
-class LowRank(eqx.Module):
-    """A weight stored as factors, W = left @ rightᵀ, with `left` (..., k, r) and `right`
-    (..., d, r) (leading head/layer axes shared). Rank r <= min(k, d)."""
-
-    left: Array
-    right: Array
-
-    def __check_init__(self):
-        for name, factor in (("left", self.left), ("right", self.right)):
-            if factor.ndim < 2:
-                raise ValueError(f"`{name}` must have shape (..., ., r), got {factor.shape}.")
-        left, right = self.left.shape, self.right.shape
-        if left[:-2] != right[:-2] or left[-1] != right[-1]:
-            raise ValueError(
-                f"`left` {self.left.shape} and `right` {self.right.shape} must share leading "
-                "axes and the rank r (last axis): W = left @ rightᵀ."
-            )
-
-    def __init__(self, left, right):
-        self.left = as_float_array(left, "left")
-        self.right = as_float_array(right, "right")
-
-    @property
-    def matrix(self) -> Array:
-        return self.left @ jnp.swapaxes(self.right, -1, -2)
-
-
-class AbstractFieldModel(eqx.Module):
-    """A trainable parametrisation that builds an attention field."""
-
-    @abc.abstractmethod
-    def field(self) -> AbstractAttentionField:
-        """The field with the current parameters."""
-
-
-class LowRankAttention(AbstractFieldModel):
-    """(SA) (`normalized=True`) or (USA) whose Q, K, V may be `LowRank` factors (W = A Bᵀ),
-    full arrays or None (identity); shapes otherwise as in `SelfAttention`."""
-
-    beta: Float[Array, ""] = eqx.field(converter=as_beta)
-    Q: LowRank | Array | None = None
-    K: LowRank | Array | None = None
-    V: LowRank | Array | None = None
-    normalized: bool = eqx.field(default=True, static=True, kw_only=True)
-    layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
-
-    def __check_init__(self):
-        self.field()  # the built field validates the shapes, with its messages
-
-    def field(self) -> AbstractAttentionField:
-        def dense(w):
-            return w.matrix if isinstance(w, LowRank) else w
-
-        cls = SelfAttention if self.normalized else UnnormalizedSelfAttention
-        return cls(
-            self.beta, dense(self.Q), dense(self.K), dense(self.V),
-            layer_duration=self.layer_duration,
-        )
-
-
-def as_field(model: AbstractSphereField | AbstractFieldModel) -> AbstractSphereField:
-    """The field a model stands for (a field is its own model)."""
-    if isinstance(model, AbstractFieldModel):
-        return model.field()
-    if isinstance(model, AbstractSphereField):
-        return model
-    raise ValueError(
-        f"`model` must be a sphere field (e.g. SelfAttention) or an AbstractFieldModel "
-        f"(e.g. LowRankAttention), got {type(model).__name__}."
-    )
 
 
 def trainable_spec(model: PyTree, names: Sequence[str] = ("Q", "K", "V", "beta")) -> PyTree:
@@ -225,11 +149,12 @@ def final_states(model: PyTree, flow: FlowOptions, x0: Float[Array, "batch n d"]
 def evaluate(
     model: PyTree, task: AbstractTask, flow: FlowOptions, key: PRNGKeyArray, num_samples: int
 ) -> dict[str, float]:
-    """Held-out metrics (`task.metrics`) and `heldout_loss` on `num_samples` inputs drawn
-    with `key` (use a key never used for training)."""
+    """Held-out metrics (`task.metrics`, as floats) and `heldout_loss` on `num_samples`
+    inputs drawn with `key` (use a key never used for training)."""
     x0, aux = jax.vmap(task.sample)(jax.random.split(key, num_samples))
     x_final = final_states(model, flow, x0)
-    metrics = task.metrics(np.asarray(x_final), aux)
+    # Python floats: they go to JSON with the checkpoint and come back equal.
+    metrics = {name: float(value) for name, value in task.metrics(np.asarray(x_final), aux).items()}
     metrics["heldout_loss"] = float(jnp.mean(jax.vmap(task.loss)(x_final, aux)))
     return metrics
 
@@ -238,9 +163,9 @@ def evaluate(
 class FitResult:
     """`model`: the trained model; `opt_state`; `loss_history`: the training loss of every
     step run so far (resumed steps included); `evaluations`: held-out metrics, each with its
-    `step` (the first at the step this call started from); `train_seconds`: wall time of this
-    call's steps, the first (compiling) step
-    excluded and timed apart as `first_step_seconds`."""
+    `step`, on the schedule of `fit` (resumed runs included: the same steps and values as an
+    uninterrupted run); `train_seconds`: wall time of this call's steps, the first (compiling)
+    step excluded and timed apart as `first_step_seconds`."""
 
     model: PyTree
     opt_state: PyTree
@@ -275,10 +200,13 @@ def fit(
     - `key`: split into a training key (step s uses fold_in(key, s)) and a held-out key.
     - `flow`: `FlowOptions` (horizon, solver, adjoint, ...).
     - `filter_spec`: which leaves train (default: every inexact array); see `trainable_spec`.
-    - `eval_every`: held-out evaluation every so many steps (0: only before and after).
-    - `checkpoint`: a file; if it exists the run resumes from it, and it is rewritten
-      atomically every `checkpoint_every` steps (0: only at the end).
-    - `progress`: print a progress bar to stderr.
+    - `eval_every`: held-out evaluations at step 0, at every multiple of `eval_every` and at
+      `num_steps` (0: only at 0 and `num_steps`).
+    - `checkpoint`: a file, used under exactly this name (no extension is added); if it
+      exists the run resumes from it, and it is rewritten atomically every
+      `checkpoint_every` steps (0: only at the end), with the loss history and the
+      evaluations beside it (see `save_checkpoint`).
+    - `progress`: a tqdm progress bar (stderr) with the current loss.
 
     **Returns:** a `FitResult`.
     """
@@ -290,6 +218,7 @@ def fit(
     if not isinstance(task, AbstractTask):
         raise ValueError(f"`task` must be an AbstractTask (e.g. LabeledTargets), got {task!r}.")
     field = as_field(model)
+    check_nonempty_weights(field)
     if field.dim is not None and field.dim != task.dim:
         raise ValueError(f"The model acts on d={field.dim} but the task has d={task.dim}.")
     if filter_spec is None:
@@ -301,72 +230,99 @@ def fit(
     )
     train_key, heldout_key = jax.random.split(key)
     opt_state = optimizer.init(eqx.filter(eqx.filter(model, filter_spec), eqx.is_inexact_array))
-    start, history = 0, np.zeros(0)
+
+    def scheduled(at):
+        return at in (0, num_steps) or (eval_every > 0 and at % eval_every == 0)
+
+    start, losses, evaluations = 0, [], []
     path = None if checkpoint is None else pathlib.Path(checkpoint)
     if path is not None and path.exists():
-        model, opt_state, start, history = load_checkpoint(path, model, opt_state)
+        model, opt_state, start, history, stored = load_checkpoint(path, model, opt_state)
+        losses = list(history)
+        # Kept: those this call's schedule would have made (a run stopped early by a smaller
+        # `num_steps` also evaluated at its end, which an uninterrupted run does not).
+        evaluations = [e for e in stored if scheduled(e["step"])]
     step = make_step(task, optimizer, flow, filter_spec, batch_size)
-    evaluations = []
 
     def record_evaluation(at):
         evaluations.append({"step": at, **evaluate(model, task, flow, heldout_key, eval_size)})
 
-    record_evaluation(start)
-    losses = list(history)
-    bar = _ProgressBar(num_steps, start) if progress else None
+    if not evaluations or (scheduled(start) and evaluations[-1]["step"] != start):
+        record_evaluation(start)  # always one evaluation before training (a baseline)
     first_step_seconds = train_seconds = 0.0
-    for s in range(start, num_steps):
-        began = time.perf_counter()
-        model, opt_state, loss = step(model, opt_state, jax.random.fold_in(train_key, s))
-        losses.append(float(loss))  # blocks until the step is done
-        elapsed = time.perf_counter() - began
-        if s == start:
-            first_step_seconds = elapsed
-        else:
-            train_seconds += elapsed
-        done = s + 1
-        if bar is not None:
-            bar.update(done, losses[-1])
-        if eval_every and done % eval_every == 0 and done < num_steps:
-            record_evaluation(done)
-        if path is not None and checkpoint_every and done % checkpoint_every == 0:
-            save_checkpoint(path, model, opt_state, done, np.asarray(losses))
-    if bar is not None:
-        bar.close()
-    if num_steps > start:
-        record_evaluation(num_steps)
-        if path is not None:
-            save_checkpoint(path, model, opt_state, num_steps, np.asarray(losses))
+    with tqdm(total=num_steps, initial=start, unit="step", desc="fit", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for s in range(start, num_steps):
+            began = time.perf_counter()
+            model, opt_state, loss = step(model, opt_state, jax.random.fold_in(train_key, s))
+            losses.append(float(loss))  # blocks until the step is done
+            elapsed = time.perf_counter() - began
+            if s == start:
+                first_step_seconds = elapsed
+            else:
+                train_seconds += elapsed
+            done = s + 1
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+            bar.update(1)
+            if scheduled(done):
+                record_evaluation(done)
+            if path is not None and (
+                done == num_steps or (checkpoint_every and done % checkpoint_every == 0)
+            ):
+                save_checkpoint(path, model, opt_state, done, np.asarray(losses), evaluations)
     return FitResult(model, opt_state, np.asarray(losses), evaluations, train_seconds,
                      first_step_seconds)
 
 
-def save_checkpoint(path, model, opt_state, step: int, history: np.ndarray) -> None:
-    """Write (model, opt_state, step) with `eqx.tree_serialise_leaves` and the loss history
-    beside it (`<path>.history.npy`); each file is written to a temporary name and renamed,
-    so a crash never leaves a half-written checkpoint."""
+def _history_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".history.npy")
+
+
+def _evaluations_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".evaluations.json")
+
+
+def save_checkpoint(
+    path, model, opt_state, step: int, history: np.ndarray, evaluations: Sequence[dict] = ()
+) -> None:
+    """Write (model, opt_state, step) with `eqx.tree_serialise_leaves` to exactly `path` (no
+    extension added), the loss history beside it (`<path>.history.npy`) and the held-out
+    evaluations (`<path>.evaluations.json`). Each file is written to a temporary name and
+    renamed, the checkpoint last, so a crash never leaves a half-written checkpoint and the
+    side files always reach at least its step."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path.with_name(path.name + ".history.npy"), lambda f: np.save(f, history))
+    _atomic(_history_path(path), lambda f: np.save(f, history))
+    text = json.dumps(list(evaluations), indent=1).encode()
+    _atomic(_evaluations_path(path), lambda f: f.write(text))
     _atomic(path, lambda f: eqx.tree_serialise_leaves(f, (model, opt_state, jnp.asarray(step))))
 
 
-def load_checkpoint(path, model, opt_state) -> tuple[PyTree, PyTree, int, np.ndarray]:
-    """Read a checkpoint written by `save_checkpoint`; `model` and `opt_state` give the
-    structure (same shapes and optimizer as the run that wrote it)."""
+def load_checkpoint(
+    path, model, opt_state
+) -> tuple[PyTree, PyTree, int, np.ndarray, list[dict]]:
+    """Read a checkpoint written by `save_checkpoint` from exactly `path`; `model` and
+    `opt_state` give the structure (same shapes and optimizer as the run that wrote it).
+    Returns (model, opt_state, step, loss history, evaluations up to that step); a checkpoint
+    without an evaluations file (older runs) has none."""
     path = pathlib.Path(path)
     try:
-        model, opt_state, step = eqx.tree_deserialise_leaves(
-            path, (model, opt_state, jnp.asarray(0))
-        )
+        with open(path, "rb") as f:  # a path would get ".eqx" appended by equinox
+            model, opt_state, step = eqx.tree_deserialise_leaves(
+                f, (model, opt_state, jnp.asarray(0))
+            )
     except (ValueError, RuntimeError) as err:
         raise ValueError(
             f"Checkpoint {path} does not match this model/optimizer ({err}); resume with the "
             "same configuration or remove the file to start afresh."
         ) from err
     step = int(step)
-    history = np.load(path.with_name(path.name + ".history.npy"))[:step]
-    return model, opt_state, step, history
+    history = np.load(_history_path(path))[:step]
+    evaluations_path = _evaluations_path(path)
+    evaluations = []
+    if evaluations_path.exists():
+        evaluations = [e for e in json.loads(evaluations_path.read_text()) if e["step"] <= step]
+    return model, opt_state, step, history, evaluations
 
 
 def _atomic(path: pathlib.Path, write: Callable) -> None:
@@ -374,24 +330,3 @@ def _atomic(path: pathlib.Path, write: Callable) -> None:
     with open(temporary, "wb") as f:
         write(f)
     os.replace(temporary, path)
-
-
-class _ProgressBar:
-    """A one-line text progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int, done: int, width: int = 30):
-        self.total, self.width, self.started = max(total, 1), width, time.perf_counter()
-        self.update(done, float("nan"))
-
-    def update(self, done: int, loss: float) -> None:
-        filled = int(self.width * done / self.total)
-        elapsed = time.perf_counter() - self.started
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{self.total} "
-            f"loss {loss:.4g} {elapsed:.0f}s"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
