@@ -33,7 +33,7 @@ figures: $(STAMP)
 	@set -e; for config in $(CONFIGS); do \
 	  $(CLI) run $$config --out $(FIGURES_OUT)/$$(basename $$config .yaml); done
 	$(CLI) run configs/figure4_phase.yaml --out $(FIGURES_OUT)/figure4_phase_fixed_step \
-	  name=figure4_phase_fixed_step solver.method=normalized_euler solver.dt=0.1
+	  name=figure4_phase_fixed_step solver.name=normalized_euler solver.dt=0.1
 
 figures-smoke: $(STAMP)
 	@set -e; for config in $(CONFIGS); do \

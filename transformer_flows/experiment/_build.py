@@ -57,7 +57,7 @@ def build_fit_model(config: FitConfig):
     """The initial model of a fit. Attention fields (SA, USA): random Gaussian
     N(0, init_scale²/d) weights fixed by `seed`, with heads, layers and low rank as configured
     (names in `model.identity` stay None, i.e. the identity). Other fields: `cls(**params)`."""
-    from .._fit import LowRank, LowRankAttention
+    from .._field_models import LowRank, LowRankAttention
     from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 
     spec = config.model

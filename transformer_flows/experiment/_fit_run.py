@@ -12,7 +12,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from .._fit import as_field
+from .._field_models import as_field
 from .._fit import evaluate, fit, trainable_spec
 from .._losses import LabeledTargets, TargetMeasure
 from ._build import build_fit_model, build_flow, build_optimizer, build_task
