@@ -30,8 +30,7 @@ def random_orthogonal(rng, d):
     return q * np.sign(np.diag(r))
 
 
-# Sweep configs for `transformer-flows run`; configs/fit_*.yaml belong to `fit` (tests/test_fit.py).
-SWEEP_CONFIGS = sorted(
-    path for path in (Path(__file__).parent.parent / "configs").glob("*.yaml")
-    if not path.name.startswith("fit_")
-)
+# Every shipped config; the sweep and theory ones, and the fits (configs/fit_*.yaml).
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+SWEEP_CONFIGS = [path for path in CONFIGS if not path.name.startswith("fit_")]
+FIT_CONFIGS = [path for path in CONFIGS if path.name.startswith("fit_")]

@@ -10,6 +10,7 @@ registries of `_registry.py`; they become objects in `_build.py` only.
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -70,7 +71,7 @@ Integer = Annotated[int, Strict(), BeforeValidator(_integer)]
 PositiveInteger = Annotated[Integer, Field(ge=1)]
 NonNegativeInteger = Annotated[Integer, Field(ge=0)]
 # jax.random.key takes a signed 64-bit seed.
-Seed = Annotated[Integer, Field(ge=0, lt=2**63)]
+Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
 Precision = Literal["float64", "float32"]
 ShapeList = Annotated[
     list[Annotated[Integer, Field(ge=2)]], BeforeValidator(_as_list), Field(min_length=1)
@@ -297,6 +298,7 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"field {self.field!r} has no parameter `beta`, which sweep.beta sets"
             )
+        _try_build(entry, self.params, "params")
         random = [w for w in self.weights if WEIGHTS[w].draw is not None]
         if random and not entry.takes_weights:
             raise ValueError(
@@ -322,6 +324,17 @@ class ModelConfig(_Section):
                 f"field {self.field!r} moves angles on the circle: needs model.d = 2, got {self.d}"
             )
         return self
+
+
+def _try_build(entry, params: dict, where: str) -> None:
+    """Build the field once with these parameters (β = 1), so a bad parameter value is refused
+    when the config is read, not after compiling."""
+    try:
+        entry.cls(**{"beta": 1.0, **params})
+    except Exception as err:  # the field's own message names the parameter
+        raise ValueError(
+            f"{where}: {entry.cls.__name__}(beta=1.0, **{params}) is refused: {err}"
+        ) from None
 
 
 class SweepConfig(_Section):
@@ -434,6 +447,9 @@ class SimulationConfig(_Experiment):
                     f"{entry.cls.__name__} (static fields are fixed at compile time): set it "
                     "under model.params instead"
                 )
+            _try_build(
+                entry, {**model.params, name: self.sweep.params[name][0]}, f"sweep.params.{name}"
+            )
         if self.sweep.tolerance is not None and not self.solver.adaptive:
             raise ValueError(
                 f"sweep.tolerance is an axis of adaptive solvers; {self.solver.name!r} has a "
@@ -551,16 +567,19 @@ class TaskConfig(BaseModel):
         if not isinstance(raw, Mapping) or "kind" not in raw:
             return raw
         rest = {key: value for key, value in raw.items() if key != "kind"}
-        entry = TASKS[raw["kind"]]
+        try:
+            entry = TASKS[raw["kind"]]
+        except ValueError as err:
+            raise ValueError(f"kind: {err}") from None
         try:
             spec = entry.schema.model_validate(rest)
         except ValidationError as err:
-            problems = "; ".join(
-                f"`task.{_location(e['loc'])}` {e['msg'].removeprefix('Value error, ')}"
-                + ("" if e["type"] == "missing" else f" (got {e.get('input')!r})")
-                for e in err.errors(include_url=False)
-            )
-            raise ValueError(f"task kind {raw['kind']!r}: {problems}") from None
+            first, *others = err.errors(include_url=False)
+            message = first["msg"].removeprefix("Value error, ")
+            more = f" (and {len(others)} more errors)" if others else ""
+            raise ValueError(
+                f"{_location(first['loc'])}: {message} for task kind {raw['kind']!r}{more}"
+            ) from None
         return {"kind": raw["kind"], **spec.model_dump(mode="json")}
 
     def spec(self):
@@ -763,7 +782,7 @@ def _explain(error: ValidationError, raw: Mapping) -> str:
     lines = []
     for item in error.errors(include_url=False):
         path = _location(item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
+        message = item["msg"].removeprefix("Value error, ").rstrip(".")
         kind = item["type"]
         if kind == "extra_forbidden":
             parent = _location(item["loc"][:-1])
@@ -781,17 +800,52 @@ def _explain(error: ValidationError, raw: Mapping) -> str:
             )
             continue
         value = item.get("input")
-        if isinstance(value, Mapping) or kind == "value_error" and "Fix" in message:
-            # A check across keys: its message names the keys and the fix itself.
-            where = "config" if path == "<top level>" else f"config section `{path}`"
-            lines.append(f"{where}: {message}.")
+        leading = _LEADING_KEY.match(message)
+        if leading and kind == "value_error":
+            # A check across keys names the key it is about first ("params.gain: ...").
+            relative, message = leading.groups()
+            path = relative if path == "<top level>" else f"{path}.{relative}"
+            value = _lookup(raw, path)
+        elif _is_section(raw, item["loc"]):
+            # A check across the keys of a section: its message names them and the fix.
+            lines.append(f"config section `{path}`: {message}.")
             continue
+        shown = "" if value is _MISSING else f" got {value!r};"
         lines.append(
-            f"config key `{path}`: got {value!r}; {message}. Fix: edit `{path}` in the config "
-            f"or override it with `{path}=VALUE`."
+            f"config key `{path}`:{shown} {message}. Fix: edit `{path}` in the config or "
+            f"override it with `{path}=VALUE`."
         )
     head = "invalid config" + (f" ({len(lines)} errors)" if len(lines) > 1 else "")
     return head + ":\n  " + "\n  ".join(lines)
+
+
+_LEADING_KEY = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): (.*)$", re.DOTALL)
+_MISSING = object()
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    """The value at a dotted key path of the raw config (_MISSING if absent)."""
+    node = raw
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _is_section(raw: Mapping, loc: Sequence) -> bool:
+    """Whether `loc` names a section (a model) rather than a value."""
+    if not loc:
+        return True
+    model = _kind_of(raw)
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            return False
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        model = _model_in(field.annotation)
+    return model is not None
 
 
 def _allowed_keys(raw: Mapping, loc: Sequence) -> list[str]:
