@@ -1,4 +1,5 @@
-"""Sweep runner: labelled dataset, vmapped sweep = loop of `solve`, resume after a crash."""
+"""Sweep runner: labelled dataset, vmapped sweep = loop of `solve`, resume after a crash.
+(Failure masking, verified chunks and open fields: tests/test_reliability.py.)"""
 
 import json
 
@@ -11,9 +12,16 @@ import xarray as xr
 import yaml
 
 import transformer_flows as tf
-from transformer_flows._config import ConfigError, config_from_dict
-from transformer_flows._summary import level_crossing
-from transformer_flows._sweep import DATASET_FILE, load_dataset, plan_sweep, run_sweep
+from transformer_flows.experiment import (
+    StoreError,
+    config_from_dict,
+    level_crossing,
+    load_dataset,
+    plan_sweep,
+    run_sweep,
+)
+
+DATASET_FILE = "dataset.nc"
 
 BETAS = [0.0, 1.0, 3.0]
 
@@ -47,8 +55,8 @@ def test_dataset_dims_coords_attrs(tmp_path):
     assert list(dataset["weights"].values) == ["ginibre:wishart", "goe:qk"]
     assert bool(dataset["succeeded"].all()) and int(dataset["num_steps"].min()) > 0
     attrs = dataset.attrs
-    assert config_from_dict(yaml.safe_load(attrs["config"])).raw == config.raw
-    assert attrs["solver"] == "Renormalized(Tsit5) adaptive PID, rtol=1e-08, atol=1e-08, float64"
+    assert config_from_dict(yaml.safe_load(attrs["config"])).resolved() == config.resolved()
+    assert attrs["solver"] == "Renormalized(tsit5) adaptive PID, rtol=1e-08, atol=1e-08, float64"
     assert json.loads(attrs["versions"])["jax"] == jax.__version__
     assert attrs["git_commit"] and attrs["chunk_size"] == 4
     energy = dataset["energy"].isel(n=0, d=0)
@@ -58,28 +66,28 @@ def test_dataset_dims_coords_attrs(tmp_path):
     # What is on disk is what was returned, and the config travels with it.
     saved, saved_config = load_dataset(tmp_path)
     xr.testing.assert_identical(saved, dataset)
-    assert saved_config.raw == config.raw
+    assert saved_config.resolved() == config.resolved()
     # One program (both ensembles), ceil(2 x 9 combos / 4) chunks, one file each.
     assert len(list(tmp_path.glob("chunks/*/chunk_*.nc"))) == 5
 
 
-@pytest.mark.parametrize(
-    "method, scheme", [("adaptive", "tsit5"), ("adaptive", "bosh3"), ("normalized_euler", None)]
-)
-def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method, scheme):
-    overrides = [f"solver.method={method}", "solver.dt=0.05", "sweep.starts=2"]
-    config = small_config(*overrides, *([f"solver.scheme={scheme}"] if scheme else []))
+@pytest.mark.parametrize("scheme", ["tsit5", "bosh3", "normalized_euler"])
+def test_vmapped_sweep_equals_loop_of_solve(tmp_path, scheme):
+    fixed = scheme == "normalized_euler"
+    overrides = [f"solver.name={scheme}", "sweep.starts=2", *(["solver.dt=0.05"] if fixed else [])]
+    config = small_config(*overrides)
     dataset = run_sweep(config, tmp_path, progress=False).isel(n=0, d=0, weights=0)
     if scheme == "bosh3":
-        assert dataset.attrs["solver"].startswith("Renormalized(Bosh3) adaptive")
+        assert dataset.attrs["solver"].startswith("Renormalized(bosh3) adaptive")
     positions = dataset["positions"]
     # Start s has the same initial tokens for every β (common random numbers), and different
     # starts differ.
     x0 = positions.isel(time=0)
     np.testing.assert_array_equal(x0.isel(beta=0).values, x0.isel(beta=2).values)
     assert not np.allclose(x0.isel(start=0, beta=0), x0.isel(start=1, beta=0))
-    solver = {"tsit5": None, "bosh3": diffrax.Bosh3(), None: tf.NormalizedEuler()}[scheme]
-    dt0 = 0.05 if method == "normalized_euler" else None
+    solver = {"tsit5": None, "bosh3": diffrax.Bosh3(), "normalized_euler": tf.NormalizedEuler()}
+    solver = solver[scheme]
+    dt0 = 0.05 if fixed else None
     ts = jnp.asarray(dataset["time"].values)
     for beta in BETAS:
         for start in range(2):
@@ -90,11 +98,11 @@ def test_vmapped_sweep_equals_loop_of_solve(tmp_path, method, scheme):
             np.testing.assert_allclose(
                 positions.sel(beta=beta, start=start), trajectory.xs, atol=1e-10
             )
-            energies = [tf.energy(x, beta) for x in trajectory.xs]
+            energies = [tf.energy(x, beta, rescaled=True) for x in trajectory.xs]
             np.testing.assert_allclose(
                 dataset["energy"].sel(beta=beta, start=start), energies, rtol=1e-10
             )
-    if method == "adaptive":  # SA's energy is non-decreasing (docs/mathematics.md §7.4)
+    if not fixed:  # SA's energy is non-decreasing (docs/mathematics.md §7.4)
         assert float(dataset["energy"].diff("time").min()) > -1e-10
 
 
@@ -148,7 +156,7 @@ def test_identity_weights_with_d_above_n_solve_in_the_span(tmp_path):
             direct = tf.solve(tf.SelfAttention(beta), x0, ts, rtol=1e-8, atol=1e-8).xs
             np.testing.assert_allclose(dataset["positions"].sel(beta=beta, start=start), direct,
                                        atol=1e-6)
-            energies = np.array([tf.energy(x, beta) for x in direct])
+            energies = np.array([tf.energy(x, beta, rescaled=True) for x in direct])
             for result in (dataset, in_span):
                 np.testing.assert_allclose(result["energy"].sel(beta=beta, start=start),
                                            energies, rtol=1e-6)
@@ -187,7 +195,7 @@ def test_resume_after_interruption_is_identical_and_skips_done_chunks(tmp_path):
     assert len(done) == 2 and not (interrupted / DATASET_FILE).exists()
     stamps = {path: path.stat().st_mtime_ns for path in done}
     # A run killed while writing leaves a temporary file; it must not count as a chunk.
-    (done[0].parent / "chunk_00002.nc.tmp123").write_bytes(b"partial")
+    (done[0].parent / "chunk_00002.nc.tmp-123-0123abcd").write_bytes(b"partial")
 
     computed = []
     resumed = run_sweep(config, interrupted, progress=False, on_chunk=computed.append)
@@ -211,7 +219,7 @@ def test_refuses_to_mix_configs_in_one_directory(tmp_path):
         tmp_path,
         progress=False,
     )
-    with pytest.raises(ConfigError, match="holds a run of a different config"):
+    with pytest.raises(StoreError, match="holds a run of a different config"):
         run_sweep(
             small_config("sweep.starts=2", "sweep.beta=[1.0]", names=("energy",)),
             tmp_path,
@@ -252,7 +260,7 @@ def test_auto_chunk_size_fits_budget():
 
 
 def test_missing_dataset_says_how_to_resume(tmp_path):
-    with pytest.raises(FileNotFoundError, match="resume"):
+    with pytest.raises(StoreError, match="resume"):
         load_dataset(tmp_path)
 
 
@@ -264,3 +272,7 @@ def test_level_crossing_interpolates_the_first_fall_below_the_level():
     assert level_crossing(np.array([1.0, 0.2, 0.8, 0.1]), betas) == pytest.approx(0.625)
     assert level_crossing(np.ones(4), betas) == np.inf
     assert level_crossing(np.zeros(4), betas) == -np.inf
+    # Missing values (failed solves only) never become a crossing.
+    assert np.isnan(level_crossing(np.array([1.0, np.nan, 0.8, 0.9]), betas))
+    assert np.isnan(level_crossing(np.array([1.0, np.nan, 0.2, 0.1]), betas))
+    assert level_crossing(np.array([1.0, 0.2, np.nan, 0.1]), betas) == pytest.approx(1 / 1.6)
