@@ -33,9 +33,9 @@ def test_layer_weights_switch_at_boundaries(getkey):
     V = jax.random.normal(getkey(), (L, d, d))
     field = tf.SelfAttention(2.0, V=V, layer_duration=tau)
     x = tf.sample_sphere(getkey(), 5, d)
-    layer = [tf.SelfAttention(2.0, V=V[l])(0.0, x) for l in range(L)]
-    for t, l in [(0.0, 0), (0.49, 0), (0.5, 1), (0.99, 1), (1.0, 2), (7.0, 2)]:
-        np.testing.assert_allclose(field(t, x), layer[l], rtol=1e-13, err_msg=f"t={t}")
+    per_layer = [tf.SelfAttention(2.0, V=V[layer])(0.0, x) for layer in range(L)]
+    for t, layer in [(0.0, 0), (0.49, 0), (0.5, 1), (0.99, 1), (1.0, 2), (7.0, 2)]:
+        np.testing.assert_allclose(field(t, x), per_layer[layer], rtol=1e-13, err_msg=f"t={t}")
     np.testing.assert_allclose(field.jump_times(), [0.5, 1.0])
 
 
@@ -47,9 +47,9 @@ def test_layered_solve_equals_sequential_constant_solves(getkey, solver_options)
     field = tf.SelfAttention(1.5, Q, K, layer_duration=tau)
     layered = tf.solve(field, x0, jnp.array([0.0, L * tau]), **solver_options).xs[-1]
     x = x0
-    for l in range(L):
-        ts = jnp.array([l * tau, (l + 1) * tau])
-        x = tf.solve(tf.SelfAttention(1.5, Q[l], K[l]), x, ts, **solver_options).xs[-1]
+    for layer in range(L):
+        ts = jnp.array([layer * tau, (layer + 1) * tau])
+        x = tf.solve(tf.SelfAttention(1.5, Q[layer], K[layer]), x, ts, **solver_options).xs[-1]
     np.testing.assert_allclose(layered, x, atol=1e-9)
 
 
@@ -148,7 +148,7 @@ def test_leaves_are_beta_and_weights_which_vmap_and_grad_act_on(getkey):
     batched = jax.vmap(lambda b, v: tf.SelfAttention(b, V=v))(betas, Vs)
     assert jax.tree_util.tree_structure(batched) == treedef
     for in_axes, fields, looped in [
-        ([0, 0], batched, [tf.SelfAttention(b, V=v) for b, v in zip(betas, Vs)]),
+        ([0, 0], batched, [tf.SelfAttention(b, V=v) for b, v in zip(betas, Vs, strict=True)]),
         ([0, None], eqx.tree_at(lambda f: f.beta, field, betas),
          [tf.SelfAttention(b, V=V) for b in betas]),
     ]:
