@@ -18,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from _common import report, table, time_call
 
 import transformer_flows as tf

@@ -36,7 +36,8 @@ def main():
             fn(x0).block_until_ready()
             times[d].append(time.perf_counter() - start)
     base = statistics.median(times[args.ds[0]])
-    rows = [[d, statistics.median(t), min(t), statistics.median(t) / base] for d, t in times.items()]
+    rows = [[d, statistics.median(t), min(t), statistics.median(t) / base]
+            for d, t in times.items()]
     body = (f"n = {N}, batch {args.batch}, `solve_in_span` (d <= {N}: plain solve), Tsit5 1e-6 "
             f"float64, {args.rounds} interleaved rounds.\n\n"
             + table(["d", "median s", "min s", f"median / d={args.ds[0]}"], rows))

@@ -1,7 +1,12 @@
-"""Shared references for the tests: independent NumPy/SciPy restatements of the models."""
+"""Shared references for the tests: independent NumPy/SciPy restatements of the models, and a
+counter of jit compilations."""
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import numpy as np
 from scipy.integrate import solve_ivp
 
@@ -34,3 +39,46 @@ def random_orthogonal(rng, d):
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 SWEEP_CONFIGS = [path for path in CONFIGS if not path.name.startswith("fit_")]
 FIT_CONFIGS = [path for path in CONFIGS if path.name.startswith("fit_")]
+
+
+# jax.monitoring events recorded by `jax.jit` on a cache miss (names from jax._src.dispatch;
+# the positive controls in tests/test_fields.py fail if a jax release renames them).
+_JAXPR_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@dataclasses.dataclass
+class Compilations:
+    """What `count_compilations` saw: the names of the functions traced to a jaxpr and of
+    those compiled by XLA, in order (one entry per trace or compilation)."""
+
+    traced: list[str] = dataclasses.field(default_factory=list)
+    compiled: list[str] = dataclasses.field(default_factory=list)
+
+
+@contextlib.contextmanager
+def count_compilations() -> Iterator[Compilations]:
+    """Record every jit trace and XLA compilation inside the block:
+
+        with count_compilations() as log:
+            f(x)
+        assert log.compiled == []
+
+    A jax.monitoring duration listener is registered on entry and unregistered on exit (even
+    if the block raises); listeners registered by anyone else are left alone. jit records
+    the events only on a cache miss, so a call that reuses a compiled program adds nothing.
+    Eager (op-by-op) work on new shapes compiles too: prepare inputs before the block.
+    """
+    log = Compilations()
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == _JAXPR_TRACE_EVENT:
+            log.traced.append(str(kwargs.get("fun_name", "?")))
+        elif event == _BACKEND_COMPILE_EVENT:
+            log.compiled.append(str(kwargs.get("fun_name", "?")))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield log
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

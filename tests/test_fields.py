@@ -1,11 +1,14 @@
 """Field structure: heads sum (2.7), per-layer weights switch at boundaries, jit/vmap contracts."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import transformer_flows as tf
+
+from helpers import count_compilations
 
 TIGHT = dict(rtol=1e-11, atol=1e-11)
 
@@ -30,9 +33,9 @@ def test_layer_weights_switch_at_boundaries(getkey):
     V = jax.random.normal(getkey(), (L, d, d))
     field = tf.SelfAttention(2.0, V=V, layer_duration=tau)
     x = tf.sample_sphere(getkey(), 5, d)
-    layer = [tf.SelfAttention(2.0, V=V[l])(0.0, x) for l in range(L)]
-    for t, l in [(0.0, 0), (0.49, 0), (0.5, 1), (0.99, 1), (1.0, 2), (7.0, 2)]:
-        np.testing.assert_allclose(field(t, x), layer[l], rtol=1e-13, err_msg=f"t={t}")
+    per_layer = [tf.SelfAttention(2.0, V=V[layer])(0.0, x) for layer in range(L)]
+    for t, layer in [(0.0, 0), (0.49, 0), (0.5, 1), (0.99, 1), (1.0, 2), (7.0, 2)]:
+        np.testing.assert_allclose(field(t, x), per_layer[layer], rtol=1e-13, err_msg=f"t={t}")
     np.testing.assert_allclose(field.jump_times(), [0.5, 1.0])
 
 
@@ -44,9 +47,9 @@ def test_layered_solve_equals_sequential_constant_solves(getkey, solver_options)
     field = tf.SelfAttention(1.5, Q, K, layer_duration=tau)
     layered = tf.solve(field, x0, jnp.array([0.0, L * tau]), **solver_options).xs[-1]
     x = x0
-    for l in range(L):
-        ts = jnp.array([l * tau, (l + 1) * tau])
-        x = tf.solve(tf.SelfAttention(1.5, Q[l], K[l]), x, ts, **solver_options).xs[-1]
+    for layer in range(L):
+        ts = jnp.array([layer * tau, (layer + 1) * tau])
+        x = tf.solve(tf.SelfAttention(1.5, Q[layer], K[layer]), x, ts, **solver_options).xs[-1]
     np.testing.assert_allclose(layered, x, atol=1e-9)
 
 
@@ -78,24 +81,44 @@ def test_vmap_over_starts_and_weights_under_jit(getkey):
     np.testing.assert_allclose(batched, looped, atol=1e-9)
 
 
-def test_second_call_with_new_values_does_not_recompile(getkey):
-    compiles = []
+def test_count_compilations_counts_only_inside_the_block():
+    def double(x):
+        return 2 * x
 
-    def listener(event, duration, **kwargs):
-        if "backend_compile" in event:
-            compiles.append(event)
+    jitted, x, y, longer = jax.jit(double), jnp.arange(3.0), jnp.ones(3), jnp.arange(4.0)
+    with count_compilations() as log:
+        jitted(x)
+        jitted(y)  # same shape and dtype: cached
+    assert log.compiled == ["jit(double)"] and log.traced == ["double"]
+    with count_compilations() as inner:
+        jitted(x)
+    assert inner.compiled == []
+    jitted(longer)  # a new shape compiles, but after both blocks have closed
+    assert log.compiled == ["jit(double)"] and inner.compiled == []
 
+
+def test_new_values_do_not_recompile_and_new_shapes_do(getkey):
     ts = jnp.linspace(0, 1, 3)
-    x_first, x_second = tf.sample_sphere(getkey(), 5, 3), tf.sample_sphere(getkey(), 5, 3)
-    tf.solve(tf.SelfAttention(1.0, V=jnp.eye(3)), x_first, ts)
-    second_field, later_ts = tf.SelfAttention(2.5, V=-jnp.eye(3)), ts + 1.0
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        traj = tf.solve(second_field, x_second, later_ts, rtol=1e-5)
-    finally:
-        jax.monitoring.clear_event_listeners()
-    assert compiles == []
-    assert traj.xs.shape == (3, 5, 3)
+    x0 = tf.sample_sphere(getkey(), 5, 3)
+    V = jax.random.normal(getkey(), (3, 3))
+    tf.solve(tf.SelfAttention(1.0, V=V), x0, ts)
+    same_shapes = {
+        "new β": ((tf.SelfAttention(2.5, V=V), x0, ts), {}),
+        "new weights": ((tf.SelfAttention(1.0, V=-V), x0, ts), {}),
+        "new start and times": ((tf.SelfAttention(1.0, V=V), tf.sample_sphere(getkey(), 5, 3),
+                                 ts + 1.0), {}),
+        "new tolerances": ((tf.SelfAttention(1.0, V=V), x0, ts), dict(rtol=1e-5, atol=1e-7)),
+    }
+    for change, (args, options) in same_shapes.items():
+        with count_compilations() as log:
+            traj = tf.solve(*args, **options)
+        assert log.compiled == [] and log.traced == [], (change, log)
+        assert traj.xs.shape == (3, 5, 3)
+    # Positive control: one more token changes every shape, so the solve must compile again.
+    x_more = tf.sample_sphere(getkey(), 6, 3)
+    with count_compilations() as log:
+        tf.solve(tf.SelfAttention(1.0, V=V), x_more, ts)
+    assert "jit(_solve)" in log.compiled, log
 
 
 def test_observe_saves_statistics_instead_of_states(getkey):
@@ -109,9 +132,41 @@ def test_observe_saves_statistics_instead_of_states(getkey):
                                rtol=1e-12)
 
 
-def test_fields_are_pytrees_with_trainable_leaves():
-    field = tf.SelfAttention(1.0, V=jnp.eye(3))
-    leaves = jax.tree_util.tree_leaves(field)
-    assert len(leaves) == 2  # β and V; Q, K are the identity (None)
-    grad = jax.grad(lambda f: jnp.sum(f(0.0, jnp.eye(3))))(field)
-    assert grad.V.shape == (3, 3)
+def test_leaves_are_beta_and_weights_which_vmap_and_grad_act_on(getkey):
+    """β and V are the only leaves (Q = K = None is the identity; the attention method is
+    static), so in_axes with exactly the field's leaf structure batch it over β and V, and
+    the gradient is a field-shaped pytree whose leaves are the derivatives in β and V."""
+    V = jax.random.normal(getkey(), (3, 3))
+    x = tf.sample_sphere(getkey(), 5, 3)
+    field = tf.SelfAttention(1.0, V=V)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(field)
+    assert [jax.tree_util.keystr(path) for path, _ in with_paths] == [".beta", ".V"]
+    assert [leaf.shape for _, leaf in with_paths] == [(), (3, 3)]
+    assert all(eqx.is_inexact_array(leaf) for _, leaf in with_paths)
+
+    betas, Vs = jnp.array([0.0, 0.5, 2.0]), jax.random.normal(getkey(), (3, 3, 3))
+    batched = jax.vmap(lambda b, v: tf.SelfAttention(b, V=v))(betas, Vs)
+    assert jax.tree_util.tree_structure(batched) == treedef
+    for in_axes, fields, looped in [
+        ([0, 0], batched, [tf.SelfAttention(b, V=v) for b, v in zip(betas, Vs, strict=True)]),
+        ([0, None], eqx.tree_at(lambda f: f.beta, field, betas),
+         [tf.SelfAttention(b, V=V) for b in betas]),
+    ]:
+        axes = jax.tree_util.tree_unflatten(treedef, in_axes)
+        vmapped = jax.vmap(lambda f: f(0.0, x), in_axes=(axes,))(fields)
+        np.testing.assert_allclose(vmapped, jnp.stack([f(0.0, x) for f in looped]),
+                                   rtol=1e-12, atol=1e-14, err_msg=str(in_axes))
+
+    readout = jax.random.normal(getkey(), (5, 3))
+
+    def loss(f):
+        return jnp.sum(readout * f(0.0, x))
+
+    grad = jax.grad(loss)(field)
+    assert jax.tree_util.tree_structure(grad) == treedef
+    h, direction = 1e-6, jax.random.normal(getkey(), (3, 3))
+    d_beta = (loss(tf.SelfAttention(1.0 + h, V=V)) - loss(tf.SelfAttention(1.0 - h, V=V))) / (2 * h)
+    d_V = (loss(tf.SelfAttention(1.0, V=V + h * direction))
+           - loss(tf.SelfAttention(1.0, V=V - h * direction))) / (2 * h)
+    np.testing.assert_allclose(grad.beta, d_beta, rtol=1e-7)
+    np.testing.assert_allclose(jnp.sum(grad.V * direction), d_V, rtol=1e-7)

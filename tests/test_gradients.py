@@ -75,12 +75,12 @@ def _problem(getkey):
 
 
 def _check_against_finite_differences(model, gradient, loss, getkey):
-    """`loss(model)` returns the loss value."""
-    """For every leaf: <grad, v> against (L(θ + εv) - L(θ - εv)) / 2ε along a random v."""
+    """For every leaf θ of `model`: <gradient, v> against (L(θ + εv) - L(θ - εv)) / 2ε along a
+    random direction v, where `loss(model)` returns L."""
     leaves, treedef = jax.tree_util.tree_flatten(model)
-    grad_leaves = jax.tree_util.tree_leaves(gradient)
-    assert len(grad_leaves) == len(leaves)
-    for index, (leaf, grad_leaf) in enumerate(zip(leaves, grad_leaves)):
+    grad_leaves, grad_treedef = jax.tree_util.tree_flatten(gradient)
+    assert grad_treedef == treedef  # so the zip below pairs each leaf with its own derivative
+    for index, (leaf, grad_leaf) in enumerate(zip(leaves, grad_leaves, strict=True)):
         direction = jax.random.normal(getkey(), leaf.shape)
 
         def shifted(sign, index=index, leaf=leaf, direction=direction):
@@ -131,6 +131,9 @@ def test_adjoints_agree(getkey):
         (diffrax.BacksolveAdjoint(), 1e-6),
     ):
         other = _grad(model, x0, readout, None, None, adjoint)
-        for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other)):
+        assert jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(reference)
+        pairs = zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other),
+                    strict=True)
+        for a, b in pairs:
             scale = float(jnp.max(jnp.abs(a)))
             assert float(jnp.max(jnp.abs(a - b))) <= rtol * scale, type(adjoint).__name__
