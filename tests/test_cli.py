@@ -9,13 +9,14 @@ import pytest
 import xarray as xr
 
 from transformer_flows._cli import main
-from transformer_flows._config import load_config
+from transformer_flows.experiment import load_config
 
 from helpers import SWEEP_CONFIGS as CONFIGS
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["run", "--help"], ["plot", "--help"], ["summarize", "--help"]]
+    "argv",
+    [["--help"], ["run", "--help"], ["fit", "--help"], ["plot", "--help"], ["summarize", "--help"]],
 )
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -24,14 +25,34 @@ def test_help_everywhere(argv, capsys):
     assert "usage: transformer-flows" in capsys.readouterr().out
 
 
-def test_bad_override_names_the_key(tmp_path, capsys):
+def test_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
     config = CONFIGS[0].parent / "figure3.yaml"
-    assert main(["run", str(config), "--out", str(tmp_path), "solver.mthod=rk4"]) == 2
-    assert "unknown key 'solver.mthod'" in capsys.readouterr().err
+    assert main(["run", str(config), "--out", str(tmp_path), "solver.nmae=rk4"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'solver.nmae'" in err and "Traceback" not in err
+    assert main(["run", str(config), "--out", str(tmp_path), "solver.rtol="]) == 2
+    assert "has no value" in capsys.readouterr().err
+    assert main(["run", str(config), "--out", str(tmp_path), "sweep.starts=0"]) == 2
+    assert "`sweep.starts`: got 0" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "has not finished" in capsys.readouterr().err
+    # --out that is a file, or lies under one, is refused before anything is computed.
+    afile = tmp_path / "file"
+    afile.write_text("")
+    for out in (afile, afile / "below"):
+        assert main(["run", str(config), "--out", str(out), "--smoke"]) == 2
+        assert "is an existing file" in capsys.readouterr().err or "which is a file"
+    assert main(["fit", str(config), "--out", str(tmp_path / "f")]) == 2
+    assert "is a 'simulation' config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", str(config), "--out", str(tmp_path), "--bogus"])
+
+
+def test_schema_command_prints_the_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"SimulationConfig", "TheoryConfig", "FitConfig"} <= set(schema["$defs"])
+    assert "SA" in schema["x-registered-names"]["fields"]
 
 
 def check_figures(paths):
@@ -58,6 +79,7 @@ def test_smoke_run_of_every_config(path, tmp_path, capsys):
         Path(line.split("figure ")[1]) for line in printed.splitlines() if " figure " in line
     )
     assert len(figures) >= len(load_config(path).figures)
+    assert not list(out.rglob("*.tmp-*"))  # every write committed by a rename
     check_figures(figures)
     dataset = xr.open_dataset(out / "dataset.nc", engine="h5netcdf").load()
     assert dataset.attrs["smoke"] == 1 and dataset.attrs["git_commit"]
@@ -75,17 +97,22 @@ def test_smoke_run_of_every_config(path, tmp_path, capsys):
         capsys.readouterr()  # drop what `plot` printed
         saved_t = float(dataset["time"][1])
         assert main(["summarize", str(out), "--times", str(saved_t), "--betas", "4.0"]) == 0
-        summary = json.loads(capsys.readouterr().out)
+        printed = capsys.readouterr().out
+        assert "NaN" not in printed and "Infinity" not in printed  # strict JSON
+        summary = json.loads(printed)
         for row in summary.get("phase_levels", []):
             assert row["t"] == pytest.approx(saved_t)
             if row.get("weights", "identity") == "identity":
-                # Γ∞,δ lies in the β range, or is NaN where no β has clustered yet.
+                # Γ∞,δ lies in the β range, or is null where no β has clustered yet.
                 beta = dataset["beta"]
-                assert float(beta.min()) <= row["beta_theory"] <= float(beta.max()) or np.isnan(
-                    row["beta_theory"]
-                )
+                theory = row["beta_theory"]
+                assert theory is None or float(beta.min()) <= theory <= float(beta.max())
         for row in summary.get("cluster_counts", []):
             assert 1 <= row["q10"] <= row["median"] <= row["q90"] <= int(dataset["n"].max())
             assert sum(row["histogram"].values()) == dataset.sizes["start"]
-    # Running again resumes a finished directory: nothing left to compute.
+    # Running again resumes a finished directory: nothing is computed, nothing changes.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("chunks/*/*.nc")}
     assert smoke_run("--no-figures") == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("chunks/*/*.nc")} == stamps
+    again = xr.open_dataset(out / "dataset.nc", engine="h5netcdf").load()
+    xr.testing.assert_identical(again.drop_attrs(), dataset.drop_attrs())

@@ -18,7 +18,8 @@ import yaml
 
 import transformer_flows as tf
 from transformer_flows import _fit as fit_module
-from transformer_flows import _fit_command
+from transformer_flows._cli import main
+from transformer_flows.experiment import load_config, load_fitted_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -221,16 +222,14 @@ def test_heldout_metrics_on_hand_made_configurations():
     assert partition.metrics(targets[at], true) == {"heldout_ari": pytest.approx(expected)}
 
 
-def test_fit_command_smoke_end_to_end(tmp_path):
+def test_fit_command_smoke_end_to_end(tmp_path, capsys):
     config = tmp_path / "config.yaml"
     base = yaml.safe_load((ROOT / "configs" / "fit_two_clusters.yaml").read_text())
     config.write_text(yaml.safe_dump(base))
-    parser = argparse.ArgumentParser()
-    _fit_command.register(parser.add_subparsers())
     out = tmp_path / "out"
-    args = parser.parse_args(["fit", str(config), "--out", str(out), "--smoke", "--quiet",
-                              "task.n=4", "flow.solver=normalized_euler", "flow.dt0=2.5"])
-    assert args.func(args) == 0
+    argv = ["fit", str(config), "--out", str(out), "--smoke", "--no-progress", "task.n=4",
+            "solver.name=normalized_euler", "solver.dt=2.5"]
+    assert main(argv) == 0
     for name in ("params.eqx", "metrics.json", "config.yaml", "loss.png",
                  "trajectories_before.png", "trajectories_after.png", "checkpoint.eqx"):
         assert (out / name).is_file(), name
@@ -243,7 +242,17 @@ def test_fit_command_smoke_end_to_end(tmp_path):
     assert accuracy == metrics["evaluations"][-1]["heldout_accuracy"]
     assert accuracy * 16 == pytest.approx(round(accuracy * 16), abs=1e-12)
     assert metrics["train_loss"] == pytest.approx(metrics["loss_history"][-1])
-    written = yaml.safe_load((out / "config.yaml").read_text())
-    assert written["task"]["n"] == 4 and written["flow"]["solver"] == "normalized_euler"
-    model = _fit_command.load_fitted_model(written, out / "params.eqx")
+    written = load_config(out / "config.yaml")
+    assert written.task.spec().n == 4 and written.solver.name == "normalized_euler"
+    model = load_fitted_model(written, out / "params.eqx")
     assert float(model.beta) == pytest.approx(metrics["beta"])
+    # A rerun with a changed config is refused (nothing overwritten); the same config resumes.
+    capsys.readouterr()
+    before = (out / "metrics.json").read_bytes()
+    assert main([*argv, "train.learning_rate=0.5"]) == 2
+    assert "holds a run of a different config" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == before
+    assert main(argv) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["loss_history"] == metrics["loss_history"]
+    assert again["evaluations"] == metrics["evaluations"]  # held-out scores survive a resume

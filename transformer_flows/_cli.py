@@ -14,7 +14,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,8 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    # Recomputed chunks and similar notices reach the user once each, without a traceback.
-    warnings.simplefilter("default")
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:

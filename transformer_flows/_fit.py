@@ -219,7 +219,8 @@ def fit(
         raise ValueError(f"`task` must be an AbstractTask (e.g. LabeledTargets), got {task!r}.")
     field = as_field(model)
     check_nonempty_weights(field)
-    if field.dim is not None and field.dim != task.dim:
+    dim = getattr(field, "dim", None)  # attention fields know d from their weights
+    if dim is not None and dim != task.dim:
         raise ValueError(f"The model acts on d={field.dim} but the task has d={task.dim}.")
     if filter_spec is None:
         filter_spec = jax.tree_util.tree_map(eqx.is_inexact_array, model)

@@ -1,6 +1,7 @@
 """Figures drawn from a sweep or theory dataset (matplotlib, Agg backend, no numerics here
 beyond averaging over starts and the theory overlays)."""
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -267,7 +268,9 @@ def cluster_staircase(dataset, config, out):
         d = int(part["d"])
         for color, beta in zip(colors, part["beta"].values):
             counts = _valid(part, "cluster_count").sel(beta=beta).transpose("start", "time")
-            low, median, high = np.nanpercentile(counts.values, [10, 50, 90], axis=0)
+            with warnings.catch_warnings():  # times where every start failed stay gaps (NaN)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                low, median, high = np.nanpercentile(counts.values, [10, 50, 90], axis=0)
             axes[0].fill_between(times, low, high, color=color, alpha=0.2, step="post")
             axes[0].step(times, median, where="post", color=color, lw=1.8, label=f"β = {beta:g}")
             if beta > 0 and _theory_model(config):
