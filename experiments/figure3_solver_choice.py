@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 import transformer_flows as tf
-from transformer_flows.experiment import level_crossing, load_config, run_sweep, SolveFailures
+from transformer_flows.experiment import SolveFailures, level_crossing, load_config, run_sweep
 
 VARIANTS = {
     "reference: tsit5 float64 1e-6": [
