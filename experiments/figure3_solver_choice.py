@@ -23,39 +23,38 @@ import jax
 import numpy as np
 
 import transformer_flows as tf
-from transformer_flows._config import load_config
-from transformer_flows._summary import level_crossing
-from transformer_flows._sweep import run_sweep
+from transformer_flows.experiment import SolveFailures, level_crossing, load_config, run_sweep
 
 VARIANTS = {
     "reference: tsit5 float64 1e-6": [
-        "precision=float64", "solver.scheme=tsit5", "solver.rtol=1e-6", "solver.atol=1e-6"
+        "precision=float64", "solver.name=tsit5", "solver.rtol=1e-6", "solver.atol=1e-6"
     ],
     "tsit5 float64 1e-4": [
-        "precision=float64", "solver.scheme=tsit5", "solver.rtol=1e-4", "solver.atol=1e-4"
+        "precision=float64", "solver.name=tsit5", "solver.rtol=1e-4", "solver.atol=1e-4"
     ],
     "tsit5 float32 1e-4": [
-        "precision=float32", "solver.scheme=tsit5", "solver.rtol=1e-4", "solver.atol=1e-4"
+        "precision=float32", "solver.name=tsit5", "solver.rtol=1e-4", "solver.atol=1e-4"
     ],
     "tsit5 float32 1e-3": [
-        "precision=float32", "solver.scheme=tsit5", "solver.rtol=1e-3", "solver.atol=1e-3"
+        "precision=float32", "solver.name=tsit5", "solver.rtol=1e-3", "solver.atol=1e-3"
     ],
     "bosh3 float32 1e-3": [
-        "precision=float32", "solver.scheme=bosh3", "solver.rtol=1e-3", "solver.atol=1e-3"
+        "precision=float32", "solver.name=bosh3", "solver.rtol=1e-3", "solver.atol=1e-3"
     ],
     "bosh3 float32 1e-2": [
-        "precision=float32", "solver.scheme=bosh3", "solver.rtol=1e-2", "solver.atol=1e-2"
+        "precision=float32", "solver.name=bosh3", "solver.rtol=1e-2", "solver.atol=1e-2"
     ],
     "authors' euler dt=0.1 float32": [
-        "precision=float32", "solver.method=normalized_euler", "solver.scheme=null", "solver.dt=0.1"
+        "precision=float32", "solver.name=normalized_euler", "solver.dt=0.1"
     ],
 }
 TIMES = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
 
 
 def panels(probability):
-    """P(time, β) of each panel (n, d, weights), in a fixed order."""
-    axes = [dim for dim in ("n", "d", "weights") if dim in probability.dims]
+    """P(time, β) of each panel (n, d, weights, ...), in a fixed order."""
+    # Every dimension but beta and time (n, d, weights, swept parameters) labels a panel.
+    axes = [dim for dim in probability.dims if dim not in ("beta", "time")]
     stacked = probability.stack(panel=axes).transpose("panel", "beta", "time")
     labels = [", ".join(f"{a}={v}" for a, v in zip(axes, key)) for key in stacked["panel"].values]
     return labels, stacked.values, stacked["beta"].values, stacked["time"].values
@@ -93,14 +92,24 @@ def main() -> None:
         overrides = [f"sweep.starts={args.starts}", *args.overrides, *VARIANTS[name]]
         config = load_config(args.config, overrides)
         out = args.out / name.split(":")[0].replace(" ", "_").replace("'", "")
-        dataset = run_sweep(config, out, progress=True)
+        try:
+            dataset = run_sweep(config, out, progress=True)
+        except SolveFailures as failures:
+            # Failed solves are masked (NaN): the table shows them as failed, not as a shift.
+            print(f"{name}: {failures}")
+            dataset = failures.dataset
         # Summed over the chunks, so a resumed run reports what its chunks cost.
         seconds = float(dataset.attrs["compute_seconds"])
         probability = dataset["clustered_fraction"].mean("start")
-        results[name] = (seconds, panels(probability), int(dataset["num_steps"].max()))
+        results[name] = (
+            seconds,
+            panels(probability),
+            int(dataset["num_steps"].max()),
+            int(dataset.attrs["failed_solves"]),
+        )
 
     reference_name = args.variants[0]
-    _, (labels, reference, betas, times), _ = results[reference_name]
+    _, (labels, reference, betas, times), _, _ = results[reference_name]
     reference_front, reference_levels = front_times(reference, times), levels(reference, betas,
                                                                                times)
     lines = [
@@ -111,13 +120,15 @@ def main() -> None:
         "level shift in β, max | mean abs ΔP |",
         "|---|---|---|---|---|---|",
     ]
-    for name, (seconds, (_, values, _, _), max_steps) in results.items():
+    for name, (seconds, (_, values, _, _), max_steps, failed) in results.items():
         fronts = shift(front_times(values, times), reference_front)
         level_shift = shift(levels(values, betas, times), reference_levels)
         lines.append(
             f"| {name} | {seconds:.1f} | {max_steps} | {fronts.max():.3g} / "
             f"{np.median(fronts):.3g} | {level_shift.max():.3g} | "
-            f"{np.abs(values - reference).mean():.2g} |"
+            f"{np.abs(values - reference).mean():.2g}"
+            + (f" ({failed} failed solves, masked)" if failed else "")
+            + " |"
         )
     lines += ["", f"grid steps: β {betas[1] - betas[0]:.3g}, t {times[1] - times[0]:.3g}"]
     report = "\n".join(lines)
