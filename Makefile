@@ -26,7 +26,7 @@ test: $(STAMP)
 # authors' fixed-step scheme for comparison. Re-running resumes interrupted sweeps.
 # Sweep configs only: configs/fit_*.yaml are for `transformer-flows fit`.
 CONFIGS := $(sort $(filter-out configs/fit_%,$(wildcard configs/*.yaml)))
-CLI := $(PY) -m transformer_flows._cli
+CLI := $(PY) -m transformer_flows.cli
 FIGURES_OUT ?= out/figures
 
 figures: $(STAMP)

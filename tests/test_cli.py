@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from transformer_flows._cli import main
+from transformer_flows.cli import main
 from transformer_flows.experiment import load_config
 
 from helpers import SWEEP_CONFIGS as CONFIGS

@@ -18,7 +18,7 @@ import yaml
 
 import transformer_flows as tf
 from transformer_flows import _fit as fit_module
-from transformer_flows._cli import main
+from transformer_flows.cli import main
 from transformer_flows.experiment import load_config, load_fitted_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import transformer_flows as tf
-from transformer_flows._cli import main
+from transformer_flows.cli import main
 from transformer_flows.experiment import (
     FAILED_INTEGER,
     RunDirectory,
