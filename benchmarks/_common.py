@@ -62,14 +62,17 @@ def machine() -> str:
     except OSError:
         load = float("nan")
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-    return (f"{cpu}; JAX {jax.__version__} on {jax.default_backend()} ({devices}); "
-            f"Python {platform.python_version()}; load average at start {load:.1f}")
+    return (
+        f"{cpu}; JAX {jax.__version__} on {jax.default_backend()} ({devices}); "
+        f"Python {platform.python_version()}; load average at start {load:.1f}"
+    )
 
 
 def git_revision() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -91,8 +94,10 @@ def report(name: str, title: str, body: str) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = " ".join([os.path.relpath(sys.executable), *sys.argv])
-    text = (f"\n## {title} ({stamp}, git {git_revision()})\n\n- machine: {machine()}\n"
-            f"- command: `{command}`\n\n{body}\n")
+    text = (
+        f"\n## {title} ({stamp}, git {git_revision()})\n\n- machine: {machine()}\n"
+        f"- command: `{command}`\n\n{body}\n"
+    )
     print(text)
     with open(os.path.join(RESULTS, f"{name}.md"), "a") as f:
         f.write(text)

@@ -72,8 +72,16 @@ def ours(solver: str, tol: float, dtype, chunk: int | None = None):
     ts = jnp.asarray(CHECKPOINTS, dtype)
 
     def one(beta, x0):
-        return tf.solve(tf.SelfAttention(beta), x0, ts, solver=SOLVERS[solver](), rtol=tol,
-                        atol=tol, observe=clustered_fraction, max_steps=4096).observed
+        return tf.solve(
+            tf.SelfAttention(beta),
+            x0,
+            ts,
+            solver=SOLVERS[solver](),
+            rtol=tol,
+            atol=tol,
+            observe=clustered_fraction,
+            max_steps=4096,
+        ).observed
 
     if chunk is None:
         return jax.jit(jax.vmap(one))
@@ -84,8 +92,15 @@ def ours_euler(eta: float, dtype):
     ts = jnp.asarray(CHECKPOINTS, dtype)
 
     def one(beta, x0):
-        return tf.solve(tf.SelfAttention(beta), x0, ts, solver=tf.NormalizedEuler(), dt0=eta,
-                        observe=clustered_fraction, max_steps=int(T1 / eta) + 2).observed
+        return tf.solve(
+            tf.SelfAttention(beta),
+            x0,
+            ts,
+            solver=tf.NormalizedEuler(),
+            dt0=eta,
+            observe=clustered_fraction,
+            max_steps=int(T1 / eta) + 2,
+        ).observed
 
     return jax.jit(jax.vmap(one))
 
@@ -94,11 +109,24 @@ def ours_exact(solver: str, tol: float, dtype) -> float:
     x0 = tf.orthonormal_tokens(N, N).astype(dtype)
     ts = jnp.asarray(EXACT_TIMES, dtype)
     if solver == "euler":
-        xs = tf.solve(tf.SelfAttention(jnp.asarray(EXACT_BETA, dtype)), x0, ts,
-                      solver=tf.NormalizedEuler(), dt0=tol, max_steps=int(T1 / tol) + 2).xs
+        xs = tf.solve(
+            tf.SelfAttention(jnp.asarray(EXACT_BETA, dtype)),
+            x0,
+            ts,
+            solver=tf.NormalizedEuler(),
+            dt0=tol,
+            max_steps=int(T1 / tol) + 2,
+        ).xs
     else:
-        xs = tf.solve(tf.SelfAttention(jnp.asarray(EXACT_BETA, dtype)), x0, ts,
-                      solver=SOLVERS[solver](), rtol=tol, atol=tol, max_steps=4096).xs
+        xs = tf.solve(
+            tf.SelfAttention(jnp.asarray(EXACT_BETA, dtype)),
+            x0,
+            ts,
+            solver=SOLVERS[solver](),
+            rtol=tol,
+            atol=tol,
+            max_steps=4096,
+        ).xs
     return exact_error(xs)
 
 
@@ -167,57 +195,96 @@ def main():
         curves[name] = np.asarray(P, dtype=np.float64)
         rows.append([name, seconds, compile_s, error])
         points.append((family, name, seconds, error))
-        print(f"{name:40s} {seconds:8.3f} s  (first call {compile_s:.2f} s)  error {error:.2e}",
-              flush=True)
+        print(
+            f"{name:40s} {seconds:8.3f} s  (first call {compile_s:.2f} s)  error {error:.2e}",
+            flush=True,
+        )
 
     # Peers.
     tb, tx = torch.as_tensor(betas), torch.as_tensor(x0)
     euler_steps = [0.1] if args.quick else [0.2, 0.1, 0.05]
     for eta in euler_steps:
         seconds, first = time_call(torch_euler, tb, tx, eta, repeats=args.repeats, warmup=0)
-        record(f"torch Euler+normalise η={eta} (f64)", "torch Euler", seconds, first,
-               torch_exact("euler", eta), torch_euler(tb, tx, eta))
-    for tol in ([1e-3] if args.quick else [1e-3, 1e-5]):
+        record(
+            f"torch Euler+normalise η={eta} (f64)",
+            "torch Euler",
+            seconds,
+            first,
+            torch_exact("euler", eta),
+            torch_euler(tb, tx, eta),
+        )
+    for tol in [1e-3] if args.quick else [1e-3, 1e-5]:
         # Slow (one step size for the whole batch): timed once, no repeats.
         start = time.perf_counter()
         P = torch_dopri5(tb, tx, tol)
         seconds = time.perf_counter() - start
-        record(f"torchdiffeq dopri5 tol={tol:g} (f64)", "torchdiffeq dopri5", seconds, seconds,
-               torch_exact("dopri5", tol), P)
+        record(
+            f"torchdiffeq dopri5 tol={tol:g} (f64)",
+            "torchdiffeq dopri5",
+            seconds,
+            seconds,
+            torch_exact("dopri5", tol),
+            P,
+        )
 
     # Ours.
-    settings = [("bosh3", 1e-2, jnp.float32, None)] if args.quick else [
-        ("bosh3", 1e-2, jnp.float32, None), ("bosh3", 1e-2, jnp.float32, 256),
-        ("bosh3", 1e-3, jnp.float32, None), ("tsit5", 1e-2, jnp.float32, None),
-        ("tsit5", 1e-3, jnp.float32, None), ("tsit5", 1e-3, jnp.float64, None),
-        ("tsit5", 1e-6, jnp.float64, None),
-    ]
+    settings = (
+        [("bosh3", 1e-2, jnp.float32, None)]
+        if args.quick
+        else [
+            ("bosh3", 1e-2, jnp.float32, None),
+            ("bosh3", 1e-2, jnp.float32, 256),
+            ("bosh3", 1e-3, jnp.float32, None),
+            ("tsit5", 1e-2, jnp.float32, None),
+            ("tsit5", 1e-3, jnp.float32, None),
+            ("tsit5", 1e-3, jnp.float64, None),
+            ("tsit5", 1e-6, jnp.float64, None),
+        ]
+    )
     for solver, tol, dtype, chunk in settings:
         fn = ours(solver, tol, dtype, chunk)
         jb, jx = jnp.asarray(betas, dtype), jnp.asarray(x0, dtype)
         seconds, first = time_call(fn, jb, jx, repeats=args.repeats)
         how = "vmap" if chunk is None else f"sorted by β, chunks of {chunk}"
-        record(f"ours {solver} tol={tol:g} ({jnp.dtype(dtype).name}, {how})",
-               f"ours {solver} {jnp.dtype(dtype).name}",
-               seconds, first, ours_exact(solver, tol, dtype), fn(jb, jx))
+        record(
+            f"ours {solver} tol={tol:g} ({jnp.dtype(dtype).name}, {how})",
+            f"ours {solver} {jnp.dtype(dtype).name}",
+            seconds,
+            first,
+            ours_exact(solver, tol, dtype),
+            fn(jb, jx),
+        )
     eta, dtype = 0.1, jnp.float64
     fn = ours_euler(eta, dtype)
     seconds, first = time_call(fn, jnp.asarray(betas), jnp.asarray(x0), repeats=args.repeats)
-    record(f"ours NormalizedEuler η={eta} (f64)", "ours NormalizedEuler", seconds, first,
-           ours_exact("euler", eta, dtype), fn(jnp.asarray(betas), jnp.asarray(x0)))
+    record(
+        f"ours NormalizedEuler η={eta} (f64)",
+        "ours NormalizedEuler",
+        seconds,
+        first,
+        ours_exact("euler", eta, dtype),
+        fn(jnp.asarray(betas), jnp.asarray(x0)),
+    )
 
     peer = next(r for r in rows if r[0].startswith("torch Euler") and "η=0.1 " in r[0])
     reference_curve = curves[peer[0]]
     for row in rows:
         row.append(peer[1] / row[1])
         row.append(float(np.mean(np.abs(curves[row[0]] - reference_curve))))
-    headers = ["method", "workload s (median)", "first call s", "exact-problem error",
-               "speed-up vs torch Euler η=0.1", "mean |P - P_torch Euler|"]
-    body = (f"Workload: {args.betas} β in [0.1, 9] × {args.starts} starts = {betas.size} systems, "
-            f"n = {N}, d = {D}, 200 checkpoints on [0, {T1:g}], δ = {DELTA:g}; "
-            f"repeats = {args.repeats} (torchdiffeq: 1). Exact problem: n = d = {N}, "
-            f"β = {EXACT_BETA:g}, orthonormal start, error vs scipy (6.9).\n\n"
-            + table(headers, rows))
+    headers = [
+        "method",
+        "workload s (median)",
+        "first call s",
+        "exact-problem error",
+        "speed-up vs torch Euler η=0.1",
+        "mean |P - P_torch Euler|",
+    ]
+    body = (
+        f"Workload: {args.betas} β in [0.1, 9] × {args.starts} starts = {betas.size} systems, "
+        f"n = {N}, d = {D}, 200 checkpoints on [0, {T1:g}], δ = {DELTA:g}; "
+        f"repeats = {args.repeats} (torchdiffeq: 1). Exact problem: n = d = {N}, "
+        f"β = {EXACT_BETA:g}, orthonormal start, error vs scipy (6.9).\n\n" + table(headers, rows)
+    )
     report("bench_fig3a", "Fig. 3(a) workload vs PyTorch peers", body)
     plot(points)
 

@@ -37,8 +37,15 @@ def training_rows(batch: int, repeats: int):
         beta, Q, K, V = params
 
         def one(x):
-            x1 = tf.solve(tf.SelfAttention(beta, Q, K, V), x, ts, rtol=1e-6, atol=1e-6,
-                          adjoint=adjoint, max_steps=1024).xs[-1]
+            x1 = tf.solve(
+                tf.SelfAttention(beta, Q, K, V),
+                x,
+                ts,
+                rtol=1e-6,
+                atol=1e-6,
+                adjoint=adjoint,
+                max_steps=1024,
+            ).xs[-1]
             gram = x1 @ x1.T
             return jnp.sum(gram**2) - n
 
@@ -48,8 +55,10 @@ def training_rows(batch: int, repeats: int):
     forward = jax.jit(lambda p: loss(p, diffrax.RecursiveCheckpointAdjoint()))
     seconds, first = time_call(forward, params, repeats=repeats)
     rows.append([f"forward solve (batch {batch})", seconds, first - seconds, 1.0])
-    for name, adjoint in (("RecursiveCheckpointAdjoint", diffrax.RecursiveCheckpointAdjoint()),
-                          ("BacksolveAdjoint", diffrax.BacksolveAdjoint())):
+    for name, adjoint in (
+        ("RecursiveCheckpointAdjoint", diffrax.RecursiveCheckpointAdjoint()),
+        ("BacksolveAdjoint", diffrax.BacksolveAdjoint()),
+    ):
         step = jax.jit(jax.value_and_grad(lambda p, a=adjoint: loss(p, a)))
         s, f = time_call(step, params, repeats=repeats)
         rows.append([f"value_and_grad, {name}", s, f - s, s / seconds])
@@ -61,8 +70,10 @@ def large_n_rows(ns, repeats: int):
     for n in ns:
         x = tf.sample_sphere(jax.random.key(n), n, 64).astype(jnp.float32)
         w = jax.random.normal(jax.random.key(7), (n, 64), jnp.float32)
-        for name, method in (("dense", tf.DenseAttention()),
-                             ("blockwise 512", tf.BlockwiseAttention(512))):
+        for name, method in (
+            ("dense", tf.DenseAttention()),
+            ("blockwise 512", tf.BlockwiseAttention(512)),
+        ):
             if name == "dense" and n > 8192:
                 continue
 
@@ -87,11 +98,13 @@ def main():
     args = parser.parse_args()
     train = training_rows(args.batch, args.repeats)
     big = large_n_rows(args.ns, args.repeats)
-    body = ("Training-style step: SA with (β, Q, K, V), n = 32, d = 8, T = 5, float64, "
-            f"batch {args.batch}.\n\n"
-            + table(["step", "median s", "compile s (first - median)", "× forward"], train)
-            + "\n\nGradient of one field evaluation w.r.t. (β, x), d = 64, float32:\n\n"
-            + table(["n", "method", "grad s", "peak increase MB", "compile s"], big))
+    body = (
+        "Training-style step: SA with (β, Q, K, V), n = 32, d = 8, T = 5, float64, "
+        f"batch {args.batch}.\n\n"
+        + table(["step", "median s", "compile s (first - median)", "× forward"], train)
+        + "\n\nGradient of one field evaluation w.r.t. (β, x), d = 64, float32:\n\n"
+        + table(["n", "method", "grad s", "peak increase MB", "compile s"], big)
+    )
     report("bench_grad_compile", "Gradient steps and compile times", body)
 
 

@@ -54,8 +54,12 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ns", type=int, nargs="+", default=[256, 1024, 4096, 16384, 65536])
-    parser.add_argument("--solve-max-n", type=int, default=4096,
-                        help="largest n for the solve timing (20 field evaluations each)")
+    parser.add_argument(
+        "--solve-max-n",
+        type=int,
+        default=4096,
+        help="largest n for the solve timing (20 field evaluations each)",
+    )
     parser.add_argument("--dense-max-n", type=int, default=8192)
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
@@ -64,8 +68,10 @@ def main():
     rate = matmul_rate()
     print(f"matmul rate (float32, 2048^3): {rate / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
-    methods = {"dense": tf.DenseAttention(), f"blockwise {args.block}":
-               tf.BlockwiseAttention(args.block)}
+    methods = {
+        "dense": tf.DenseAttention(),
+        f"blockwise {args.block}": tf.BlockwiseAttention(args.block),
+    }
     for n in args.ns:
         x = tf.sample_sphere(jax.random.key(n), n, D).astype(jnp.float32)
         flops = 2 * n * n * (D + D)
@@ -88,14 +94,36 @@ def main():
 
                 solve = jax.jit(run).lower(x).compile()
                 solve_s, _ = time_call(solve, x, repeats=args.repeats)
-            rows.append([n, name, seconds, flops / seconds / 1e9, 100 * flops / seconds / rate,
-                         delta, peak, compile_s, solve_s])
+            rows.append(
+                [
+                    n,
+                    name,
+                    seconds,
+                    flops / seconds / 1e9,
+                    100 * flops / seconds / rate,
+                    delta,
+                    peak,
+                    compile_s,
+                    solve_s,
+                ]
+            )
             print(rows[-1], flush=True)
-    headers = ["n", "method", "field eval s", "GFLOP/s", "% of matmul rate",
-               "peak increase MB", "process peak MB", "compile s", "solve s (RK4, 5 steps)"]
-    body = (f"d = {D}, float32, SelfAttention with identity weights. Matmul rate (float32 "
-            f"2048³): {rate / 1e9:.1f} GFLOP/s. Repeats {args.repeats} (1 above n = 16384).\n\n"
-            + table(headers, rows))
+    headers = [
+        "n",
+        "method",
+        "field eval s",
+        "GFLOP/s",
+        "% of matmul rate",
+        "peak increase MB",
+        "process peak MB",
+        "compile s",
+        "solve s (RK4, 5 steps)",
+    ]
+    body = (
+        f"d = {D}, float32, SelfAttention with identity weights. Matmul rate (float32 "
+        f"2048³): {rate / 1e9:.1f} GFLOP/s. Repeats {args.repeats} (1 above n = 16384).\n\n"
+        + table(headers, rows)
+    )
     report("bench_scaling_n", "Field evaluation and solve as n grows", body)
 
 

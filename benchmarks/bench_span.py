@@ -22,11 +22,13 @@ N = 32
 
 def runner(reduce: bool):
     ts = jnp.linspace(0.0, 10.0, 50)
+
     def one(x0):
         kwargs = dict(rtol=1e-6, atol=1e-6, observe=tf.clustered_fraction)
         if reduce:  # the statistic depends on inner products only
-            return tf.solve_in_span(tf.SelfAttention(1.0), x0, ts, observe_in_span=True,
-                                    **kwargs).observed
+            return tf.solve_in_span(
+                tf.SelfAttention(1.0), x0, ts, observe_in_span=True, **kwargs
+            ).observed
         return tf.solve(tf.SelfAttention(1.0), x0, ts, **kwargs).observed
 
     return jax.jit(jax.vmap(one))
@@ -34,8 +36,7 @@ def runner(reduce: bool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ds", type=int, nargs="+",
-                        default=[2, 8, 32, 64, 128, 256, 512, 1024])
+    parser.add_argument("--ds", type=int, nargs="+", default=[2, 8, 32, 64, 128, 256, 512, 1024])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -50,18 +51,38 @@ def main():
         if d == N:
             base = {k: v[0] for k, v in results.items()}
         direct, span = results[False][0], results[True][0]
-        rows.append([d, direct["median"], span["median"], direct["min"], span["min"],
-                     direct["first"] - direct["median"], span["first"] - span["median"], agree])
+        rows.append(
+            [
+                d,
+                direct["median"],
+                span["median"],
+                direct["min"],
+                span["min"],
+                direct["first"] - direct["median"],
+                span["first"] - span["median"],
+                agree,
+            ]
+        )
         print(rows[-1], flush=True)
     for row in rows:
         row.insert(5, row[2] / base[True]["median"] if base else float("nan"))
         row.insert(6, row[4] / base[True]["min"] if base else float("nan"))
-    headers = ["d", "direct s (median)", "in span s (median)", "direct s (min)",
-               "in span s (min)", "in span / d=32 (median)", "in span / d=32 (min)",
-               "direct compile s", "in span compile s", "max |P_span - P_direct|"]
-    body = (f"n = {N}, batch of {args.batch} starts (vmap), SA β = 1, t ∈ [0, 10], "
-            f"Tsit5 rtol = atol = 1e-6, float64, repeats {args.repeats}.\n\n"
-            + table(headers, rows))
+    headers = [
+        "d",
+        "direct s (median)",
+        "in span s (median)",
+        "direct s (min)",
+        "in span s (min)",
+        "in span / d=32 (median)",
+        "in span / d=32 (min)",
+        "direct compile s",
+        "in span compile s",
+        "max |P_span - P_direct|",
+    ]
+    body = (
+        f"n = {N}, batch of {args.batch} starts (vmap), SA β = 1, t ∈ [0, 10], "
+        f"Tsit5 rtol = atol = 1e-6, float64, repeats {args.repeats}.\n\n" + table(headers, rows)
+    )
     report("bench_span", "Cost against d with span reduction", body)
 
 

@@ -1,6 +1,6 @@
 """d = 1024 in span vs d = 32, timed interleaved (robust to load changes on a shared machine).
 
-    PYTHONPATH=.:benchmarks python benchmarks/bench_span_interleaved.py [--rounds 7]
+PYTHONPATH=.:benchmarks python benchmarks/bench_span_interleaved.py [--rounds 7]
 """
 
 import argparse
@@ -36,11 +36,14 @@ def main():
             fn(x0).block_until_ready()
             times[d].append(time.perf_counter() - start)
     base = statistics.median(times[args.ds[0]])
-    rows = [[d, statistics.median(t), min(t), statistics.median(t) / base]
-            for d, t in times.items()]
-    body = (f"n = {N}, batch {args.batch}, `solve_in_span` (d <= {N}: plain solve), Tsit5 1e-6 "
-            f"float64, {args.rounds} interleaved rounds.\n\n"
-            + table(["d", "median s", "min s", f"median / d={args.ds[0]}"], rows))
+    rows = [
+        [d, statistics.median(t), min(t), statistics.median(t) / base] for d, t in times.items()
+    ]
+    body = (
+        f"n = {N}, batch {args.batch}, `solve_in_span` (d <= {N}: plain solve), Tsit5 1e-6 "
+        f"float64, {args.rounds} interleaved rounds.\n\n"
+        + table(["d", "median s", "min s", f"median / d={args.ds[0]}"], rows)
+    )
     report("bench_span_interleaved", "Span reduction, interleaved timing", body)
 
 

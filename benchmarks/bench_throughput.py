@@ -31,9 +31,17 @@ TOL = 1e-2
 
 def one(beta, x0):
     # The statistic depends on inner products only, so it is observed in span coordinates.
-    sol = tf.solve_in_span(tf.SelfAttention(beta), x0, CHECKPOINTS.astype(x0.dtype), rtol=TOL,
-                           atol=TOL, solver=diffrax.Bosh3(), observe=tf.clustered_fraction,
-                           observe_in_span=True, max_steps=4096)
+    sol = tf.solve_in_span(
+        tf.SelfAttention(beta),
+        x0,
+        CHECKPOINTS.astype(x0.dtype),
+        rtol=TOL,
+        atol=TOL,
+        solver=diffrax.Bosh3(),
+        observe=tf.clustered_fraction,
+        observe_in_span=True,
+        max_steps=4096,
+    )
     return sol.observed, sol.stats["num_steps"]
 
 
@@ -50,11 +58,14 @@ def strategies(num_betas, starts, repeats):
     runs = {
         "vmap (whole batch)": jax.jit(jax.vmap(one)),
         "chunks of 64, sorted by β": jax.jit(
-            lambda b, x: tf.sharded_map(one, b, x, chunk_size=64, order=b)),
+            lambda b, x: tf.sharded_map(one, b, x, chunk_size=64, order=b)
+        ),
         "chunks of 256, sorted by β": jax.jit(
-            lambda b, x: tf.sharded_map(one, b, x, chunk_size=256, order=b)),
+            lambda b, x: tf.sharded_map(one, b, x, chunk_size=256, order=b)
+        ),
         "chunks of 64, random order": jax.jit(
-            lambda b, x: tf.sharded_map(one, b[shuffle], x[shuffle], chunk_size=64)),
+            lambda b, x: tf.sharded_map(one, b[shuffle], x[shuffle], chunk_size=64)
+        ),
     }
     rows, base = [], None
     for name, fn in runs.items():
@@ -68,9 +79,9 @@ def strategies(num_betas, starts, repeats):
     spread = {
         "steps mean / max": f"{steps.mean():.1f} / {steps.max():.0f}",
         "lane-steps wasted by one vmap": f"{1 - steps.mean() / steps.max():.0%}",
-        "wasted, chunks of 64 sorted by steps (lower bound)":
-            f"{1 - steps.mean() / np.mean(np.repeat(sorted_steps.reshape(-1, 64).max(1), 64)):.0%}"
-            if steps.size % 64 == 0 else "n/a",
+        "wasted, chunks of 64 sorted by steps (lower bound)": _sorted_chunk_waste(
+            steps, sorted_steps
+        ),
     }
     return rows, spread
 
@@ -96,18 +107,27 @@ def main():
     args = parser.parse_args()
     rows, spread = strategies(args.betas, args.starts, args.repeats)
     panel_rows, total = panels(90, args.panel_starts, max(1, args.repeats - 2))
-    body = (f"Panel (a): {args.betas} β × {args.starts} starts, n = {N}, d = 2, "
-            f"Bosh3, rtol = atol = {TOL:g}, float32, 200 checkpoints on [0, {T1:g}].\n\n"
-            + table(["strategy", "median s", "speed-up vs vmap", "compile s"], rows)
-            + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in spread.items())
-            + f"\n\nAll six panels, 90 β × {args.panel_starts} starts each (span reduction for "
-              f"d > {N}); full size = 1024 starts, extrapolated linearly:\n\n"
-            + table(["d", "systems", "median s", "compile s", "extrapolated full-size s"],
-                    panel_rows)
-            + f"\n\nExtrapolated total for the six full-size panels: {total:.0f} s "
-              f"({total / 60:.1f} min).")
+    body = (
+        f"Panel (a): {args.betas} β × {args.starts} starts, n = {N}, d = 2, "
+        f"Bosh3, rtol = atol = {TOL:g}, float32, 200 checkpoints on [0, {T1:g}].\n\n"
+        + table(["strategy", "median s", "speed-up vs vmap", "compile s"], rows)
+        + "\n\n"
+        + "\n".join(f"- {k}: {v}" for k, v in spread.items())
+        + f"\n\nAll six panels, 90 β × {args.panel_starts} starts each (span reduction for "
+        f"d > {N}); full size = 1024 starts, extrapolated linearly:\n\n"
+        + table(["d", "systems", "median s", "compile s", "extrapolated full-size s"], panel_rows)
+        + f"\n\nExtrapolated total for the six full-size panels: {total:.0f} s "
+        f"({total / 60:.1f} min)."
+    )
     report("bench_throughput", "Throughput of many tiny systems", body)
 
 
 if __name__ == "__main__":
     main()
+
+
+def _sorted_chunk_waste(steps, sorted_steps) -> str:
+    if steps.size % 64:
+        return "n/a"
+    chunk_max = np.repeat(sorted_steps.reshape(-1, 64).max(1), 64)
+    return f"{1 - steps.mean() / np.mean(chunk_max):.0%}"

@@ -47,8 +47,9 @@ def two_clusters(n: int):
         jnp.asarray(1.0, dtype=jnp.float32),
         *(jax.random.normal(k, (3, 3)) / jnp.sqrt(3.0) for k in keys),
     )
-    task = tf.LabeledTargets(tf.LabeledInputs([[0, 0, 1.0], [0, 0, -1.0]], n=n),
-                             [[1.0, 0, 0], [-1.0, 0, 0]])
+    task = tf.LabeledTargets(
+        tf.LabeledInputs([[0, 0, 1.0], [0, 0, -1.0]], n=n), [[1.0, 0, 0], [-1.0, 0, 0]]
+    )
     return model, task
 
 
@@ -57,18 +58,24 @@ def ratio(args) -> list[dict]:
     flows = {
         "tsit5 rtol=atol=1e-3 (config)": tf.FlowOptions(horizon=5.0, rtol=1e-3, atol=1e-3),
         "normalized_euler dt0=0.25 (20 steps)": tf.FlowOptions(
-            horizon=5.0, solver=tf.NormalizedEuler(), dt0=0.25),
+            horizon=5.0, solver=tf.NormalizedEuler(), dt0=0.25
+        ),
         "tsit5 + BacksolveAdjoint": tf.FlowOptions(
-            horizon=5.0, rtol=1e-3, atol=1e-3, adjoint=diffrax.BacksolveAdjoint()),
+            horizon=5.0, rtol=1e-3, atol=1e-3, adjoint=diffrax.BacksolveAdjoint()
+        ),
     }
     for n in args.tokens:
         model, task = two_clusters(n)
         for name, flow in flows.items():
             key = jax.random.key(1)
             forward = eqx.filter_jit(
-                lambda m, k, flow=flow: tf.batch_loss(m, task, flow, k, args.batch))
-            gradient = eqx.filter_jit(eqx.filter_value_and_grad(
-                lambda m, k, flow=flow: tf.batch_loss(m, task, flow, k, args.batch)))
+                lambda m, k, flow=flow: tf.batch_loss(m, task, flow, k, args.batch)
+            )
+            gradient = eqx.filter_jit(
+                eqx.filter_value_and_grad(
+                    lambda m, k, flow=flow: tf.batch_loss(m, task, flow, k, args.batch)
+                )
+            )
             optimizer = optax.adam(1e-3)
             spec = jax.tree_util.tree_map(eqx.is_inexact_array, model)
             step = tf.make_step(task, optimizer, flow, spec, args.batch)
@@ -77,12 +84,18 @@ def ratio(args) -> list[dict]:
             t_gradient = median_seconds(lambda: gradient(model, key), args.repeats)
             t_step = median_seconds(lambda: step(model, opt_state, key)[2], args.repeats)
             min_forward, _, min_step = MINIMA[-3:]
-            rows.append({
-                "n": n, "batch": args.batch, "flow": name, "forward_ms": 1e3 * t_forward,
-                "value_and_grad_ms": 1e3 * t_gradient, "step_ms": 1e3 * t_step,
-                "step_over_forward": t_step / t_forward,
-                "min_step_over_min_forward": min_step / min_forward,
-            })
+            rows.append(
+                {
+                    "n": n,
+                    "batch": args.batch,
+                    "flow": name,
+                    "forward_ms": 1e3 * t_forward,
+                    "value_and_grad_ms": 1e3 * t_gradient,
+                    "step_ms": 1e3 * t_step,
+                    "step_over_forward": t_step / t_forward,
+                    "min_step_over_min_forward": min_step / min_forward,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -101,18 +114,33 @@ def memory(args) -> list[dict]:
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dt = 0.05
     rows = []
-    adjoints = [(f"RecursiveCheckpointAdjoint(checkpoints={c})",
-                 diffrax.RecursiveCheckpointAdjoint(checkpoints=c))
-                for c in args.checkpoints]
-    adjoints.append(("RecursiveCheckpointAdjoint() (checkpoints=None, diffrax default)",
-                     diffrax.RecursiveCheckpointAdjoint()))
+    adjoints = [
+        (
+            f"RecursiveCheckpointAdjoint(checkpoints={c})",
+            diffrax.RecursiveCheckpointAdjoint(checkpoints=c),
+        )
+        for c in args.checkpoints
+    ]
+    adjoints.append(
+        (
+            "RecursiveCheckpointAdjoint() (checkpoints=None, diffrax default)",
+            diffrax.RecursiveCheckpointAdjoint(),
+        )
+    )
     adjoints.append(("BacksolveAdjoint()", diffrax.BacksolveAdjoint()))
     for name, adjoint in adjoints:
+
         def loss(p, x, adjoint=adjoint):
             field = eqx.combine(p, static)
-            trajectory = tf.solve(field, x, jnp.array([0.0, steps * dt]),
-                                  solver=tf.Renormalized(tf.RK4()), dt0=dt,
-                                  max_steps=steps, adjoint=adjoint)
+            trajectory = tf.solve(
+                field,
+                x,
+                jnp.array([0.0, steps * dt]),
+                solver=tf.Renormalized(tf.RK4()),
+                dt0=dt,
+                max_steps=steps,
+                adjoint=adjoint,
+            )
             return jnp.sum(readout * trajectory.xs[-1])
 
         grad = jax.jit(jax.grad(loss))
@@ -122,13 +150,20 @@ def memory(args) -> list[dict]:
         seconds = median_seconds(lambda: compiled(params, x0), args.repeats)
         forward = jax.jit(loss)
         t_forward = median_seconds(lambda: forward(params, x0), args.repeats)
-        rows.append({
-            "adjoint": name, "n": n, "d": d, "steps": steps,
-            "temp_bytes": temp, "state_bytes": n * d * 4,
-            "grad_ms": 1e3 * seconds, "forward_ms": 1e3 * t_forward,
-            "grad_over_forward": seconds / t_forward,
-            "min_grad_over_min_forward": MINIMA[-2] / MINIMA[-1],
-        })
+        rows.append(
+            {
+                "adjoint": name,
+                "n": n,
+                "d": d,
+                "steps": steps,
+                "temp_bytes": temp,
+                "state_bytes": n * d * 4,
+                "grad_ms": 1e3 * seconds,
+                "forward_ms": 1e3 * t_forward,
+                "grad_over_forward": seconds / t_forward,
+                "min_grad_over_min_forward": MINIMA[-2] / MINIMA[-1],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -145,9 +180,19 @@ def main():
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[2, 4, 8, 16, 64, 256])
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
-    print(json.dumps({"machine": platform.platform(), "processor": platform.processor(),
-                      "cpus": os.cpu_count(), "jax": jax.__version__,
-                      "backend": jax.default_backend(), "dtype": "float32"}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.platform(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "jax": jax.__version__,
+                "backend": jax.default_backend(),
+                "dtype": "float32",
+            }
+        ),
+        flush=True,
+    )
     rows = {}
     if args.part in ("ratio", "both"):
         rows["ratio"] = ratio(args)

@@ -37,7 +37,8 @@ def main():
         reference = np.asarray(theory.equiangular_cosine(ts, n, beta, model))
         row = [f"{model:>3} n={n:<3} beta={beta:<4}"]
         for tol in (1e-6, 1e-8, 1e-10, 1e-12):
-            row.append(f"tol {tol:.0e}: {equiangular_error(field, n, ts, reference, rtol=tol, atol=tol):.1e}")
+            error = equiangular_error(field, n, ts, reference, rtol=tol, atol=tol)
+            row.append(f"tol {tol:.0e}: {error:.1e}")
         euler = equiangular_error(field, n, ts, reference, solver=tf.NormalizedEuler(), dt0=0.1)
         row.append(f"NormalizedEuler dt=0.1: {euler:.1e}")
         print("  " + " | ".join(row))
@@ -50,14 +51,22 @@ def main():
     traj = tf.solve(field, x0, ts, rtol=1e-8, atol=1e-8, max_steps=100_000)
     elapsed = time.perf_counter() - start
     raw = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 1000.0, None, x0,
-        saveat=diffrax.SaveAt(ts=ts), max_steps=100_000,
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        0.0,
+        1000.0,
+        None,
+        x0,
+        saveat=diffrax.SaveAt(ts=ts),
+        max_steps=100_000,
         stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
     )
-    print(f"sphere drift over t in [0, 1000] (n=32, d=3, random V, rtol=atol=1e-8): "
-          f"renormalised {float(tf.sphere_drift(traj.xs)):.1e} "
-          f"({int(traj.stats['num_steps'])} steps, {elapsed:.1f} s incl. compile); "
-          f"plain Tsit5 {float(tf.sphere_drift(raw.ys)):.1e}")
+    print(
+        f"sphere drift over t in [0, 1000] (n=32, d=3, random V, rtol=atol=1e-8): "
+        f"renormalised {float(tf.sphere_drift(traj.xs)):.1e} "
+        f"({int(traj.stats['num_steps'])} steps, {elapsed:.1f} s incl. compile); "
+        f"plain Tsit5 {float(tf.sphere_drift(raw.ys)):.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import transformer_flows as tf  # noqa: E402
 
 def sphere_axes(ax):
     u, v = jnp.meshgrid(jnp.linspace(0, 2 * jnp.pi, 40), jnp.linspace(0, jnp.pi, 20))
-    ax.plot_wireframe(jnp.cos(u) * jnp.sin(v), jnp.sin(u) * jnp.sin(v), jnp.cos(v),
-                      color="0.85", linewidth=0.4)
+    ax.plot_wireframe(
+        jnp.cos(u) * jnp.sin(v), jnp.sin(u) * jnp.sin(v), jnp.cos(v), color="0.85", linewidth=0.4
+    )
     ax.set_box_aspect((1, 1, 1), zoom=1.35)
     ax.set_axis_off()
 
@@ -51,15 +52,21 @@ def main():
     energies = jax.vmap(tf.energy, in_axes=(0, None))(xs, options.beta)
     clusters = jax.vmap(tf.count_clusters, in_axes=(0, None))(xs, 1e-3)
     clustered = jax.vmap(tf.clustered_fraction, in_axes=(0, None))(xs, 1e-3)
-    print(f"SA on S^2: n={options.n}, beta={options.beta}, t in [0, {options.t1}], "
-          f"adaptive Tsit5 (rtol=atol=1e-6): {int(traj.stats['num_steps'])} steps, "
-          f"{elapsed * 1e3:.1f} ms after compilation")
-    print(f"max sphere drift {float(tf.sphere_drift(xs)):.1e}; authors' Euler (dt=0.1) differs "
-          f"by up to {float(jnp.abs(euler.xs - xs).max()):.2e} from the adaptive solution")
+    print(
+        f"SA on S^2: n={options.n}, beta={options.beta}, t in [0, {options.t1}], "
+        f"adaptive Tsit5 (rtol=atol=1e-6): {int(traj.stats['num_steps'])} steps, "
+        f"{elapsed * 1e3:.1f} ms after compilation"
+    )
+    print(
+        f"max sphere drift {float(tf.sphere_drift(xs)):.1e}; authors' Euler (dt=0.1) differs "
+        f"by up to {float(jnp.abs(euler.xs - xs).max()):.2e} from the adaptive solution"
+    )
     print(f"{'t':>6} {'clusters':>9} {'clustered pairs':>16} {'energy':>10}")
     for k in range(0, len(ts), 25):
-        print(f"{float(ts[k]):6.1f} {int(clusters[k]):9d} {float(clustered[k]):16.3f} "
-              f"{float(energies[k]):10.4f}")
+        print(
+            f"{float(ts[k]):6.1f} {int(clusters[k]):9d} {float(clustered[k]):16.3f} "
+            f"{float(energies[k]):10.4f}"
+        )
 
     figure = plt.figure(figsize=(10, 4.5))
     ax = figure.add_subplot(1, 2, 1, projection="3d")
@@ -72,8 +79,12 @@ def main():
     ax.set_title(f"SA trajectories, n={options.n}, β={options.beta:g}")
     ax = figure.add_subplot(1, 2, 2)
     ax.plot(ts, energies, color="k")
-    ax.axhline(jnp.exp(options.beta) / (2 * options.beta), color="tab:red", linestyle="--",
-               label="consensus e^β/(2β)")
+    ax.axhline(
+        jnp.exp(options.beta) / (2 * options.beta),
+        color="tab:red",
+        linestyle="--",
+        label="consensus e^β/(2β)",
+    )
     ax.set_xlabel("t")
     ax.set_ylabel("E_β")
     ax.set_title("interaction energy (non-decreasing)")

@@ -27,25 +27,45 @@ from transformer_flows.experiment import SolveFailures, level_crossing, load_con
 
 VARIANTS = {
     "reference: tsit5 float64 1e-6": [
-        "precision=float64", "solver.name=tsit5", "solver.rtol=1e-6", "solver.atol=1e-6"
+        "precision=float64",
+        "solver.name=tsit5",
+        "solver.rtol=1e-6",
+        "solver.atol=1e-6",
     ],
     "tsit5 float64 1e-4": [
-        "precision=float64", "solver.name=tsit5", "solver.rtol=1e-4", "solver.atol=1e-4"
+        "precision=float64",
+        "solver.name=tsit5",
+        "solver.rtol=1e-4",
+        "solver.atol=1e-4",
     ],
     "tsit5 float32 1e-4": [
-        "precision=float32", "solver.name=tsit5", "solver.rtol=1e-4", "solver.atol=1e-4"
+        "precision=float32",
+        "solver.name=tsit5",
+        "solver.rtol=1e-4",
+        "solver.atol=1e-4",
     ],
     "tsit5 float32 1e-3": [
-        "precision=float32", "solver.name=tsit5", "solver.rtol=1e-3", "solver.atol=1e-3"
+        "precision=float32",
+        "solver.name=tsit5",
+        "solver.rtol=1e-3",
+        "solver.atol=1e-3",
     ],
     "bosh3 float32 1e-3": [
-        "precision=float32", "solver.name=bosh3", "solver.rtol=1e-3", "solver.atol=1e-3"
+        "precision=float32",
+        "solver.name=bosh3",
+        "solver.rtol=1e-3",
+        "solver.atol=1e-3",
     ],
     "bosh3 float32 1e-2": [
-        "precision=float32", "solver.name=bosh3", "solver.rtol=1e-2", "solver.atol=1e-2"
+        "precision=float32",
+        "solver.name=bosh3",
+        "solver.rtol=1e-2",
+        "solver.atol=1e-2",
     ],
     "authors' euler dt=0.1 float32": [
-        "precision=float32", "solver.name=normalized_euler", "solver.dt=0.1"
+        "precision=float32",
+        "solver.name=normalized_euler",
+        "solver.dt=0.1",
     ],
 }
 TIMES = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0)
@@ -56,7 +76,10 @@ def panels(probability):
     # Every dimension but beta and time (n, d, weights, swept parameters) labels a panel.
     axes = [dim for dim in probability.dims if dim not in ("beta", "time")]
     stacked = probability.stack(panel=axes).transpose("panel", "beta", "time")
-    labels = [", ".join(f"{a}={v}" for a, v in zip(axes, key)) for key in stacked["panel"].values]
+    labels = [
+        ", ".join(f"{a}={v}" for a, v in zip(axes, key, strict=True))
+        for key in stacked["panel"].values
+    ]
     return labels, stacked.values, stacked["beta"].values, stacked["time"].values
 
 
@@ -110,8 +133,10 @@ def main() -> None:
 
     reference_name = args.variants[0]
     _, (labels, reference, betas, times), _, _ = results[reference_name]
-    reference_front, reference_levels = front_times(reference, times), levels(reference, betas,
-                                                                               times)
+    reference_front, reference_levels = (
+        front_times(reference, times),
+        levels(reference, betas, times),
+    )
     lines = [
         f"{args.config.stem}: {args.starts} starts x {len(betas)} β x panels {labels}; "
         f"reference = {reference_name}. Compute time: the chunks' solves, compilation included.",

@@ -20,8 +20,7 @@ def equiangular_reference(ts, n, beta, model):
             return 2 * growth / (np.exp(beta * (1 - g)) + n - 1)
         return (2 / n) * np.exp(beta * g) * growth
 
-    sol = solve_ivp(rhs, (ts[0], ts[-1]), [0.0], t_eval=ts, method="DOP853",
-                    rtol=1e-13, atol=1e-15)
+    sol = solve_ivp(rhs, (ts[0], ts[-1]), [0.0], t_eval=ts, method="DOP853", rtol=1e-13, atol=1e-15)
     return sol.y[0]
 
 

@@ -19,8 +19,15 @@ def _weights(getkey, heads, k, d):
 
 
 def _attend(x, beta, weights, normalized, method, log_shift=0.0, keys=None):
-    return tf.attend(x, jnp.asarray(beta), *weights, normalized=normalized, log_shift=log_shift,
-                     method=method, keys=keys)
+    return tf.attend(
+        x,
+        jnp.asarray(beta),
+        *weights,
+        normalized=normalized,
+        log_shift=log_shift,
+        method=method,
+        keys=keys,
+    )
 
 
 @pytest.mark.parametrize("n,d,block", SHAPES)
@@ -33,8 +40,9 @@ def test_values_match_dense(getkey, n, d, block, normalized):
     @jax.jit
     def error(weights):
         dense = _attend(x, 2.5, weights, normalized, tf.DenseAttention(), log_shift=0.7)
-        blockwise = _attend(x, 2.5, weights, normalized, tf.BlockwiseAttention(block),
-                            log_shift=0.7)
+        blockwise = _attend(
+            x, 2.5, weights, normalized, tf.BlockwiseAttention(block), log_shift=0.7
+        )
         return jnp.max(jnp.abs(blockwise - dense)) / (1 + jnp.max(jnp.abs(dense)))
 
     for weights in ((None, None, None), (Q, K, V), (Q[:1], K[:1], None)):
@@ -76,7 +84,7 @@ def test_gradients_match_dense(getkey, normalized):
 
     dense, blockwise = loss(tf.DenseAttention()), loss(tf.BlockwiseAttention(4))
     assert jnp.max(jnp.abs(dense[0])) > 0.1  # not a trivially vanishing gradient
-    for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(blockwise)):
+    for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(blockwise), strict=True):
         assert jnp.max(jnp.abs(a - b)) < 1e-11 * (1 + jnp.max(jnp.abs(a)))
 
 

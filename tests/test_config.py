@@ -98,14 +98,26 @@ def test_defaults_and_grid():
         ({"solver": {"name": "euler"}}, "solver.name", "'normalized_euler'"),
         ({"model": {"n": 4, "d": 2, "field": "sa"}}, "model.field", "'SA', 'USA', 'Kuramoto'"),
         ({"model": {"n": 4, "d": 2, "weights": ["ginibre:psd"]}}, "model.weights", "'goe:wishart'"),
-        ({"observables": {"names": ["energy", "clusters"]}}, "observables.names", "'cluster_count'"),
-        ({"sweep": {"beta": {"start": 0, "stop": 9}, "starts": 2}}, "sweep.beta", "start, stop, num"),
+        (
+            {"observables": {"names": ["energy", "clusters"]}},
+            "observables.names",
+            "'cluster_count'",
+        ),
+        (
+            {"sweep": {"beta": {"start": 0, "stop": 9}, "starts": 2}},
+            "sweep.beta",
+            "start, stop, num",
+        ),
         ({"sweep": {"beta": [0.0, -1.0], "starts": 2}}, "sweep.beta", "β >= 0"),
         ({"sweep": {"beta": [1.0, 1.0], "starts": 2}}, "sweep.beta", "repeated values"),
         ({"sweep": {"beta": [1.0], "starts": 0}}, "sweep.starts", "greater than or equal to 1"),
         ({"sweep": {"beta": [1.0], "starts": 2.5}}, "sweep.starts", "valid integer"),
         ({"sweep": {"beta": [1.0], "starts": True}}, "sweep.starts", "valid integer"),
-        ({"sweep": {"beta": [1.0], "starts": 2, "seed": 2**63}}, "sweep.seed", "less than or equal to 9223372036854775807"),
+        (
+            {"sweep": {"beta": [1.0], "starts": 2, "seed": 2**63}},
+            "sweep.seed",
+            "less than or equal to 9223372036854775807",
+        ),
         ({"sweep": {"beta": [], "starts": 2}}, "sweep.beta", "at least 1"),
         ({"model": {"n": [], "d": 2}}, "model.n", "at least 1"),
         ({"model": {"n": 4, "d": [2, 1]}}, "model.d[1]", "greater than or equal to 2"),
@@ -282,18 +294,27 @@ def test_bad_files(tmp_path):
 def test_legacy_keys_are_migrated():
     """Configs written before the shared vocabulary still load, to the same experiment."""
     old = minimal(solver={"method": "adaptive", "scheme": "bosh3", "dt": 0.1, "rtol": 1e-4})
-    assert config_from_dict(old).solver == config_from_dict(
-        minimal(solver={"name": "bosh3", "rtol": 1e-4})
-    ).solver
+    assert (
+        config_from_dict(old).solver
+        == config_from_dict(minimal(solver={"name": "bosh3", "rtol": 1e-4})).solver
+    )
     euler = config_from_dict(minimal(solver={"method": "normalized_euler", "dt": 0.1}))
     assert euler.solver.name == "normalized_euler" and euler.solver.dt == 0.1
     new = minimal_fit()
     old = json.loads(json.dumps(new))
-    old["model"] = {"kind": "sa", "dim": 3, "beta": new["model"]["params"]["beta"],
-                    **{k: v for k, v in new["model"].items() if k not in ("field", "d", "params")}}
+    old["model"] = {
+        "kind": "sa",
+        "dim": 3,
+        "beta": new["model"]["params"]["beta"],
+        **{k: v for k, v in new["model"].items() if k not in ("field", "d", "params")},
+    }
     solver = old.pop("solver")
-    old["flow"] = {**old["flow"], "solver": solver["name"], "dt0": None,
-                   **{k: solver[k] for k in ("rtol", "atol", "max_steps")}}
+    old["flow"] = {
+        **old["flow"],
+        "solver": solver["name"],
+        "dt0": None,
+        **{k: solver[k] for k in ("rtol", "atol", "max_steps")},
+    }
     assert config_from_dict(old) == config_from_dict(new)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import transformer_flows as tf
+
 from helpers import random_orthogonal
 
 TIGHT = dict(rtol=1e-11, atol=1e-11)

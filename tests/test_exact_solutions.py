@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import transformer_flows as tf
+
 from helpers import equiangular_reference, off_diagonal
 
 TIGHT = dict(rtol=1e-12, atol=1e-12)

@@ -72,8 +72,9 @@ def test_vmap_over_starts_and_weights_under_jit(getkey):
     @jax.jit
     def final_states(key):
         Q, K, V = tf.random_weights(key, 4, query_key="goe", value="qk")
-        traj = tf.solve(tf.SelfAttention(1.0, Q, K, V), tf.sample_sphere(key, 5, 4),
-                        jnp.array([0.0, 1.0]))
+        traj = tf.solve(
+            tf.SelfAttention(1.0, Q, K, V), tf.sample_sphere(key, 5, 4), jnp.array([0.0, 1.0])
+        )
         return traj.xs[-1]
 
     batched = jax.vmap(final_states)(keys)
@@ -105,8 +106,10 @@ def test_new_values_do_not_recompile_and_new_shapes_do(getkey):
     same_shapes = {
         "new β": ((tf.SelfAttention(2.5, V=V), x0, ts), {}),
         "new weights": ((tf.SelfAttention(1.0, V=-V), x0, ts), {}),
-        "new start and times": ((tf.SelfAttention(1.0, V=V), tf.sample_sphere(getkey(), 5, 3),
-                                 ts + 1.0), {}),
+        "new start and times": (
+            (tf.SelfAttention(1.0, V=V), tf.sample_sphere(getkey(), 5, 3), ts + 1.0),
+            {},
+        ),
         "new tolerances": ((tf.SelfAttention(1.0, V=V), x0, ts), dict(rtol=1e-5, atol=1e-7)),
     }
     for change, (args, options) in same_shapes.items():
@@ -125,11 +128,11 @@ def test_observe_saves_statistics_instead_of_states(getkey):
     x0 = tf.sample_sphere(getkey(), 6, 3)
     ts = jnp.linspace(0, 3, 7)
     full = tf.solve(tf.SelfAttention(1.0), x0, ts, **TIGHT)
-    observed = tf.solve(tf.SelfAttention(1.0), x0, ts, **TIGHT,
-                        observe=lambda x: tf.energy(x, 1.0))
+    observed = tf.solve(tf.SelfAttention(1.0), x0, ts, **TIGHT, observe=lambda x: tf.energy(x, 1.0))
     assert observed.xs is None and observed.observed.shape == (7,)
-    np.testing.assert_allclose(observed.observed, jax.vmap(tf.energy, (0, None))(full.xs, 1.0),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        observed.observed, jax.vmap(tf.energy, (0, None))(full.xs, 1.0), rtol=1e-12
+    )
 
 
 def test_leaves_are_beta_and_weights_which_vmap_and_grad_act_on(getkey):
@@ -149,13 +152,21 @@ def test_leaves_are_beta_and_weights_which_vmap_and_grad_act_on(getkey):
     assert jax.tree_util.tree_structure(batched) == treedef
     for in_axes, fields, looped in [
         ([0, 0], batched, [tf.SelfAttention(b, V=v) for b, v in zip(betas, Vs, strict=True)]),
-        ([0, None], eqx.tree_at(lambda f: f.beta, field, betas),
-         [tf.SelfAttention(b, V=V) for b in betas]),
+        (
+            [0, None],
+            eqx.tree_at(lambda f: f.beta, field, betas),
+            [tf.SelfAttention(b, V=V) for b in betas],
+        ),
     ]:
         axes = jax.tree_util.tree_unflatten(treedef, in_axes)
         vmapped = jax.vmap(lambda f: f(0.0, x), in_axes=(axes,))(fields)
-        np.testing.assert_allclose(vmapped, jnp.stack([f(0.0, x) for f in looped]),
-                                   rtol=1e-12, atol=1e-14, err_msg=str(in_axes))
+        np.testing.assert_allclose(
+            vmapped,
+            jnp.stack([f(0.0, x) for f in looped]),
+            rtol=1e-12,
+            atol=1e-14,
+            err_msg=str(in_axes),
+        )
 
     readout = jax.random.normal(getkey(), (5, 3))
 
@@ -166,7 +177,9 @@ def test_leaves_are_beta_and_weights_which_vmap_and_grad_act_on(getkey):
     assert jax.tree_util.tree_structure(grad) == treedef
     h, direction = 1e-6, jax.random.normal(getkey(), (3, 3))
     d_beta = (loss(tf.SelfAttention(1.0 + h, V=V)) - loss(tf.SelfAttention(1.0 - h, V=V))) / (2 * h)
-    d_V = (loss(tf.SelfAttention(1.0, V=V + h * direction))
-           - loss(tf.SelfAttention(1.0, V=V - h * direction))) / (2 * h)
+    d_V = (
+        loss(tf.SelfAttention(1.0, V=V + h * direction))
+        - loss(tf.SelfAttention(1.0, V=V - h * direction))
+    ) / (2 * h)
     np.testing.assert_allclose(grad.beta, d_beta, rtol=1e-7)
     np.testing.assert_allclose(jnp.sum(grad.V * direction), d_V, rtol=1e-7)

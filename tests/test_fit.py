@@ -4,7 +4,6 @@ and the held-out accuracy improve, the step does not recompile, β stays >= 0, e
 refused, the held-out metrics give known values on hand-made configurations, and the `fit`
 command runs end to end."""
 
-import argparse
 import json
 import pathlib
 
@@ -25,8 +24,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Two fixed Euler layers (the authors' scheme): cheap to compile, exact discrete gradients.
 FLOW = tf.FlowOptions(horizon=2.0, solver=tf.NormalizedEuler(), dt0=0.5)
-TASK = tf.LabeledTargets(tf.LabeledInputs([[0, 0, 1.0], [0, 0, -1.0]], n=6),
-                         [[1.0, 0, 0], [-1.0, 0, 0]])
+TASK = tf.LabeledTargets(
+    tf.LabeledInputs([[0, 0, 1.0], [0, 0, -1.0]], n=6), [[1.0, 0, 0], [-1.0, 0, 0]]
+)
 
 
 def _model(getkey, **kwargs):
@@ -37,8 +37,17 @@ def _model(getkey, **kwargs):
 
 def _fit(model, num_steps, key, **kwargs):
     kwargs.setdefault("optimizer", optax.adam(0.05))
-    return tf.fit(model, TASK, kwargs.pop("optimizer"), key=key, num_steps=num_steps, flow=FLOW,
-                  batch_size=4, eval_size=8, **kwargs)
+    return tf.fit(
+        model,
+        TASK,
+        kwargs.pop("optimizer"),
+        key=key,
+        num_steps=num_steps,
+        flow=FLOW,
+        batch_size=4,
+        eval_size=8,
+        **kwargs,
+    )
 
 
 def test_frozen_parameters_stay_exactly_frozen(getkey):
@@ -76,8 +85,9 @@ def test_resume_after_stop_and_kill_matches_an_uninterrupted_run(getkey, tmp_pat
     resumes start from a different initial model, so agreeing with the straight run shows
     they continued from the checkpoint rather than starting afresh."""
     model, other, key = _model(getkey), _model(getkey), getkey()
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                            optax.adam(optax.cosine_decay_schedule(0.05, 6)))
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(0.05, 6))
+    )
     options = dict(optimizer=optimizer, eval_every=2)
     straight = _fit(model, 6, key, **options)
     assert [e["step"] for e in straight.evaluations] == [0, 2, 4, 6]
@@ -108,13 +118,18 @@ def test_resume_after_stop_and_kill_matches_an_uninterrupted_run(getkey, tmp_pat
     resumed = _fit(other, 6, key, checkpoint=path, **options)
 
     assert sorted(p.name for p in path.parent.iterdir()) == [
-        "ckpt", "ckpt.evaluations.json", "ckpt.history.npy"
+        "ckpt",
+        "ckpt.evaluations.json",
+        "ckpt.history.npy",
     ]
     np.testing.assert_array_equal(resumed.loss_history[:3], stopped.loss_history)
     np.testing.assert_array_equal(resumed.loss_history, straight.loss_history)
     assert resumed.evaluations == straight.evaluations  # same steps, same values
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.model),
-                    jax.tree_util.tree_leaves(straight.model)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(resumed.model),
+        jax.tree_util.tree_leaves(straight.model),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     # A finished run resumed again does nothing and returns the same record.
     again = tf.load_checkpoint(path, model, resumed.opt_state)
@@ -227,11 +242,27 @@ def test_fit_command_smoke_end_to_end(tmp_path, capsys):
     base = yaml.safe_load((ROOT / "configs" / "fit_two_clusters.yaml").read_text())
     config.write_text(yaml.safe_dump(base))
     out = tmp_path / "out"
-    argv = ["fit", str(config), "--out", str(out), "--smoke", "--no-progress", "task.n=4",
-            "solver.name=normalized_euler", "solver.dt=2.5"]
+    argv = [
+        "fit",
+        str(config),
+        "--out",
+        str(out),
+        "--smoke",
+        "--no-progress",
+        "task.n=4",
+        "solver.name=normalized_euler",
+        "solver.dt=2.5",
+    ]
     assert main(argv) == 0
-    for name in ("params.eqx", "metrics.json", "config.yaml", "loss.png",
-                 "trajectories_before.png", "trajectories_after.png", "checkpoint.eqx"):
+    for name in (
+        "params.eqx",
+        "metrics.json",
+        "config.yaml",
+        "loss.png",
+        "trajectories_before.png",
+        "trajectories_after.png",
+        "checkpoint.eqx",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and len(metrics["loss_history"]) == 2

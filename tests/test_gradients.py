@@ -38,8 +38,11 @@ def _build(kind, getkey):
     if kind == "multihead_per_layer":
         # 2 layers (switch at T/2) of 2 heads with k = 2 < d query/key rows.
         return tf.SelfAttention(
-            1.5, _weights(getkey, (2, 2, 2, D)), _weights(getkey, (2, 2, 2, D)),
-            _weights(getkey, (2, 2, D, D)), layer_duration=HORIZON / 2,
+            1.5,
+            _weights(getkey, (2, 2, 2, D)),
+            _weights(getkey, (2, 2, 2, D)),
+            _weights(getkey, (2, 2, D, D)),
+            layer_duration=HORIZON / 2,
         )
     if kind == "low_rank":
         return tf.LowRankAttention(
@@ -53,8 +56,14 @@ def _build(kind, getkey):
 
 def _loss(model, x0, readout, solver, dt0, adjoint):
     trajectory = tf.solve(
-        tf.as_field(model), x0, jnp.array([0.0, HORIZON]), solver=solver, dt0=dt0,
-        rtol=TIGHT, atol=TIGHT, adjoint=adjoint,
+        tf.as_field(model),
+        x0,
+        jnp.array([0.0, HORIZON]),
+        solver=solver,
+        dt0=dt0,
+        rtol=TIGHT,
+        atol=TIGHT,
+        adjoint=adjoint,
     )
     return jnp.sum(readout * trajectory.xs[-1])
 
@@ -91,7 +100,9 @@ def _check_against_finite_differences(model, gradient, loss, getkey):
         finite_difference = (shifted(1) - shifted(-1)) / (2 * EPS)
         analytic = jnp.sum(grad_leaf * direction)
         assert abs(finite_difference - analytic) <= 1e-6 * abs(analytic) + 1e-12, (
-            index, float(finite_difference), float(analytic)
+            index,
+            float(finite_difference),
+            float(analytic),
         )
 
 
@@ -132,8 +143,9 @@ def test_adjoints_agree(getkey):
     ):
         other = _grad(model, x0, readout, None, None, adjoint)
         assert jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(reference)
-        pairs = zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other),
-                    strict=True)
+        pairs = zip(
+            jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other), strict=True
+        )
         for a, b in pairs:
             scale = float(jnp.max(jnp.abs(a)))
             assert float(jnp.max(jnp.abs(a - b))) <= rtol * scale, type(adjoint).__name__

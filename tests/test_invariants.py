@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import transformer_flows as tf
+
 from helpers import random_orthogonal
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
@@ -79,8 +80,7 @@ def test_hemisphere_minimum_is_non_decreasing(getkey, name):
     w = tf.normalize(jnp.asarray(rng.standard_normal(d)))
     x0 = tf.sample_hemisphere(getkey(), 16, d, direction=w)
     assert np.all(x0 @ w > 0)
-    traj = tf.solve(field, x0, np.linspace(0, 6, 121), **TIGHT,
-                    observe=lambda x: jnp.min(x @ w))
+    traj = tf.solve(field, x0, np.linspace(0, 6, 121), **TIGHT, observe=lambda x: jnp.min(x @ w))
     r = np.asarray(traj.observed)
     assert np.all(np.diff(r) >= -1e-10)
     assert r[-1] > r[0] + 1e-3

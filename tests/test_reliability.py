@@ -2,6 +2,7 @@
 directories are locked and their chunks verified, and the open parts of the schema (fields by
 import path, swept parameters, angles, heads, layers) integrate what `solve` integrates."""
 
+import functools
 import json
 import textwrap
 import warnings
@@ -152,8 +153,14 @@ def test_presentation_changes_resume_and_numeric_changes_are_refused(tmp_path):
 
 
 def test_energy_observable_is_finite_at_large_beta_in_float32(tmp_path):
-    config = tiny("precision=float32", "sweep.beta=[0.0, 100.0, 1000.0]", "sweep.starts=2",
-                  "solver.rtol=1e-4", "solver.atol=1e-4", names=("energy",))
+    config = tiny(
+        "precision=float32",
+        "sweep.beta=[0.0, 100.0, 1000.0]",
+        "sweep.starts=2",
+        "solver.rtol=1e-4",
+        "solver.atol=1e-4",
+        names=("energy",),
+    )
     energy = run_sweep(config, tmp_path, progress=False)["energy"].isel(n=0, d=0, weights=0)
     assert bool(np.isfinite(energy).all())
     # The rescaled energy e^{-β}E_β lies in (0, 1/(2β)] for β > 0, the consensus value at the top.
@@ -194,8 +201,13 @@ def test_a_users_field_by_import_path_with_a_swept_parameter(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     raw = {
         "name": "open",
-        "model": {"field": "scaled_field:ScaledAttention", "params": {"gain": 1.0}, "n": 16,
-                  "d": 3, "initial": "sphere"},
+        "model": {
+            "field": "scaled_field:ScaledAttention",
+            "params": {"gain": 1.0},
+            "n": 16,
+            "d": 3,
+            "initial": "sphere",
+        },
         "sweep": {"beta": [1.0], "starts": 4, "seed": 0, "params": {"gain": [0.5, 2.0]}},
         "time": {"t1": 20.0, "num": 21},
         "precision": "float64",
@@ -232,16 +244,22 @@ def test_kuramoto_sweep_equals_solve_on_angles(tmp_path):
 @pytest.mark.parametrize("stack", [{"heads": 2}, {"layers": 3}, {"heads": 2, "layers": 2}])
 def test_heads_and_layers_sweep_equal_solve_with_the_drawn_matrices(tmp_path, stack):
     overrides = [f"model.{key}={value}" for key, value in stack.items()]
-    config = tiny("model.d=3", "model.weights=[goe:wishart]", "sweep.starts=2", *overrides,
-                  names=("positions",))
+    config = tiny(
+        "model.d=3",
+        "model.weights=[goe:wishart]",
+        "sweep.starts=2",
+        *overrides,
+        names=("positions",),
+    )
     positions = run_sweep(config, tmp_path, progress=False)["positions"].isel(n=0, d=0, weights=0)
     ts = jnp.asarray(positions["time"].values)
     shape = tuple(stack[key] for key in ("layers", "heads") if key in stack)
     for start in range(2):
         weight_key = jax.random.split(jax.random.fold_in(jax.random.key(3), start))[1]
         keys = jax.random.split(weight_key, int(np.prod(shape))).reshape(shape)
-        draw = lambda k: tf.random_weights(k, 3, query_key="goe", value="wishart",  # noqa: E731
-                                           dtype=jnp.float32)
+        draw = functools.partial(
+            tf.random_weights, d=3, query_key="goe", value="wishart", dtype=jnp.float32
+        )
         for _ in shape:
             draw = jax.vmap(draw)
         Q, K, V = (w.astype(jnp.float64) for w in draw(keys))

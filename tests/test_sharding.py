@@ -19,7 +19,10 @@ def test_sharded_runs_match_unsharded():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
+        [sys.executable, os.path.abspath(__file__)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -71,8 +74,10 @@ def _worker():
     n, d = 24, 4
     x0 = tf.sample_sphere(keys[6], n, d)
     Q, K, V = tf.random_weights(keys[7], d)
-    for field in (tf.SelfAttention(1.5, Q, K, V, attention=tf.BlockwiseAttention(5)),
-                  tf.UnnormalizedSelfAttention(1.5, Q, K, V, time_rescaled=True)):
+    for field in (
+        tf.SelfAttention(1.5, Q, K, V, attention=tf.BlockwiseAttention(5)),
+        tf.UnnormalizedSelfAttention(1.5, Q, K, V, time_rescaled=True),
+    ):
         sharded = tf.TokenSharded(field, mesh)
         xs = tf.shard_tokens(x0, mesh)
         velocity = jax.jit(lambda x, f=sharded: f(0.0, x))(xs)

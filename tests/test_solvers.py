@@ -94,8 +94,14 @@ def test_adaptive_default_renormalises():
     assert tf.sphere_drift(traj.xs) <= 1e-14
     # without renormalisation the same Tsit5 solve drifts off the sphere
     raw = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Tsit5(), 0.0, 200.0, None, x0,
-        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8), max_steps=16384,
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        0.0,
+        200.0,
+        None,
+        x0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8),
+        max_steps=16384,
     )
     assert tf.sphere_drift(raw.ys) > 10 * tf.sphere_drift(traj.xs)
     assert traj.succeeded and int(traj.stats["num_steps"]) > 0
@@ -105,8 +111,10 @@ def test_tolerance_controls_error(getkey):
     field, x0 = _problem()
     ts = jnp.array([0.0, 2.0])
     reference = tf.solve(field, x0, ts, solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-13).xs[-1]
-    errors = [float(jnp.abs(tf.solve(field, x0, ts, rtol=tol, atol=tol).xs[-1] - reference).max())
-              for tol in (1e-4, 1e-7, 1e-10)]
+    errors = [
+        float(jnp.abs(tf.solve(field, x0, ts, rtol=tol, atol=tol).xs[-1] - reference).max())
+        for tol in (1e-4, 1e-7, 1e-10)
+    ]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-8
 
 
@@ -120,8 +128,14 @@ def test_adjoints_agree_and_match_finite_differences(getkey, adjoint):
     V = jnp.eye(3) + 0.1 * jax.random.normal(getkey(), (3, 3))
 
     def loss(beta):
-        traj = tf.solve(tf.SelfAttention(beta, V=V), x0, jnp.array([0.0, 1.5]), rtol=1e-11,
-                        atol=1e-11, adjoint=adjoint)
+        traj = tf.solve(
+            tf.SelfAttention(beta, V=V),
+            x0,
+            jnp.array([0.0, 1.5]),
+            rtol=1e-11,
+            atol=1e-11,
+            adjoint=adjoint,
+        )
         return jnp.sum((traj.xs[-1] - target) ** 2)
 
     differentiate = jax.jacfwd if isinstance(adjoint, diffrax.ForwardMode) else jax.grad

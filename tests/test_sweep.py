@@ -111,21 +111,28 @@ def test_float32_and_float64_runs_integrate_the_same_systems(tmp_path):
     precisions differ by rounding only: same starts, and energies within float32 accuracy."""
     weights = "model.weights=['identity', 'goe:wishart']"
     runs = [
-        run_sweep(small_config(weights, f"precision={precision}", "solver.rtol=1e-6",
-                               "solver.atol=1e-6"), tmp_path / precision, progress=False)
+        run_sweep(
+            small_config(weights, f"precision={precision}", "solver.rtol=1e-6", "solver.atol=1e-6"),
+            tmp_path / precision,
+            progress=False,
+        )
         for precision in ("float64", "float32")
     ]
     wide, narrow = (run.isel(n=0, d=0) for run in runs)
     assert not np.array_equal(wide["positions"], narrow["positions"])  # it did run in float32
-    np.testing.assert_allclose(wide["positions"].isel(time=0), narrow["positions"].isel(time=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        wide["positions"].isel(time=0), narrow["positions"].isel(time=0), atol=1e-6
+    )
     np.testing.assert_allclose(wide["energy"], narrow["energy"], rtol=1e-4)
 
 
-@pytest.mark.parametrize("ensemble, query_key, value", [("ginibre:wishart", "ginibre", "wishart"),
-                                                        ("goe:qk", "goe", "qk")])
-def test_random_weight_sweep_equals_solve_with_the_drawn_matrices(tmp_path, ensemble, query_key,
-                                                                   value):
+@pytest.mark.parametrize(
+    "ensemble, query_key, value",
+    [("ginibre:wishart", "ginibre", "wishart"), ("goe:qk", "goe", "qk")],
+)
+def test_random_weight_sweep_equals_solve_with_the_drawn_matrices(
+    tmp_path, ensemble, query_key, value
+):
     """Start s draws its (Q, K, V) from the key of that start (independent of β), and the sweep
     integrates the (SA) field with them, whatever form it evaluates the logits in."""
     config = small_config(f"model.weights=['{ensemble}']", "sweep.starts=2", names=("positions",))
@@ -133,8 +140,12 @@ def test_random_weight_sweep_equals_solve_with_the_drawn_matrices(tmp_path, ense
     ts = jnp.asarray(positions["time"].values)
     for start in range(2):
         weight_key = jax.random.split(jax.random.fold_in(jax.random.key(7), start))[1]
-        Q, K, V = (w.astype(jnp.float64) for w in tf.random_weights(
-            weight_key, 3, query_key=query_key, value=value, dtype=jnp.float32))
+        Q, K, V = (
+            w.astype(jnp.float64)
+            for w in tf.random_weights(
+                weight_key, 3, query_key=query_key, value=value, dtype=jnp.float32
+            )
+        )
         for beta in BETAS:
             x0 = jnp.asarray(positions.sel(beta=beta, start=start).values[0])
             direct = tf.solve(tf.SelfAttention(beta, Q, K, V), x0, ts, rtol=1e-8, atol=1e-8).xs
@@ -145,21 +156,25 @@ def test_identity_weights_with_d_above_n_solve_in_the_span(tmp_path):
     """d = 8 > n = 5: the sweep solves in span{x_i(0)}; states mapped back and inner-product
     observables computed in the span both equal a direct solve in R^8."""
     names = ("positions", "energy", "clustered_fraction")
-    dataset = run_sweep(small_config(d=(8,), starts=2, names=names), tmp_path / "a",
-                        progress=False).isel(n=0, d=0, weights=0)
-    in_span = run_sweep(small_config(d=(8,), starts=2, names=names[1:]), tmp_path / "b",
-                        progress=False).isel(n=0, d=0, weights=0)
+    dataset = run_sweep(
+        small_config(d=(8,), starts=2, names=names), tmp_path / "a", progress=False
+    ).isel(n=0, d=0, weights=0)
+    in_span = run_sweep(
+        small_config(d=(8,), starts=2, names=names[1:]), tmp_path / "b", progress=False
+    ).isel(n=0, d=0, weights=0)
     ts = jnp.asarray(dataset["time"].values)
     for beta in BETAS:
         for start in range(2):
             x0 = jnp.asarray(dataset["positions"].sel(beta=beta, start=start).values[0])
             direct = tf.solve(tf.SelfAttention(beta), x0, ts, rtol=1e-8, atol=1e-8).xs
-            np.testing.assert_allclose(dataset["positions"].sel(beta=beta, start=start), direct,
-                                       atol=1e-6)
+            np.testing.assert_allclose(
+                dataset["positions"].sel(beta=beta, start=start), direct, atol=1e-6
+            )
             energies = np.array([tf.energy(x, beta, rescaled=True) for x in direct])
             for result in (dataset, in_span):
-                np.testing.assert_allclose(result["energy"].sel(beta=beta, start=start),
-                                           energies, rtol=1e-6)
+                np.testing.assert_allclose(
+                    result["energy"].sel(beta=beta, start=start), energies, rtol=1e-6
+                )
 
 
 def test_tolerance_axis_is_one_program(tmp_path):

@@ -16,16 +16,30 @@ def _gamma_rate(t, gamma, n, beta, model):
     """(6.9) and (6.10) exactly as printed, for the scipy reference."""
     g = gamma[0]
     if model == "SA":
-        rate = 2 * np.exp(beta * g) * (1 - g) * ((n - 1) * g + 1) / (
-            np.exp(beta) + (n - 1) * np.exp(beta * g))
+        rate = (
+            2
+            * np.exp(beta * g)
+            * (1 - g)
+            * ((n - 1) * g + 1)
+            / (np.exp(beta) + (n - 1) * np.exp(beta * g))
+        )
     else:
         rate = (2 / n) * np.exp(beta * g) * (1 - g) * ((n - 1) * g + 1)
     return [rate]
 
 
 def _scipy_gamma(ts, n, beta, model, **events):
-    return integrate.solve_ivp(_gamma_rate, (0, ts[-1]), [0.0], method="DOP853", t_eval=ts,
-                               args=(n, beta, model), rtol=1e-13, atol=1e-15, **events)
+    return integrate.solve_ivp(
+        _gamma_rate,
+        (0, ts[-1]),
+        [0.0],
+        method="DOP853",
+        t_eval=ts,
+        args=(n, beta, model),
+        rtol=1e-13,
+        atol=1e-15,
+        **events,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -37,11 +51,13 @@ def _scipy_gamma(ts, n, beta, model, **events):
 def test_equiangular_cosine_at_beta_zero_is_the_closed_form(model, n):
     ts = np.linspace(0, 12, 25)
     expected = np.expm1(2 * ts) / (np.exp(2 * ts) + n - 1)
-    np.testing.assert_allclose(theory.equiangular_cosine(ts, n, 0.0, model), expected,
-                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        theory.equiangular_cosine(ts, n, 0.0, model), expected, rtol=0, atol=1e-10
+    )
     if n == 2:
-        np.testing.assert_allclose(theory.equiangular_cosine(ts, 2, 0.0, model), np.tanh(ts),
-                                   atol=1e-10)
+        np.testing.assert_allclose(
+            theory.equiangular_cosine(ts, 2, 0.0, model), np.tanh(ts), atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("model, betas", [("SA", [0.5, 4.0, 9.0]), ("USA", [0.5, 2.0, 4.0])])
@@ -49,7 +65,7 @@ def test_equiangular_cosine_matches_scipy(model, betas):
     n, ts = 32, np.linspace(0, 30, 61)
     values = theory.equiangular_cosine(ts, n, jnp.asarray(betas), model)
     assert values.shape == (3, 61)
-    for beta, row in zip(betas, values):
+    for beta, row in zip(betas, values, strict=True):
         reference = _scipy_gamma(ts, n, beta, model).y[0]
         np.testing.assert_allclose(row, reference, rtol=0, atol=1e-9)
     # Monotone in t; SA slows down with β, USA speeds up (Thm 6.8 discussion).
@@ -58,8 +74,9 @@ def test_equiangular_cosine_matches_scipy(model, betas):
     assert np.all(order <= 1e-15) if model == "SA" else np.all(order >= -1e-15)
 
 
-@pytest.mark.parametrize("model, field", [("SA", tf.SelfAttention),
-                                          ("USA", tf.UnnormalizedSelfAttention)])
+@pytest.mark.parametrize(
+    "model, field", [("SA", tf.SelfAttention), ("USA", tf.UnnormalizedSelfAttention)]
+)
 def test_equiangular_cosine_is_what_the_particles_do(getkey, model, field):
     """Thm 6.8 on the actual dynamics: from an orthonormal frame every off-diagonal Gram
     entry stays equal to γ_β(t)."""
@@ -67,11 +84,13 @@ def test_equiangular_cosine_is_what_the_particles_do(getkey, model, field):
     x0 = tf.orthonormal_tokens(n, d, key=getkey())
     ts = jnp.linspace(0, 4, 9)
     off_diagonal = ~np.eye(n, dtype=bool)
-    solution = tf.solve(field(beta), x0, ts, observe=lambda x: tf.gram(x)[off_diagonal],
-                        rtol=1e-12, atol=1e-12)
+    solution = tf.solve(
+        field(beta), x0, ts, observe=lambda x: tf.gram(x)[off_diagonal], rtol=1e-12, atol=1e-12
+    )
     expected = theory.equiangular_cosine(ts, n, beta, model)
-    np.testing.assert_allclose(solution.observed, np.repeat(expected[:, None], n * (n - 1), 1),
-                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        solution.observed, np.repeat(expected[:, None], n * (n - 1), 1), rtol=0, atol=1e-10
+    )
     assert expected[-1] > 0.9
 
 
@@ -97,11 +116,16 @@ def test_appendix_d_bounds_hold(model):
 def test_clustering_time_at_beta_zero():
     n, delta = 32, 1e-3
     assert float(theory.clustering_time(n, 0.0, delta, "SA")) == pytest.approx(
-        0.5 * np.log((n - (n - 1) * delta) / delta), rel=1e-12)
+        0.5 * np.log((n - (n - 1) * delta) / delta), rel=1e-12
+    )
     assert float(theory.clustering_time(32, 0.0, 1e-3, "USA")) == pytest.approx(5.186, abs=5e-4)
     deltas = np.array([1e-1, 1e-6, 1.0])
-    np.testing.assert_allclose(theory.clustering_time(7, 0.0, deltas, "SA"),
-                               0.5 * np.log((7 - 6 * deltas) / deltas), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        theory.clustering_time(7, 0.0, deltas, "SA"),
+        0.5 * np.log((7 - 6 * deltas) / deltas),
+        rtol=1e-12,
+        atol=1e-15,
+    )
 
 
 @pytest.mark.parametrize("model", ["SA", "USA"])
@@ -109,13 +133,16 @@ def test_clustering_time_is_the_scipy_event_time(model):
     n, delta = 32, 1e-3
     betas = np.array([0.3, 2.0, 5.0])
     times = np.asarray(theory.clustering_time(n, betas, delta, model))
-    for beta, time in zip(betas, times):
+    for beta, time in zip(betas, times, strict=True):
+
         def level(t, gamma, *args):
             return gamma[0] - (1 - delta)
+
         reference = _scipy_gamma(np.array([0.0, 200.0]), n, beta, model, events=level)
         assert time == pytest.approx(reference.t_events[0][0], rel=1e-9)
         assert theory.equiangular_cosine([time], n, beta, model)[0] == pytest.approx(
-            1 - delta, abs=1e-11)
+            1 - delta, abs=1e-11
+        )
     assert np.all(np.diff(times) > 0) if model == "SA" else np.all(np.diff(times) < 0)
 
 
@@ -137,12 +164,13 @@ def test_phase_boundary_solves_the_level_set():
     onset = float(theory.clustering_time(n, 0.0, delta, "SA"))  # 5.186
     assert np.all(np.isnan(curve[ts < onset])) and not np.any(np.isnan(curve[ts > onset]))
     inside = curve[ts > onset]
-    np.testing.assert_allclose(theory.clustering_time(n, inside, delta, "SA"), ts[ts > onset],
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        theory.clustering_time(n, inside, delta, "SA"), ts[ts > onset], rtol=1e-10
+    )
     assert np.all(np.diff(inside) > 0)
     # Read as curve.ipynb does: γ_β(t) >= 1 - δ just below the curve, not just above.
     j = np.flatnonzero(ts == 15)[0]
-    gamma = theory.equiangular_cosine(ts[j:j + 1], n, curve[j] + np.array([-1e-6, 1e-6]), "SA")
+    gamma = theory.equiangular_cosine(ts[j : j + 1], n, curve[j] + np.array([-1e-6, 1e-6]), "SA")
     assert gamma[0, 0] >= 1 - delta > gamma[1, 0]
 
 
@@ -151,8 +179,9 @@ def test_phase_boundary_for_usa_is_the_smallest_clustered_beta():
     ts = np.array([0.5, 1.0, 2.0, 10.0])
     curve = np.asarray(theory.phase_boundary(ts, n, delta, np.linspace(0, 6, 4), model="USA"))
     finite = ~np.isnan(curve) & (curve > 0)
-    np.testing.assert_allclose(theory.clustering_time(n, curve[finite], delta, "USA"),
-                               ts[finite], rtol=1e-10)
+    np.testing.assert_allclose(
+        theory.clustering_time(n, curve[finite], delta, "USA"), ts[finite], rtol=1e-10
+    )
     assert curve[-1] == 0.0  # at t = 10 even β = 0 has clustered
 
 
@@ -165,16 +194,20 @@ def test_wendel_probability_exact_values():
         for d in range(1, n + 3):
             exact = 1.0 if d >= n else sum(math.comb(n - 1, k) for k in range(d)) / 2 ** (n - 1)
             assert theory.wendel_probability(n, d) == pytest.approx(exact, rel=1e-12)
-    np.testing.assert_allclose(theory.wendel_probability(32, [2, 3, 8, 16, 32, 40]),
-                               [32 / 2**31, 2.31e-7, 1.66e-3, 0.5, 1.0, 1.0], rtol=3e-3)
+    np.testing.assert_allclose(
+        theory.wendel_probability(32, [2, 3, 8, 16, 32, 40]),
+        [32 / 2**31, 2.31e-7, 1.66e-3, 0.5, 1.0, 1.0],
+        rtol=3e-3,
+    )
 
 
 def test_wendel_probability_by_monte_carlo_on_the_circle(getkey):
     """On S¹ the points fit in an open half-circle iff some angular gap exceeds π."""
     samples = 40_000
     for n in (3, 5):
-        theta = np.sort(np.asarray(jax.random.uniform(getkey(), (samples, n), maxval=2 * np.pi)),
-                        axis=1)
+        theta = np.sort(
+            np.asarray(jax.random.uniform(getkey(), (samples, n), maxval=2 * np.pi)), axis=1
+        )
         gaps = np.diff(np.concatenate([theta, theta[:, :1] + 2 * np.pi], axis=1), axis=1)
         estimate = np.mean(gaps.max(axis=1) > np.pi)
         exact = float(theory.wendel_probability(n, 2))  # n / 2^(n-1)
@@ -187,8 +220,9 @@ def test_critical_angle_solves_its_equation(d):
     betas = np.array([1e-8, 0.3, 2.0, 6.0, 1e3, 1e8])
     tau = theory.critical_angle(betas, d)
     # cos τ near π/2 is only known to ~1e-16 absolutely, hence the atol.
-    np.testing.assert_allclose(betas * np.sin(tau) ** 2, (d - 1) * np.cos(tau), rtol=1e-12,
-                               atol=1e-15)
+    np.testing.assert_allclose(
+        betas * np.sin(tau) ** 2, (d - 1) * np.cos(tau), rtol=1e-12, atol=1e-15
+    )
     assert float(theory.critical_angle(0.0, d)) == pytest.approx(np.pi / 2)
     assert tau[-1] / np.sqrt((d - 1) / betas[-1]) == pytest.approx(1, rel=1e-6)
 
@@ -209,8 +243,9 @@ def test_landscape_g_is_the_torus_energy_hessian(getkey):
     hessian = np.asarray(jax.jit(jax.hessian(tf.torus_energy))(theta, beta))
     differences = np.asarray(theta[:, None] - theta[None, :])
     off = ~np.eye(n, dtype=bool)
-    np.testing.assert_allclose(n**2 * hessian[off], theory.landscape_g(differences, beta)[off],
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        n**2 * hessian[off], theory.landscape_g(differences, beta)[off], rtol=1e-12, atol=1e-12
+    )
     for b in (2.0, 6.0):
         star = float(theory.critical_angle(b))
         assert float(theory.landscape_g(star, b)) == pytest.approx(0, abs=1e-12)
@@ -232,17 +267,20 @@ def _sphere_mean(fn, d):
 
 def test_uniform_energy_closed_forms_and_quadrature():
     betas = np.array([1e-3, 0.5, 3.0, 20.0])
-    np.testing.assert_allclose(theory.uniform_energy(betas, 2), special.i0(betas) / (2 * betas),
-                               rtol=1e-13)
-    np.testing.assert_allclose(theory.uniform_energy(betas, 3),
-                               np.sinh(betas) / (2 * betas**2), rtol=1e-13)
+    np.testing.assert_allclose(
+        theory.uniform_energy(betas, 2), special.i0(betas) / (2 * betas), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        theory.uniform_energy(betas, 3), np.sinh(betas) / (2 * betas**2), rtol=1e-13
+    )
     for d in (4, 5, 7):
         for beta in (0.7, 5.0):
             expected = _sphere_mean(lambda s: np.exp(beta * s), d) / (2 * beta)
             assert float(theory.uniform_energy(beta, d)) == pytest.approx(expected, rel=1e-11)
     # Large d through the hypergeometric form ₀F₁(; d/2; β²/4) / (2β).
     assert float(theory.uniform_energy(9.0, 1024)) == pytest.approx(
-        special.hyp0f1(512, 81 / 4) / 18, rel=1e-13)
+        special.hyp0f1(512, 81 / 4) / 18, rel=1e-13
+    )
     assert float(theory.uniform_energy(0.0, 3)) == 0
 
 
@@ -253,8 +291,11 @@ def test_uniform_energy_is_the_lattice_energy_on_the_circle():
         for shifted in (False, True):
             if beta == 0 and not shifted:
                 continue
-            lattice = tf.torus_energy(theta, beta) if not shifted else tf.energy(
-                tf.angles_to_points(theta), beta, shifted=True)
+            lattice = (
+                tf.torus_energy(theta, beta)
+                if not shifted
+                else tf.energy(tf.angles_to_points(theta), beta, shifted=True)
+            )
             uniform = theory.uniform_energy(beta, 2, shifted=shifted)
             assert float(uniform) == pytest.approx(float(lattice), rel=1e-12, abs=1e-15)
 
@@ -276,15 +317,23 @@ def test_growth_rates_match_bessel_formulas():
     betas = np.array([0.5, 2.0, 9.0, 30.0])[None, :]
     usa2 = ells**2 * special.iv(ells, betas) / betas
     np.testing.assert_allclose(theory.growth_rate(ells, betas, 2, "USA"), usa2, rtol=1e-12)
-    np.testing.assert_allclose(theory.growth_rate(ells, betas, 2, "SA"),
-                               usa2 / special.iv(0, betas), rtol=1e-12)
-    usa3 = ells * (ells + 1) * special.gamma(1.5) * np.sqrt(2 / betas) * special.iv(
-        ells + 0.5, betas) / betas
+    np.testing.assert_allclose(
+        theory.growth_rate(ells, betas, 2, "SA"), usa2 / special.iv(0, betas), rtol=1e-12
+    )
+    usa3 = (
+        ells
+        * (ells + 1)
+        * special.gamma(1.5)
+        * np.sqrt(2 / betas)
+        * special.iv(ells + 0.5, betas)
+        / betas
+    )
     np.testing.assert_allclose(theory.growth_rate(ells, betas, 3, "USA"), usa3, rtol=1e-12)
     # Large β: the SA rate stays finite (ℓ² I_ℓ/(β I_0) from scaled Bessel functions).
     scaled_ratio = special.ive([1, 3], 5e3) / special.ive(0, 5e3)
-    np.testing.assert_allclose(theory.growth_rate([1, 3], 5e3, 2, "SA"),
-                               np.array([1, 9]) * scaled_ratio / 5e3, rtol=1e-12)
+    np.testing.assert_allclose(
+        theory.growth_rate([1, 3], 5e3, 2, "SA"), np.array([1, 9]) * scaled_ratio / 5e3, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("d", [4, 5])
@@ -293,29 +342,38 @@ def test_growth_rates_are_funk_hecke_coefficients(d):
     order = (d - 2) / 2
     for ell in (1, 2, 4):
         for beta in (0.8, 6.0):
-            coefficient = _sphere_mean(lambda s: np.exp(beta * s) * special.eval_gegenbauer(
-                ell, order, s) / special.eval_gegenbauer(ell, order, 1.0), d)
+            coefficient = _sphere_mean(
+                lambda s: (
+                    np.exp(beta * s)
+                    * special.eval_gegenbauer(ell, order, s)
+                    / special.eval_gegenbauer(ell, order, 1.0)
+                ),
+                d,
+            )
             expected = ell * (ell + d - 2) * coefficient / beta
             assert float(theory.growth_rate(ell, beta, d, "USA")) == pytest.approx(
-                expected, rel=1e-10)
+                expected, rel=1e-10
+            )
             assert float(theory.growth_rate(ell, beta, d, "SA")) == pytest.approx(
-                expected / (2 * float(theory.uniform_energy(beta, d)) * beta), rel=1e-10)
+                expected / (2 * float(theory.uniform_energy(beta, d)) * beta), rel=1e-10
+            )
 
 
 def test_growth_rates_at_beta_zero():
     for d in (2, 3, 8):
         rates = theory.growth_rate([1, 2, 3], 0.0, d, "SA")
         np.testing.assert_allclose(rates, [(d - 1) / d, 0, 0], atol=0)
-        np.testing.assert_allclose(theory.growth_rate([1, 2], 1e-9, d, "USA"),
-                                   [(d - 1) / d, 0], atol=1e-8)
+        np.testing.assert_allclose(
+            theory.growth_rate([1, 2], 1e-9, d, "USA"), [(d - 1) / d, 0], atol=1e-8
+        )
 
 
 def test_selected_mode_table():
     betas = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 12.0])
-    np.testing.assert_array_equal(theory.selected_mode(betas, 2),
-                                  [1, 2, 2, 3, 3, 3, 4, 4, 4, 5])
-    np.testing.assert_array_equal(theory.selected_mode(betas, 2, "USA"),
-                                  theory.selected_mode(betas, 2, "SA"))
+    np.testing.assert_array_equal(theory.selected_mode(betas, 2), [1, 2, 2, 3, 3, 3, 4, 4, 4, 5])
+    np.testing.assert_array_equal(
+        theory.selected_mode(betas, 2, "USA"), theory.selected_mode(betas, 2, "SA")
+    )
     ells = np.arange(1, 40)
     for d in (3, 16):
         for beta in (2.0, 50.0):

@@ -24,14 +24,20 @@ def _lattice_growth(model, betas, ells, n=256, epsilon=1e-6):
 
     def measure(beta, ell, horizon):
         x0 = tf.angles_to_points(phi + epsilon * jnp.sin(ell * phi) / ell)
-        solution = tf.solve(field(beta), x0, jnp.stack([0 * horizon, horizon]),
-                            observe=functools.partial(tf.order_parameter, k=ell),
-                            rtol=1e-12, atol=1e-12)
+        solution = tf.solve(
+            field(beta),
+            x0,
+            jnp.stack([0 * horizon, horizon]),
+            observe=functools.partial(tf.order_parameter, k=ell),
+            rtol=1e-12,
+            atol=1e-12,
+        )
         r = solution.observed
         return jnp.log(r[1] / r[0]) / horizon
 
-    measured = jax.vmap(measure)(jnp.asarray(betas, float), jnp.asarray(ells),
-                                 jnp.asarray(4 / predicted))
+    measured = jax.vmap(measure)(
+        jnp.asarray(betas, float), jnp.asarray(ells), jnp.asarray(4 / predicted)
+    )
     return np.asarray(measured), predicted
 
 
@@ -69,8 +75,14 @@ def _zonal_growth(model, beta, ell, rings=32, per_ring=32, epsilon=1e-6):
         return jnp.mean(jnp.polyval(coefficients, x[:, 2]))
 
     def run(x0):
-        return tf.solve(field(beta), x0, jnp.array([0.0, horizon]), observe=mean_legendre,
-                        rtol=1e-12, atol=1e-12).observed
+        return tf.solve(
+            field(beta),
+            x0,
+            jnp.array([0.0, horizon]),
+            observe=mean_legendre,
+            rtol=1e-12,
+            atol=1e-12,
+        ).observed
 
     perturbed, base = jax.vmap(run)(jnp.asarray(np.stack([points(moved), points(z)])))
     difference = np.asarray(perturbed - base)

@@ -2,15 +2,18 @@
 
 import importlib.metadata
 
-from . import theory as theory
+from . import (
+    experiment as experiment,  # noqa: E402  (after the names it builds on)
+    theory as theory,
+)
 from ._attention import (
     AbstractAttentionMethod as AbstractAttentionMethod,
-    attend as attend,
-    attention_weights as attention_weights,
     AutoAttention as AutoAttention,
     BlockwiseAttention as BlockwiseAttention,
     DenseAttention as DenseAttention,
     FusedAttention as FusedAttention,
+    attend as attend,
+    attention_weights as attention_weights,
 )
 from ._energy import (
     energy as energy,
@@ -23,6 +26,16 @@ from ._ensembles import (
     goe_query_key as goe_query_key,
     random_weights as random_weights,
     wishart as wishart,
+)
+from ._field._base import (
+    AbstractAngleField as AbstractAngleField,
+    AbstractSphereField as AbstractSphereField,
+)
+from ._field._kuramoto import Kuramoto as Kuramoto
+from ._field._self_attention import (
+    AbstractAttentionField as AbstractAttentionField,
+    SelfAttention as SelfAttention,
+    UnnormalizedSelfAttention as UnnormalizedSelfAttention,
 )
 from ._field_models import (
     AbstractFieldModel as AbstractFieldModel,
@@ -41,16 +54,6 @@ from ._fit import (
     project_beta as project_beta,
     save_checkpoint as save_checkpoint,
     trainable_spec as trainable_spec,
-)
-from ._field._base import (
-    AbstractAngleField as AbstractAngleField,
-    AbstractSphereField as AbstractSphereField,
-)
-from ._field._kuramoto import Kuramoto as Kuramoto
-from ._field._self_attention import (
-    AbstractAttentionField as AbstractAttentionField,
-    SelfAttention as SelfAttention,
-    UnnormalizedSelfAttention as UnnormalizedSelfAttention,
 )
 from ._initial import (
     orthonormal_tokens as orthonormal_tokens,
@@ -81,24 +84,24 @@ from ._observables import (
     order_parameter as order_parameter,
 )
 from ._sharding import (
+    TokenSharded as TokenSharded,
     device_mesh as device_mesh,
     shard_tokens as shard_tokens,
     sharded_map as sharded_map,
-    TokenSharded as TokenSharded,
 )
 from ._solve import Trajectory as Trajectory, solve as solve
+from ._solver._fixed_step import (
+    RK4 as RK4,
+    AbstractFixedStepSolver as AbstractFixedStepSolver,
+    GeodesicEuler as GeodesicEuler,
+    NormalizedEuler as NormalizedEuler,
+)
+from ._solver._renormalized import Renormalized as Renormalized
 from ._span import (
     reduce_to_span as reduce_to_span,
     solve_in_span as solve_in_span,
     span_basis as span_basis,
 )
-from ._solver._fixed_step import (
-    AbstractFixedStepSolver as AbstractFixedStepSolver,
-    GeodesicEuler as GeodesicEuler,
-    NormalizedEuler as NormalizedEuler,
-    RK4 as RK4,
-)
-from ._solver._renormalized import Renormalized as Renormalized
 from ._sphere import (
     angles_to_points as angles_to_points,
     exp_map as exp_map,
@@ -107,7 +110,5 @@ from ._sphere import (
     project_tangent as project_tangent,
     sphere_drift as sphere_drift,
 )
-
-from . import experiment as experiment  # noqa: E402  (after the names it builds on)
 
 __version__ = importlib.metadata.version("transformer-flows")

@@ -91,7 +91,10 @@ class LowRankAttention(AbstractFieldModel):
 
         cls = SelfAttention if self.normalized else UnnormalizedSelfAttention
         return cls(
-            self.beta, dense(self.Q), dense(self.K), dense(self.V),
+            self.beta,
+            dense(self.Q),
+            dense(self.K),
+            dense(self.V),
             layer_duration=self.layer_duration,
         )
 

@@ -32,8 +32,12 @@ from tqdm.auto import tqdm
 from ._custom_types import Particles
 from ._field._base import AbstractSphereField
 from ._field._self_attention import AbstractAttentionField
-from ._field_models import LowRank as LowRank  # _fit_command imports it from here
-from ._field_models import LowRankAttention, as_field, check_nonempty_weights
+from ._field_models import (
+    LowRank as LowRank,  # _fit_command imports it from here
+    LowRankAttention,
+    as_field,
+    check_nonempty_weights,
+)
 from ._losses import AbstractTask
 from ._solve import Trajectory, solve
 
@@ -81,8 +85,15 @@ class FlowOptions(eqx.Module):
     ) -> Trajectory:
         ts = jnp.linspace(0.0, self.horizon, num_saves, dtype=x0.dtype)
         return solve(
-            field, x0, ts, solver=self.solver, dt0=self.dt0, rtol=self.rtol, atol=self.atol,
-            max_steps=self.max_steps, adjoint=self.adjoint,
+            field,
+            x0,
+            ts,
+            solver=self.solver,
+            dt0=self.dt0,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            adjoint=self.adjoint,
         )
 
     def final(self, field: AbstractSphereField, x0: Particles) -> Particles:
@@ -210,9 +221,13 @@ def fit(
 
     **Returns:** a `FitResult`.
     """
-    for name, value, low in (("num_steps", num_steps, 0), ("batch_size", batch_size, 1),
-                             ("eval_every", eval_every, 0), ("eval_size", eval_size, 1),
-                             ("checkpoint_every", checkpoint_every, 0)):
+    for name, value, low in (
+        ("num_steps", num_steps, 0),
+        ("batch_size", batch_size, 1),
+        ("eval_every", eval_every, 0),
+        ("eval_size", eval_size, 1),
+        ("checkpoint_every", checkpoint_every, 0),
+    ):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
     if not isinstance(task, AbstractTask):
@@ -251,8 +266,14 @@ def fit(
     if not evaluations or (scheduled(start) and evaluations[-1]["step"] != start):
         record_evaluation(start)  # always one evaluation before training (a baseline)
     first_step_seconds = train_seconds = 0.0
-    with tqdm(total=num_steps, initial=start, unit="step", desc="fit", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=num_steps,
+        initial=start,
+        unit="step",
+        desc="fit",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
         for s in range(start, num_steps):
             began = time.perf_counter()
             model, opt_state, loss = step(model, opt_state, jax.random.fold_in(train_key, s))
@@ -271,8 +292,9 @@ def fit(
                 done == num_steps or (checkpoint_every and done % checkpoint_every == 0)
             ):
                 save_checkpoint(path, model, opt_state, done, np.asarray(losses), evaluations)
-    return FitResult(model, opt_state, np.asarray(losses), evaluations, train_seconds,
-                     first_step_seconds)
+    return FitResult(
+        model, opt_state, np.asarray(losses), evaluations, train_seconds, first_step_seconds
+    )
 
 
 def _history_path(path: pathlib.Path) -> pathlib.Path:
@@ -299,9 +321,7 @@ def save_checkpoint(
     _atomic(path, lambda f: eqx.tree_serialise_leaves(f, (model, opt_state, jnp.asarray(step))))
 
 
-def load_checkpoint(
-    path, model, opt_state
-) -> tuple[PyTree, PyTree, int, np.ndarray, list[dict]]:
+def load_checkpoint(path, model, opt_state) -> tuple[PyTree, PyTree, int, np.ndarray, list[dict]]:
     """Read a checkpoint written by `save_checkpoint` from exactly `path`; `model` and
     `opt_state` give the structure (same shapes and optimizer as the run that wrote it).
     Returns (model, opt_state, step, loss history, evaluations up to that step); a checkpoint

@@ -185,7 +185,9 @@ class TargetPartition(_AbstractLabeledTask):
         components = np.asarray(
             jax.vmap(cluster_labels, in_axes=(0, None))(jnp.asarray(xs_final), self.delta)
         )
-        scores = [adjusted_rand_index(true, found) for true, found in zip(labels, components)]
+        scores = [
+            adjusted_rand_index(true, found) for true, found in zip(labels, components, strict=True)
+        ]
         return {"heldout_ari": float(np.mean(scores))}
 
 
@@ -223,8 +225,9 @@ class TargetMeasure(AbstractTask):
     num_target_samples: int = eqx.field(static=True)
     kappa: float = eqx.field(static=True)
 
-    def __init__(self, sources, targets, n: int, num_target_samples: int | None = None,
-                 kappa: float = 4.0):
+    def __init__(
+        self, sources, targets, n: int, num_target_samples: int | None = None, kappa: float = 4.0
+    ):
         if len(sources) != len(targets) or not sources:
             raise ValueError(
                 f"`sources` and `targets` must be nonempty and pair up, got {len(sources)} "
@@ -269,7 +272,8 @@ class TargetMeasure(AbstractTask):
         def one(k):
             _, (pair, y) = self.sample(k)
             other = jax.lax.switch(
-                pair, [lambda kk, m=m: m(kk, self.n) for m in self.targets],
+                pair,
+                [lambda kk, m=m: m(kk, self.n) for m in self.targets],
                 jax.random.fold_in(k, 1),
             )
             return sphere_mmd2(other, y, self.kappa)

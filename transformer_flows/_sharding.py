@@ -104,11 +104,15 @@ def sharded_map(
         return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
 
     spec = PartitionSpec(axis)
-    batched = jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, spec))
-                           if not isinstance(a, jax.core.Tracer) else a, batched)
-    out = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(
-        *batched
+    batched = jax.tree.map(
+        lambda a: (
+            jax.device_put(a, NamedSharding(mesh, spec))
+            if not isinstance(a, jax.core.Tracer)
+            else a
+        ),
+        batched,
     )
+    out = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(*batched)
     out = jax.tree.map(lambda a: a[:size], out)
     if permutation is None:
         return out
@@ -159,11 +163,21 @@ class TokenSharded(AbstractSphereField):
 
         def local(x_local, beta, weights, log_shift):
             keys = jax.lax.all_gather(x_local, axis, tiled=True)
-            return attend(x_local, beta, *weights, normalized=normalized,
-                          log_shift=log_shift, method=method, keys=keys)
+            return attend(
+                x_local,
+                beta,
+                *weights,
+                normalized=normalized,
+                log_shift=log_shift,
+                method=method,
+                keys=keys,
+            )
 
         tokens, replicated = PartitionSpec(axis, None), PartitionSpec()
         return jax.shard_map(
-            local, mesh=self.mesh, in_specs=(tokens, replicated, replicated, replicated),
-            out_specs=tokens, check_vma=False,
+            local,
+            mesh=self.mesh,
+            in_specs=(tokens, replicated, replicated, replicated),
+            out_specs=tokens,
+            check_vma=False,
         )(x, self.field.beta, weights, jnp.asarray(log_shift, x.dtype))

@@ -43,7 +43,8 @@ def _span_coordinates(x0: Particles) -> tuple[Float[Array, "n n"], Float[Array, 
 
     rows, independent = jax.lax.scan(add_token, jnp.zeros_like(x0), jnp.arange(x0.shape[0]))
     y0 = check_condition(
-        x0 @ rows.T, jnp.min(independent) < tolerance,
+        x0 @ rows.T,
+        jnp.min(independent) < tolerance,
         "The tokens of `x0` are (numerically) linearly dependent, so span reduction cannot "
         "build its basis; use `transformer_flows.solve` directly for this start.",
     )
@@ -77,7 +78,8 @@ def reduce_to_span(
             leak = jnp.max(jnp.abs(image - basis @ reduced_V))
             tolerance = float(np.sqrt(jnp.finfo(image.dtype).eps)) * (1 + jnp.max(jnp.abs(V)))
             reduced_V = check_condition(
-                reduced_V, leak > tolerance,
+                reduced_V,
+                leak > tolerance,
                 "`V` does not keep span{x_i(0)} invariant, so the flow leaves the span and "
                 "span reduction would be wrong; use `transformer_flows.solve` directly.",
             )

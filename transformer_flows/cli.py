@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("out", type=Path, metavar="DIR", help="directory of a finished run")
     summarize.add_argument("--times", type=float, nargs="+", default=[15.0, 30.0])
     summarize.add_argument(
-        "--betas", type=float, nargs="+", default=[4.0, 9.0],
+        "--betas",
+        type=float,
+        nargs="+",
+        default=[4.0, 9.0],
         help="β values for cluster-count statistics (nearest on the grid)",
     )
     summarize.add_argument("--level", type=float, default=0.5)
@@ -110,8 +113,14 @@ def _run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if config.experiment == "fit":
         headline = result["headline"]
-        keys = ("train_loss", headline, f"{headline}_before", "steps", "train_seconds",
-                "wall_seconds")
+        keys = (
+            "train_loss",
+            headline,
+            f"{headline}_before",
+            "steps",
+            "train_seconds",
+            "wall_seconds",
+        )
         print(json.dumps({key: result[key] for key in keys}, indent=2))
         return 0
     failed = int(result.attrs.get("failed_solves", 0))
@@ -140,7 +149,9 @@ def _summarize(args: argparse.Namespace) -> int:
 
     dataset, config = load_dataset(args.out)
     if config.experiment != "simulation":
-        raise ValueError(f"{str(args.out)!r} holds a {config.experiment} run; nothing to summarize.")
+        raise ValueError(
+            f"{str(args.out)!r} holds a {config.experiment} run; nothing to summarize."
+        )
     result = summary(dataset, config, args.times, args.betas, args.level)
     print(json.dumps(_strict_json(result), indent=1, allow_nan=False))
     return 0

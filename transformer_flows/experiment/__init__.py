@@ -15,46 +15,46 @@ from . import _builtins as _builtins  # registers the built-in entries
 from ._build import build_field as build_field
 from ._fit_run import load_fitted_model as load_fitted_model, run_fit as run_fit
 from ._overrides import apply_overrides as apply_overrides, parse_override as parse_override
-from ._plan import Plan as Plan, plan_sweep as plan_sweep, Shape as Shape
+from ._plan import Plan as Plan, Shape as Shape, plan_sweep as plan_sweep
 from ._registry import (
-    FieldEntry as FieldEntry,
     FIELDS as FIELDS,
-    FigureEntry as FigureEntry,
     FIGURES as FIGURES,
-    import_object as import_object,
-    ObservableContext as ObservableContext,
-    ObservableEntry as ObservableEntry,
     OBSERVABLES as OBSERVABLES,
-    Registry as Registry,
-    SolverEntry as SolverEntry,
     SOLVERS as SOLVERS,
-    TaskEntry as TaskEntry,
     TASKS as TASKS,
     WEIGHTS as WEIGHTS,
+    FieldEntry as FieldEntry,
+    FigureEntry as FigureEntry,
+    ObservableContext as ObservableContext,
+    ObservableEntry as ObservableEntry,
+    Registry as Registry,
+    SolverEntry as SolverEntry,
+    TaskEntry as TaskEntry,
     WeightsEntry as WeightsEntry,
+    import_object as import_object,
 )
 from ._run import (
     FAILED_INTEGER as FAILED_INTEGER,
+    SolveFailures as SolveFailures,
     load_dataset as load_dataset,
     run_experiment as run_experiment,
     run_sweep as run_sweep,
     run_theory as run_theory,
-    SolveFailures as SolveFailures,
 )
 from ._schema import (
-    config_from_dict as config_from_dict,
     ConfigError as ConfigError,
     FitConfig as FitConfig,
-    json_schema as json_schema,
-    load_config as load_config,
     SimulationConfig as SimulationConfig,
     TheoryConfig as TheoryConfig,
+    config_from_dict as config_from_dict,
+    json_schema as json_schema,
+    load_config as load_config,
 )
 from ._store import (
-    fingerprint as fingerprint,
     RunDirectory as RunDirectory,
     StoreError as StoreError,
     StoreWarning as StoreWarning,
+    fingerprint as fingerprint,
 )
 from ._summarize import level_crossing as level_crossing, summary as summary
 

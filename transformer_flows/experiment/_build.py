@@ -46,7 +46,7 @@ def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, *
     None (the identity)."""
     kwargs = {**params, **options, "beta": beta}
     if weights is not None:
-        kwargs.update(zip("QKV", weights))
+        kwargs.update(zip("QKV", weights, strict=True))
     return entry.cls(**kwargs)
 
 
@@ -57,8 +57,8 @@ def build_fit_model(config: FitConfig):
     """The initial model of a fit. Attention fields (SA, USA): random Gaussian
     N(0, init_scale²/d) weights fixed by `seed`, with heads, layers and low rank as configured
     (names in `model.identity` stay None, i.e. the identity). Other fields: `cls(**params)`."""
-    from .._field_models import LowRank, LowRankAttention
     from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
+    from .._field_models import LowRank, LowRankAttention
 
     spec = config.model
     entry = FIELDS.resolve(spec.field)
@@ -69,7 +69,7 @@ def build_fit_model(config: FitConfig):
         d, heads, layers, rank = spec.d, spec.heads, spec.layers, spec.rank
         lead = (() if layers is None else (layers,)) + (() if heads is None else (heads,))
         scale = spec.init_scale / np.sqrt(d)
-        keys = dict(zip("QKV", jax.random.split(jax.random.key(config.seed), 3)))
+        keys = dict(zip("QKV", jax.random.split(jax.random.key(config.seed), 3), strict=True))
         dtype = dtype_of(config.precision)
 
         def weight(name):
@@ -159,4 +159,3 @@ def build_optimizer(config: FitConfig) -> optax.GradientTransformation:
     if spec.clip_norm is None:
         return optimizer
     return optax.chain(optax.clip_by_global_norm(spec.clip_norm), optimizer)
-

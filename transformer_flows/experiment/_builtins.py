@@ -55,7 +55,9 @@ for _name, _cls in (
     ("dopri5", diffrax.Dopri5),
     ("dopri8", diffrax.Dopri8),
 ):
-    SOLVERS.register(_name, SolverEntry(_cls, adaptive=True, description=f"diffrax.{_cls.__name__}"))
+    SOLVERS.register(
+        _name, SolverEntry(_cls, adaptive=True, description=f"diffrax.{_cls.__name__}")
+    )
 SOLVERS.register(
     "normalized_euler",
     SolverEntry(NormalizedEuler, adaptive=False, description="the authors' Euler + normalise"),

@@ -78,10 +78,12 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         "train_seconds": result.train_seconds,
         "first_step_seconds": result.first_step_seconds,
         "wall_seconds": wall,
-        "beta": _finite(as_field(result.model).beta) if hasattr(as_field(result.model), "beta")
+        "beta": _finite(as_field(result.model).beta)
+        if hasattr(as_field(result.model), "beta")
         else None,
-        "evaluations": [{k: _finite(v) if k != "step" else v for k, v in e.items()}
-                        for e in result.evaluations],
+        "evaluations": [
+            {k: _finite(v) if k != "step" else v for k, v in e.items()} for e in result.evaluations
+        ],
         "loss_history": [_finite(v) for v in history],
     }
     if isinstance(task, TargetMeasure):

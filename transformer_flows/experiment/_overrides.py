@@ -61,11 +61,12 @@ def apply_overrides(config: Mapping, overrides: Sequence[str], kind: type[BaseMo
                 if not known:
                     allowed = sorted(model.model_fields)
                     raise ConfigError(
-                        f"override {text!r}: unknown key {where!r}; allowed keys here: "
-                        f"{allowed}."
+                        f"override {text!r}: unknown key {where!r}; allowed keys here: {allowed}."
                     )
-                free = child is None and depth < len(path) - 1 and (
-                    model is TaskConfig or _is_mapping_field(model, part)
+                free = (
+                    child is None
+                    and depth < len(path) - 1
+                    and (model is TaskConfig or _is_mapping_field(model, part))
                 )
                 if child is None and depth < len(path) - 1 and not free:
                     raise ConfigError(

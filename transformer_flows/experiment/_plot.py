@@ -112,7 +112,7 @@ def phase_diagram(dataset, config, out):
     panels = _panels(dataset)
     fig, axes = _grid(len(panels), config.plot.max_panels_per_row)
     image = None
-    for ax, (title, part) in zip(axes, panels):
+    for ax, (title, part) in zip(axes, panels, strict=True):
         probability = part["clustered_fraction"].mean("start").transpose("beta", "time")
         times, betas = part["time"].values, part["beta"].values
         image = ax.pcolormesh(
@@ -129,11 +129,7 @@ def phase_diagram(dataset, config, out):
                 linestyles="--",
                 linewidths=1.0,
             )
-        if (
-            str(part["weights"].values) == "identity"
-            and len(betas) > 1
-            and _theory_model(config)
-        ):
+        if str(part["weights"].values) == "identity" and len(betas) > 1 and _theory_model(config):
             curve_t, curve_beta = phase_boundary_curve(config, int(part["n"]), times, betas)
             ax.plot(curve_t, curve_beta, "k-", lw=1.6, label="Γ∞,δ (theory)")
         ax.set(
@@ -239,10 +235,10 @@ def energy(dataset, config, out):
     panels = _panels(dataset)
     fig, axes = _grid(len(panels), config.plot.max_panels_per_row)
     colors = plt.cm.viridis(np.linspace(0, 0.9, dataset.sizes["beta"]))
-    for ax, (title, part) in zip(axes, panels):
+    for ax, (title, part) in zip(axes, panels, strict=True):
         normalized = _normalized_energy(part["energy"])
         times = part["time"].values
-        for color, beta in zip(colors, part["beta"].values):
+        for color, beta in zip(colors, part["beta"].values, strict=True):
             curves = normalized.sel(beta=beta).transpose("start", "time").values
             for curve in curves[:8]:
                 ax.plot(times, curve, color=color, lw=0.5, alpha=0.4)
@@ -266,7 +262,7 @@ def cluster_staircase(dataset, config, out):
         times = part["time"].values
         colors = plt.cm.plasma(np.linspace(0, 0.85, part.sizes["beta"]))
         d = int(part["d"])
-        for color, beta in zip(colors, part["beta"].values):
+        for color, beta in zip(colors, part["beta"].values, strict=True):
             counts = _valid(part, "cluster_count").sel(beta=beta).transpose("start", "time")
             with warnings.catch_warnings():  # times where every start failed stay gaps (NaN)
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -327,7 +323,7 @@ def _log_d_axis(ax, ds) -> None:
 def landscape(dataset, config, out):
     fig, axes = _grid(dataset.sizes["d"], config.plot.max_panels_per_row, size=(5, 3.6))
     tau = dataset["tau"].values
-    for ax, d in zip(axes, dataset["d"].values):
+    for ax, d in zip(axes, dataset["d"].values, strict=True):
         for beta in dataset["beta"].values:
             (line,) = ax.plot(
                 tau, dataset["landscape_g"].sel(d=d, beta=beta).values, label=f"β = {beta:g}"

@@ -131,7 +131,12 @@ def run_sweep(
                 )
                 observed = jax.device_get(observed)
                 piece = _chunk_dataset(
-                    plan, shape, chunk, observed, succeeded, num_steps,
+                    plan,
+                    shape,
+                    chunk,
+                    observed,
+                    succeeded,
+                    num_steps,
                     time.perf_counter() - started,
                 )
                 run.write_chunk(
@@ -270,8 +275,18 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
 
 def _versions() -> dict[str, str]:
     versions = {}
-    for name in ("transformer-flows", "jax", "jaxlib", "diffrax", "equinox", "numpy", "xarray",
-                 "h5netcdf", "h5py", "pydantic"):
+    for name in (
+        "transformer-flows",
+        "jax",
+        "jaxlib",
+        "diffrax",
+        "equinox",
+        "numpy",
+        "xarray",
+        "h5netcdf",
+        "h5py",
+        "pydantic",
+    ):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -284,12 +299,19 @@ def git_commit() -> str:
     root = Path(__file__).resolve().parent.parent.parent
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-            capture_output=True, text=True, timeout=10,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

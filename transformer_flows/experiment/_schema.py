@@ -304,9 +304,7 @@ class ModelConfig(_Section):
                     "not under model.params"
                 )
         if "beta" not in parameters:
-            raise ValueError(
-                f"field {self.field!r} has no parameter `beta`, which sweep.beta sets"
-            )
+            raise ValueError(f"field {self.field!r} has no parameter `beta`, which sweep.beta sets")
         _try_build(entry, self.params, "params")
         random = [w for w in self.weights if WEIGHTS[w].draw is not None]
         if random and not entry.takes_weights:
@@ -634,8 +632,9 @@ class FitConfig(_Experiment):
         # Before issue 9 the solver options sat in `flow` (solver, dt0, rtol, atol, max_steps).
         if isinstance(raw, Mapping) and isinstance(raw.get("flow"), Mapping):
             flow = dict(raw["flow"])
-            moved = {k: flow.pop(k) for k in ("solver", "dt0", "rtol", "atol", "max_steps")
-                     if k in flow}
+            moved = {
+                k: flow.pop(k) for k in ("solver", "dt0", "rtol", "atol", "max_steps") if k in flow
+            }
             if moved:
                 raw = dict(raw)
                 solver = dict(raw.get("solver") or {})
@@ -700,8 +699,10 @@ def json_schema() -> dict:
     for kind, model in KINDS.items():
         part = model.model_json_schema(ref_template="#/$defs/{model}")
         schema["$defs"].update(part.pop("$defs", {}))
-        part["properties"]["experiment"] = {"const": kind, **({"default": kind} if kind ==
-                                            "simulation" else {})}
+        part["properties"]["experiment"] = {
+            "const": kind,
+            **({"default": kind} if kind == "simulation" else {}),
+        }
         schema["$defs"][model.__name__] = part
         schema["oneOf"].append({"$ref": f"#/$defs/{model.__name__}"})
     registries = {

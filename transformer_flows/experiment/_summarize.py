@@ -111,7 +111,9 @@ def cluster_count_statistics(dataset: xr.Dataset, betas, times):
                         median=float(np.median(counts)),
                         q10=float(np.percentile(counts, 10)),
                         q90=float(np.percentile(counts, 90)),
-                        histogram={int(v): int(f) for v, f in zip(values, frequencies)},
+                        histogram={
+                            int(v): int(f) for v, f in zip(values, frequencies, strict=True)
+                        },
                     )
                 rows.append(row)
     return rows

@@ -6,7 +6,6 @@ import xarray as xr
 from .. import theory
 
 
-
 def theory_dataset(config) -> xr.Dataset:
     """Evaluate the thresholds and curves of `transformer_flows.theory` on the config's grids.
 

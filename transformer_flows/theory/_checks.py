@@ -62,7 +62,8 @@ def check_beta_jax(beta, dtype) -> Array:
     array = jnp.asarray(beta, dtype=dtype)
     shown = beta if is_concrete(beta) else "a traced value"
     return check_condition(
-        array, ~jnp.all(jnp.isfinite(array) & (array >= 0)),
+        array,
+        ~jnp.all(jnp.isfinite(array) & (array >= 0)),
         f"`beta` must be finite and >= 0, got {shown}.",
     )
 
@@ -71,7 +72,8 @@ def check_delta_jax(delta, dtype) -> Array:
     array = jnp.asarray(delta, dtype=dtype)
     shown = delta if is_concrete(delta) else "a traced value"
     return check_condition(
-        array, ~jnp.all((array > 0) & (array <= 1)),
+        array,
+        ~jnp.all((array > 0) & (array <= 1)),
         f"`delta` must lie in (0, 1] (the level is 1 - delta for a cosine that rises from 0 "
         f"to 1), got {shown}; the paper uses delta=1e-3.",
     )
@@ -83,6 +85,7 @@ def check_times(ts, dtype) -> Array:
         raise ValueError(f"`ts` must be a 1-d array of times, got shape {ts.shape}.")
     shown = "" if not is_concrete(ts) else f" got {np.asarray(ts)!r}"
     return check_condition(
-        ts, ~(jnp.all(jnp.isfinite(ts)) & jnp.all(ts >= 0) & jnp.all(jnp.diff(ts) >= 0)),
+        ts,
+        ~(jnp.all(jnp.isfinite(ts)) & jnp.all(ts >= 0) & jnp.all(jnp.diff(ts) >= 0)),
         f"`ts` must be finite, >= 0 and non-decreasing (the solve starts at t = 0);{shown}.",
     )

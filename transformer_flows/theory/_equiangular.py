@@ -56,9 +56,15 @@ def _cosine_one_beta(ts, n, beta, softmax):
     # t1 > t0 even when every requested time is 0.
     t1 = jnp.maximum(ts[-1], jnp.finfo(ts.dtype).tiny)
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(rate), diffrax.Tsit5(), t0=jnp.zeros((), ts.dtype), t1=t1, dt0=None,
-        y0=jnp.zeros((), ts.dtype), saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=_controller(ts.dtype), max_steps=_MAX_STEPS,
+        diffrax.ODETerm(rate),
+        diffrax.Tsit5(),
+        t0=jnp.zeros((), ts.dtype),
+        t1=t1,
+        dt0=None,
+        y0=jnp.zeros((), ts.dtype),
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=_controller(ts.dtype),
+        max_steps=_MAX_STEPS,
     )
     return -jnp.expm1(-solution.ys)
 
@@ -71,9 +77,14 @@ def _time_one(n, beta, delta, softmax):
         return total / _log_gap_rate(total * sigma, n, beta, softmax)
 
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(slowness), diffrax.Tsit5(), t0=jnp.zeros((), beta.dtype),
-        t1=jnp.ones((), beta.dtype), dt0=None, y0=jnp.zeros((), beta.dtype),
-        stepsize_controller=_controller(beta.dtype), max_steps=_MAX_STEPS,
+        diffrax.ODETerm(slowness),
+        diffrax.Tsit5(),
+        t0=jnp.zeros((), beta.dtype),
+        t1=jnp.ones((), beta.dtype),
+        dt0=None,
+        y0=jnp.zeros((), beta.dtype),
+        stepsize_controller=_controller(beta.dtype),
+        max_steps=_MAX_STEPS,
     )
     return solution.ys[-1]
 

@@ -6,9 +6,7 @@ from scipy import special
 from ._checks import Numbers, as_output, check_count_array
 
 
-def wendel_probability(
-    n: Numbers, d: Numbers
-) -> np.ndarray | float:
+def wendel_probability(n: Numbers, d: Numbers) -> np.ndarray | float:
     """P(∃ w : <x_i, w> > 0 for all i) for n i.i.d. uniform points on S^{d-1} (Thm 6.7):
     2^{-(n-1)} Σ_{k=0}^{d-1} C(n-1, k), and 1 for d >= n.
 

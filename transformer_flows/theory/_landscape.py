@@ -37,14 +37,10 @@ def large_beta_threshold(n: int, d: int = 2) -> float:
     return float((d - 1) * np.cos(tau) / np.sin(tau) ** 2)
 
 
-def landscape_g(
-    tau: Numbers, beta: Numbers, d: int = 2
-) -> np.ndarray | float:
+def landscape_g(tau: Numbers, beta: Numbers, d: int = 2) -> np.ndarray | float:
     """g(τ) = e^{β cos τ} ((d-1) cos τ - β sin²τ); for d = 2, (cos τ - β sin²τ) e^{β cos τ}
     (Fig. 6 plots it for β = 2 and 6). Negative exactly for τ*_β < |τ| <= π."""
     beta = check_beta_numpy(beta)
     d = check_count(d, "d", 2)
     tau = np.asarray(tau, dtype=float)
-    return as_output(
-        np.exp(beta * np.cos(tau)) * ((d - 1) * np.cos(tau) - beta * np.sin(tau) ** 2)
-    )
+    return as_output(np.exp(beta * np.cos(tau)) * ((d - 1) * np.cos(tau) - beta * np.sin(tau) ** 2))
