@@ -333,5 +333,5 @@ def test_json_schema_lists_every_kind_and_registered_name():
     assert schema["x-registered-names"]["solvers"] == SOLVERS.names()
     json.dumps(schema)  # plain JSON
     fit = schema["$defs"]["FitConfig"]
-    assert {"model", "task", "train", "flow", "solver"} <= set(fit["required"])
+    assert {"model", "task", "train", "flow"} <= set(fit["required"])
     assert isinstance(config_from_dict(minimal_fit()), FitConfig)

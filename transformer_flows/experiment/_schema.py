@@ -705,6 +705,7 @@ def json_schema() -> dict:
         }
         schema["$defs"][model.__name__] = part
         schema["oneOf"].append({"$ref": f"#/$defs/{model.__name__}"})
+    _name_hints(schema["$defs"])
     registries = {
         "fields": FIELDS.names(),
         "solvers": SOLVERS.names(),
@@ -715,6 +716,29 @@ def json_schema() -> dict:
     }
     schema["x-registered-names"] = registries
     return schema
+
+
+def _name_hints(definitions: dict) -> None:
+    """Registered names as enums where a config takes a name, so editors complete them; the
+    field accepts an import path `module:Class` too; a task is one of the registered kinds."""
+    field_name = {"anyOf": [{"enum": FIELDS.names()}, {"type": "string", "pattern": r"^\S+:\w+$"}]}
+    for model in ("ModelConfig", "FitModelConfig"):
+        definitions[model]["properties"]["field"].update(field_name)
+    definitions["SolverConfig"]["properties"]["name"]["enum"] = SOLVERS.names()
+    definitions["ModelConfig"]["properties"]["weights"]["items"]["enum"] = WEIGHTS.names()
+    definitions["ObservablesConfig"]["properties"]["names"]["items"]["enum"] = OBSERVABLES.names()
+    for kind, model in KINDS.items():
+        figures = [name for name in FIGURES if FIGURES[name].experiment == kind]
+        definitions[model.__name__]["properties"]["figures"]["items"]["enum"] = figures
+    tasks = []
+    for kind in TASKS:
+        part = TASKS[kind].schema.model_json_schema(ref_template="#/$defs/{model}")
+        definitions.update(part.pop("$defs", {}))
+        part["properties"] = {"kind": {"const": kind}, **part["properties"]}
+        part["required"] = ["kind", *part.get("required", [])]
+        part["title"] = f"task {kind}"
+        tasks.append(part)
+    definitions["TaskConfig"] = {"title": "TaskConfig", "oneOf": tasks}
 
 
 # --- reading configs -----------------------------------------------------------------------
