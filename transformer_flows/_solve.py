@@ -19,7 +19,6 @@ from ._validation import (
     check_nonnegative,
     check_on_sphere,
     check_positive,
-    is_concrete,
 )
 
 _SPHERE_PRESERVING = (Renormalized, NormalizedEuler, GeodesicEuler)
@@ -114,9 +113,13 @@ def solve(
         raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
     field, x0, ts = _check_values(field, x0, ts, sphere)
     solver = _prepare_for_adjoint(solver, adjoint)
-    tolerances = (check_positive(jnp.asarray(rtol, x0.dtype), "rtol"),
-                  check_positive(jnp.asarray(atol, x0.dtype), "atol"))
-    dt0 = None if dt0 is None else check_positive(jnp.asarray(dt0, x0.dtype), "dt0")
+    # Checked as given (before the cast), then cast to the dtype of the solve. Under vmap a
+    # batch of tolerances is one traced array: the check then covers every entry.
+    rtol, atol = (check_positive(as_float_array(v, name), name)
+                  for name, v in (("rtol", rtol), ("atol", atol)))
+    tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
+    if dt0 is not None:
+        dt0 = jnp.asarray(check_positive(as_float_array(dt0, "dt0"), "dt0"), x0.dtype)
     return _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
                   stepsize_controller, args, throw, progress_meter)
 
@@ -157,9 +160,6 @@ def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observ
             f"`solver={type(solver).__name__}()` has a fixed step: pass `dt0`, e.g. dt0=0.1 "
             "(the authors' step)."
         )
-    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
-        if value is not None and is_concrete(value) and not float(value) > 0:
-            raise ValueError(f"`{name}` must be > 0, got {value}.")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
     if not isinstance(adjoint, diffrax.AbstractAdjoint):
