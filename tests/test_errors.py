@@ -68,6 +68,25 @@ def test_construction_errors(build, match):
         (lambda: tf.solve(tf.Kuramoto(1.0), jnp.zeros(4), TS, solver=tf.NormalizedEuler(),
                           dt0=0.1), "angle fields"),
         (lambda: tf.solve(lambda t, y, a: y, X, TS), "field"),
+        (lambda: tf.solve(tf.SelfAttention(1.0), [["a", "b"]], TS),
+         "`x0` must be an array of numbers"),
+        (lambda: tf.solve(tf.SelfAttention(1.0), object(), TS), "`x0` must be an array of numbers"),
+        (lambda: tf.solve(tf.SelfAttention(1.0), jnp.zeros((0, 3)), TS), "`x0` has no tokens"),
+        (lambda: tf.solve(tf.Kuramoto(1.0), jnp.zeros(0), TS), "`x0` has no oscillators"),
+        (lambda: tf.solve(tf.SelfAttention(1.0), X.astype(jnp.complex128), TS),
+         "`x0` must be real, got dtype complex128"),
+        (lambda: tf.SelfAttention(1.0, V=jnp.eye(3, dtype=jnp.complex64)),
+         "`V` must be real, got dtype complex64"),
+        (lambda: tf.solve(tf.SelfAttention(1.0, V=jnp.eye(3)), X.astype(jnp.float32), TS),
+         r"`field\.V` has dtype float64 but `x0` has dtype float32.*x0\.astype\(jnp\.float64\)"
+         r".*V\.astype\(jnp\.float32\)"),
+        (lambda: tf.solve(tf.SelfAttention(jnp.float64(1.0)), X.astype(jnp.float32), TS),
+         r"`field\.beta` has dtype float64 but `x0` has dtype float32"),
+        (lambda: tf.solve(tf.Kuramoto(1.0, frequencies=jnp.ones(4)), jnp.zeros(4, jnp.float32),
+                          TS), r"`field\.frequencies` has dtype float64"),
+        (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, atol=float("nan")), "`atol`"),
+        (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, solver=tf.NormalizedEuler(), dt0=-0.1),
+         "`dt0` must be finite and > 0"),
     ],
 )
 def test_solve_errors_name_the_argument(call, match):
@@ -90,4 +109,33 @@ def test_max_steps_failure_is_reported_not_silent():
     assert not bool(traj.succeeded)
     with pytest.raises(Exception, match="max_steps"):
         tf.solve(tf.SelfAttention(1.0), X, jnp.array([0.0, 50.0]), max_steps=2)
-    assert np.all(np.isfinite(traj.ts))
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+@pytest.mark.parametrize("position", [0, 1])
+def test_non_finite_times_are_refused(bad, position):
+    """A NaN or infinite save time is refused, concretely and under jit, naming `ts` (not a
+    NaN trajectory, nor a failure deep inside diffrax)."""
+    ts = TS.at[position].set(bad)
+    with pytest.raises(ValueError, match="`ts` has non-finite entries"):
+        tf.solve(tf.SelfAttention(1.0), X, ts)
+    with pytest.raises(Exception, match="`ts` has non-finite entries") as info:
+        jax.block_until_ready(_final_state(X, ts))
+    assert "EquinoxRuntimeError" in f"{type(info.value).__name__} {info.value}"
+
+
+@jax.jit
+def _final_state(x0, ts):
+    return tf.solve(tf.SelfAttention(1.0), x0, ts).xs[-1]
+
+
+def test_array_like_x0_is_accepted():
+    """Lists and numpy arrays are converted (not refused as "shape None"), and integers
+    become floats; the numbers equal those of the jnp array."""
+    expected = tf.solve(tf.SelfAttention(1.0), X, TS).xs
+    np.testing.assert_array_equal(tf.solve(tf.SelfAttention(1.0), X.tolist(), TS).xs, expected)
+    np.testing.assert_array_equal(tf.solve(tf.SelfAttention(1.0), np.asarray(X), TS).xs,
+                                  expected)
+    corners = tf.solve(tf.Kuramoto(1.0), [0, 1, 2], TS.tolist()).xs
+    assert corners.dtype == jnp.result_type(float) and corners.shape == (3, 3)
+    assert not np.allclose(corners[-1], [0, 1, 2])

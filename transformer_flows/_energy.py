@@ -4,6 +4,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import Angles, Particles
+from ._validation import as_float_array, check_nonnegative
 
 
 def _interaction(
@@ -15,6 +16,9 @@ def _interaction(
     continuous at β = 0. `rescaled` multiplies by e^{-β} (computed as e^{β(s-1)}, finite in
     float32 for large β); it is the energy of the time-rescaled USA field.
     """
+    # Checked before the cast to the scores' dtype, so the error shows β as given; under jit
+    # the check lives in the returned β, which every branch below uses.
+    beta = check_nonnegative(as_float_array(beta, "beta"), "beta", "the inverse temperature")
     beta = jnp.asarray(beta, dtype=scores.dtype)
     positive = beta > 0
     safe_beta = jnp.where(positive, beta, 1)
@@ -39,6 +43,9 @@ def energy(
 
     At β = 0 returns the limit of the shifted energy, (1/(2n²)) Σ_ij <x_i,x_j>: the additive
     constant 1/(2β) diverges but does not change the dynamics (ẋ = n ∇E still holds).
+    `beta` must be finite and >= 0 (ValueError now, `eqx.error_if` under jit/vmap; the same
+    for `modified_metric_energy` and `torus_energy`). For large β in float32 use
+    `rescaled=True` (e^{-β} E_β, finite at β = 1000 where e^β overflows).
     """
     n = x.shape[0]
     return _interaction(x @ x.T, beta, shifted=shifted, rescaled=rescaled) / n**2

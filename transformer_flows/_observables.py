@@ -18,6 +18,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._attention import inner_products
 from ._sphere import angles_to_points, points_to_angles
+from ._validation import check_on_sphere
 
 Configuration = Float[Array, "n d"] | Float[Array, " n"]
 
@@ -34,7 +35,7 @@ def _check_configuration(x, name: str = "x") -> None:
 def _as_points(x: Configuration) -> Float[Array, "n d"]:
     _check_configuration(x)
     x = jnp.asarray(x)
-    return angles_to_points(x) if x.ndim == 1 else x
+    return angles_to_points(x) if x.ndim == 1 else check_on_sphere(x, "x")
 
 
 def _known(value) -> np.ndarray | None:
@@ -65,11 +66,17 @@ def _checked_delta(delta, dtype) -> Float[Array, ""]:
 
 
 def gram(x: Configuration) -> Float[Array, "n n"]:
-    """The Gram matrix G_ij = <x_i, x_j>; for angles θ of shape (n,), G_ij = cos(θ_i - θ_j)."""
+    """The Gram matrix G_ij = <x_i, x_j>; for angles θ of shape (n,), G_ij = cos(θ_i - θ_j).
+
+    Points must lie on the unit sphere (within sqrt(eps)): every statistic built on G reads
+    G_ij as a cosine. Off-sphere points raise a ValueError with the largest deviation (an
+    `eqx.error_if` under jit/vmap); project them with `transformer_flows.normalize(x)`.
+    """
     _check_configuration(x)
     x = jnp.asarray(x)
     if x.ndim == 1:
         return jnp.cos(x[:, None] - x[None, :])
+    x = check_on_sphere(x, "x")
     return inner_products(x, x)
 
 
@@ -87,10 +94,11 @@ def clustered_fraction(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> 
     The statistic of the paper's Figs. 3-5: averaged over random starts it estimates
     P(<x_1(t), x_2(t)> >= 1 - δ). Needs n >= 2.
     """
-    g = gram(x)
-    n = g.shape[0]
+    _check_configuration(x)
+    n = x.shape[0]
     if n < 2:
         raise ValueError(f"`clustered_fraction` needs n >= 2 tokens to form a pair, got n={n}.")
+    g = gram(x)
     threshold = 1 - _checked_delta(delta, g.dtype)
     off_diagonal = ~jnp.eye(n, dtype=bool)
     clustered = jnp.sum((g >= threshold) & off_diagonal)
@@ -166,7 +174,7 @@ def order_parameter(
         raise ValueError(f"`k` must be a positive integer (the harmonic), got {k!r}.")
     theta = jnp.asarray(theta)
     if theta.ndim == 2:
-        theta = points_to_angles(theta)
+        theta = points_to_angles(check_on_sphere(theta, "theta"))
     phase = jnp.asarray(k, dtype=theta.dtype) * theta
     return jnp.hypot(jnp.mean(jnp.cos(phase)), jnp.mean(jnp.sin(phase)))
 

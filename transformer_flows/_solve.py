@@ -6,14 +6,20 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._field._base import AbstractAngleField, AbstractSphereField
 from ._solver._fixed_step import AbstractFixedStepSolver, GeodesicEuler, NormalizedEuler
 from ._solver._renormalized import Renormalized
 from ._sphere import normalize
-from ._validation import check_condition, check_finite, is_concrete
+from ._validation import (
+    as_float_array,
+    check_condition,
+    check_finite,
+    check_nonnegative,
+    check_on_sphere,
+    check_positive,
+)
 
 _SPHERE_PRESERVING = (Renormalized, NormalizedEuler, GeodesicEuler)
 
@@ -61,6 +67,11 @@ def solve(
     **Arguments:**
     - `field`: a sphere field (`SelfAttention`, `UnnormalizedSelfAttention`) with `x0` of
       shape (n, d) on the unit sphere, or an angle field (`Kuramoto`) with `x0` of shape (n,).
+    - `x0`: the start, any real array-like (a list, numpy array; integers become the default
+      float); at least one token. The solve runs in the dtype of `x0`: weights of a wider
+      dtype (float64 weights with float32 tokens) are refused, not promoted, since promoting
+      would silently change the precision of the run; cast one side (`x0.astype(...)` or the
+      weights' `.astype(...)`). Weakly typed scalars such as `beta=1.0` follow `x0`.
     - `ts`: strictly increasing save times; the solve runs from `ts[0]` to `ts[-1]`.
     - `solver`: default `Renormalized(diffrax.Tsit5())` (adaptive, 5th order, PID steps, back
       on the sphere after every step). Any diffrax solver is accepted and, for sphere
@@ -77,6 +88,11 @@ def solve(
     - `stepsize_controller`: override the default PID/constant controller.
     - `throw`: raise if the solve fails (e.g. `max_steps` reached); else check `.result`.
 
+    Bad values (NaN/inf in `x0`, `ts` or the field's weights, β < 0, `x0` off the sphere,
+    `ts` not increasing, `rtol`/`atol`/`dt0` <= 0) raise a `ValueError` naming the argument
+    when they are concrete, and an equinox runtime error with the same message when they are
+    traced (under `jax.jit` or `jax.vmap`, where one bad batch entry fails the batch).
+
     **Returns:** a `Trajectory`.
     """
     if not isinstance(field, (AbstractSphereField, AbstractAngleField)):
@@ -89,17 +105,21 @@ def solve(
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
     _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe,
                    stepsize_controller)
+    x0 = as_float_array(x0, "x0")
     field.check_state(x0)
-    x0 = jnp.asarray(x0)
-    if not jnp.issubdtype(x0.dtype, jnp.floating):
-        x0 = x0.astype(jnp.result_type(float))
-    ts = jnp.asarray(ts, dtype=x0.dtype)
+    _check_dtypes(field, x0)
+    ts = as_float_array(ts, "ts").astype(x0.dtype)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
-    x0, ts = _check_values(field, x0, ts, sphere)
+    field, x0, ts = _check_values(field, x0, ts, sphere)
     solver = _prepare_for_adjoint(solver, adjoint)
+    # Checked as given (before the cast), then cast to the dtype of the solve. Under vmap a
+    # batch of tolerances is one traced array: the check then covers every entry.
+    rtol, atol = (check_positive(as_float_array(v, name), name)
+                  for name, v in (("rtol", rtol), ("atol", atol)))
     tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
-    dt0 = None if dt0 is None else jnp.asarray(dt0, x0.dtype)
+    if dt0 is not None:
+        dt0 = jnp.asarray(check_positive(as_float_array(dt0, "dt0"), "dt0"), x0.dtype)
     return _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
                   stepsize_controller, args, throw, progress_meter)
 
@@ -140,9 +160,6 @@ def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observ
             f"`solver={type(solver).__name__}()` has a fixed step: pass `dt0`, e.g. dt0=0.1 "
             "(the authors' step)."
         )
-    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
-        if value is not None and is_concrete(value) and not float(value) > 0:
-            raise ValueError(f"`{name}` must be > 0, got {value}.")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
     if not isinstance(adjoint, diffrax.AbstractAdjoint):
@@ -168,26 +185,59 @@ def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observ
         )
 
 
+def _check_dtypes(field, x0) -> None:
+    """The solve runs in `x0.dtype`; a weight that would promote it (float64 weights with
+    float32 tokens) would otherwise surface as an opaque dtype error deep inside diffrax."""
+    arrays = eqx.filter(field, eqx.is_inexact_array)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(arrays):
+        name = f"field{jax.tree_util.keystr(path)}"
+        dtype = jnp.result_type(leaf)  # weakly typed scalars (beta=1.0) follow x0
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise ValueError(
+                f"`{name}` has complex dtype {dtype.name}; weights must be real. Rebuild the "
+                "field from real weights (e.g. `jnp.real(V)`)."
+            )
+        if jnp.result_type(leaf, x0) != x0.dtype:
+            raise ValueError(
+                f"`{name}` has dtype {dtype.name} but `x0` has dtype {x0.dtype.name}; the solve "
+                f"runs in the dtype of `x0` and does not promote silently. Either cast the "
+                f"tokens, `x0.astype(jnp.{dtype.name})`, or build the field from weights of "
+                f"the tokens' dtype, e.g. `V.astype(jnp.{x0.dtype.name})`."
+            )
+
+
+_WEIGHT_FIX = "Rebuild the field from finite weights (after training, check the updates)."
+
+
+def _check_field(field):
+    """The field with every inexact leaf checked: finite, and β (a leaf named `beta`, the
+    inverse temperature) also >= 0. Concrete leaves are checked now and returned as they are;
+    traced ones carry an `eqx.error_if`, so the rebuilt field must be the one that is solved."""
+
+    def check(path, leaf):
+        if not eqx.is_inexact_array(leaf):
+            return leaf
+        key = jax.tree_util.keystr(path)
+        if key == ".beta":
+            return check_nonnegative(leaf, f"field{key}", "the inverse temperature `beta`")
+        return check_finite(leaf, f"field{key}", _WEIGHT_FIX)
+
+    return jax.tree_util.tree_map_with_path(check, field)
+
+
 def _check_values(field, x0, ts, sphere: bool):
-    """Value checks: raised now when the values are concrete, else at run time under jit."""
+    """Value checks: raised now when the values are concrete, else at run time under jit.
+    Returns the checked (field, x0, ts): under jit the checks live only in these values."""
+    field = _check_field(field)
     x0 = check_finite(x0, "x0")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(field, eqx.is_inexact_array)):
-        check_finite(leaf, f"field{jax.tree_util.keystr(path)}")
     if sphere:
-        tolerance = float(np.sqrt(jnp.finfo(x0.dtype).eps))
-        drift = jnp.max(jnp.abs(jnp.linalg.norm(x0, axis=-1) - 1))
-        x0 = check_condition(
-            x0, drift > tolerance,
-            f"`x0` must lie on the unit sphere (| |x_i| - 1 | <= {tolerance:.1e}); normalise it "
-            "first with `x0 / jnp.linalg.norm(x0, axis=-1, keepdims=True)` or "
-            "`transformer_flows.normalize(x0)`.",
-        )
-    ts = check_finite(ts, "ts")
+        x0 = check_on_sphere(x0, "x0")
+    ts = check_finite(ts, "ts", "Save times must be finite, e.g. jnp.linspace(0, 10, 101).")
     ts = check_condition(
         ts, jnp.any(jnp.diff(ts) <= 0),
         "`ts` must be strictly increasing (it holds the save times from t0 to t1).",
     )
-    return x0, ts
+    return field, x0, ts
 
 
 @eqx.filter_jit

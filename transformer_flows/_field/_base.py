@@ -54,3 +54,8 @@ def check_points(x, field_name: str) -> None:
         )
     if shape[1] < 2:
         raise ValueError(f"`x0` must have dimension d >= 2, got shape {shape}.")
+    if shape[0] < 1:
+        raise ValueError(
+            f"`x0` has no tokens (shape {shape}); pass at least one token, e.g. "
+            "`transformer_flows.sample_sphere(key, n, d)` with n >= 1."
+        )

@@ -25,22 +25,19 @@ class Kuramoto(AbstractAngleField):
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
     normalized: bool = eqx.field(default=False, static=True)
     coupling: Float[Array, ""] = eqx.field(
-        default=1.0, converter=lambda c: as_float_array(c, "coupling")
+        default=1.0, converter=lambda c: check_finite(as_float_array(c, "coupling"), "coupling")
     )
     frequencies: Float[Array, " n"] | None = eqx.field(
         default=None, converter=optional_float_array("frequencies")
     )
 
     def __check_init__(self):
+        # Finiteness of `coupling` and `frequencies` is checked by their converters, which
+        # return the checked arrays (a check here would be dropped under jit).
         if self.coupling.ndim != 0:
             raise ValueError(f"`coupling` must be a scalar, got shape {self.coupling.shape}.")
-        check_finite(self.coupling, "coupling")
-        if self.frequencies is not None:
-            if self.frequencies.ndim != 1:
-                raise ValueError(
-                    f"`frequencies` must have shape (n,), got {self.frequencies.shape}."
-                )
-            check_finite(self.frequencies, "frequencies")
+        if self.frequencies is not None and self.frequencies.ndim != 1:
+            raise ValueError(f"`frequencies` must have shape (n,), got {self.frequencies.shape}.")
 
     def check_state(self, theta) -> None:
         shape = getattr(theta, "shape", None)
@@ -49,6 +46,11 @@ class Kuramoto(AbstractAngleField):
                 f"`x0` for Kuramoto must be angles of shape (n,), got shape {shape}. "
                 "Points on the circle convert with `transformer_flows.points_to_angles(x)`; "
                 "points on a sphere go to `SelfAttention`/`UnnormalizedSelfAttention`."
+            )
+        if shape[0] < 1:
+            raise ValueError(
+                f"`x0` has no oscillators (shape {shape}); pass at least one angle, e.g. "
+                "`transformer_flows.uniform_angles(key, n)` with n >= 1."
             )
         if self.frequencies is not None and self.frequencies.shape != shape:
             raise ValueError(

@@ -4,27 +4,24 @@ import abc
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from .._attention import AbstractAttentionMethod, AutoAttention, attend, attention_weights
 from .._custom_types import Particles
-from .._validation import as_float_array, check_finite, is_concrete, optional_float_array
+from .._validation import as_float_array, check_nonnegative, optional_float_array
 from ._base import AbstractSphereField, check_points
 
 
 def as_beta(value) -> Float[Array, ""]:
+    """Converter for β: a real scalar, finite and >= 0 (a ValueError now when concrete; an
+    `eqx.error_if` carried by the returned β when traced, so it fires under jit/vmap)."""
     beta = as_float_array(value, "beta")
     if beta.ndim != 0:
         raise ValueError(
             f"`beta` must be a scalar, got shape {beta.shape}. For a sweep over β, "
             "`jax.vmap` over a function that builds the field from a scalar β."
         )
-    if is_concrete(beta):
-        value = float(beta)
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"`beta` must be finite and >= 0, got {value}.")
-    return beta
+    return check_nonnegative(beta, "beta", "the inverse temperature")
 
 
 class AbstractAttentionField(AbstractSphereField):
@@ -176,7 +173,6 @@ def _check_weights(Q, K, V, layer_duration) -> None:
                 f"`{name}` must have shape {layout}, got shape {w.shape}."
                 + ("" if layered else " For per-layer weights pass `layer_duration=`.")
             )
-        check_finite(w, name)
     if "V" in given and V.shape[-1] != V.shape[-2]:
         raise ValueError(f"`V` must be square in its last two axes, got shape {V.shape}.")
     if "Q" in given and "K" in given and Q.shape[-2:] != K.shape[-2:]:
