@@ -22,8 +22,9 @@ def test_usa_is_n_times_gradient_of_energy(getkey, beta):
     x = tf.sample_sphere(getkey(), 9, 4)
     gradient = jax.grad(tf.energy)(x, beta)
     expected = 9 * tf.project_tangent(x, gradient)
-    np.testing.assert_allclose(tf.UnnormalizedSelfAttention(beta)(0.0, x), expected,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        tf.UnnormalizedSelfAttention(beta)(0.0, x), expected, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_time_rescaled_usa_is_gradient_of_rescaled_energy(getkey):
@@ -32,8 +33,12 @@ def test_time_rescaled_usa_is_gradient_of_rescaled_energy(getkey):
     gradient = jax.grad(lambda y: tf.energy(y, beta, rescaled=True))(x)
     np.testing.assert_allclose(field(0.0, x), 7 * tf.project_tangent(x, gradient), atol=1e-12)
     plain = tf.UnnormalizedSelfAttention(beta)(0.0, x)
-    np.testing.assert_allclose(field(0.0, x), np.exp(-beta) * plain, rtol=1e-10,
-                               atol=1e-12 * np.abs(plain).max() * np.exp(-beta))
+    np.testing.assert_allclose(
+        field(0.0, x),
+        np.exp(-beta) * plain,
+        rtol=1e-10,
+        atol=1e-12 * np.abs(plain).max() * np.exp(-beta),
+    )
 
 
 @pytest.mark.parametrize("model", ["SA", "USA"])
@@ -82,12 +87,12 @@ def test_sa_is_modified_metric_gradient(getkey):
     x = tf.sample_sphere(getkey(), n, d)
     z = jnp.sum(jnp.exp(beta * (x @ S.T) @ x.T), axis=1)
     gradient = jax.grad(tf.modified_metric_energy)(x, beta, S)
-    np.testing.assert_allclose(z[:, None] * field(0.0, x), tf.project_tangent(x, gradient),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        z[:, None] * field(0.0, x), tf.project_tangent(x, gradient), rtol=1e-10, atol=1e-10
+    )
     # and hence d/dt E = Σ_i Z_i |ẋ_i|² >= 0
     derivative = rate(lambda y: tf.modified_metric_energy(y, beta, S), field, x)
-    np.testing.assert_allclose(derivative, jnp.sum(z * jnp.sum(field(0.0, x) ** 2, 1)),
-                               rtol=1e-10)
+    np.testing.assert_allclose(derivative, jnp.sum(z * jnp.sum(field(0.0, x) ** 2, 1)), rtol=1e-10)
 
 
 def test_energy_values_and_limits(getkey):
@@ -95,8 +100,9 @@ def test_energy_values_and_limits(getkey):
     consensus = jnp.tile(jnp.eye(1, 3), (n, 1))
     np.testing.assert_allclose(tf.energy(consensus, beta), np.exp(beta) / (2 * beta))
     orthonormal = tf.orthonormal_tokens(n, n)
-    np.testing.assert_allclose(tf.energy(orthonormal, beta),
-                               (np.exp(beta) + n - 1) / (2 * beta * n))
+    np.testing.assert_allclose(
+        tf.energy(orthonormal, beta), (np.exp(beta) + n - 1) / (2 * beta * n)
+    )
     x = tf.sample_sphere(getkey(), n, 3)
     # shifted energy is continuous at β = 0 and equals the β = 0 value there
     small = tf.energy(x, 1e-7, shifted=True)

@@ -28,8 +28,12 @@ TS = jnp.linspace(0, 1, 3)
         (lambda: tf.SelfAttention(1.0, V=jnp.full((3, 3), jnp.nan)), "`V`"),
         (lambda: tf.SelfAttention(1.0, V=jnp.ones((3, 3)), layer_duration=0.0), "layer_duration"),
         (lambda: tf.SelfAttention(1.0, layer_duration=1.0), "layer_duration"),
-        (lambda: tf.SelfAttention(1.0, V=jnp.ones((2, 3, 3)), Q=jnp.ones((3, 3, 3)),
-                                  layer_duration=1.0), "layer"),
+        (
+            lambda: tf.SelfAttention(
+                1.0, V=jnp.ones((2, 3, 3)), Q=jnp.ones((3, 3, 3)), layer_duration=1.0
+            ),
+            "layer",
+        ),
         (lambda: tf.Kuramoto(1.0, frequencies=jnp.ones((2, 2))), "frequencies"),
         (lambda: tf.Kuramoto(1.0, coupling=jnp.ones(2)), "coupling"),
         (lambda: tf.SelfAttention("strong"), "beta"),
@@ -51,8 +55,10 @@ def test_construction_errors(build, match):
         (lambda: tf.solve(tf.SelfAttention(1.0), X[:, :2].ravel(), TS), "shape \\(n, d\\)"),
         (lambda: tf.solve(tf.SelfAttention(1.0, V=jnp.eye(4)), X, TS), "d=4"),
         (lambda: tf.solve(tf.Kuramoto(1.0), X, TS), "angles of shape \\(n,\\)"),
-        (lambda: tf.solve(tf.Kuramoto(1.0, frequencies=jnp.ones(5)), jnp.zeros(4), TS),
-         "frequencies"),
+        (
+            lambda: tf.solve(tf.Kuramoto(1.0, frequencies=jnp.ones(5)), jnp.zeros(4), TS),
+            "frequencies",
+        ),
         (lambda: tf.solve(tf.SelfAttention(1.0), 2 * X, TS), "normalise"),
         (lambda: tf.solve(tf.SelfAttention(1.0), X.at[0, 0].set(jnp.nan), TS), "x0"),
         (lambda: tf.solve(tf.SelfAttention(1.0), X, TS[::-1]), "increasing"),
@@ -63,30 +69,59 @@ def test_construction_errors(build, match):
         (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, max_steps=0), "max_steps"),
         (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, adjoint="backsolve"), "adjoint"),
         (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, observe=3), "observe"),
-        (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, solver=tf.NormalizedEuler(), dt0=0.1,
-                          adjoint=diffrax.BacksolveAdjoint()), "RecursiveCheckpointAdjoint"),
-        (lambda: tf.solve(tf.Kuramoto(1.0), jnp.zeros(4), TS, solver=tf.NormalizedEuler(),
-                          dt0=0.1), "angle fields"),
+        (
+            lambda: tf.solve(
+                tf.SelfAttention(1.0),
+                X,
+                TS,
+                solver=tf.NormalizedEuler(),
+                dt0=0.1,
+                adjoint=diffrax.BacksolveAdjoint(),
+            ),
+            "RecursiveCheckpointAdjoint",
+        ),
+        (
+            lambda: tf.solve(
+                tf.Kuramoto(1.0), jnp.zeros(4), TS, solver=tf.NormalizedEuler(), dt0=0.1
+            ),
+            "angle fields",
+        ),
         (lambda: tf.solve(lambda t, y, a: y, X, TS), "field"),
-        (lambda: tf.solve(tf.SelfAttention(1.0), [["a", "b"]], TS),
-         "`x0` must be an array of numbers"),
+        (
+            lambda: tf.solve(tf.SelfAttention(1.0), [["a", "b"]], TS),
+            "`x0` must be an array of numbers",
+        ),
         (lambda: tf.solve(tf.SelfAttention(1.0), object(), TS), "`x0` must be an array of numbers"),
         (lambda: tf.solve(tf.SelfAttention(1.0), jnp.zeros((0, 3)), TS), "`x0` has no tokens"),
         (lambda: tf.solve(tf.Kuramoto(1.0), jnp.zeros(0), TS), "`x0` has no oscillators"),
-        (lambda: tf.solve(tf.SelfAttention(1.0), X.astype(jnp.complex128), TS),
-         "`x0` must be real, got dtype complex128"),
-        (lambda: tf.SelfAttention(1.0, V=jnp.eye(3, dtype=jnp.complex64)),
-         "`V` must be real, got dtype complex64"),
-        (lambda: tf.solve(tf.SelfAttention(1.0, V=jnp.eye(3)), X.astype(jnp.float32), TS),
-         r"`field\.V` has dtype float64 but `x0` has dtype float32.*x0\.astype\(jnp\.float64\)"
-         r".*V\.astype\(jnp\.float32\)"),
-        (lambda: tf.solve(tf.SelfAttention(jnp.float64(1.0)), X.astype(jnp.float32), TS),
-         r"`field\.beta` has dtype float64 but `x0` has dtype float32"),
-        (lambda: tf.solve(tf.Kuramoto(1.0, frequencies=jnp.ones(4)), jnp.zeros(4, jnp.float32),
-                          TS), r"`field\.frequencies` has dtype float64"),
+        (
+            lambda: tf.solve(tf.SelfAttention(1.0), X.astype(jnp.complex128), TS),
+            "`x0` must be real, got dtype complex128",
+        ),
+        (
+            lambda: tf.SelfAttention(1.0, V=jnp.eye(3, dtype=jnp.complex64)),
+            "`V` must be real, got dtype complex64",
+        ),
+        (
+            lambda: tf.solve(tf.SelfAttention(1.0, V=jnp.eye(3)), X.astype(jnp.float32), TS),
+            r"`field\.V` has dtype float64 but `x0` has dtype float32.*x0\.astype\(jnp\.float64\)"
+            r".*V\.astype\(jnp\.float32\)",
+        ),
+        (
+            lambda: tf.solve(tf.SelfAttention(jnp.float64(1.0)), X.astype(jnp.float32), TS),
+            r"`field\.beta` has dtype float64 but `x0` has dtype float32",
+        ),
+        (
+            lambda: tf.solve(
+                tf.Kuramoto(1.0, frequencies=jnp.ones(4)), jnp.zeros(4, jnp.float32), TS
+            ),
+            r"`field\.frequencies` has dtype float64",
+        ),
         (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, atol=float("nan")), "`atol`"),
-        (lambda: tf.solve(tf.SelfAttention(1.0), X, TS, solver=tf.NormalizedEuler(), dt0=-0.1),
-         "`dt0` must be finite and > 0"),
+        (
+            lambda: tf.solve(tf.SelfAttention(1.0), X, TS, solver=tf.NormalizedEuler(), dt0=-0.1),
+            "`dt0` must be finite and > 0",
+        ),
     ],
 )
 def test_solve_errors_name_the_argument(call, match):
@@ -134,8 +169,7 @@ def test_array_like_x0_is_accepted():
     become floats; the numbers equal those of the jnp array."""
     expected = tf.solve(tf.SelfAttention(1.0), X, TS).xs
     np.testing.assert_array_equal(tf.solve(tf.SelfAttention(1.0), X.tolist(), TS).xs, expected)
-    np.testing.assert_array_equal(tf.solve(tf.SelfAttention(1.0), np.asarray(X), TS).xs,
-                                  expected)
+    np.testing.assert_array_equal(tf.solve(tf.SelfAttention(1.0), np.asarray(X), TS).xs, expected)
     corners = tf.solve(tf.Kuramoto(1.0), [0, 1, 2], TS.tolist()).xs
     assert corners.dtype == jnp.result_type(float) and corners.shape == (3, 3)
     assert not np.allclose(corners[-1], [0, 1, 2])

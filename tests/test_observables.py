@@ -21,7 +21,7 @@ def _canonical(labels):
 def _blocks(key, sizes, d, spread):
     """Clusters of the given sizes around random centres, each token within `spread`."""
     centres = tf.sample_sphere(key, len(sizes), d)
-    rows = [jnp.tile(c, (s, 1)) for c, s in zip(centres, sizes)]
+    rows = [jnp.tile(c, (s, 1)) for c, s in zip(centres, sizes, strict=True)]
     x = jnp.concatenate(rows)
     noise = spread * jax.random.normal(jax.random.fold_in(key, 1), x.shape)
     return tf.normalize(x + noise), np.repeat(np.arange(len(sizes)), sizes)
@@ -67,12 +67,14 @@ def test_clusters_of_hand_built_blocks_under_permutation(getkey):
     sizes_by_label = np.asarray(tf.cluster_sizes(x, 1e-3))
     assert sizes_by_label.sum() == x.shape[0]
     np.testing.assert_array_equal(np.flatnonzero(sizes_by_label), np.unique(labels))
-    np.testing.assert_array_equal(sizes_by_label[np.unique(labels)],
-                                  np.bincount(truth)[truth[np.unique(labels)]])
+    np.testing.assert_array_equal(
+        sizes_by_label[np.unique(labels)], np.bincount(truth)[truth[np.unique(labels)]]
+    )
     # Relabelling the tokens permutes the partition.
     inverse = np.argsort(perm)
-    np.testing.assert_array_equal(_canonical(tf.cluster_labels(x[inverse], 1e-3)),
-                                  _canonical(truth[inverse]))
+    np.testing.assert_array_equal(
+        _canonical(tf.cluster_labels(x[inverse], 1e-3)), _canonical(truth[inverse])
+    )
 
 
 def test_a_chain_is_one_component_not_a_clique():
@@ -125,8 +127,11 @@ def test_order_parameter_on_symmetric_configurations(getkey):
         points = tf.angles_to_points(theta)
         assert tf.order_parameter(points, k) == pytest.approx(expected, rel=1e-13)
     ks = jnp.arange(1, 4)
-    np.testing.assert_allclose(jax.vmap(lambda k: tf.order_parameter(theta, k))(ks),
-                               [tf.order_parameter(theta, int(k)) for k in ks], rtol=1e-14)
+    np.testing.assert_allclose(
+        jax.vmap(lambda k: tf.order_parameter(theta, k))(ks),
+        [tf.order_parameter(theta, int(k)) for k in ks],
+        rtol=1e-14,
+    )
 
 
 def test_min_projection(getkey):
@@ -141,16 +146,23 @@ def test_min_projection_is_non_decreasing_along_sa(getkey):
     """Lemma 6.4, step 1: r(t) = min_i <x_i(t), w> never decreases from a hemisphere start."""
     w = tf.normalize(jnp.array([1.0, 2.0, -1.0]))
     x0 = tf.sample_hemisphere(getkey(), 10, 3, direction=w)
-    solution = tf.solve(tf.SelfAttention(3.0), x0, jnp.linspace(0, 4, 41),
-                        observe=functools.partial(tf.min_projection, w=w), rtol=1e-9, atol=1e-9)
+    solution = tf.solve(
+        tf.SelfAttention(3.0),
+        x0,
+        jnp.linspace(0, 4, 41),
+        observe=functools.partial(tf.min_projection, w=w),
+        rtol=1e-9,
+        atol=1e-9,
+    )
     r = np.asarray(solution.observed)
     assert r[0] > 0
     assert np.all(np.diff(r) >= -1e-9)
     assert r[-1] > r[0] + 0.1
 
 
-@pytest.mark.parametrize("bins", [8, np.array([-1.0, -0.2, 0.0, 0.5, 0.9, 0.999, 1.0]),
-                                  np.array([0.0, 0.5, 0.75])])
+@pytest.mark.parametrize(
+    "bins", [8, np.array([-1.0, -0.2, 0.0, 0.5, 0.9, 0.999, 1.0]), np.array([0.0, 0.5, 0.75])]
+)
 def test_histogram_matches_numpy(getkey, bins):
     x, _ = _blocks(getkey(), [3, 4, 2], 3, 0.05)
     g = np.asarray(x @ x.T)
@@ -159,8 +171,9 @@ def test_histogram_matches_numpy(getkey, bins):
     expected, _ = np.histogram(np.clip(off, -1, 1), bins=edges)
     counts = tf.inner_product_histogram(x, bins)
     np.testing.assert_array_equal(counts, expected)
-    np.testing.assert_array_equal(jax.jit(tf.inner_product_histogram)(x, jnp.asarray(edges)),
-                                  expected)
+    np.testing.assert_array_equal(
+        jax.jit(tf.inner_product_histogram)(x, jnp.asarray(edges)), expected
+    )
     if isinstance(bins, int):
         assert counts.sum() == 9 * 8
 
@@ -209,8 +222,9 @@ def test_observables_inside_solve_equal_observables_of_saved_states(getkey):
     inside = tf.solve(field, x0, ts, observe=lambda x: {k: f(x) for k, f in observe.items()})
     states = tf.solve(field, x0, ts).xs
     for name, fn in observe.items():
-        np.testing.assert_allclose(inside.observed[name], jax.vmap(fn)(states), atol=1e-12,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            inside.observed[name], jax.vmap(fn)(states), atol=1e-12, err_msg=name
+        )
     assert inside.observed["count"][0] == tf.count_clusters(x0, 1e-2)
     assert inside.observed["count"].dtype == jnp.arange(1).dtype
     assert np.all(np.diff(np.asarray(inside.observed["count"])) <= 0)
@@ -218,8 +232,12 @@ def test_observables_inside_solve_equal_observables_of_saved_states(getkey):
 
 def test_observables_on_kuramoto_angles(getkey):
     theta0 = tf.uniform_angles(getkey(), 10)
-    solution = tf.solve(tf.Kuramoto(0.5), theta0, jnp.linspace(0, 30, 4),
-                        observe=lambda th: (tf.count_clusters(th), tf.order_parameter(th)))
+    solution = tf.solve(
+        tf.Kuramoto(0.5),
+        theta0,
+        jnp.linspace(0, 30, 4),
+        observe=lambda th: (tf.count_clusters(th), tf.order_parameter(th)),
+    )
     counts, r = solution.observed
     assert counts[0] == tf.count_clusters(theta0) and counts[-1] == 1  # β <= 1: one cluster
     assert r[-1] == pytest.approx(1, abs=1e-6)
@@ -234,8 +252,10 @@ def test_observables_on_kuramoto_angles(getkey):
         (lambda: tf.order_parameter(jnp.zeros(3), k=0), "`k` must be a positive integer"),
         (lambda: tf.inner_product_histogram(jnp.eye(3), 0), "`bins`"),
         (lambda: tf.inner_product_histogram(jnp.eye(3), np.array([0.5, 0.1])), "increasing"),
-        (lambda: tf.first_crossing_time(jnp.arange(3.0), jnp.zeros(3), 1.0, direction="below"),
-         "`direction`"),
+        (
+            lambda: tf.first_crossing_time(jnp.arange(3.0), jnp.zeros(3), 1.0, direction="below"),
+            "`direction`",
+        ),
         (lambda: tf.count_clusters(jnp.eye(3), delta=jnp.ones(2)), "`delta` must be a scalar"),
         (lambda: tf.gram(jnp.ones((2, 3, 4))), "`x` must be points of shape"),
         (lambda: tf.order_parameter(jnp.zeros((3, 3))), "points on the circle"),

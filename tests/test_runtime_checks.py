@@ -58,10 +58,18 @@ def kuramoto_parts(coupling, frequencies, theta0, ts):
     return tf.solve(field, theta0, ts, solver=SOLVER, rtol=1e-4, atol=1e-4, max_steps=64).xs
 
 
-GOOD_SA = dict(beta=jnp.asarray(1.0), Q=EYE, V=-EYE, x0=X, ts=TS, rtol=jnp.asarray(1e-4),
-               atol=jnp.asarray(1e-4))
-GOOD_K = dict(coupling=jnp.asarray(1.0), frequencies=jnp.array([0.1, 0.0, -0.1]), theta0=THETA,
-              ts=TS)
+GOOD_SA = dict(
+    beta=jnp.asarray(1.0),
+    Q=EYE,
+    V=-EYE,
+    x0=X,
+    ts=TS,
+    rtol=jnp.asarray(1e-4),
+    atol=jnp.asarray(1e-4),
+)
+GOOD_K = dict(
+    coupling=jnp.asarray(1.0), frequencies=jnp.array([0.1, 0.0, -0.1]), theta0=THETA, ts=TS
+)
 
 # (argument, bad value, the message the error must contain). The messages name the argument
 # (under solve a field leaf is `field.<name>`; the converter names it `<name>`).
@@ -140,8 +148,18 @@ def test_valid_solve_gives_the_unchecked_numbers():
     vmapped batch equals the single solve."""
     field = tf.SelfAttention(1.0, Q=EYE, V=-EYE)
     unchecked = _solve(
-        field, X, TS, tf.Renormalized(SOLVER), None, (jnp.asarray(1e-4), jnp.asarray(1e-4)),
-        64, diffrax.RecursiveCheckpointAdjoint(), None, None, None, True,
+        field,
+        X,
+        TS,
+        tf.Renormalized(SOLVER),
+        None,
+        (jnp.asarray(1e-4), jnp.asarray(1e-4)),
+        64,
+        diffrax.RecursiveCheckpointAdjoint(),
+        None,
+        None,
+        None,
+        True,
         diffrax.NoProgressMeter(),
     ).xs
     checked = compiled(sa_parts, batched=False)(**GOOD_SA)

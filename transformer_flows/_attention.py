@@ -48,9 +48,7 @@ class AbstractAttentionMethod(eqx.Module):
 
 def _check_block_size(block_size) -> None:
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(
-            f"`block_size` must be a positive integer (e.g. 512), got {block_size!r}."
-        )
+        raise ValueError(f"`block_size` must be a positive integer (e.g. 512), got {block_size!r}.")
 
 
 def _normalise_scores(
@@ -112,14 +110,13 @@ def _blockwise(
         acc0 = jnp.zeros((rows, values.shape[1]), dtype)
 
         if normalized:
+
             def step(carry, block):
                 running_max, total, acc = carry
                 k, v, mask = block
                 scores = jnp.where(mask, q @ k.T, -jnp.inf)
                 # Any shift gives the same softmax, so the maximum carries no gradient.
-                new_max = jax.lax.stop_gradient(
-                    jnp.maximum(running_max, jnp.max(scores, axis=-1))
-                )
+                new_max = jax.lax.stop_gradient(jnp.maximum(running_max, jnp.max(scores, axis=-1)))
                 weights = jnp.exp(scores - new_max[:, None])
                 rescale = jnp.exp(running_max - new_max)
                 total = total * rescale + jnp.sum(weights, axis=-1)
@@ -127,9 +124,7 @@ def _blockwise(
                 return (new_max, total, acc), None
 
             init = (jnp.full((rows,), -jnp.inf, dtype), jnp.zeros((rows,), dtype), acc0)
-            (_, total, acc), _ = jax.lax.scan(
-                step, init, (keys_blocked, values_blocked, valid)
-            )
+            (_, total, acc), _ = jax.lax.scan(step, init, (keys_blocked, values_blocked, valid))
             return acc / total[:, None]
 
         def step(acc, block):
@@ -188,8 +183,11 @@ class FusedAttention(AbstractAttentionMethod):
             return jnp.pad(a, ((0, 0), (0, size - a.shape[-1])))[None, :, None, :]
 
         out = jax.nn.dot_product_attention(
-            layout(beta * queries), layout(keys), layout(values),
-            scale=1.0, implementation=self.implementation,
+            layout(beta * queries),
+            layout(keys),
+            layout(values),
+            scale=1.0,
+            implementation=self.implementation,
         )
         return out[0, :, 0, : values.shape[1]]
 
@@ -205,8 +203,7 @@ class AutoAttention(AbstractAttentionMethod):
         _check_block_size(self.block_size)
         if not isinstance(self.threshold, int) or self.threshold < 1:
             raise ValueError(
-                f"`threshold` must be a positive integer number of tokens, got "
-                f"{self.threshold!r}."
+                f"`threshold` must be a positive integer number of tokens, got {self.threshold!r}."
             )
 
     def choose(self, num_queries: int, num_keys: int, dtype, normalized: bool):
@@ -218,9 +215,7 @@ class AutoAttention(AbstractAttentionMethod):
         return BlockwiseAttention(self.block_size)
 
     def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        method = self.choose(
-            queries.shape[0], keys.shape[0], jnp.result_type(queries), normalized
-        )
+        method = self.choose(queries.shape[0], keys.shape[0], jnp.result_type(queries), normalized)
         return method.mix(
             queries, keys, values, beta=beta, normalized=normalized, log_shift=log_shift
         )

@@ -24,9 +24,7 @@ def sample_sphere(key: PRNGKeyArray, n: int, d: int, *, dtype=None) -> Particles
     return normalize(jax.random.normal(key, (n, d), dtype=_dtype(dtype)))
 
 
-def orthonormal_tokens(
-    n: int, d: int, *, key: PRNGKeyArray | None = None, dtype=None
-) -> Particles:
+def orthonormal_tokens(n: int, d: int, *, key: PRNGKeyArray | None = None, dtype=None) -> Particles:
     """n exactly orthonormal tokens in R^d (d >= n): e_1, ..., e_n, or a uniformly random
     orthonormal frame when `key` is given. The start of Theorem 6.8."""
     _check_sizes(n, d)

@@ -54,9 +54,7 @@ def _checked_delta(delta, dtype) -> Float[Array, ""]:
     known = _known(delta)
     shape = np.shape(known) if known is not None else jnp.shape(delta)
     if shape != ():
-        raise ValueError(
-            f"`delta` must be a scalar, got shape {shape}; `jax.vmap` over δ instead."
-        )
+        raise ValueError(f"`delta` must be a scalar, got shape {shape}; `jax.vmap` over δ instead.")
     if known is not None:
         if not 0 <= float(known) <= 2:
             raise ValueError(message.format(float(known)))
@@ -85,7 +83,6 @@ def _adjacency(x: Configuration, delta) -> Bool[Array, "n n"]:
     g = gram(x)
     threshold = 1 - _checked_delta(delta, g.dtype)
     return (g >= threshold) | jnp.eye(g.shape[0], dtype=bool)
-
 
 
 def clustered_fraction(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> Float[Array, ""]:
@@ -169,8 +166,9 @@ def order_parameter(
             f"got shape {shape}."
         )
     known = _known(k)
-    if known is not None and (known.ndim != 0 or not float(known) == round(float(known))
-                              or float(known) < 1):
+    if known is not None and (
+        known.ndim != 0 or not float(known) == round(float(known)) or float(known) < 1
+    ):
         raise ValueError(f"`k` must be a positive integer (the harmonic), got {k!r}.")
     theta = jnp.asarray(theta)
     if theta.ndim == 2:
@@ -195,8 +193,9 @@ def min_projection(x: Configuration, w: Float[ArrayLike, " d"]) -> Float[Array, 
 def _bin_edges(bins, dtype) -> Float[Array, " edges"]:
     if isinstance(bins, int) and not isinstance(bins, bool):
         if bins < 1:
-            raise ValueError(f"`bins` must be a positive number of bins or an array of edges, "
-                             f"got {bins}.")
+            raise ValueError(
+                f"`bins` must be a positive number of bins or an array of edges, got {bins}."
+            )
         return jnp.linspace(-1, 1, bins + 1, dtype=dtype)
     known = _known(bins)
     shape = np.shape(bins) if known is not None else bins.shape

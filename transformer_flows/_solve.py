@@ -103,8 +103,9 @@ def solve(
     sphere = isinstance(field, AbstractSphereField)
     solver = _resolve_solver(solver, sphere)
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
-    _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe,
-                   stepsize_controller)
+    _check_options(
+        solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe, stepsize_controller
+    )
     x0 = as_float_array(x0, "x0")
     field.check_state(x0)
     _check_dtypes(field, x0)
@@ -115,13 +116,28 @@ def solve(
     solver = _prepare_for_adjoint(solver, adjoint)
     # Checked as given (before the cast), then cast to the dtype of the solve. Under vmap a
     # batch of tolerances is one traced array: the check then covers every entry.
-    rtol, atol = (check_positive(as_float_array(v, name), name)
-                  for name, v in (("rtol", rtol), ("atol", atol)))
+    rtol, atol = (
+        check_positive(as_float_array(v, name), name)
+        for name, v in (("rtol", rtol), ("atol", atol))
+    )
     tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
     if dt0 is not None:
         dt0 = jnp.asarray(check_positive(as_float_array(dt0, "dt0"), "dt0"), x0.dtype)
-    return _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
-                  stepsize_controller, args, throw, progress_meter)
+    return _solve(
+        field,
+        x0,
+        ts,
+        solver,
+        dt0,
+        tolerances,
+        max_steps,
+        adjoint,
+        observe,
+        stepsize_controller,
+        args,
+        throw,
+        progress_meter,
+    )
 
 
 def _resolve_solver(solver, sphere: bool) -> diffrax.AbstractSolver:
@@ -148,13 +164,15 @@ def _prepare_for_adjoint(solver, adjoint):
     scan_kind = {diffrax.DirectAdjoint: "bounded", diffrax.ForwardMode: "lax"}.get(type(adjoint))
     inner = solver.solver if isinstance(solver, Renormalized) else None
     if scan_kind and isinstance(inner, diffrax.AbstractRungeKutta) and inner.scan_kind is None:
-        solver = eqx.tree_at(lambda s: s.solver.scan_kind, solver, scan_kind,
-                             is_leaf=lambda leaf: leaf is None)
+        solver = eqx.tree_at(
+            lambda s: s.solver.scan_kind, solver, scan_kind, is_leaf=lambda leaf: leaf is None
+        )
     return solver
 
 
-def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe,
-                   stepsize_controller) -> None:
+def _check_options(
+    solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe, stepsize_controller
+) -> None:
     if not adaptive and dt0 is None and stepsize_controller is None:
         raise ValueError(
             f"`solver={type(solver).__name__}()` has a fixed step: pass `dt0`, e.g. dt0=0.1 "
@@ -168,8 +186,11 @@ def _check_options(solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observ
             f"or diffrax.BacksolveAdjoint(), got {adjoint!r}."
         )
     inner = solver.solver if isinstance(solver, Renormalized) else solver
-    if (isinstance(adjoint, diffrax.BacksolveAdjoint) and isinstance(inner, AbstractFixedStepSolver)
-            and not inner.supports_backsolve):
+    if (
+        isinstance(adjoint, diffrax.BacksolveAdjoint)
+        and isinstance(inner, AbstractFixedStepSolver)
+        and not inner.supports_backsolve
+    ):
         raise ValueError(
             f"`adjoint=BacksolveAdjoint()` integrates an augmented adjoint state, which "
             f"`{type(inner).__name__}` cannot step; use the default RecursiveCheckpointAdjoint."
@@ -234,15 +255,29 @@ def _check_values(field, x0, ts, sphere: bool):
         x0 = check_on_sphere(x0, "x0")
     ts = check_finite(ts, "ts", "Save times must be finite, e.g. jnp.linspace(0, 10, 101).")
     ts = check_condition(
-        ts, jnp.any(jnp.diff(ts) <= 0),
+        ts,
+        jnp.any(jnp.diff(ts) <= 0),
         "`ts` must be strictly increasing (it holds the save times from t0 to t1).",
     )
     return field, x0, ts
 
 
 @eqx.filter_jit
-def _solve(field, x0, ts, solver, dt0, tolerances, max_steps, adjoint, observe,
-           stepsize_controller, args, throw, progress_meter) -> Trajectory:
+def _solve(
+    field,
+    x0,
+    ts,
+    solver,
+    dt0,
+    tolerances,
+    max_steps,
+    adjoint,
+    observe,
+    stepsize_controller,
+    args,
+    throw,
+    progress_meter,
+) -> Trajectory:
     sphere = isinstance(field, AbstractSphereField)
     if stepsize_controller is None:
         if isinstance(solver, diffrax.AbstractAdaptiveSolver):

@@ -77,7 +77,8 @@ def check_nonnegative(value: Array, name: str, meaning: str = "") -> Array:
             raise ValueError(f"`{name}` must be finite and >= 0{what}, got {shown}.")
         return value
     return eqx.error_if(
-        value, ~jnp.all(jnp.isfinite(value) & (value >= 0)),
+        value,
+        ~jnp.all(jnp.isfinite(value) & (value >= 0)),
         f"`{name}` must be finite and >= 0{what}, got a negative, NaN or inf value (under "
         "jit/vmap: check every entry of the batch).",
     )
@@ -92,7 +93,8 @@ def check_positive(value: Array, name: str) -> Array:
             raise ValueError(f"`{name}` must be finite and > 0, got {shown}.")
         return value
     return eqx.error_if(
-        value, ~jnp.all(jnp.isfinite(value) & (value > 0)),
+        value,
+        ~jnp.all(jnp.isfinite(value) & (value > 0)),
         f"`{name}` must be finite and > 0, got a value <= 0, NaN or inf (under jit/vmap: "
         "check every entry of the batch).",
     )
@@ -121,7 +123,8 @@ def check_on_sphere(x: Array, name: str = "x") -> Array:
         return x
     deviation = jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1), initial=0.0)
     return eqx.error_if(
-        x, ~(deviation <= tolerance),
+        x,
+        ~(deviation <= tolerance),
         f"`{name}` must be points on the unit sphere (| |x_i| - 1 | <= {tolerance:.1e}); {fix}.",
     )
 

@@ -62,7 +62,5 @@ class Kuramoto(AbstractAngleField):
         mixed = attend(
             angles_to_points(theta), self.beta, None, None, None, normalized=self.normalized
         )
-        velocity = self.coupling * (
-            jnp.cos(theta) * mixed[:, 1] - jnp.sin(theta) * mixed[:, 0]
-        )
+        velocity = self.coupling * (jnp.cos(theta) * mixed[:, 1] - jnp.sin(theta) * mixed[:, 0])
         return velocity if self.frequencies is None else velocity + self.frequencies

@@ -94,14 +94,16 @@ class AbstractAttentionField(AbstractSphereField):
         """The attention matrices A^h(t) (one per head) at configuration `x`."""
         Q, K, _ = self.weights_at(t)
         normalized, log_shift = self._normalization()
-        return attention_weights(
-            x, self.beta, Q, K, normalized=normalized, log_shift=log_shift
-        )
+        return attention_weights(x, self.beta, Q, K, normalized=normalized, log_shift=log_shift)
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         normalized, log_shift = self._normalization()
         return attend(
-            x, self.beta, *self.weights_at(t), normalized=normalized, log_shift=log_shift,
+            x,
+            self.beta,
+            *self.weights_at(t),
+            normalized=normalized,
+            log_shift=log_shift,
             method=self.attention,
         )
 
@@ -156,9 +158,7 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
 def _check_weights(Q, K, V, layer_duration) -> None:
     layered = layer_duration is not None
     if layered and not (isinstance(layer_duration, (int, float)) and layer_duration > 0):
-        raise ValueError(
-            f"`layer_duration` must be a positive number, got {layer_duration!r}."
-        )
+        raise ValueError(f"`layer_duration` must be a positive number, got {layer_duration!r}.")
     given = {name: w for name, w in (("Q", Q), ("K", K), ("V", V)) if w is not None}
     if layered and not given:
         raise ValueError(
@@ -181,7 +181,11 @@ def _check_weights(Q, K, V, layer_duration) -> None:
         )
     for name in ("Q", "K"):
         partner = "K" if name == "Q" else "Q"
-        if name in given and partner not in given and given[name].shape[-1] != given[name].shape[-2]:
+        if (
+            name in given
+            and partner not in given
+            and given[name].shape[-1] != given[name].shape[-2]
+        ):
             raise ValueError(
                 f"`{name}` of shape {given[name].shape} is not square, so `{partner}` cannot "
                 f"default to the identity; pass `{partner}` of the same shape."
@@ -189,8 +193,10 @@ def _check_weights(Q, K, V, layer_duration) -> None:
     dims = {name: w.shape[-1] for name, w in given.items()}
     if len(set(dims.values())) > 1:
         raise ValueError(f"Q, K, V must act on the same dimension d, got {dims}.")
-    heads = {name: (w.shape[1] if layered else w.shape[0]) if w.ndim == base + 1 else None
-             for name, w in given.items()}
+    heads = {
+        name: (w.shape[1] if layered else w.shape[0]) if w.ndim == base + 1 else None
+        for name, w in given.items()
+    }
     if len(set(heads.values())) > 1:
         raise ValueError(
             f"Mismatched head counts {heads} (None = no head axis): give every non-identity "
