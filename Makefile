@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench env clean figures figures-smoke
+.PHONY: demo test lint bench env clean figures figures-smoke
 
 env: $(STAMP)
 
@@ -19,8 +19,13 @@ demo: $(STAMP)
 
 # One worker per core, each test file in one worker: most test time is single-threaded XLA
 # compilation, so two workers on CI's two cores roughly halve the wall time.
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -n auto --dist loadfile
+
+# ruff (lint rules and formatting in pyproject.toml); .pre-commit-config.yaml runs the same.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The paper's figures, one config each (configs/*.yaml), plus Fig. 4's phase diagram with the
 # authors' fixed-step scheme for comparison. Re-running resumes interrupted sweeps.

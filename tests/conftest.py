@@ -9,12 +9,12 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# STYLE.md §7.10: strict dtype promotion and jaxtyping+beartype runtime checks of every
-# annotated function in the package. Off by default until the package passes them (the
-# hygiene branch's report lists the failures and their fixes); TF_STRICT=1 switches both on.
-# The import hook must be installed before `transformer_flows` is first imported, which is
-# why it lives here and not in a fixture.
-if os.environ.get("TF_STRICT") == "1":
+# Strict dtype promotion (no silent float32 -> float64 or int -> float mixing) and
+# jaxtyping+beartype runtime checks of every annotated function in the package; TF_STRICT=0
+# switches both off (to tell a type failure from a numerical one). The import hook must be
+# installed before `transformer_flows` is first imported, which is why it lives here and not
+# in a fixture.
+if os.environ.get("TF_STRICT", "1") == "1":
     from jaxtyping import install_import_hook
 
     jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -35,3 +35,17 @@ class GetKey:
 @pytest.fixture
 def getkey():
     return GetKey(int(os.environ.get("TRANSFORMER_FLOWS_TEST_SEED", "0")))
+
+
+@pytest.fixture
+def without_type_checker():
+    """For tests of our own messages for arguments of the wrong type: users run without the
+    jaxtyping/beartype checker, which would otherwise refuse such arguments first (naming the
+    parameter, but not saying what to do). Values of the right type are checked either way."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

@@ -126,7 +126,10 @@ def test_fused_matches_dense_on_cpu(getkey):
     x = tf.sample_sphere(getkey(), 12, 4)
     Q, K, V = _weights(getkey, 2, 6, 4)
     dense = _attend(x, 2.0, (Q, K, V), True, tf.DenseAttention())
-    fused = _attend(x, 2.0, (Q, K, V), True, tf.FusedAttention(implementation="xla"))
+    # jax.nn.dot_product_attention mixes float32 (its softmax) with float64 inputs inside: it
+    # does not run under strict dtype promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        fused = _attend(x, 2.0, (Q, K, V), True, tf.FusedAttention(implementation="xla"))
     # XLA's kernel keeps its softmax in float32 even for float64 inputs.
     assert jnp.max(jnp.abs(fused - dense)) < 1e-6
     with pytest.raises(ValueError, match="softmax attention only"):

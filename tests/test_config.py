@@ -183,7 +183,7 @@ def test_unknown_keys_are_named_with_the_allowed_ones():
         ),
     ],
 )
-def test_cross_checks_name_the_keys_and_the_fix(sections, fix):
+def test_cross_checks_name_the_keys_and_the_fix(sections, fix, without_type_checker):
     with pytest.raises(ConfigError, match=fix):
         config_from_dict(minimal(**sections))
 

@@ -44,7 +44,7 @@ TS = jnp.linspace(0, 1, 3)
         (lambda: tf.Renormalized("tsit5"), "solver"),
     ],
 )
-def test_construction_errors(build, match):
+def test_construction_errors(build, match, without_type_checker):
     with pytest.raises(ValueError, match=match):
         build()
 
@@ -124,7 +124,7 @@ def test_construction_errors(build, match):
         ),
     ],
 )
-def test_solve_errors_name_the_argument(call, match):
+def test_solve_errors_name_the_argument(call, match, without_type_checker):
     with pytest.raises(ValueError, match=match):
         call()
 

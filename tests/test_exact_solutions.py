@@ -52,13 +52,13 @@ def test_kuramoto_matches_printed_angle_equations(getkey):
     usa = -kernel.sum(1) / 9  # (7.1)
     sa = -kernel.sum(1) / np.exp(beta * np.cos(diff)).sum(1)
     field = tf.Kuramoto(beta, coupling=coupling, frequencies=omega)
-    np.testing.assert_allclose(field(0.0, theta), omega + coupling * usa, atol=1e-12)
+    np.testing.assert_allclose(field(0.0, jnp.asarray(theta)), omega + coupling * usa, atol=1e-12)
     field = tf.Kuramoto(beta, normalized=True)
-    np.testing.assert_allclose(field(0.0, theta), sa, atol=1e-12)
+    np.testing.assert_allclose(field(0.0, jnp.asarray(theta)), sa, atol=1e-12)
     # β = 0: classical Kuramoto (7.2)
     classical = omega + coupling * np.sin(-diff).mean(1)
     field = tf.Kuramoto(0.0, coupling=coupling, frequencies=omega)
-    np.testing.assert_allclose(field(0.0, theta), classical, atol=1e-12)
+    np.testing.assert_allclose(field(0.0, jnp.asarray(theta)), classical, atol=1e-12)
 
 
 def test_kuramoto_is_gradient_of_torus_energy(getkey):

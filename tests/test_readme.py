@@ -12,4 +12,4 @@ def test_readme_examples_run(capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
-    assert "must lie on the unit sphere" in capsys.readouterr().out
+    assert "must be points on the unit sphere" in capsys.readouterr().out

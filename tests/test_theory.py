@@ -286,7 +286,7 @@ def test_uniform_energy_closed_forms_and_quadrature():
 
 def test_uniform_energy_is_the_lattice_energy_on_the_circle():
     """(1/n²) Σ_ij e^{β cos(φ_i-φ_j)} on n equally spaced angles = I_0(β) + 2 Σ_k I_{kn}(β)."""
-    theta = 2 * jnp.pi * jnp.arange(64) / 64
+    theta = 2 * jnp.pi * jnp.arange(64, dtype=float) / 64
     for beta in (0.0, 1e-3, 1.0, 9.0):
         for shifted in (False, True):
             if beta == 0 and not shifted:

@@ -20,10 +20,11 @@ def _lattice_growth(model, betas, ells, n=256, epsilon=1e-6):
     4/λ_ℓ. Returns (measured, predicted)."""
     field = tf.SelfAttention if model == "SA" else tf.UnnormalizedSelfAttention
     predicted = theory.growth_rate(ells, betas, 2, model)
-    phi = 2 * jnp.pi * jnp.arange(n) / n + 0.1
+    phi = 2 * jnp.pi * jnp.arange(n, dtype=float) / n + 0.1
 
     def measure(beta, ell, horizon):
-        x0 = tf.angles_to_points(phi + epsilon * jnp.sin(ell * phi) / ell)
+        wave = ell.astype(phi.dtype)
+        x0 = tf.angles_to_points(phi + epsilon * jnp.sin(wave * phi) / wave)
         solution = tf.solve(
             field(beta),
             x0,

@@ -52,7 +52,7 @@ def energy(
 
 
 def modified_metric_energy(
-    x: Particles, beta: Float[ArrayLike, ""], V: Float[Array, "d d"] | None = None
+    x: Particles, beta: Float[ArrayLike, ""], V: Float[ArrayLike, "d d"] | None = None
 ) -> Float[Array, ""]:
     """(1/(2β)) Σ_ij e^{β<V x_i, x_j>} (§3.4.1, no 1/n²). For symmetric V = QᵀK, SA with
     weights (Q, K, V) is its gradient flow in the metric Σ_i Z_i <a_i, b_i>."""

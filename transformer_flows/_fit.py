@@ -129,7 +129,10 @@ def make_step(
             return batch_loss(eqx.combine(params, frozen), task, flow, key, batch_size)
 
         loss, grads = eqx.filter_value_and_grad(loss_of)(trainable)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        # optax mixes Python floats with its int32 step count (Adam's bias correction): let it
+        # promote as standard JAX does, also when the caller has chosen strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
         model = project_beta(eqx.apply_updates(model, updates))
         return model, opt_state, loss
 

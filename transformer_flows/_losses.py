@@ -174,7 +174,8 @@ class TargetPartition(_AbstractLabeledTask):
         apart_pairs = ~same
 
         def pair_mean(values, mask):
-            return jnp.sum(jnp.where(mask, values, 0)) / jnp.maximum(jnp.sum(mask), 1)
+            count = jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1)
+            return jnp.sum(jnp.where(mask, values, 0)) / count
 
         return pair_mean(1 - gram, merge_pairs) + pair_mean(
             jax.nn.relu(gram - self.margin), apart_pairs

@@ -32,7 +32,7 @@ def sphere_drift(x: Float[Array, "*batch n d"]) -> Float[Array, ""]:
     return jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1))
 
 
-def angles_to_points(theta: Float[Array, " n"]) -> Particles:
+def angles_to_points(theta: Float[Array, "*batch n"]) -> Float[Array, "*batch n 2"]:
     """θ ↦ (cos θ, sin θ) on S^1."""
     return jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=-1)
 

@@ -68,7 +68,7 @@ def build_fit_model(config: FitConfig):
     else:
         d, heads, layers, rank = spec.d, spec.heads, spec.layers, spec.rank
         lead = (() if layers is None else (layers,)) + (() if heads is None else (heads,))
-        scale = spec.init_scale / np.sqrt(d)
+        scale = float(spec.init_scale / np.sqrt(d))  # a Python float: keeps `dtype`
         keys = dict(zip("QKV", jax.random.split(jax.random.key(config.seed), 3), strict=True))
         dtype = dtype_of(config.precision)
 
@@ -81,7 +81,7 @@ def build_fit_model(config: FitConfig):
                 return scale * jax.random.normal(keys[name], (*lead, d, d), dtype=dtype)
             left_key, right_key = jax.random.split(keys[name])
             # left @ rightᵀ has entries of variance rank·(scale²/sqrt(d))², i.e. scale²·rank/d.
-            factor = np.sqrt(scale / np.sqrt(rank))
+            factor = float(np.sqrt(scale / np.sqrt(rank)))
             return LowRank(
                 factor * jax.random.normal(left_key, (*lead, d, rank), dtype=dtype),
                 factor * jax.random.normal(right_key, (*lead, d, rank), dtype=dtype),
