@@ -13,25 +13,32 @@ registered later (built-in or in `_builtins.py`) is tested here without a new te
 """
 
 import functools
+import re
+from pathlib import Path
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pydantic
 import pytest
+import yaml
 
 import transformer_flows as tf
 from transformer_flows.experiment import (
-    ConfigError,
     FIELDS,
     FIGURES,
-    ObservableContext,
     OBSERVABLES,
     SOLVERS,
     TASKS,
     WEIGHTS,
+    ConfigError,
+    FieldEntry,
+    ObservableContext,
     build_field,
     config_from_dict,
+    load_config,
     run_experiment,
 )
 
@@ -316,8 +323,8 @@ def test_inner_product_observables_see_the_gram_matrix_only(name):
     entry = OBSERVABLES[name]
     d = _observable_dim(entry)
     x = _random_configuration(jax.random.key(5), 5, d)
-    O, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(6), (d, d)))
-    maps = [x @ O.T]
+    rotation, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(6), (d, d)))
+    maps = [x @ rotation.T]
     if entry.d is None:
         # Isometry R^d -> R^(d+2): orthonormal columns.
         B, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(8), (d + 2, d)))
@@ -373,3 +380,189 @@ def test_weight_ensemble_contract(name):
     assert not np.allclose(products[0], products[1])
     # Drawn in float32 by sweeps of any precision.
     assert all(W.dtype == jnp.float32 for W in draw(keys, jnp.float32) if W is not None)
+
+
+# --- 4. every figure ----------------------------------------------------------------------
+
+MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".gif": (b"GIF87a", b"GIF89a")}
+
+
+def _figure_config(name, *, observables=None, d=None, experiment=None):
+    """The smallest config that satisfies the figure's declared needs (or, with an argument
+    given, one that lacks a need)."""
+    entry = FIGURES[name]
+    experiment = experiment or entry.experiment
+    if experiment == "theory":
+        return {
+            "experiment": "theory",
+            "name": f"tiny_{name}",
+            "theory": {"n": 8, "d": [2, 3], "beta": [1.0, 4.0],
+                       "tau": {"start": -3.0, "stop": 3.0, "num": 11}, "t1": 5.0},
+            "figures": [name],
+        }
+    return {
+        "name": f"tiny_{name}",
+        "precision": "float64",
+        "model": {"field": "SA", "n": 4, "d": [d or entry.d or 3]},
+        "sweep": {"beta": [1.0, 4.0], "starts": 2},
+        "time": {"t1": 1.0, "num": 3},
+        "observables": {"names": observables or list(entry.observables) or
+                        ["clustered_fraction"]},
+        "figures": [name],
+    }
+
+
+@pytest.fixture(scope="module")
+def figure_runs(tmp_path_factory):
+    """name -> (dataset, config) of a tiny run made for that figure (each computed once)."""
+
+    @functools.cache
+    def run(name):
+        config = config_from_dict(_figure_config(name))
+        out = tmp_path_factory.mktemp(f"run_{name}")
+        return run_experiment(config, out, progress=False), config
+
+    return run
+
+
+@pytest.mark.parametrize("name", FIGURES.names())
+def test_figure_draws_from_a_tiny_run(name, figure_runs, tmp_path):
+    dataset, config = figure_runs(name)
+    paths = FIGURES[name].draw(dataset, config, tmp_path)
+    assert paths
+    for path in paths:
+        assert path.is_file() and path.parent == tmp_path
+        assert path.suffix in MAGIC, f"{name} wrote {path.name}: add its magic bytes here"
+        data = path.read_bytes()
+        assert len(data) > 1000 and data.startswith(MAGIC[path.suffix])
+
+
+def _needs():
+    """(figure, need, value) for every declared need of every figure."""
+    needs = []
+    for name in FIGURES.names():
+        entry = FIGURES[name]
+        needs.append((name, "experiment", entry.experiment))
+        needs += [(name, "observable", observable) for observable in entry.observables]
+        if entry.d is not None:
+            needs.append((name, "d", entry.d))
+    return needs
+
+
+@pytest.mark.parametrize("name, need, value", _needs())
+def test_figure_needs_are_enforced(name, need, value):
+    config_from_dict(_figure_config(name))  # what it needs is enough
+    if need == "experiment":
+        other = "simulation" if value == "theory" else "theory"
+        raw = _figure_config(name, experiment=other)
+    elif need == "observable":
+        others = [o for o in FIGURES[name].observables if o != value]
+        raw = _figure_config(name, observables=others or
+                             [next(o for o in OBSERVABLES.names() if o != value and
+                                   OBSERVABLES[o].d is None)])
+    else:
+        raw = _figure_config(name, d=3 if value == 2 else 2)
+    with pytest.raises(ConfigError, match=re.escape(f"figure {name!r}")):
+        config_from_dict(raw)
+
+
+# --- 5. every fit task --------------------------------------------------------------------
+
+FIT_EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "configs").glob("fit_*.yaml"))
+
+
+def _examples(kind):
+    found = []
+    for path in FIT_EXAMPLES:
+        raw = yaml.safe_load(path.read_text())
+        if raw["task"]["kind"] == kind:
+            found.append((path, raw))
+    return found
+
+
+@pytest.mark.parametrize("kind", TASKS.names())
+def test_task_contract(kind):
+    entry = TASKS[kind]
+    examples = _examples(kind)
+    assert examples, f"ship an example configs/fit_*.yaml with task kind {kind!r}"
+    for path, raw in examples:
+        keys = {key: value for key, value in raw["task"].items() if key != "kind"}
+        spec = entry.schema.model_validate(keys)
+        assert load_config(path).task.spec() == spec  # the whole example validates too
+        with pytest.raises(pydantic.ValidationError):  # a misspelt key is an error
+            entry.schema.model_validate({**keys, "not_a_key": 1})
+        d = raw["model"]["d"]
+        task = entry.build(spec, d, 0)
+        assert isinstance(task, tf.AbstractTask) and task.dim == d
+        # Under jit, as fits batch them.
+        x0, aux = jax.jit(lambda key: task.sample(key))(jax.random.key(1))
+        assert x0.shape == (spec.n, d)
+        np.testing.assert_allclose(np.linalg.norm(x0, axis=-1), 1.0, rtol=0, atol=1e-12)
+        loss, grad = jax.jit(jax.value_and_grad(lambda x, a: task.loss(x, a)))(x0, aux)
+        assert np.isfinite(loss) and loss >= 0
+        assert grad.shape == x0.shape and np.all(np.isfinite(grad))
+
+
+# --- 6. a user-registered field swept over its own parameter ------------------------------
+
+
+class GainAttention(tf.AbstractSphereField):
+    """ẋ_i = gain · P^⊥_{x_i}(Σ_j softmax_j(β<x_i, x_j>) x_j): SA with identity weights, time
+    rescaled by `gain` (x_gain(t) = x_1(gain · t))."""
+
+    beta: jax.Array = eqx.field(converter=jnp.asarray)
+    gain: jax.Array = eqx.field(default=1.0, converter=jnp.asarray)
+
+    def drift(self, t, x, args=None):
+        return self.gain * tf.attend(x, self.beta, None, None, None, normalized=True)
+
+    def jump_times(self):
+        return None
+
+    def check_state(self, x):
+        if getattr(x, "ndim", None) != 2:
+            raise ValueError(f"GainAttention moves points (n, d), got {getattr(x, 'shape', x)}")
+
+
+def _unregister(registry, name):
+    """Test-only: the registries have no public way to remove an entry."""
+    registry._entries.pop(name)
+
+
+@pytest.fixture
+def gain_field():
+    name = "ContractsGainAttention"
+    assert name not in FIELDS
+    FIELDS.register(name, FieldEntry(GainAttention, description="test_contracts"))
+    try:
+        yield name
+    finally:
+        _unregister(FIELDS, name)
+    assert name not in FIELDS
+
+
+def test_user_field_parameter_axis_rescales_time(gain_field, tmp_path):
+    times = np.linspace(0.0, 4.0, 9)  # gain 2 at t ∈ {0, 0.5, 1} is gain 0.5 at 4t ∈ {0, 2, 4}
+    config = config_from_dict({
+        "name": "gain",
+        "precision": "float64",
+        "model": {"field": gain_field, "n": 4, "d": 3},
+        "sweep": {"beta": 1.0, "starts": 2, "params": {"gain": [0.5, 2.0]}},
+        "time": {"t1": float(times[-1]), "num": len(times)},
+        "solver": {"rtol": 1e-10, "atol": 1e-10},
+        "observables": {"names": ["clustered_fraction", "energy", "positions"], "delta": 0.05},
+    })
+    dataset = run_experiment(config, tmp_path, progress=False)
+    assert "gain" in dataset.dims
+    np.testing.assert_array_equal(dataset["gain"], [0.5, 2.0])
+    np.testing.assert_allclose(dataset["time"], times)
+    fast, slow = dataset.sel(gain=2.0), dataset.sel(gain=0.5)
+    early, late = fast.isel(time=[0, 1, 2]), slow.isel(time=[0, 4, 8])
+    np.testing.assert_allclose(early["positions"].values, late["positions"].values, atol=1e-8)
+    np.testing.assert_allclose(early["energy"].values, late["energy"].values, rtol=1e-8)
+    np.testing.assert_array_equal(
+        early["clustered_fraction"].values, late["clustered_fraction"].values
+    )
+    # Not vacuous: the tokens move and clusters form within the compared window.
+    fractions = fast["clustered_fraction"].isel(time=[0, 2]).values
+    assert np.all(fractions[..., 0] < fractions[..., 1])
