@@ -101,6 +101,10 @@ def _refused(entry, solver) -> bool:
     return entry.state == "angles" and isinstance(solver, (tf.NormalizedEuler, tf.GeodesicEuler))
 
 
+def _fd_betas():
+    return [b + s for b in BETAS for s in (0.0, -FD_STEP, FD_STEP)]
+
+
 @functools.cache
 def _reference(field_name):
     """Unbatched Tsit5 solves at tolerance 1e-12: β -> trajectory (the single-solve loop)."""
@@ -113,10 +117,6 @@ def _reference(field_name):
 
     single = _compiled(trajectory, jnp.float64(1.0))
     return {float(b): np.asarray(single(jnp.float64(b))) for b in _fd_betas()}
-
-
-def _fd_betas():
-    return [b + s for b in BETAS for s in (0.0, -FD_STEP, FD_STEP)]
 
 
 @functools.cache
@@ -167,30 +167,30 @@ def test_field_solver_contract(field_name, solver_name):
         return
     run = _program(field_name, solver_name)
     reference = _reference(field_name)
-    values, xs, grads = run(BETAS)
+    values, xs, slopes = run(BETAS)
     assert xs.shape == (len(BETAS), len(TIMES)) + _initial_state(entry).shape
-    assert np.all(np.isfinite(xs)) and np.all(np.isfinite(grads))
+    assert np.all(np.isfinite(xs)) and np.all(np.isfinite(slopes))
     if entry.state == "points":
         # On the sphere at every save time (the solvers retract every step).
         np.testing.assert_allclose(np.linalg.norm(xs, axis=-1), 1.0, rtol=0, atol=1e-12)
 
     # vmap does not couple the batch: β alone (a batch of copies) gives the same solve.
     for i, beta in enumerate(BETAS):
-        _, alone, alone_grad = run([beta, beta])
+        _, alone, alone_slope = run([beta, beta])
         np.testing.assert_allclose(alone[0], xs[i], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(alone_grad[0], grads[i], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(alone_slope[0], slopes[i], rtol=1e-10, atol=1e-12)
 
     exact = np.stack([reference[float(b)] for b in BETAS])
     error = np.max(np.abs(xs - exact))
-    exact_grad = np.array([
+    exact_slope = np.array([
         (_readout(entry, reference[b + FD_STEP][-1]) - _readout(entry, reference[b - FD_STEP][-1]))
         / (2 * FD_STEP) for b in BETAS
     ])
     if solver_entry.adaptive:
-        # Global error at the tolerance (measured: <= 2.5 tol); the gradient is the flow's
+        # Global error at the tolerance (measured: <= 2.5 tol); the derivative is the flow's
         # derivative up to ~tol (measured: <= 1.6 tol).
         assert error <= 20 * TOL
-        np.testing.assert_allclose(grads, exact_grad, rtol=0, atol=20 * TOL)
+        np.testing.assert_allclose(slopes, exact_slope, rtol=0, atol=20 * TOL)
     else:
         # The declared order p: error <= dt^p, and halving dt divides it by 2^(p ± 1/2).
         order = solver.order(None)
@@ -198,13 +198,13 @@ def test_field_solver_contract(field_name, solver_name):
         observed_order = np.log2(error / np.max(np.abs(xs_half - exact)))
         assert error <= DT**order
         assert abs(observed_order - order) <= 0.5, observed_order
-        # The gradient is the exact derivative of the discrete map: central differences of
+        # The derivative is the exact derivative of the discrete map: central differences of
         # the same solver agree to O(h²) (and differ from the flow's derivative by O(dt^p)).
         for i, beta in enumerate(BETAS):
             values_fd, _, _ = run([beta - FD_STEP, beta + FD_STEP])
             fd = (values_fd[1] - values_fd[0]) / (2 * FD_STEP)
-            np.testing.assert_allclose(grads[i], fd, rtol=1e-7, atol=1e-9)
-        assert np.max(np.abs(grads - exact_grad)) <= DT**order
+            np.testing.assert_allclose(slopes[i], fd, rtol=1e-7, atol=1e-9)
+        assert np.max(np.abs(slopes - exact_slope)) <= DT**order
 
 
 REFUSED = [
