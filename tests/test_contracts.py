@@ -91,8 +91,15 @@ def _readout(entry, state):
 def _trajectory(entry, solver, beta, dt, *, rtol, atol, adjoint=None):
     field = build_field(entry, beta, {}, _weights(entry))
     return tf.solve(
-        field, _initial_state(entry), TIMES, solver=solver, dt0=dt, rtol=rtol, atol=atol,
-        max_steps=MAX_STEPS, adjoint=adjoint or diffrax.RecursiveCheckpointAdjoint(),
+        field,
+        _initial_state(entry),
+        TIMES,
+        solver=solver,
+        dt0=dt,
+        rtol=rtol,
+        atol=atol,
+        max_steps=MAX_STEPS,
+        adjoint=adjoint or diffrax.RecursiveCheckpointAdjoint(),
     ).xs
 
 
@@ -133,15 +140,18 @@ def _program(field_name, solver_name):
 
     def readout(beta, dt):
         xs = _trajectory(
-            entry, solver, beta, None if solver_entry.adaptive else dt, rtol=TOL, atol=TOL,
+            entry,
+            solver,
+            beta,
+            None if solver_entry.adaptive else dt,
+            rtol=TOL,
+            atol=TOL,
             adjoint=diffrax.ForwardMode(),
         )
         return _readout(entry, xs[-1]), xs
 
     def derivative(beta, dt):
-        (value, xs), (slope, _) = jax.jvp(
-            lambda b: readout(b, dt), (beta,), (jnp.ones_like(beta),)
-        )
+        (value, xs), (slope, _) = jax.jvp(lambda b: readout(b, dt), (beta,), (jnp.ones_like(beta),))
         return value, xs, slope
 
     compiled = _compiled(
@@ -182,10 +192,16 @@ def test_field_solver_contract(field_name, solver_name):
 
     exact = np.stack([reference[float(b)] for b in BETAS])
     error = np.max(np.abs(xs - exact))
-    exact_slope = np.array([
-        (_readout(entry, reference[b + FD_STEP][-1]) - _readout(entry, reference[b - FD_STEP][-1]))
-        / (2 * FD_STEP) for b in BETAS
-    ])
+    exact_slope = np.array(
+        [
+            (
+                _readout(entry, reference[b + FD_STEP][-1])
+                - _readout(entry, reference[b - FD_STEP][-1])
+            )
+            / (2 * FD_STEP)
+            for b in BETAS
+        ]
+    )
     if solver_entry.adaptive:
         # Global error at the tolerance (measured: <= 2.5 tol); the derivative is the flow's
         # derivative up to ~tol (measured: <= 1.6 tol).
@@ -207,16 +223,9 @@ def test_field_solver_contract(field_name, solver_name):
         assert np.max(np.abs(slopes - exact_slope)) <= DT**order
 
 
-REFUSED = [
-    (f, s) for f, s in FIELD_SOLVER if _refused(FIELDS[f], SOLVERS[s].make())
-]
+REFUSED = [(f, s) for f, s in FIELD_SOLVER if _refused(FIELDS[f], SOLVERS[s].make())]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: config_from_dict accepts an angle field with a sphere stepper; the "
-    "run then fails at trace time with a ValueError after claiming the output directory",
-)
 @pytest.mark.parametrize("field_name, solver_name", REFUSED)
 def test_config_refuses_what_solve_refuses(field_name, solver_name):
     raw = {
@@ -234,7 +243,7 @@ def test_config_refuses_what_solve_refuses(field_name, solver_name):
 
 def _equally_spaced(n):
     """n equally spaced points of the circle."""
-    return tf.angles_to_points(2 * jnp.pi * jnp.arange(n) / n)
+    return tf.angles_to_points(2 * jnp.pi * jnp.arange(n, dtype=float) / n)
 
 
 def _lift(points, d):
@@ -252,7 +261,10 @@ def _known_values(name, d, beta):
     near = tf.normalize(jnp.stack([e1, e1 + 1e-3 * e2, e1 - 1e-3 * e2, e2]))
     known = {
         "clustered_fraction": [
-            (consensus, 1, 1.0), (antipodal, 1, 0.0), (spaced, 1, 0.0), (near, 1, 0.5)
+            (consensus, 1, 1.0),
+            (antipodal, 1, 0.0),
+            (spaced, 1, 0.0),
+            (near, 1, 0.5),
         ],
         "cluster_count": [(consensus, 1, 1), (antipodal, 1, 2), (spaced, 1, 4), (near, 1, 2)],
         # e^{-β} E_β = (1/(2βn²)) Σ_ij e^{β(<x_i,x_j> - 1)}.
@@ -263,7 +275,10 @@ def _known_values(name, d, beta):
         ],
         # |mean_j e^{ikθ_j}|: 1 at consensus; 0 for 4 equally spaced angles unless 4 | k.
         "order_parameter": [
-            (consensus, 1, 1.0), (antipodal, 1, 0.0), (spaced, 1, 0.0), (spaced, 2, 0.0),
+            (consensus, 1, 1.0),
+            (antipodal, 1, 0.0),
+            (spaced, 1, 0.0),
+            (spaced, 2, 0.0),
             (spaced, 4, 1.0),
         ],
         "positions": [(near, 1, near), (spaced, 1, spaced)],
@@ -308,7 +323,7 @@ def test_observable_dtype_dims_shape(name):
         value = np.asarray(entry.function(x, _context(1.0)))
         assert value.ndim == len(entry.dims)
         sizes = {"particle": n, "component": dim}
-        for size, dim_name in zip(value.shape, entry.dims):
+        for size, dim_name in zip(value.shape, entry.dims, strict=True):
             if dim_name in sizes:
                 assert size == sizes[dim_name]
         shapes.add(value.shape)
@@ -357,7 +372,7 @@ def test_observable_under_jit_and_vmap(name):
     def observe(x, beta):
         return entry.function(x, _context(beta))
 
-    loop = np.stack([np.asarray(observe(x, b)) for x, b in zip(xs, betas)])
+    loop = np.stack([np.asarray(observe(x, b)) for x, b in zip(xs, betas, strict=True)])
     np.testing.assert_allclose(jax.jit(jax.vmap(observe))(xs, betas), loop, rtol=1e-12, atol=0)
     np.testing.assert_allclose(jax.jit(observe)(xs[0], betas[0]), loop[0], rtol=1e-12, atol=0)
 
@@ -380,7 +395,7 @@ def test_weight_ensemble_contract(name):
     keys = jax.random.split(jax.random.key(3), 3)
     (Q, K, V), again = draw(keys, jnp.float64), draw(keys[::-1], jnp.float64)
     assert (V is not None) == entry.random_values
-    for W, W_again in zip((Q, K, V), again):
+    for W, W_again in zip((Q, K, V), again, strict=True):
         if W is None:
             continue
         assert W.shape == (3, 4, 4) and W.dtype == jnp.float64
@@ -408,8 +423,13 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
         return {
             "experiment": "theory",
             "name": f"tiny_{name}",
-            "theory": {"n": 8, "d": [2, 3], "beta": [1.0, 4.0],
-                       "tau": {"start": -3.0, "stop": 3.0, "num": 11}, "t1": 5.0},
+            "theory": {
+                "n": 8,
+                "d": [2, 3],
+                "beta": [1.0, 4.0],
+                "tau": {"start": -3.0, "stop": 3.0, "num": 11},
+                "t1": 5.0,
+            },
             "figures": [name],
         }
     return {
@@ -418,8 +438,7 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
         "model": {"field": "SA", "n": 4, "d": [d or entry.d or 3]},
         "sweep": {"beta": [1.0, 4.0], "starts": 2},
         "time": {"t1": 1.0, "num": 3},
-        "observables": {"names": observables or list(entry.observables) or
-                        ["clustered_fraction"]},
+        "observables": {"names": observables or list(entry.observables) or ["clustered_fraction"]},
         "figures": [name],
     }
 
@@ -469,9 +488,11 @@ def test_figure_needs_are_enforced(name, need, value):
         raw = _figure_config(name, experiment=other)
     elif need == "observable":
         others = [o for o in FIGURES[name].observables if o != value]
-        raw = _figure_config(name, observables=others or
-                             [next(o for o in OBSERVABLES.names() if o != value and
-                                   OBSERVABLES[o].d is None)])
+        raw = _figure_config(
+            name,
+            observables=others
+            or [next(o for o in OBSERVABLES.names() if o != value and OBSERVABLES[o].d is None)],
+        )
     else:
         raw = _figure_config(name, d=3 if value == 2 else 2)
     with pytest.raises(ConfigError, match=re.escape(f"figure {name!r}")):
@@ -536,11 +557,6 @@ class GainAttention(tf.AbstractSphereField):
             raise ValueError(f"GainAttention moves points (n, d), got {getattr(x, 'shape', x)}")
 
 
-def _unregister(registry, name):
-    """Test-only: the registries have no public way to remove an entry."""
-    registry._entries.pop(name)
-
-
 @pytest.fixture
 def gain_field():
     name = "ContractsGainAttention"
@@ -549,21 +565,23 @@ def gain_field():
     try:
         yield name
     finally:
-        _unregister(FIELDS, name)
+        FIELDS.unregister(name)
     assert name not in FIELDS
 
 
 def test_user_field_parameter_axis_rescales_time(gain_field, tmp_path):
     times = np.linspace(0.0, 4.0, 9)  # gain 2 at t ∈ {0, 0.5, 1} is gain 0.5 at 4t ∈ {0, 2, 4}
-    config = config_from_dict({
-        "name": "gain",
-        "precision": "float64",
-        "model": {"field": gain_field, "n": 4, "d": 3},
-        "sweep": {"beta": 1.0, "starts": 2, "params": {"gain": [0.5, 2.0]}},
-        "time": {"t1": float(times[-1]), "num": len(times)},
-        "solver": {"rtol": 1e-10, "atol": 1e-10},
-        "observables": {"names": ["clustered_fraction", "energy", "positions"], "delta": 0.05},
-    })
+    config = config_from_dict(
+        {
+            "name": "gain",
+            "precision": "float64",
+            "model": {"field": gain_field, "n": 4, "d": 3},
+            "sweep": {"beta": 1.0, "starts": 2, "params": {"gain": [0.5, 2.0]}},
+            "time": {"t1": float(times[-1]), "num": len(times)},
+            "solver": {"rtol": 1e-10, "atol": 1e-10},
+            "observables": {"names": ["clustered_fraction", "energy", "positions"], "delta": 0.05},
+        }
+    )
     dataset = run_experiment(config, tmp_path, progress=False)
     assert "gain" in dataset.dims
     np.testing.assert_array_equal(dataset["gain"], [0.5, 2.0])

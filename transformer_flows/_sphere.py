@@ -1,7 +1,7 @@
 """Geometry of the unit sphere S^{d-1}: tangent projection, retraction, exponential map."""
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import Particles
 
@@ -32,11 +32,12 @@ def sphere_drift(x: Float[Array, "*batch n d"]) -> Float[Array, ""]:
     return jnp.max(jnp.abs(jnp.linalg.norm(x, axis=-1) - 1))
 
 
-def angles_to_points(theta: Float[Array, "*batch n"]) -> Float[Array, "*batch n 2"]:
+def angles_to_points(theta: Float[ArrayLike, "*batch n"]) -> Float[Array, "*batch n 2"]:
     """θ ↦ (cos θ, sin θ) on S^1."""
     return jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=-1)
 
 
-def points_to_angles(x: Float[Array, "*batch 2"]) -> Float[Array, "*batch"]:
+def points_to_angles(x: Float[ArrayLike, "*batch 2"]) -> Float[Array, "*batch"]:
     """(cos θ, sin θ) ↦ θ ∈ (-π, π]."""
+    x = jnp.asarray(x)
     return jnp.arctan2(x[..., 1], x[..., 0])

@@ -60,9 +60,14 @@ for _name, _cls in (
     )
 SOLVERS.register(
     "normalized_euler",
-    SolverEntry(NormalizedEuler, adaptive=False, description="the authors' Euler + normalise"),
+    SolverEntry(
+        NormalizedEuler,
+        adaptive=False,
+        points_only=True,
+        description="the authors' Euler + normalise",
+    ),
 )
-SOLVERS.register("geodesic_euler", SolverEntry(GeodesicEuler, adaptive=False))
+SOLVERS.register("geodesic_euler", SolverEntry(GeodesicEuler, adaptive=False, points_only=True))
 SOLVERS.register("rk4", SolverEntry(RK4, adaptive=False))
 
 # --- weight ensembles (Fig. 5) -------------------------------------------------------------

@@ -37,6 +37,12 @@ class Registry(Generic[Entry]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> Entry:
+        """Remove an entry (e.g. one a test or a session registered); returns it."""
+        entry = self[name]
+        del self._entries[name]
+        return entry
+
     def names(self) -> list[str]:
         return list(self._entries)
 
@@ -135,10 +141,11 @@ class FieldRegistry(Registry[FieldEntry]):
 @dataclasses.dataclass(frozen=True)
 class SolverEntry:
     """`make()` returns the diffrax solver; `adaptive` solvers take rtol/atol, the others a
-    fixed step `solver.dt`."""
+    fixed step `solver.dt`; `points_only`: it steps points on a sphere (not angles)."""
 
     make: Callable[[], Any]
     adaptive: bool
+    points_only: bool = False
     description: str = ""
 
 

@@ -457,6 +457,12 @@ class SimulationConfig(_Experiment):
             _try_build(
                 entry, {**model.params, name: self.sweep.params[name][0]}, f"sweep.params.{name}"
             )
+        if entry.state == "angles" and SOLVERS[self.solver.name].points_only:
+            points = [name for name in SOLVERS if not SOLVERS[name].points_only]
+            raise ValueError(
+                f"solver.name: {self.solver.name!r} steps points on a sphere; field "
+                f"{model.field!r} moves angles: choose one of {points}"
+            )
         if self.sweep.tolerance is not None and not self.solver.adaptive:
             raise ValueError(
                 f"sweep.tolerance is an axis of adaptive solvers; {self.solver.name!r} has a "
