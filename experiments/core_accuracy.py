@@ -30,6 +30,7 @@ def equiangular_error(field, n, ts, reference, **options):
 
 
 def main():
+    tf.enable_compilation_cache()
     ts = np.linspace(0, 30, 301)
     print("equiangular error (orthonormal start), float64")
     for model, n, beta in [("SA", 32, 4.0), ("SA", 8, 1.0), ("USA", 8, 1.0), ("USA", 32, 0.5)]:

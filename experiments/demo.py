@@ -35,6 +35,7 @@ def main():
     parser.add_argument("--t1", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
+    tf.enable_compilation_cache()  # a second `make demo` loads its programs from disk
     out = pathlib.Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every variant")
     args = parser.parse_args()
+    tf.enable_compilation_cache()
     jax.config.update("jax_enable_x64", True)
 
     results = {}

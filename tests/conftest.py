@@ -5,6 +5,10 @@ import os
 import jax
 import pytest
 
+# Tests compile afresh: the command line's persistent compilation cache would make compile
+# counts (tests/helpers.count_compilations) depend on earlier runs.
+os.environ["TRANSFORMER_FLOWS_NO_CACHE"] = "1"
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -15,6 +15,10 @@ from ._attention import (
     attend as attend,
     attention_weights as attention_weights,
 )
+from ._compilation_cache import (
+    default_cache_dir as default_cache_dir,
+    enable_compilation_cache as enable_compilation_cache,
+)
 from ._energy import (
     energy as energy,
     modified_metric_energy as modified_metric_energy,

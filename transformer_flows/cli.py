@@ -32,6 +32,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--no-figures", action="store_true", help="write the dataset only")
     parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache (~/.cache/transformer-flows, or "
+        "$XDG_CACHE_HOME/transformer-flows; TRANSFORMER_FLOWS_NO_CACHE=1 also turns it off)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -188,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.command in ("run", "fit") and not args.no_cache:
+        from ._compilation_cache import enable_compilation_cache
+
+        enable_compilation_cache()
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:
