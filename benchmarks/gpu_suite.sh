@@ -77,8 +77,17 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 say() { printf '\n[gpu_suite %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-# record NAME STATUS SECONDS WHAT OUTPUT COMMAND
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$STEPS"; }
+# record NAME STATUS SECONDS WHAT OUTPUT COMMAND: one line of steps.tsv (no tabs or newlines
+# inside a field; long commands cut).
+record() {
+    local fields=() field
+    for field in "$@"; do
+        field=${field//$'\t'/ }
+        fields+=("${field//$'\n'/ }")
+    done
+    fields[5]=${fields[5]:0:300}
+    (IFS=$'\t' && printf '%s\n' "${fields[*]}") >>"$STEPS"
+}
 
 # step NAME CAP WHAT OUTPUT CMD... : run CMD (cap seconds at most, 0 = no cap, and never past
 # the budget), log it, record status and wall time. Never fails itself.
@@ -153,25 +162,26 @@ fi
 # The budget counts from the start, install included, so that --quick with an install still
 # ends inside one 10-minute command (it then skips more of the benchmarks).
 
-info() {
-    echo "## date"
-    date -u
-    echo "## git"
-    git rev-parse HEAD 2>/dev/null || true
-    git status --short 2>/dev/null | head -20 || true
-    echo "## nvidia-smi"
-    if command -v nvidia-smi >/dev/null; then nvidia-smi || true; else echo "nvidia-smi: not found"; fi
-    echo "## CPU"
-    (lscpu 2>/dev/null | grep -E 'Model name|^CPU\(s\)') || nproc
-    echo "## memory"
-    (free -g 2>/dev/null) || true
-    echo "## python $PY"
-    "$PY" -c 'import sys; print(sys.version)'
-    "$PY" -m pip list 2>/dev/null | grep -iE \
-        '^(jax|jaxlib|jax-cuda|nvidia-(cudnn|cublas|cuda-runtime)|diffrax|equinox|torch|torchdiffeq|numpy|transformer-flows)' ||
-        true
-    echo "## jax"
-    "$PY" - <<'EOF'
+cat >"$OUTDIR/machine_info.sh" <<'INFO'
+# Machine information for gpu_suite.sh; $PY is the interpreter.
+echo "## date"
+date -u
+echo "## git"
+git rev-parse HEAD 2>/dev/null || true
+git status --short 2>/dev/null | head -20 || true
+echo "## nvidia-smi"
+if command -v nvidia-smi >/dev/null; then nvidia-smi || true; else echo "nvidia-smi: not found"; fi
+echo "## CPU"
+(lscpu 2>/dev/null | grep -E 'Model name|^CPU\(s\)') || nproc
+echo "## memory"
+(free -g 2>/dev/null) || true
+echo "## python $PY"
+"$PY" -c 'import sys; print(sys.version)'
+"$PY" -m pip list 2>/dev/null | grep -iE \
+    '^(jax|jaxlib|jax-cuda|nvidia-(cudnn|cublas|cuda-runtime)|diffrax|equinox|torch|torchdiffeq|numpy|transformer-flows)' ||
+    true
+echo "## jax"
+"$PY" - <<'PYEOF'
 import jax
 
 print("jax", jax.__version__, "backend", jax.default_backend())
@@ -181,10 +191,10 @@ for d in jax.devices():
     limit = (stats or {}).get("bytes_limit")
     print(f"  {d}: {d.device_kind}" + (f", {limit / 2**30:.1f} GiB for JAX" if limit else ""))
 jax.print_environment_info()
-EOF
-}
+PYEOF
+INFO
 step machine-info 300 "nvidia-smi, CPU, versions, jax.devices()" machine.txt \
-    env PY="$PY" bash -c "$(declare -f info); info"
+    env PY="$PY" bash "$OUTDIR/machine_info.sh"
 cp "$OUTDIR/logs/machine-info.log" "$OUTDIR/machine.txt" 2>/dev/null || true
 GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)
 JAX_LINE=$("$PY" -c 'import jax; print(f"JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}) x{jax.device_count()}")' 2>/dev/null || echo "JAX: import failed")
@@ -388,7 +398,8 @@ fi
     echo "### GPU suite, mode \`$MODE\` ($(date -u '+%Y-%m-%d %H:%M UTC'), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
     echo
     echo "- machine: ${GPU_NAME:-no nvidia-smi}; $JAX_LINE; $(nproc) CPU cores"
-    echo "- command: \`bash benchmarks/gpu_suite.sh $([[ $MODE == full ]] || echo "--$MODE")\`; files under \`$OUTDIR\`"
+    case $MODE in quick) flag=" --quick" ;; smoke) flag=" --dry-run" ;; *) flag= ;; esac
+    echo "- command: \`bash benchmarks/gpu_suite.sh$flag\`; files under \`$OUTDIR\`"
     [[ $MODE == quick ]] && echo "- quick mode: Fig. 5 ran with **sweep.starts=16** (of 1024), not full size"
     [[ $MODE == smoke ]] && echo "- dry run: every step at smoke size; these times say nothing about a GPU"
     echo
