@@ -250,6 +250,31 @@ def attend(method, dtype):
 
 
 rows, problems = [], []
+devices = ", ".join(sorted({dv.device_kind for dv in jax.devices()}))
+
+
+def write(done=False):
+    """The table so far (rewritten after every row: a timeout keeps what was measured)."""
+    lines = [
+        f"FusedAttention vs DenseAttention through tf.attend, SA, d = {d}, β = {beta}, single "
+        f"head; JAX {jax.__version__} on {jax.default_backend()} ({devices}); error = max |out - "
+        f"dense float32 at matmul precision 'highest'|; time = median of {repeats} calls, "
+        f"compile excluded; AutoAttention = what AutoAttention() picks for this n and dtype.",
+        "",
+        "| n | dtype | method | AutoAttention | max error | median s | first call s | check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    if not gpu:
+        lines += ["", "No GPU backend: cuDNN not reachable; only XLA's implementation ran."]
+    if not done:
+        lines += ["", "(incomplete: the check did not finish)"]
+    lines += ["", "Problems: " + ("; ".join(problems) if problems else "none")]
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 for n in ns:
     x32 = tf.sample_sphere(jax.random.key(n), n, d).astype(jnp.float32)
     with jax.default_matmul_precision("highest"):
@@ -274,6 +299,7 @@ for n in ns:
                 rows.append([n, name, label, chosen, "error", "-", "-", message])
                 problems.append(f"n={n} {name} {label}: {message}")
                 print(rows[-1], flush=True)
+                write()
                 continue
             error = float(jnp.max(jnp.abs(y.astype(jnp.float32) - reference)))
             ok = error <= tolerance[name]
@@ -282,25 +308,9 @@ for n in ns:
             rows.append([n, name, label, chosen, f"{error:.2e}", f"{statistics.median(times):.3g}",
                          f"{first:.3g}", "ok" if ok else "CHECK"])
             print(rows[-1], flush=True)
+            write()
 
-devices = ", ".join(sorted({dv.device_kind for dv in jax.devices()}))
-lines = [
-    f"FusedAttention vs DenseAttention through tf.attend, SA, d = {d}, β = {beta}, single head; "
-    f"JAX {jax.__version__} on {jax.default_backend()} ({devices}); error = max |out - dense "
-    f"float32 at matmul precision 'highest'|; time = median of {repeats} calls, compile "
-    f"excluded; AutoAttention = what AutoAttention() picks for this n and dtype.",
-    "",
-    "| n | dtype | method | AutoAttention | max error | median s | first call s | check |",
-    "|---|---|---|---|---|---|---|---|",
-]
-lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-if not gpu:
-    lines += ["", "No GPU backend: cuDNN not reachable; only XLA's implementation ran."]
-lines += ["", "Problems: " + ("; ".join(problems) if problems else "none")]
-text = "\n".join(lines) + "\n"
-print(text)
-with open(out, "w") as f:
-    f.write(text)
+print(write(done=True))
 sys.exit(1 if problems else 0)
 EOF
 
