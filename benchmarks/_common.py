@@ -1,7 +1,8 @@
 """Shared benchmark plumbing: timing (compile excluded, medians), machine info, result logs.
 
 Every script prints a table and appends it, with the machine and the command, to
-benchmarks/results/<script>.md; BENCHMARKS.md summarises those logs.
+benchmarks/results/<script>.md ($TF_BENCH_RESULTS/<script>.md if set); BENCHMARKS.md
+summarises those logs.
 """
 
 import datetime
@@ -14,7 +15,11 @@ import time
 
 import jax
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# TF_BENCH_RESULTS redirects the logs (benchmarks/gpu_suite.sh collects a session's tables in
+# its output directory instead of appending to the committed ones).
+RESULTS = os.environ.get("TF_BENCH_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results"
+)
 
 
 def block(tree):

@@ -52,6 +52,13 @@ def inputs(num_betas, starts, d, seed=0):
     return jnp.asarray(betas, DTYPE), jnp.asarray(x0, DTYPE)
 
 
+def _sorted_chunk_waste(steps, sorted_steps) -> str:
+    if steps.size % 64:
+        return "n/a"
+    chunk_max = np.repeat(sorted_steps.reshape(-1, 64).max(1), 64)
+    return f"{1 - steps.mean() / np.mean(chunk_max):.0%}"
+
+
 def strategies(num_betas, starts, repeats):
     betas, x0 = inputs(num_betas, starts, 2)
     shuffle = np.random.default_rng(1).permutation(betas.size)
@@ -124,10 +131,3 @@ def main():
 
 if __name__ == "__main__":
     main()
-
-
-def _sorted_chunk_waste(steps, sorted_steps) -> str:
-    if steps.size % 64:
-        return "n/a"
-    chunk_max = np.repeat(sorted_steps.reshape(-1, 64).max(1), 64)
-    return f"{1 - steps.mean() / np.mean(chunk_max):.0%}"
