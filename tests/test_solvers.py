@@ -4,6 +4,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 import pytest
 
 import transformer_flows as tf
@@ -187,3 +188,83 @@ def test_implicit_solvers_are_accurate_on_the_equiangular_solution(model, cls, s
         assert tf.sphere_drift(traj.xs) <= 1e-14
         explicit = np.asarray(tf.solve(cls(beta), x0, ts, rtol=tol, atol=tol).xs)
         assert np.max(np.abs(xs - explicit)) <= 20 * tol
+
+
+def test_gradient_through_an_implicit_solve_matches_finite_differences(getkey):
+    """d/dβ through Kvaerno5 (root finds inside every stage) with the default checkpointed
+    adjoint: the central difference agrees (measured: 4e-10 relative)."""
+    x0 = tf.sample_sphere(getkey(), 5, 3)
+    target = tf.sample_sphere(getkey(), 5, 3)
+    V = jnp.eye(3) + 0.1 * jax.random.normal(getkey(), (3, 3))
+
+    def loss(beta):
+        traj = tf.solve(
+            tf.SelfAttention(beta, V=V),
+            x0,
+            jnp.array([0.0, 1.5]),
+            solver=diffrax.Kvaerno5(),
+            rtol=1e-10,
+            atol=1e-10,
+        )
+        return jnp.sum((traj.xs[-1] - target) ** 2)
+
+    gradient = jax.grad(loss)(1.3)
+    h = 1e-5
+    finite = (loss(1.3 + h) - loss(1.3 - h)) / (2 * h)
+    np.testing.assert_allclose(gradient, finite, rtol=1e-6)
+
+
+def test_implicit_euler_with_a_constant_step_is_first_order():
+    """ImplicitEuler on a constant step: diffeqsolve needs the root finder's tolerances
+    (there is no PID controller to take them from); given them it runs through
+    `Renormalized`, stays on the sphere, and its error halves with the step (slope 1)."""
+    field, x0 = _problem()
+    ts = jnp.array([0.0, 1.0])
+    reference = tf.solve(field, x0, ts, solver=diffrax.Dopri8(), rtol=1e-13, atol=1e-13).xs[-1]
+    # Newton, not the default VeryChord: with norm=max_norm the chord reports "Nonlinear solve
+    # diverged" on the first h = 0.1 step here even in a bare diffeqsolve (no wrapper).
+    solver = diffrax.ImplicitEuler(root_finder=optx.Newton(rtol=1e-10, atol=1e-10))
+    steps = np.array([0.1, 0.05, 0.025, 0.0125])
+    errors = []
+    for h in steps:
+        traj = tf.solve(
+            field, x0, ts, solver=solver, dt0=h, stepsize_controller=diffrax.ConstantStepSize()
+        )
+        assert int(traj.stats["num_steps"]) == round(1 / h)
+        assert tf.sphere_drift(traj.xs) <= 1e-14
+        errors.append(float(jnp.max(jnp.abs(traj.xs[-1] - reference))))
+    slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - 1) < 0.15, (slope, errors)
+
+
+def test_kvaerno5_takes_stiff_unnormalised_attention_in_fewer_steps():
+    """USA on the circle (n = 6, β = 5, t1 = 50): once tokens merge, their clusters contract
+    at rates ~ e^β while the clusters drift slowly, so the explicit Tsit5 is held to its
+    stability limit. Measured (rtol = atol = 1e-6, this start): Tsit5 6049 steps, Kvaerno5
+    3738 with diffrax's default VeryChord root finder (1985 of them rejected: the chord's
+    frozen Jacobian often fails to converge), 52 with a Newton root finder. At β = 10 Tsit5
+    and Kvaerno5 + VeryChord both exhaust 50 000 steps; Kvaerno5 + Newton takes 87."""
+    x0 = tf.sample_sphere(jax.random.key(0), 6, 2)
+    ts = jnp.array([0.0, 50.0])
+    field = tf.UnnormalizedSelfAttention(5.0)
+    options = dict(rtol=1e-6, atol=1e-6, max_steps=16_384)
+    explicit = tf.solve(field, x0, ts, **options)
+    chord = tf.solve(field, x0, ts, solver=diffrax.Kvaerno5(), **options)
+    newton = tf.solve(
+        field,
+        x0,
+        ts,
+        solver=diffrax.Kvaerno5(root_finder=optx.Newton(rtol=1e-8, atol=1e-8)),
+        **options,
+    )
+    steps = {
+        name: int(traj.stats["num_steps"])
+        for name, traj in (("tsit5", explicit), ("chord", chord), ("newton", newton))
+    }
+    assert steps["chord"] < steps["tsit5"] and 20 * steps["newton"] < steps["tsit5"], steps
+    for traj in (chord, newton):
+        assert tf.sphere_drift(traj.xs) <= 1e-14
+        # The same end state: the gram matrix (clusters) within the tolerance's reach.
+        gram = np.einsum("id,jd->ij", traj.xs[-1], traj.xs[-1])
+        reference = np.einsum("id,jd->ij", explicit.xs[-1], explicit.xs[-1])
+        np.testing.assert_allclose(gram, reference, rtol=0, atol=1e-4)
