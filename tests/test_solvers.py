@@ -272,3 +272,39 @@ def test_kvaerno5_takes_stiff_unnormalised_attention_in_fewer_steps():
         # The same trajectory (measured: <= 3.2e-5, Newton at t = 0.01, in the fast transient).
         gram = np.einsum("tid,tjd->tij", traj.xs, traj.xs)
         np.testing.assert_allclose(gram, reference, rtol=0, atol=1e-4)
+
+
+def test_kvaerno5_config_sweep_equals_the_tsit5_sweep(tmp_path):
+    """`solver.name: kvaerno5` validates as adaptive (rtol/atol, no dt) and a tiny float64
+    sweep with it gives the Tsit5 sweep's energies to the tolerance (measured: 2.8e-9 apart at
+    rtol = atol = 1e-8)."""
+    from transformer_flows.experiment import ConfigError, config_from_dict, run_sweep
+
+    def config(name, **solver):
+        raw = {
+            "name": name,
+            "model": {"n": 4, "d": 2},
+            "sweep": {"beta": [0.5, 4.0], "starts": 2, "seed": 3},
+            "time": {"t1": 3.0, "num": 4},
+            "solver": {"name": name, "rtol": 1e-8, "atol": 1e-8, **solver},
+            "observables": {"names": ["energy"]},
+            "precision": "float64",
+        }
+        return config_from_dict(raw)
+
+    implicit = config("kvaerno5")
+    assert implicit.solver.adaptive and implicit.solver.dt is None
+    with pytest.raises(ConfigError, match="dt"):
+        config("kvaerno5", dt=0.1)
+    datasets = {
+        name: run_sweep(config(name), tmp_path / name, progress=False)
+        for name in ("kvaerno5", "tsit5")
+    }
+    energy = {name: np.asarray(ds["energy"]) for name, ds in datasets.items()}
+    assert energy["kvaerno5"].shape == energy["tsit5"].shape and np.all(
+        np.isfinite(energy["tsit5"])
+    )
+    # the energy moves over the run: agreement is not just the shared start
+    assert np.ptp(energy["tsit5"], axis=-1).max() > 1e-2
+    np.testing.assert_allclose(energy["kvaerno5"], energy["tsit5"], rtol=0, atol=1e-7)
+    assert "kvaerno5" in datasets["kvaerno5"].attrs["solver"]
