@@ -77,7 +77,8 @@ def solve(
     - `solver`: default `Renormalized(diffrax.Tsit5())` (adaptive, 5th order, PID steps, back
       on the sphere after every step). Any diffrax solver is accepted and, for sphere
       fields, wrapped in `Renormalized`. Fixed-step solvers (`NormalizedEuler`,
-      `GeodesicEuler`, `RK4`) need `dt0`.
+      `GeodesicEuler`, `RK4`) need `dt0`. Implicit ones (`diffrax.Kvaerno5()`) give their
+      root finder `rtol`/`atol`; with `ConstantStepSize` it needs its own tolerances.
     - `dt0`: the constant step of fixed-step solvers; an optional first step otherwise.
     - `rtol`, `atol`: tolerances of the PID controller (adaptive solvers).
     - `max_steps`: bound on the number of steps (memory of the checkpointed adjoint grows

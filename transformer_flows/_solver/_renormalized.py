@@ -45,6 +45,19 @@ class Renormalized(diffrax.AbstractWrappedSolver):
         # Runge–Kutta solver); `solve` sets the inner value before they look.
         return getattr(self.solver, "scan_kind", None)
 
+    @property
+    def root_finder(self):
+        # Implicit solvers (Kvaerno3/4/5, ImplicitEuler): `diffeqsolve` reads the root
+        # finder of the solver it is given and, under an adaptive controller, fills in its
+        # tolerances with `eqx.tree_at(lambda s: s.root_finder.rtol, ...)`. Through this
+        # property that edit lands on the wrapped solver, which is the one that steps.
+        # Explicit solvers have none: this then raises AttributeError, as for them.
+        return self.solver.root_finder  # pyright: ignore[reportAttributeAccessIssue]
+
+    @property
+    def root_find_max_steps(self):
+        return self.solver.root_find_max_steps  # pyright: ignore[reportAttributeAccessIssue]
+
     def order(self, terms):
         return self.solver.order(terms)
 

@@ -54,6 +54,11 @@ for _name, _cls in (
     ("bosh3", diffrax.Bosh3),
     ("dopri5", diffrax.Dopri5),
     ("dopri8", diffrax.Dopri8),
+    # Implicit (ESDIRK, L-stable) schemes for stiff flows, e.g. unnormalised attention at
+    # large β, whose clusters contract at rates ~ e^β. diffeqsolve gives their root finder
+    # the PID controller's rtol/atol.
+    ("kvaerno3", diffrax.Kvaerno3),
+    ("kvaerno5", diffrax.Kvaerno5),
 ):
     SOLVERS.register(
         _name, SolverEntry(_cls, adaptive=True, description=f"diffrax.{_cls.__name__}")
