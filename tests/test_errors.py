@@ -20,6 +20,8 @@ TS = jnp.linspace(0, 1, 3)
         (lambda: tf.SelfAttention(jnp.ones(3)), "beta"),
         (lambda: tf.SelfAttention(1.0, Q=jnp.ones(3)), "`Q`"),
         (lambda: tf.SelfAttention(1.0, V=jnp.ones((3, 4))), "`V`"),
+        (lambda: tf.SelfAttention(1.0, V=jnp.ones((0, 3, 3))), "`V` has an empty axis"),
+        (lambda: tf.UnnormalizedSelfAttention(1.0, Q=jnp.ones((0, 3))), "`Q` has an empty axis"),
         (lambda: tf.SelfAttention(1.0, Q=jnp.ones((2, 3)), K=jnp.ones((3, 3))), "`Q` and `K`"),
         (lambda: tf.SelfAttention(1.0, Q=jnp.ones((2, 3))), "`K`"),
         (lambda: tf.SelfAttention(1.0, Q=jnp.ones((2, 3, 3)), V=jnp.ones((4, 3, 3))), "head"),

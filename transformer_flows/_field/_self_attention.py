@@ -173,6 +173,11 @@ def _check_weights(Q, K, V, layer_duration) -> None:
                 f"`{name}` must have shape {layout}, got shape {w.shape}."
                 + ("" if layered else " For per-layer weights pass `layer_duration=`.")
             )
+        if 0 in w.shape:
+            raise ValueError(
+                f"`{name}` has an empty axis (shape {w.shape}): zero heads, layers or rows make "
+                "a zero field. Pass at least one of each, or None for the identity."
+            )
     if "V" in given and V.shape[-1] != V.shape[-2]:
         raise ValueError(f"`V` must be square in its last two axes, got shape {V.shape}.")
     if "Q" in given and "K" in given and Q.shape[-2:] != K.shape[-2:]:
