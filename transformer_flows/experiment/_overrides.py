@@ -31,17 +31,27 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     return tuple(part.strip() for part in key.split(".")), value
 
 
-def _section_model(model: type[BaseModel] | None, part: str, raw_node: Any):
-    """(known?, the model class of `part` or None if it is a plain value or a free mapping)."""
-    if model is None:
-        return True, None  # inside a free mapping (params, smoke): any key
-    if model is TaskConfig:
-        return True, None  # a task's keys depend on its kind: checked by validation
-    fields = model.model_fields
-    if part not in fields:
-        return False, None
-    annotation = fields[part].annotation
-    return True, _model_in(annotation)
+# Below a free-form mapping (model.params, sweep.params, smoke, a task's keys) any key goes.
+_FREE = object()
+
+
+def _child(model, part: str):
+    """What `part` is under `model`: the model class of a section, `_FREE`, or None (a value).
+    KeyError if the schema has no such key there."""
+    if model is _FREE or model is TaskConfig:  # a task's keys depend on its kind
+        return _FREE
+    annotation = model.model_fields[part].annotation
+    section = _model_in(annotation)
+    if section is not None:
+        return section
+    return _FREE if _holds_dict(annotation) else None
+
+
+def _holds_dict(annotation) -> bool:
+    """dict[...], or a union/Annotated with a dict[...] in it."""
+    if getattr(annotation, "__origin__", None) is dict:
+        return True
+    return any(_holds_dict(argument) for argument in getattr(annotation, "__args__", ()))
 
 
 def apply_overrides(config: Mapping, overrides: Sequence[str], kind: type[BaseModel]) -> dict:
@@ -52,49 +62,32 @@ def apply_overrides(config: Mapping, overrides: Sequence[str], kind: type[BaseMo
     for text in overrides:
         path, value = parse_override(text)
         node: dict = result
-        model: type[BaseModel] | None = kind
-        free = False  # below a free-form mapping (e.g. model.params): any key is allowed
+        model = kind
         for depth, part in enumerate(path):
             where = ".".join(path[: depth + 1])
-            if not free:
-                known, child = _section_model(model, part, node.get(part))
-                if not known:
-                    allowed = sorted(model.model_fields)
-                    raise ConfigError(
-                        f"override {text!r}: unknown key {where!r}; allowed keys here: {allowed}."
-                    )
-                free = (
-                    child is None
-                    and depth < len(path) - 1
-                    and (model is TaskConfig or _is_mapping_field(model, part))
-                )
-                if child is None and depth < len(path) - 1 and not free:
-                    raise ConfigError(
-                        f"override {text!r}: {where!r} is a value, not a section; set it "
-                        f"whole, e.g. {where}=VALUE."
-                    )
-                model = child
+            try:
+                child = _child(model, part)
+            except KeyError:
+                raise ConfigError(
+                    f"override {text!r}: unknown key {where!r}; allowed keys here: "
+                    f"{sorted(model.model_fields)}."
+                ) from None
             if depth == len(path) - 1:
                 if value is None:
                     node.pop(part, None)
                 else:
                     node[part] = value
-            else:
-                if not isinstance(node.get(part), dict):
-                    if node.get(part) is not None and not isinstance(node.get(part), Mapping):
-                        raise ConfigError(
-                            f"override {text!r}: {where!r} holds {node[part]!r}, not a section."
-                        )
-                    node[part] = dict(node.get(part) or {})
-                node = node[part]
+                break
+            if child is None:
+                raise ConfigError(
+                    f"override {text!r}: {where!r} is a value, not a section; set it whole, "
+                    f"e.g. {where}=VALUE."
+                )
+            existing = node.get(part)
+            if existing is not None and not isinstance(existing, Mapping):
+                raise ConfigError(
+                    f"override {text!r}: {where!r} holds {existing!r}, not a section."
+                )
+            node[part] = dict(existing or {})
+            node, model = node[part], child
     return result
-
-
-def _is_mapping_field(model: type[BaseModel] | None, part: str) -> bool:
-    if model is None or model is TaskConfig:
-        return True
-    annotation = model.model_fields[part].annotation
-    origin = getattr(annotation, "__origin__", None)
-    if origin is dict:
-        return True
-    return any(getattr(a, "__origin__", None) is dict for a in getattr(annotation, "__args__", ()))

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -105,6 +106,29 @@ def _unique(values: list) -> list:
 Grid = Annotated[list[Number], BeforeValidator(_grid), Field(min_length=1)]
 
 
+def _registered(registry) -> AfterValidator:
+    """A name of `registry`, or a list of them (each registered, each once); the error lists
+    the registered names."""
+
+    def check(value):
+        if isinstance(value, str):
+            registry[value]
+            return value
+        for name in value:
+            registry[name]
+        return _unique(value)
+
+    return AfterValidator(check)
+
+
+def _resolvable_field(name: str) -> str:
+    FIELDS.resolve(name)  # a registered name or an importable `module:Class`
+    return name
+
+
+FieldName = Annotated[str, AfterValidator(_resolvable_field)]
+
+
 class _Section(BaseModel):
     """Unknown keys are errors; instances are immutable."""
 
@@ -117,7 +141,9 @@ class _Section(BaseModel):
 class SolverConfig(_Section):
     """How the flow is integrated: a registered solver (`SOLVERS`) and its options."""
 
-    name: str = Field("tsit5", description="registered solver, e.g. tsit5, normalized_euler")
+    name: Annotated[str, _registered(SOLVERS)] = Field(
+        "tsit5", description="registered solver, e.g. tsit5, normalized_euler"
+    )
     rtol: PositiveNumber = Field(1e-6, description="relative tolerance (adaptive solvers)")
     atol: PositiveNumber = Field(1e-6, description="absolute tolerance (adaptive solvers)")
     dt: PositiveNumber | None = Field(None, description="the step of fixed-step solvers")
@@ -138,12 +164,6 @@ class SolverConfig(_Section):
             if raw.get("name") in SOLVERS and SOLVERS[raw["name"]].adaptive:
                 raw.pop("dt", None)  # the old schema kept an unused dt for adaptive runs
         return raw
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        SOLVERS[name]
-        return name
 
     @model_validator(mode="after")
     def _step(self) -> "SolverConfig":
@@ -187,7 +207,7 @@ class _Experiment(_Section):
     name: str | None = Field(None, description="label of the run (default: the file's stem)")
     description: str = ""
     precision: Precision = "float64"
-    figures: Annotated[list[str], BeforeValidator(_as_list)] = []
+    figures: Annotated[list[str], BeforeValidator(_as_list), _registered(FIGURES)] = []
     plot: PlotConfig = PlotConfig()
     smoke: dict[str, Any] = Field(
         {}, description="key.path: value overrides applied by --smoke (toy size)"
@@ -208,13 +228,6 @@ class _Experiment(_Section):
                 f"got {name!r}"
             )
         return name
-
-    @field_validator("figures")
-    @classmethod
-    def _figures(cls, figures):
-        for figure in figures:
-            FIGURES[figure]
-        return _unique(figures)
 
     @model_validator(mode="after")
     def _figure_kinds(self):
@@ -257,36 +270,27 @@ class _Experiment(_Section):
 class ModelConfig(_Section):
     """The vector field and the shapes it is integrated at."""
 
-    field: str = Field("SA", description="registered field (SA, USA, Kuramoto) or module:Class")
+    field: FieldName = Field(
+        "SA", description="registered field (SA, USA, Kuramoto) or module:Class"
+    )
     params: dict[str, Any] = Field(
         {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
     )
     n: ShapeList
     d: ShapeList
-    weights: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] = ["identity"]
+    weights: Annotated[
+        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(WEIGHTS)
+    ] = ["identity"]
     heads: PositiveInteger | None = Field(None, description="H heads of random weights (H, d, d)")
     layers: PositiveInteger | None = Field(
         None, description="L per-layer random weights, piecewise constant over [0, t1]"
     )
     initial: Literal["sphere", "hemisphere"] = "sphere"
 
-    @field_validator("field")
-    @classmethod
-    def _field(cls, name):
-        FIELDS.resolve(name)
-        return name
-
     @field_validator("n", "d")
     @classmethod
     def _unique_shapes(cls, values):
         return _unique(values)
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, names):
-        for name in names:
-            WEIGHTS[name]
-        return _unique(names)
 
     @model_validator(mode="after")
     def _field_accepts(self):
@@ -391,18 +395,11 @@ class TimeConfig(_Section):
 
 
 class ObservablesConfig(_Section):
-    names: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] = [
-        "clustered_fraction"
-    ]
+    names: Annotated[
+        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(OBSERVABLES)
+    ] = ["clustered_fraction"]
     delta: Annotated[PositiveNumber, Field(lt=2)] = 1e-3
     harmonic: PositiveInteger = 1
-
-    @field_validator("names")
-    @classmethod
-    def _names(cls, names):
-        for name in names:
-            OBSERVABLES[name]
-        return _unique(names)
 
 
 class SimulationConfig(_Experiment):
@@ -510,7 +507,7 @@ class FitModelConfig(_Section):
     """The trained model: a registered attention field with random Gaussian weights (heads,
     layers, low rank), or any field `module:Class` built from `params`."""
 
-    field: str = Field("SA", description="registered field or module:Class")
+    field: FieldName = Field("SA", description="registered field or module:Class")
     params: dict[str, Any] = Field({}, description="constructor parameters, e.g. {beta: 1.0}")
     d: Annotated[Integer, Field(ge=2)]
     heads: PositiveInteger | None = None
@@ -538,12 +535,6 @@ class FitModelConfig(_Section):
             if "beta" in raw:
                 raw["params"] = {"beta": raw.pop("beta"), **dict(raw.get("params") or {})}
         return raw
-
-    @field_validator("field")
-    @classmethod
-    def _field(cls, name):
-        FIELDS.resolve(name)
-        return name
 
     @model_validator(mode="after")
     def _checks(self):
