@@ -33,7 +33,12 @@ from ._registry import (
 # --- fields --------------------------------------------------------------------------------
 FIELDS.register(
     "SA",
-    FieldEntry(SelfAttention, rotation_invariant=True, description="softmax self-attention (SA)"),
+    FieldEntry(
+        SelfAttention,
+        rotation_invariant=True,
+        theory_model="SA",
+        description="softmax self-attention (SA)",
+    ),
 )
 FIELDS.register(
     "USA",
@@ -41,6 +46,7 @@ FIELDS.register(
         UnnormalizedSelfAttention,
         random_values=False,
         rotation_invariant=True,
+        theory_model="USA",
         description="unnormalised self-attention (USA), V = I",
     ),
 )

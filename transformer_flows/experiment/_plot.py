@@ -12,12 +12,10 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from .. import theory  # noqa: E402
-from ._registry import FIGURES  # noqa: E402
+from ._registry import FIELDS, FIGURES  # noqa: E402
+from ._summarize import INNER_DIMS  # noqa: E402
 
 DPI = 90
-# Dimensions drawn inside one panel; every other one (n, d, weights, rtol, swept parameters)
-# gets a panel per value.
-_NOT_PANELS = ("beta", "start", "time", "particle", "component", "tau")
 
 
 def draw_figures(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
@@ -32,7 +30,7 @@ def draw_figures(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
 
 def _panels(dataset: xr.Dataset) -> list[tuple[str, xr.Dataset]]:
     """One panel per shape combination (and tolerance): (title, dataset with those dims dropped)."""
-    axes = [dim for dim in dataset.dims if dim not in _NOT_PANELS]
+    axes = [dim for dim in dataset.dims if dim not in INNER_DIMS]
     panels = [("", dataset)]
     for dim in axes:
         size = dataset.sizes[dim]
@@ -88,8 +86,8 @@ def _subtitle(dataset: xr.Dataset, config) -> str:
 
 
 def _theory_model(config) -> str | None:
-    """The model name of `theory` curves (Q = K = V = I), or None for other fields."""
-    return config.model.field if config.model.field in ("SA", "USA") else None
+    """The `theory` model of the config's field (Q = K = V = I), or None if it has none."""
+    return FIELDS.resolve(config.model.field).theory_model
 
 
 def _valid(part: xr.Dataset, name: str) -> xr.DataArray:
@@ -103,7 +101,7 @@ def phase_boundary_curve(config, n: int, times: np.ndarray, betas: np.ndarray):
     fine_times = np.linspace(float(times.min()), float(times.max()), 300)
     fine_betas = np.linspace(float(betas.min()), float(betas.max()), 200)
     curve = theory.phase_boundary(
-        fine_times, n, config.observables.delta, fine_betas, model=config.model.field
+        fine_times, n, config.observables.delta, fine_betas, model=_theory_model(config)
     )
     return fine_times, np.asarray(curve)
 
@@ -270,7 +268,7 @@ def cluster_staircase(dataset, config, out):
             axes[0].fill_between(times, low, high, color=color, alpha=0.2, step="post")
             axes[0].step(times, median, where="post", color=color, lw=1.8, label=f"β = {beta:g}")
             if beta > 0 and _theory_model(config):
-                mode = int(theory.selected_mode(float(beta), d, config.model.field))
+                mode = int(theory.selected_mode(float(beta), d, _theory_model(config)))
                 axes[0].axhline(mode, color=color, ls=":", lw=1.2)
             example = _example(part.sel(beta=beta), config)
             axes[1].step(

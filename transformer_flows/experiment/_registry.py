@@ -93,11 +93,14 @@ class FieldEntry:
       with V = I here, so its entry says False).
     - `rotation_invariant`: with identity weights the field commutes with orthogonal maps and
       keeps span{x_i(0)}, so sweeps with d > n solve in that span (exact, cost of d = n).
+    - `theory_model`: the `model=` of `transformer_flows.theory` that describes it with
+      identity weights ("SA", "USA"): figures and summaries draw Γ∞,δ and ℓ*(β) from it.
     """
 
     cls: type
     random_values: bool = True
     rotation_invariant: bool = False
+    theory_model: str | None = None
     description: str = ""
 
     @property

@@ -8,10 +8,11 @@ import numpy as np
 import xarray as xr
 
 from .. import theory
+from ._registry import FIELDS
 
-# Dimensions summarised inside one panel; the others (n, d, weights, rtol, swept parameters)
-# give one row per value.
-_INSIDE = ("beta", "start", "time", "particle", "component")
+# Dimensions summarised (or drawn) inside one panel; the others (n, d, weights, rtol, swept
+# parameters) give one row (or panel) per value.
+INNER_DIMS = ("beta", "start", "time", "particle", "component", "tau")
 
 
 def level_crossing(values: np.ndarray, betas: np.ndarray, level: float = 0.5) -> float:
@@ -36,7 +37,7 @@ def level_crossing(values: np.ndarray, betas: np.ndarray, level: float = 0.5) ->
 
 
 def _panels(dataset: xr.Dataset):
-    axes = [dim for dim in dataset.dims if dim not in _INSIDE]
+    axes = [dim for dim in dataset.dims if dim not in INNER_DIMS]
     stacked = dataset.stack(panel=axes) if axes else dataset.expand_dims(panel=[0])
     for index in range(stacked.sizes["panel"]):
         part = stacked.isel(panel=index)
@@ -56,9 +57,10 @@ def _crossing_entry(value: float) -> dict:
 
 def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float = 0.5):
     """Per panel and time: the empirical β where P(clustered) crosses `level` (failed solves
-    excluded from the mean over starts), and the β of Γ∞,δ (theory, Q = K = V = I, SA/USA
-    only) at that time."""
+    excluded from the mean over starts), and the β of Γ∞,δ (theory, Q = K = V = I, for
+    fields with a `theory_model`) at that time."""
     rows = []
+    model = FIELDS.resolve(config.model.field).theory_model
     betas = dataset["beta"].values
     fine_betas = np.linspace(betas.min(), betas.max(), 2000)
     for labels, part in _panels(dataset):
@@ -70,13 +72,13 @@ def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float =
             empirical = level_crossing(probability.isel(time=index).values, betas, level)
             row = {**labels, "t": saved_t, **_crossing_entry(empirical)}
             identity = labels.get("weights", "identity") == "identity"
-            if identity and config.model.field in ("SA", "USA"):
+            if identity and model is not None:
                 curve = theory.phase_boundary(
                     np.array([saved_t]),
                     int(labels.get("n", part["n"])),
                     config.observables.delta,
                     fine_betas,
-                    model=config.model.field,
+                    model=model,
                 )
                 beta_theory = float(np.asarray(curve)[0])
                 row["beta_theory"] = beta_theory if math.isfinite(beta_theory) else None
