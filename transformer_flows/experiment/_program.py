@@ -4,7 +4,6 @@
 import functools
 import json
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -94,13 +93,6 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     if model.layers:
         options["layer_duration"] = float(plan.times[-1]) / model.layers
 
-    def controller(tolerance):
-        # `solve` takes rtol/atol as Python floats; a vmapped tolerance axis goes in through
-        # its own PID controller, with the coefficients of `solve`'s default one.
-        if not tolerance_axis:
-            return None
-        return diffrax.PIDController(rtol=tolerance, atol=tolerance, pcoeff=0.3, icoeff=0.4)
-
     stack = tuple(size for size in (model.layers, model.heads) if size)
 
     def stacked(draw):
@@ -154,12 +146,12 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             ts,
             solver=solver,
             dt0=dt0,
-            rtol=solver_config.rtol,
-            atol=solver_config.atol,
+            # A tolerance axis is vmapped: `solve` takes traced tolerances (rtol = atol).
+            rtol=tolerance if tolerance_axis else solver_config.rtol,
+            atol=tolerance if tolerance_axis else solver_config.atol,
             max_steps=solver_config.max_steps,
             observe=observer,
             throw=False,
-            stepsize_controller=controller(tolerance),
         )
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 
