@@ -63,6 +63,7 @@ def build_fit_model(config: FitConfig):
     spec = config.model
     entry = FIELDS.resolve(spec.field)
     params = dict(spec.params)
+    dtype = dtype_of(config.precision)
     if entry.cls not in (SelfAttention, UnnormalizedSelfAttention):
         model = entry.cls(**params)
     else:
@@ -70,7 +71,6 @@ def build_fit_model(config: FitConfig):
         lead = (() if layers is None else (layers,)) + (() if heads is None else (heads,))
         scale = float(spec.init_scale / np.sqrt(d))  # a Python float: keeps `dtype`
         keys = dict(zip("QKV", jax.random.split(jax.random.key(config.seed), 3), strict=True))
-        dtype = dtype_of(config.precision)
 
         def weight(name):
             if name in spec.identity:
@@ -102,7 +102,6 @@ def build_fit_model(config: FitConfig):
             normalized=entry.cls is SelfAttention,
             layer_duration=layer_duration,
         )
-    dtype = dtype_of(config.precision)
     # Strong dtypes (β = 1.0 would be weakly typed), as `fit` returns them: one compilation
     # serves the initial and the fitted model.
     return jax.tree_util.tree_map(

@@ -58,6 +58,7 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         progress=progress,
     )
     wall = time.perf_counter() - started
+    fitted = as_field(result.model)
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, result.model)
     run.write_bytes(PARAMS, buffer.getvalue())
@@ -78,9 +79,7 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         "train_seconds": result.train_seconds,
         "first_step_seconds": result.first_step_seconds,
         "wall_seconds": wall,
-        "beta": _finite(as_field(result.model).beta)
-        if hasattr(as_field(result.model), "beta")
-        else None,
+        "beta": _finite(fitted.beta) if hasattr(fitted, "beta") else None,
         "evaluations": [
             {k: _finite(v) if k != "step" else v for k, v in e.items()} for e in result.evaluations
         ],

@@ -153,17 +153,14 @@ def run_sweep(
     failed = int(dataset.attrs["failed_solves"])
     if failed and not config.solver.allow_failures:
         raise SolveFailures(
-            f"{failed} of {dataset.attrs['total_solves']} solves failed ({_failure_hint(config)})."
+            f"{failed} of {dataset.attrs['total_solves']} solves failed (e.g. "
+            f"solver.max_steps={config.solver.max_steps} reached)."
             " They are masked in the dataset (NaN; -1 with `succeeded` = False for counts). "
             "Fix: raise solver.max_steps or loosen the tolerances, or set "
             "solver.allow_failures=true to accept a dataset with masked entries.",
             dataset,
         )
     return dataset
-
-
-def _failure_hint(config: SimulationConfig) -> str:
-    return f"e.g. solver.max_steps={config.solver.max_steps} reached"
 
 
 def _chunk_name(plan: Plan, shape: Shape, chunk: int) -> str:
