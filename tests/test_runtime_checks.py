@@ -96,8 +96,14 @@ K_CASES = [
 ]
 
 
-def _ids(cases):
-    return [f"{name}-{i}" for i, (name, _, _) in enumerate(cases)]
+# (the solve from raw arrays, its valid arguments, argument, bad value, message), for the
+# sphere field (SA) and the angle field (Kuramoto).
+CASES = [(sa_parts, GOOD_SA, *case) for case in SA_CASES] + [
+    (kuramoto_parts, GOOD_K, *case) for case in K_CASES
+]
+CASE_IDS = [f"SA-{case[0]}-{i}" for i, case in enumerate(SA_CASES)] + [
+    f"Kuramoto-{case[0]}-{i}" for i, case in enumerate(K_CASES)
+]
 
 
 @functools.cache
@@ -118,28 +124,28 @@ def _concrete(parts, good, name, bad):
     return parts(**{**good, name: bad})
 
 
-# --- sphere fields -------------------------------------------------------------------------
+# --- every check, concrete, under jit and under vmap ------------------------------------
 
 
-@pytest.mark.parametrize("name, bad, message", SA_CASES, ids=_ids(SA_CASES))
-def test_self_attention_check_concrete(name, bad, message):
+@pytest.mark.parametrize("parts, good, name, bad, message", CASES, ids=CASE_IDS)
+def test_check_concrete(parts, good, name, bad, message):
     with pytest.raises(ValueError, match=message):
-        _concrete(sa_parts, GOOD_SA, name, bad)
+        _concrete(parts, good, name, bad)
 
 
-@pytest.mark.parametrize("name, bad, message", SA_CASES, ids=_ids(SA_CASES))
-def test_self_attention_check_under_jit(name, bad, message):
-    run = compiled(sa_parts, batched=False)
+@pytest.mark.parametrize("parts, good, name, bad, message", CASES, ids=CASE_IDS)
+def test_check_under_jit(parts, good, name, bad, message):
+    run = compiled(parts, batched=False)
     with raises_at_run_time(message):
-        jax.block_until_ready(run(**{**GOOD_SA, name: bad}))
+        jax.block_until_ready(run(**{**good, name: bad}))
 
 
-@pytest.mark.parametrize("name, bad, message", SA_CASES, ids=_ids(SA_CASES))
-def test_self_attention_check_under_vmap(name, bad, message):
+@pytest.mark.parametrize("parts, good, name, bad, message", CASES, ids=CASE_IDS)
+def test_check_under_vmap(parts, good, name, bad, message):
     """One bad entry in a batch of two fails the whole batch, naming the argument."""
-    run = compiled(sa_parts, batched=True)
+    run = compiled(parts, batched=True)
     with raises_at_run_time(message):
-        jax.block_until_ready(run(**_batch(GOOD_SA, name, bad)))
+        jax.block_until_ready(run(**_batch(good, name, bad)))
 
 
 def test_valid_solve_gives_the_unchecked_numbers():
@@ -210,26 +216,6 @@ def test_concrete_field_leaves_are_checked_by_solve():
 
 
 # --- angle field (Kuramoto) ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name, bad, message", K_CASES, ids=_ids(K_CASES))
-def test_kuramoto_check_concrete(name, bad, message):
-    with pytest.raises(ValueError, match=message):
-        _concrete(kuramoto_parts, GOOD_K, name, bad)
-
-
-@pytest.mark.parametrize("name, bad, message", K_CASES, ids=_ids(K_CASES))
-def test_kuramoto_check_under_jit(name, bad, message):
-    run = compiled(kuramoto_parts, batched=False)
-    with raises_at_run_time(message):
-        jax.block_until_ready(run(**{**GOOD_K, name: bad}))
-
-
-@pytest.mark.parametrize("name, bad, message", K_CASES, ids=_ids(K_CASES))
-def test_kuramoto_check_under_vmap(name, bad, message):
-    run = compiled(kuramoto_parts, batched=True)
-    with raises_at_run_time(message):
-        jax.block_until_ready(run(**_batch(GOOD_K, name, bad)))
 
 
 def test_valid_kuramoto_solve_matches_across_jit_and_vmap():

@@ -120,10 +120,19 @@ def test_tolerance_controls_error(getkey):
 
 
 @pytest.mark.parametrize(
-    "adjoint",
-    [diffrax.RecursiveCheckpointAdjoint(), diffrax.BacksolveAdjoint(), diffrax.ForwardMode()],
+    "solver, adjoint, tol",
+    [
+        (None, diffrax.RecursiveCheckpointAdjoint(), 1e-11),
+        (None, diffrax.BacksolveAdjoint(), 1e-11),
+        (None, diffrax.ForwardMode(), 1e-11),
+        # Kvaerno5 root-finds inside every stage; measured agreement 4e-10 relative.
+        (diffrax.Kvaerno5(), diffrax.RecursiveCheckpointAdjoint(), 1e-10),
+    ],
+    ids=["checkpoint", "backsolve", "forward", "kvaerno5-checkpoint"],
 )
-def test_adjoints_agree_and_match_finite_differences(getkey, adjoint):
+def test_adjoints_agree_and_match_finite_differences(getkey, solver, adjoint, tol):
+    """d/dβ of a loss on the final state, for each adjoint (and through an implicit solver),
+    equals a central finite difference."""
     x0 = tf.sample_sphere(getkey(), 5, 3)
     target = tf.sample_sphere(getkey(), 5, 3)
     V = jnp.eye(3) + 0.1 * jax.random.normal(getkey(), (3, 3))
@@ -133,8 +142,9 @@ def test_adjoints_agree_and_match_finite_differences(getkey, adjoint):
             tf.SelfAttention(beta, V=V),
             x0,
             jnp.array([0.0, 1.5]),
-            rtol=1e-11,
-            atol=1e-11,
+            solver=solver,
+            rtol=tol,
+            atol=tol,
             adjoint=adjoint,
         )
         return jnp.sum((traj.xs[-1] - target) ** 2)
@@ -188,30 +198,6 @@ def test_implicit_solvers_are_accurate_on_the_equiangular_solution(model, cls, s
         assert tf.sphere_drift(traj.xs) <= 1e-14
         explicit = np.asarray(tf.solve(cls(beta), x0, ts, rtol=tol, atol=tol).xs)
         assert np.max(np.abs(xs - explicit)) <= 20 * tol
-
-
-def test_gradient_through_an_implicit_solve_matches_finite_differences(getkey):
-    """d/dβ through Kvaerno5 (root finds inside every stage) with the default checkpointed
-    adjoint: the central difference agrees (measured: 4e-10 relative)."""
-    x0 = tf.sample_sphere(getkey(), 5, 3)
-    target = tf.sample_sphere(getkey(), 5, 3)
-    V = jnp.eye(3) + 0.1 * jax.random.normal(getkey(), (3, 3))
-
-    def loss(beta):
-        traj = tf.solve(
-            tf.SelfAttention(beta, V=V),
-            x0,
-            jnp.array([0.0, 1.5]),
-            solver=diffrax.Kvaerno5(),
-            rtol=1e-10,
-            atol=1e-10,
-        )
-        return jnp.sum((traj.xs[-1] - target) ** 2)
-
-    gradient = jax.grad(loss)(1.3)
-    h = 1e-5
-    finite = (loss(1.3 + h) - loss(1.3 - h)) / (2 * h)
-    np.testing.assert_allclose(gradient, finite, rtol=1e-6)
 
 
 def test_implicit_euler_with_a_constant_step_is_first_order():
