@@ -86,7 +86,7 @@ def test_construction_errors(build, match, without_type_checker):
             lambda: tf.solve(
                 tf.Kuramoto(1.0), jnp.zeros(4), TS, solver=tf.NormalizedEuler(), dt0=0.1
             ),
-            "angle fields",
+            "Kuramoto does not keep its state on a sphere",
         ),
         (lambda: tf.solve(lambda t, y, a: y, X, TS), "field"),
         (

@@ -33,6 +33,7 @@ from ._ensembles import (
 )
 from ._field._base import (
     AbstractAngleField as AbstractAngleField,
+    AbstractEuclideanField as AbstractEuclideanField,
     AbstractSphereField as AbstractSphereField,
 )
 from ._field._kuramoto import Kuramoto as Kuramoto
@@ -99,6 +100,7 @@ from ._solver._fixed_step import (
     AbstractFixedStepSolver as AbstractFixedStepSolver,
     GeodesicEuler as GeodesicEuler,
     NormalizedEuler as NormalizedEuler,
+    ResidualLayers as ResidualLayers,
 )
 from ._solver._renormalized import Renormalized as Renormalized
 from ._span import (

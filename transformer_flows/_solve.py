@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from ._field._base import AbstractAngleField, AbstractSphereField
+from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
 from ._solver._fixed_step import AbstractFixedStepSolver, GeodesicEuler, NormalizedEuler
 from ._solver._renormalized import Renormalized
 from ._sphere import normalize
@@ -47,7 +47,7 @@ class Trajectory(eqx.Module):
 
 
 def solve(
-    field: AbstractSphereField | AbstractAngleField,
+    field: AbstractSphereField | AbstractEuclideanField | AbstractAngleField,
     x0: ArrayLike | Sequence,
     ts: Float[ArrayLike, " times"] | Sequence[float],
     *,
@@ -67,7 +67,9 @@ def solve(
 
     **Arguments:**
     - `field`: a sphere field (`SelfAttention`, `UnnormalizedSelfAttention`) with `x0` of
-      shape (n, d) on the unit sphere, or an angle field (`Kuramoto`) with `x0` of shape (n,).
+      shape (n, d) on the unit sphere; a field in R^d (`PreLN`, `PeriLN`, no normalisation)
+      with `x0` of shape (n, d), anywhere; or an angle field (`Kuramoto`) with `x0` of
+      shape (n,).
     - `x0`: the start, any real array-like (a list, numpy array; integers become the default
       float); at least one token. The solve runs in the dtype of `x0`: weights of a wider
       dtype (float64 weights with float32 tokens) are refused, not promoted, since promoting
@@ -97,13 +99,13 @@ def solve(
 
     **Returns:** a `Trajectory`.
     """
-    if not isinstance(field, (AbstractSphereField, AbstractAngleField)):
+    if not isinstance(field, (AbstractSphereField, AbstractEuclideanField, AbstractAngleField)):
         raise ValueError(
             f"`field` must be a transformer_flows field (e.g. SelfAttention(beta=1.0)), got "
             f"{type(field).__name__}."
         )
     sphere = isinstance(field, AbstractSphereField)
-    solver = _resolve_solver(solver, sphere)
+    solver = _resolve_solver(solver, sphere, type(field).__name__)
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
     _check_options(
         solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe, stepsize_controller
@@ -142,7 +144,7 @@ def solve(
     )
 
 
-def _resolve_solver(solver, sphere: bool) -> diffrax.AbstractSolver:
+def _resolve_solver(solver, sphere: bool, field_name: str) -> diffrax.AbstractSolver:
     if solver is None:
         solver = diffrax.Tsit5()
     if not isinstance(solver, diffrax.AbstractSolver):
@@ -153,8 +155,9 @@ def _resolve_solver(solver, sphere: bool) -> diffrax.AbstractSolver:
     if not sphere:
         if isinstance(solver, (NormalizedEuler, GeodesicEuler)):
             raise ValueError(
-                f"`solver={type(solver).__name__}()` steps points on a sphere; angle fields "
-                "(Kuramoto) take ordinary solvers such as diffrax.Tsit5() or RK4()."
+                f"`solver={type(solver).__name__}()` steps points on a sphere; {field_name} "
+                "does not keep its state on a sphere: use an ordinary solver such as "
+                "diffrax.Tsit5() or RK4(), or ResidualLayers() for the discrete layers."
             )
         return solver.solver if isinstance(solver, Renormalized) else solver
     return solver if isinstance(solver, _SPHERE_PRESERVING) else Renormalized(solver)
@@ -289,7 +292,7 @@ def _solve(
             stepsize_controller = diffrax.PIDController(
                 rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4
             )
-            jumps = field.jump_times() if sphere else None
+            jumps = None if isinstance(field, AbstractAngleField) else field.jump_times()
             if jumps is not None:
                 # Step to just before and just after each layer boundary, so that no stage
                 # of a step reads the next layer's weights. (Fixed-step solvers keep their

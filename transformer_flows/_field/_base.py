@@ -6,7 +6,7 @@ import equinox as eqx
 from jaxtyping import Array, Float, PyTree
 
 from .._custom_types import Angles, Particles
-from .._sphere import project_tangent
+from .._sphere import normalize, project_tangent
 
 
 class AbstractSphereField(eqx.Module):
@@ -29,6 +29,34 @@ class AbstractSphereField(eqx.Module):
 
     def __call__(self, t, x: Particles, args: PyTree = None) -> Particles:
         return project_tangent(x, self.drift(t, x, args))
+
+    def residual_layer(self, t, x: Particles, h, args: PyTree = None) -> Particles:
+        """The discrete layer of step `h` whose h → 0 limit is this field; `ResidualLayers`
+        steps it. Default: the Post-LN layer x ← LN(x + h·drift(x)), i.e. `NormalizedEuler`."""
+        return normalize(x + h * self.drift(t, x, args))
+
+
+class AbstractEuclideanField(eqx.Module):
+    """A vector field on (R^d)^n: tokens that are not kept on the sphere (Pre-LN, Peri-LN,
+    no normalisation). `field(t, x, args)` maps (n, d) states to (n, d) velocities; `solve`
+    integrates them without renormalisation and saves the states as they are.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, t, x: Particles, args: PyTree = None) -> Particles:
+        """Velocities of the tokens."""
+
+    @abc.abstractmethod
+    def residual_layer(self, t, x: Particles, h, args: PyTree = None) -> Particles:
+        """The discrete residual layer of step `h` (what `ResidualLayers` steps)."""
+
+    @abc.abstractmethod
+    def jump_times(self) -> Float[Array, " jumps"] | None:
+        """Times where the field is discontinuous in t (layer boundaries), or None."""
+
+    @abc.abstractmethod
+    def check_state(self, x) -> None:
+        """Raise ValueError at trace time if `x` does not have a shape this field accepts."""
 
 
 class AbstractAngleField(eqx.Module):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PyTree
 
-from .._field._base import AbstractSphereField
+from .._field._base import AbstractEuclideanField, AbstractSphereField
 from .._sphere import exp_map, normalize
 
 
@@ -46,17 +46,18 @@ class AbstractFixedStepSolver(diffrax.AbstractSolver):
         return terms.vf(t0, y0, args)
 
 
-def _sphere_field(terms) -> AbstractSphereField:
+def _field_of(terms, solver: str, kinds=(AbstractSphereField,)):
+    """The transformer_flows field inside diffrax's terms: layer solvers call its methods."""
     # diffeqsolve wraps terms (for the time direction); `solve` only integrates forward.
     while not isinstance(terms, diffrax.ODETerm) and hasattr(terms, "term"):
         terms = terms.term
     field = getattr(terms, "vector_field", None)
-    if not isinstance(terms, diffrax.ODETerm) or not isinstance(field, AbstractSphereField):
+    if not isinstance(terms, diffrax.ODETerm) or not isinstance(field, kinds):
         raise ValueError(
-            "`NormalizedEuler` needs the pre-projection attention term, so it only runs "
-            "`transformer_flows` sphere fields (SelfAttention, UnnormalizedSelfAttention) "
-            "with the default RecursiveCheckpointAdjoint; got terms "
-            f"{type(terms).__name__} with vector field {type(field).__name__}."
+            f"`{solver}` needs the field's own layer map, so it only runs `transformer_flows` "
+            f"fields ({' or '.join(k.__name__ for k in kinds)}) with the default "
+            f"RecursiveCheckpointAdjoint; got terms {type(terms).__name__} with vector field "
+            f"{type(field).__name__}."
         )
     return field
 
@@ -73,8 +74,23 @@ class NormalizedEuler(AbstractFixedStepSolver):
         return 1
 
     def advance(self, terms, t0, t1, y0, args):
-        drift = _sphere_field(terms).drift(inside(t0, t1), y0, args)
+        drift = _field_of(terms, "NormalizedEuler").drift(inside(t0, t1), y0, args)
         return normalize(y0 + (t1 - t0) * drift)
+
+
+class ResidualLayers(AbstractFixedStepSolver):
+    """One step of size h is the field's own discrete residual layer, `field.residual_layer`:
+    Post-LN x ← LN(x + h·Attn(x)) for sphere fields (equal to `NormalizedEuler`), Pre-LN
+    x ← x + h·Attn(LN(x)), Peri-LN, nGPT, ... for the placements. Its h → 0 limit is the
+    field's ODE; first order in h.
+    """
+
+    def order(self, terms):
+        return 1
+
+    def advance(self, terms, t0, t1, y0, args):
+        field = _field_of(terms, "ResidualLayers", (AbstractSphereField, AbstractEuclideanField))
+        return field.residual_layer(inside(t0, t1), y0, t1 - t0, args)
 
 
 class GeodesicEuler(AbstractFixedStepSolver):

@@ -14,7 +14,7 @@ from .._field._kuramoto import Kuramoto
 from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 from .._losses import CapMixture, LabeledInputs, LabeledTargets, TargetMeasure, TargetPartition
 from .._observables import clustered_fraction, count_clusters, order_parameter
-from .._solver._fixed_step import RK4, GeodesicEuler, NormalizedEuler
+from .._solver._fixed_step import RK4, GeodesicEuler, NormalizedEuler, ResidualLayers
 from ._registry import (
     FIELDS,
     FIGURES,
@@ -80,6 +80,15 @@ SOLVERS.register(
 )
 SOLVERS.register("geodesic_euler", SolverEntry(GeodesicEuler, adaptive=False, points_only=True))
 SOLVERS.register("rk4", SolverEntry(RK4, adaptive=False))
+SOLVERS.register(
+    "residual_layers",
+    SolverEntry(
+        ResidualLayers,
+        adaptive=False,
+        points_only=True,
+        description="the field's own discrete layer (Post-LN: = normalized_euler)",
+    ),
+)
 
 # --- weight ensembles (Fig. 5) -------------------------------------------------------------
 WEIGHTS.register("identity", WeightsEntry(None, description="Q = K = V = I"))
