@@ -183,3 +183,32 @@ def test_leaves_are_beta_and_weights_which_vmap_and_grad_act_on(getkey):
     ) / (2 * h)
     np.testing.assert_allclose(grad.beta, d_beta, rtol=1e-7)
     np.testing.assert_allclose(jnp.sum(grad.V * direction), d_V, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "query_key, value, symmetric",
+    [
+        ("ginibre", "qk", False),
+        ("ginibre", "ginibre", False),
+        ("goe", "qk", True),
+        ("goe", "wishart", True),
+    ],
+)
+def test_row_convention_is_the_transposed_value_matrix(getkey, query_key, value, symmetric):
+    """The authors' row tokens times V on the right are Vᵀ on column tokens: the same draw,
+    transposed; a different field exactly when V is not symmetric (Fig. 5(c) but not (b), (d))."""
+    key, x = getkey(), tf.sample_sphere(getkey(), 6, 5)
+    Q, K, V = tf.random_weights(key, 5, query_key=query_key, value=value)
+    Qr, Kr, Vr = tf.random_weights(
+        key, 5, query_key=query_key, value=value, value_convention="rows"
+    )
+    np.testing.assert_array_equal(Qr, Q)
+    np.testing.assert_array_equal(Kr, K)
+    np.testing.assert_array_equal(Vr, V.T)
+    # Row tokens X (n, d): softmax(β X Qᵀ K Xᵀ) X V, the authors' update, equals our field with Vᵀ.
+    A = jax.nn.softmax(1.3 * (x @ Q.T) @ (x @ K.T).T, axis=-1)
+    np.testing.assert_allclose(
+        tf.SelfAttention(1.3, Qr, Kr, Vr).drift(0.0, x), A @ x @ V, rtol=1e-10, atol=1e-12
+    )
+    differs = float(jnp.max(jnp.abs(Vr - V)))
+    assert (differs < 1e-12) if symmetric else (differs > 0.1)

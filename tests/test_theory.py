@@ -415,3 +415,45 @@ def test_selected_mode_table():
 def test_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_landscape_g_rescaled_is_finite_beyond_the_float64_range():
+    """e^{-β} g is g scaled: equal for moderate β; for β = β_B(64) ≈ 1608 (where g itself
+    exceeds 1.8e308 near τ = 0) it stays finite, keeps its sign change at τ*_β, and equals the
+    closed form (d-1) cos τ - β sin²τ at τ = 0 (e^{-β(1-cos τ)} = 1 there)."""
+    tau = np.linspace(0, np.pi, 101)
+    for beta in (0.5, 6.0):
+        np.testing.assert_allclose(
+            np.exp(beta) * theory.landscape_g(tau, beta, rescaled=True),
+            theory.landscape_g(tau, beta),
+            rtol=1e-13,
+            atol=1e-13,
+        )
+    beta = theory.large_beta_threshold(64)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(theory.landscape_g(0.0, beta))  # genuinely beyond float64
+    near = np.linspace(0, 0.3, 301)  # τ*_β ≈ 0.025 (d = 2) and 0.05 (d = 5) here
+    for d in (2, 5):
+        values = theory.landscape_g(near, beta, d, rescaled=True)
+        assert np.all(np.isfinite(values))
+        assert float(values[0]) == pytest.approx(d - 1, rel=1e-15)
+        star = float(theory.critical_angle(beta, d))
+        # Far from τ = 0, e^{-β(1-cos τ)} < 1e-308 underflows to 0 (the true value's size).
+        shown = values != 0
+        assert np.sum(shown & (near > star)) > 10
+        assert np.all(np.sign(values[shown]) == np.where(near < star, 1, -1)[shown])
+
+
+def test_equiangular_gap_keeps_relative_accuracy_where_the_cosine_rounds_to_one():
+    """At β = 0, 1 - γ = n/(e^{2t} + n - 1): at t = 30 that is ~1e-24, far below float64's
+    resolution of γ near 1, yet the gap is exact to the solver's tolerance."""
+    n, ts = 8, np.array([0.0, 1.0, 10.0, 30.0])
+    exact = n / (np.exp(2 * ts) + n - 1)
+    for model in ("SA", "USA"):
+        np.testing.assert_allclose(theory.equiangular_gap(ts, n, 0.0, model), exact, rtol=1e-9)
+        assert float(theory.equiangular_cosine(ts, n, 0.0, model)[-1]) == 1.0
+    gap = theory.equiangular_gap(ts, n, 3.0, "SA")
+    np.testing.assert_allclose(
+        1 - theory.equiangular_cosine(ts[:2], n, 3.0, "SA"), gap[:2], rtol=1e-10
+    )
+    assert 0 < float(gap[-1]) < 1e-16

@@ -94,8 +94,10 @@ SOLVERS.register(
 WEIGHTS.register("identity", WeightsEntry(None, description="Q = K = V = I"))
 
 
-def _draw(key, d, dtype, *, query_key, value):
-    return random_weights(key, d, query_key=query_key, value=value, dtype=dtype)
+def _draw(key, d, dtype, *, query_key, value, value_convention="columns"):
+    return random_weights(
+        key, d, query_key=query_key, value=value, value_convention=value_convention, dtype=dtype
+    )
 
 
 for _query_key in ("ginibre", "goe"):
@@ -108,6 +110,17 @@ for _query_key in ("ginibre", "goe"):
                 description=f"QᵀK {_query_key}, V {_value} (random_weights)",
             ),
         )
+# The authors' code multiplies row tokens by V on the right (Vᵀ on column tokens); it differs
+# from the paper's V x_j only for non-symmetric V, i.e. Ginibre V and V = ±QᵀK with Ginibre Q, K.
+for _value in ("ginibre", "qk", "minus_qk"):
+    WEIGHTS.register(
+        f"ginibre:{_value}:rows",
+        WeightsEntry(
+            functools.partial(_draw, query_key="ginibre", value=_value, value_convention="rows"),
+            random_values=True,
+            description=f"QᵀK ginibre, V {_value}, the authors' row convention (Vᵀ)",
+        ),
+    )
 
 # --- observables ---------------------------------------------------------------------------
 OBSERVABLES.register(

@@ -12,6 +12,7 @@
 from ._equiangular import (
     clustering_time as clustering_time,
     equiangular_cosine as equiangular_cosine,
+    equiangular_gap as equiangular_gap,
     phase_boundary as phase_boundary,
 )
 from ._hemisphere import wendel_probability as wendel_probability

@@ -66,7 +66,7 @@ def _cosine_one_beta(ts, n, beta, softmax):
         stepsize_controller=_controller(ts.dtype),
         max_steps=_MAX_STEPS,
     )
-    return -jnp.expm1(-solution.ys)
+    return solution.ys  # the log-gap u(t) = -log(1 - γ(t))
 
 
 def _time_one(n, beta, delta, softmax):
@@ -90,7 +90,7 @@ def _time_one(n, beta, delta, softmax):
 
 
 @jax.jit
-def _cosines(ts, n, betas, softmax):
+def _log_gaps(ts, n, betas, softmax):
     return jax.vmap(lambda b: _cosine_one_beta(ts, n, b, softmax))(betas)
 
 
@@ -120,12 +120,28 @@ def equiangular_cosine(
 
     **Returns:** shape `beta.shape + ts.shape`.
     """
+    return -jnp.expm1(-_log_gap(ts, n, beta, model))
+
+
+def equiangular_gap(
+    ts: Numbers,
+    n: int,
+    beta: Numbers,
+    model: str,
+) -> Float[Array, "*betas times"]:
+    """1 - γ_β(t), with full relative accuracy where γ rounds to 1 (1 - γ < 1e-16): the
+    quantity clustering rates and plateau widths are read from. At β = 0,
+    1 - γ = n/(e^{2t} + n - 1). Arguments as `equiangular_cosine`."""
+    return jnp.exp(-_log_gap(ts, n, beta, model))
+
+
+def _log_gap(ts, n, beta, model):
     model = check_model(model)
     n = check_count(n, "n", 2)
     ts = check_times(ts, _dtype())
     beta = check_beta_jax(beta, ts.dtype)
     # n is passed as an array so that every n shares one compiled program.
-    values = _cosines(ts, jnp.asarray(n, ts.dtype), beta.reshape(-1), jnp.asarray(model == "SA"))
+    values = _log_gaps(ts, jnp.asarray(n, ts.dtype), beta.reshape(-1), jnp.asarray(model == "SA"))
     return values.reshape(beta.shape + ts.shape)
 
 

@@ -37,10 +37,23 @@ def large_beta_threshold(n: int, d: int = 2) -> float:
     return float((d - 1) * np.cos(tau) / np.sin(tau) ** 2)
 
 
-def landscape_g(tau: Numbers, beta: Numbers, d: int = 2) -> np.ndarray | float:
+def landscape_g(
+    tau: Numbers, beta: Numbers, d: int = 2, *, rescaled: bool = False
+) -> np.ndarray | float:
     """g(τ) = e^{β cos τ} ((d-1) cos τ - β sin²τ); for d = 2, (cos τ - β sin²τ) e^{β cos τ}
-    (Fig. 6 plots it for β = 2 and 6). Negative exactly for τ*_β < |τ| <= π."""
+    (Fig. 6 plots it for β = 2 and 6). Negative exactly for τ*_β < |τ| <= π.
+
+    `rescaled=True` returns e^{-β} g(τ) = e^{-β(1 - cos τ)} ((d-1) cos τ - β sin²τ), finite
+    for every β (g itself exceeds the float64 range near τ = 0 once β ≳ 709, e.g. at
+    β_B(64) ≈ 1608); the same sign and zeros. Evaluated as sign · exp(log-magnitude), so g
+    is finite wherever its value is representable, and 1 - cos τ = 2 sin²(τ/2) keeps the
+    rescaled exponent accurate near τ = 0.
+    """
     beta = check_beta_numpy(beta)
     d = check_count(d, "d", 2)
     tau = np.asarray(tau, dtype=float)
-    return as_output(np.exp(beta * np.cos(tau)) * ((d - 1) * np.cos(tau) - beta * np.sin(tau) ** 2))
+    factor = (d - 1) * np.cos(tau) - beta * np.sin(tau) ** 2
+    exponent = -2 * beta * np.sin(tau / 2) ** 2 + (0.0 if rescaled else beta)
+    with np.errstate(divide="ignore", over="ignore"):
+        magnitude = np.exp(exponent + np.log(np.abs(factor)))
+    return as_output(np.sign(factor) * magnitude)
