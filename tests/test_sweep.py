@@ -15,6 +15,7 @@ import transformer_flows as tf
 from transformer_flows.experiment import (
     StoreError,
     config_from_dict,
+    crossing_interval,
     level_crossing,
     load_dataset,
     plan_sweep,
@@ -291,3 +292,27 @@ def test_level_crossing_interpolates_the_first_fall_below_the_level():
     assert np.isnan(level_crossing(np.array([1.0, np.nan, 0.8, 0.9]), betas))
     assert np.isnan(level_crossing(np.array([1.0, np.nan, 0.2, 0.1]), betas))
     assert level_crossing(np.array([1.0, 0.2, np.nan, 0.1]), betas) == pytest.approx(1 / 1.6)
+
+
+def test_crossing_interval_is_a_bootstrap_interval_with_its_coverage():
+    betas = np.linspace(0.0, 4.0, 9)
+    # No spread over starts: every resample is the data, the interval is the point.
+    same = np.repeat((1 - betas / 4)[:, None], 16, axis=1)
+    assert crossing_interval(same, betas) == pytest.approx((2.0, 2.0))
+    # Bernoulli clustering with P(β) = 1 - β/4 (true crossing β = 2), 48 starts: the 95%
+    # interval covers 2 in about 95% of experiments (here >= 85 of 100, a binomial margin).
+    rng = np.random.default_rng(1)
+    covered = 0
+    for seed in range(100):
+        data = (rng.random((9, 48)) < (1 - betas / 4)[:, None]).astype(float)
+        low, high = crossing_interval(data, betas, resamples=300, seed=seed)
+        covered += low <= 2.0 <= high
+    assert covered >= 85
+    # A plateau at the level (two equal clusters give P ≈ 0.48-0.57) leaves β poorly
+    # determined: the interval spans several grid steps; a sharp fall pins it to one step.
+    plateau = np.where(betas[:, None] < 1, 1.0, rng.choice([0.45, 0.55], (9, 32)))
+    low, high = crossing_interval(plateau, betas, resamples=300)
+    assert high - low > 1.5
+    sharp = np.where(betas[:, None] < 2, 1.0, rng.choice([0.0, 0.1], (9, 32)))
+    low, high = crossing_interval(sharp, betas, resamples=300)
+    assert 1.5 <= low <= high <= 2.0

@@ -56,7 +56,11 @@ from ._store import (
     StoreWarning as StoreWarning,
     fingerprint as fingerprint,
 )
-from ._summarize import level_crossing as level_crossing, summary as summary
+from ._summarize import (
+    crossing_interval as crossing_interval,
+    level_crossing as level_crossing,
+    summary as summary,
+)
 
 
 def draw_figures(dataset, config, out):

@@ -55,10 +55,44 @@ def _crossing_entry(value: float) -> dict:
     return {"beta_empirical": None, "beta_empirical_note": reason}
 
 
+def crossing_interval(
+    fractions: np.ndarray, betas: np.ndarray, level: float = 0.5, resamples: int = 1000, seed=0
+) -> tuple[float, float]:
+    """95% bootstrap percentile interval of `level_crossing` of the mean over starts.
+
+    `fractions` (beta, start): the clustered fraction of each start (NaN for failed solves,
+    left out of each mean). Starts are resampled with replacement, the same resample at
+    every β (the starts of one β grid point are independent draws, as are those of others).
+    A bound is ±inf when more than 2.5% of the resamples never cross (or cross before the
+    first β): the data then do not bound β on that side.
+    """
+    fractions = np.asarray(fractions, float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, fractions.shape[1], size=(resamples, fractions.shape[1]))
+    with np.errstate(invalid="ignore"):
+        means = np.nanmean(fractions[:, picks], axis=-1).T  # (resamples, beta)
+    crossings = np.array([level_crossing(row, betas, level) for row in means])
+    crossings = crossings[~np.isnan(crossings)]
+    if crossings.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.percentile(crossings, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _interval_entry(low: float, high: float) -> dict:
+    if math.isnan(low):
+        return {"beta_ci95": None}
+    bounds = [value if math.isfinite(value) else None for value in (low, high)]
+    entry = {"beta_ci95": bounds}
+    if None in bounds:
+        entry["beta_ci95_note"] = "null bound: the resampled P does not cross on that side"
+    return entry
+
+
 def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float = 0.5):
     """Per panel and time: the empirical β where P(clustered) crosses `level` (failed solves
-    excluded from the mean over starts), and the β of Γ∞,δ (theory, Q = K = V = I, for
-    fields with a `theory_model`) at that time."""
+    excluded from the mean over starts) with its 95% bootstrap interval over starts, and the
+    β of Γ∞,δ (theory, Q = K = V = I, for fields with a `theory_model`) at that time."""
     rows = []
     model = FIELDS.resolve(config.model.field).theory_model
     betas = dataset["beta"].values
@@ -70,7 +104,15 @@ def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float =
             index = int(np.argmin(np.abs(part["time"].values - t)))
             saved_t = float(part["time"].values[index])
             empirical = level_crossing(probability.isel(time=index).values, betas, level)
-            row = {**labels, "t": saved_t, **_crossing_entry(empirical)}
+            interval = crossing_interval(
+                fraction.isel(time=index).transpose("beta", "start").values, betas, level
+            )
+            row = {
+                **labels,
+                "t": saved_t,
+                **_crossing_entry(empirical),
+                **_interval_entry(*interval),
+            }
             identity = labels.get("weights", "identity") == "identity"
             if identity and model is not None:
                 curve = theory.phase_boundary(
