@@ -75,7 +75,9 @@ def crossing_interval(
     crossings = crossings[~np.isnan(crossings)]
     if crossings.size == 0:
         return float("nan"), float("nan")
-    low, high = np.percentile(crossings, [2.5, 97.5])
+    # Order statistics (no interpolation): ±inf crossings must not turn into inf - inf.
+    low = np.percentile(crossings, 2.5, method="lower")
+    high = np.percentile(crossings, 97.5, method="higher")
     return float(low), float(high)
 
 
