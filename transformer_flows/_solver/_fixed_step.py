@@ -66,8 +66,9 @@ class NormalizedEuler(AbstractFixedStepSolver):
     """x ← (x + h a(x)) / ‖x + h a(x)‖, with a(x) the attention term before projection.
 
     This is the discrete post-LN Transformer layer and the authors' simulation scheme
-    (step η = h, no explicit P^⊥). First order; one step equals a tangent Euler step of size
-    h/(1 + h<x_i, a_i>).
+    (step η = h, no explicit P^⊥; their row tokens times V give Vᵀ here, the same for
+    symmetric V: see `random_weights(value_convention=...)`). First order; one step equals a
+    tangent Euler step of size h/(1 + h<x_i, a_i>).
     """
 
     def order(self, terms):
