@@ -10,7 +10,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
-from ._solver._fixed_step import AbstractFixedStepSolver, GeodesicEuler, NormalizedEuler
+from ._solver._fixed_step import (
+    AbstractFixedStepSolver,
+    GeodesicEuler,
+    NormalizedEuler,
+    ResidualLayers,
+)
 from ._solver._renormalized import Renormalized
 from ._sphere import normalize
 from ._validation import (
@@ -105,7 +110,8 @@ def solve(
             f"{type(field).__name__}."
         )
     sphere = isinstance(field, AbstractSphereField)
-    solver = _resolve_solver(solver, sphere, type(field).__name__)
+    angles = isinstance(field, AbstractAngleField)
+    solver = _resolve_solver(solver, sphere, angles, type(field).__name__)
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
     _check_options(
         solver, adaptive, dt0, rtol, atol, max_steps, adjoint, observe, stepsize_controller
@@ -144,7 +150,7 @@ def solve(
     )
 
 
-def _resolve_solver(solver, sphere: bool, field_name: str) -> diffrax.AbstractSolver:
+def _resolve_solver(solver, sphere: bool, angles: bool, field_name: str) -> diffrax.AbstractSolver:
     if solver is None:
         solver = diffrax.Tsit5()
     if not isinstance(solver, diffrax.AbstractSolver):
@@ -152,12 +158,18 @@ def _resolve_solver(solver, sphere: bool, field_name: str) -> diffrax.AbstractSo
             f"`solver` must be a diffrax solver (e.g. diffrax.Tsit5(), NormalizedEuler()), "
             f"got {solver!r}."
         )
+    if angles and isinstance(solver, ResidualLayers):
+        raise ValueError(
+            f"`solver=ResidualLayers()` steps a field's discrete layer on points; {field_name} "
+            "moves angles and has none: use an ordinary solver such as diffrax.Tsit5() or RK4()."
+        )
     if not sphere:
         if isinstance(solver, (NormalizedEuler, GeodesicEuler)):
             raise ValueError(
                 f"`solver={type(solver).__name__}()` steps points on a sphere; {field_name} "
                 "does not keep its state on a sphere: use an ordinary solver such as "
-                "diffrax.Tsit5() or RK4(), or ResidualLayers() for the discrete layers."
+                "diffrax.Tsit5() or RK4()"
+                + ("." if angles else ", or ResidualLayers() for the discrete layers.")
             )
         return solver.solver if isinstance(solver, Renormalized) else solver
     return solver if isinstance(solver, _SPHERE_PRESERVING) else Renormalized(solver)
