@@ -154,3 +154,35 @@ def test_edge_cases():
 def test_bad_input_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------------------
+# The figure's config (configs/long_context.yaml; its smoke run is in tests/test_cli.py)
+
+
+def test_config_dataset_is_the_theory(tmp_path):
+    from transformer_flows.experiment import ConfigError, config_from_dict, load_config
+    from transformer_flows.experiment._theory import theory_dataset
+
+    config = load_config(
+        "configs/long_context.yaml",
+        ["theory.long_context.rho=[0.3]", "theory.long_context.log10_n=[0.30103, 3.0, 3.0001]"],
+    )
+    spec = config.theory.long_context
+    np.testing.assert_array_equal(spec.token_counts, [2, 1000])  # rounded, each once
+    dataset = theory_dataset(config)
+    gammas = np.asarray(spec.gamma_ratio) / (1 - 0.3)
+    cosine = dataset["long_context_cosine"].sel(rho=0.3)
+    np.testing.assert_array_equal(
+        cosine.sel(n_tokens=1000).values, theory.long_context_cosine(1000, gammas, 0.3)
+    )
+    np.testing.assert_array_equal(
+        dataset["long_context_limit"].sel(rho=0.3).values, theory.long_context_limit(gammas, 0.3)
+    )
+    raw = {"experiment": "theory", "figures": ["long_context"]}
+    with pytest.raises(ConfigError, match="needs a theory.long_context section"):
+        config_from_dict(raw)
+    for key, value in (("rho", [1.0]), ("gamma_ratio", [-1.0]), ("log10_n", [0.0])):
+        bad = {**raw, "theory": {"long_context": {key: value}}}
+        with pytest.raises(ConfigError, match=key):
+            config_from_dict(bad)
