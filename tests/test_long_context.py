@@ -156,6 +156,28 @@ def test_bad_input_errors(call, match):
         call()
 
 
+def test_equiangular_flow_clustering_time_at_beta_gamma_log_n():
+    """The depth question for orthonormal starts: Thm 6.8's ODE (6.9) at β = γ log n. Derived
+    (docs/models.md): with L = ln n and level 1 - δ,
+    - γ < 1: t* - t*_{β=0} -> 0, t*_{β=0} = (1/2) ln((n - (n-1)δ)/δ) (the β = 0 law, ½ ln n);
+    - γ = 1: t* = L - (1/2) ln L + (1/2) ln((1-δ)/δ) - γ_E/2 + o(1) (twice as fast growth);
+    - γ > 1: t* ~ (1/2) n^{γ-1} (L - ln(γL) - γ_E) (polynomial growth)."""
+    delta = 0.1
+    gammas = np.array([0.5, 1.0, 1.5])
+    errors = []
+    for n in (2**12, 2**20):
+        log_n = np.log(n)
+        times = np.asarray(theory.clustering_time(n, gammas * log_n, delta, "SA"))
+        free = 0.5 * np.log((n - (n - 1) * delta) / delta)
+        critical = log_n - 0.5 * np.log(log_n) + 0.5 * np.log((1 - delta) / delta)
+        critical -= np.euler_gamma / 2
+        above = 0.5 * n**0.5 * (log_n - np.log(1.5 * log_n) - np.euler_gamma)
+        errors.append([times[0] - free, times[1] - critical, times[2] / above - 1])
+    errors = np.abs(np.array(errors))
+    assert np.all(errors[1] < errors[0])  # each error shrinks with n
+    np.testing.assert_array_less(errors[1], [0.01, 0.05, 0.01])
+
+
 # ----------------------------------------------------------------------------------------
 # The figure's config (configs/long_context.yaml; its smoke run is in tests/test_cli.py)
 
