@@ -94,8 +94,9 @@ def summarize(rows: list[dict]) -> None:
         times = np.asarray(row["times"], dtype=float)
         median, low, high, coverage = median_interval(times)
         mean = f"{row['mean']:.2f} ± {row['half_width']:.2f}" if row["censored"] == 0 else "—"
-        shown = [f"{v:.1f}" if np.isfinite(v) else f"> {row['t1']:g}" for v in (low, high)]
-        middle = f"{median:.2f}" if np.isfinite(median) else f"> {row['t1']:g}"
+        limit = row.get("t1", float("nan"))
+        shown = [f"{v:.1f}" if np.isfinite(v) else f"> {limit:g}" for v in (low, high)]
+        middle = f"{median:.2f}" if np.isfinite(median) else f"> {limit:g}"
         print(
             f"| {row['gamma']:g} | {row['n']} | {row['beta']:.2f} | {mean} | {middle} "
             f"[{shown[0]}, {shown[1]}] | {row['ode']:.2f} | {row['censored']}/{len(times)} |"
