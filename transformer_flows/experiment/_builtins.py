@@ -188,6 +188,7 @@ for _name, _observables, _d in (
     FIGURES.register(_name, FigureEntry(_lazy(_name), "simulation", _observables, _d))
 for _name in ("landscape", "regimes"):
     FIGURES.register(_name, FigureEntry(_lazy(_name), "theory"))
+FIGURES.register("long_context", FigureEntry(_lazy("long_context"), "theory"))
 
 
 # --- fit tasks -----------------------------------------------------------------------------

@@ -388,3 +388,55 @@ def regimes(dataset, config, out):
     )
     axes[2].legend()
     return [_save(fig, out / f"{config.name}_regimes.png")]
+
+
+def long_context(dataset, config, out):
+    """One attention layer at β = γ log n on equiangular tokens (Chen–Lin–Polyanskiy–Rigollet):
+    left, the output cosine against n with the n → ∞ limits dashed; right, the distance to
+    the limit with the derived leading correction dotted (residual 0 only)."""
+    rhos = dataset["rho"].values
+    n = dataset["n_tokens"].values
+    corrections = "long_context_correction" in dataset
+    fig, axes = plt.subplots(
+        len(rhos),
+        2 if corrections else 1,
+        figsize=(11, 3.8 * len(rhos)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, rho in zip(axes, rhos, strict=True):
+        critical = 1 / (1 - rho)
+        for ratio in dataset["gamma_ratio"].values:
+            part = dataset.sel(rho=rho, gamma_ratio=ratio)
+            cosine = part["long_context_cosine"].values
+            limit = float(part["long_context_limit"])
+            label = f"γ = {ratio:g}·γ_c = {ratio * critical:.3g}"
+            (line,) = row[0].semilogx(n, cosine, label=label)
+            row[0].axhline(limit, color=line.get_color(), ls="--", lw=1)
+            if corrections:
+                row[1].loglog(n, np.abs(cosine - limit), color=line.get_color(), label=label)
+                row[1].loglog(
+                    n, np.abs(part["long_context_correction"].values), ":", color="k", lw=1
+                )
+        row[0].set(
+            xlabel="n (tokens)",
+            ylabel="output cosine <θ_i, θ_j>",
+            ylim=(min(0.0, rho - 0.05), 1.02),
+            title=f"ρ = {rho:g}, γ_c = 1/(1−ρ) = {critical:.3g}; dashed: n → ∞ limits",
+        )
+        row[0].legend(fontsize=8)
+        if corrections:
+            row[1].set(
+                xlabel="n (tokens)",
+                ylabel="|cosine − limit|",
+                ylim=(1e-12, 1.5),
+                title="dotted: leading term n^(−2(1−κ)), 1/n, n^(−(κ−1)), κ = γ(1−ρ)",
+            )
+            row[1].legend(fontsize=8)
+    residual = dataset.attrs.get("long_context_residual", 0.0)
+    fig.suptitle(
+        f"{config.name}: one attention layer at β = γ log n on equiangular tokens "
+        f"(residual r = {residual:g})",
+        fontsize=9,
+    )
+    return [_save(fig, out / f"{config.name}_long_context.png")]

@@ -482,6 +482,45 @@ class SimulationConfig(_Experiment):
 # --- theory figures ------------------------------------------------------------------------
 
 
+class LongContextSection(_Section):
+    """One attention layer at β = γ log n on equiangular tokens (`theory.long_context_*`):
+    the output cosine against n for each ρ and γ = ratio × γ_c(ρ), γ_c = 1/(1 - ρ)."""
+
+    rho: Grid = Field([0.5], description="input cosines, each in (0, 1)")
+    gamma_ratio: Grid = Field([0.5, 1.0, 1.5], description="γ / γ_c(ρ), each >= 0")
+    log10_n: Grid = Field(
+        default_factory=lambda: _grid({"start": 0.5, "stop": 12.0, "num": 116}),
+        description="token counts n = round(10^value), each >= 2",
+    )
+    residual: NonNegativeNumber = Field(0.0, description="r in u_i = A_i + r y_i")
+
+    @field_validator("rho")
+    @classmethod
+    def _open_unit(cls, rho):
+        if not all(0 < value < 1 for value in rho):
+            raise ValueError(f"every rho must lie in (0, 1), got {rho}")
+        return _unique(rho)
+
+    @field_validator("gamma_ratio")
+    @classmethod
+    def _nonnegative(cls, ratios):
+        if not all(value >= 0 for value in ratios):
+            raise ValueError(f"every gamma_ratio must be >= 0, got {ratios}")
+        return _unique(ratios)
+
+    @field_validator("log10_n")
+    @classmethod
+    def _token_counts(cls, values):
+        if not all(math.log10(2) - 1e-12 <= value <= 15 for value in values):
+            raise ValueError(f"every log10_n must lie in [log10(2), 15] (n >= 2), got {values}")
+        return values
+
+    @property
+    def token_counts(self) -> np.ndarray:
+        """n = round(10^log10_n), each once, increasing."""
+        return np.unique(np.maximum(np.round(10.0 ** np.asarray(self.log10_n)), 2)).astype(int)
+
+
 class TheorySection(_Section):
     n: Annotated[Integer, Field(ge=2)] = 32
     d: ShapeList = [2]
@@ -491,6 +530,9 @@ class TheorySection(_Section):
         default_factory=lambda: _grid({"start": -3.14159, "stop": 3.14159, "num": 801})
     )
     t1: PositiveNumber = 30.0
+    long_context: LongContextSection | None = Field(
+        None, description="one attention layer at β = γ log n (figure long_context)"
+    )
 
 
 class TheoryConfig(_Experiment):
@@ -498,6 +540,15 @@ class TheoryConfig(_Experiment):
 
     experiment: Literal["theory"]
     theory: TheorySection = TheorySection()
+
+    @model_validator(mode="after")
+    def _long_context_figure(self):
+        if "long_context" in self.figures and self.theory.long_context is None:
+            raise ValueError(
+                "figure long_context needs a theory.long_context section, e.g. "
+                "theory: {long_context: {rho: [0.5]}}"
+            )
+        return self
 
 
 # --- fits ----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ def theory_dataset(config) -> xr.Dataset:
 
     Variables: `landscape_g` (d, beta, tau), `critical_angle` (d, beta), `wendel_probability`
     (d), `clustering_time_SA` / `clustering_time_USA` (beta); attributes: the exact d = 2
-    large-β threshold β_B(n) and the printed n²/π² (typo T3).
+    large-β threshold β_B(n) and the printed n²/π² (typo T3). With a `long_context`
+    section also `long_context_cosine`, `long_context_limit`, `long_context_correction`.
     """
     spec = config.theory
     beta = np.asarray(spec.beta)
@@ -46,4 +47,37 @@ def theory_dataset(config) -> xr.Dataset:
         large_beta_threshold=float(theory.large_beta_threshold(spec.n)),
         printed_threshold=spec.n**2 / np.pi**2,
     )
+    if spec.long_context is not None:
+        dataset = dataset.merge(_long_context_dataset(spec.long_context))
+    return dataset
+
+
+def _long_context_dataset(spec) -> xr.Dataset:
+    """`long_context_cosine` (rho, gamma_ratio, n_tokens), its n → ∞ `long_context_limit` and
+    (residual 0) the leading `long_context_correction`, at γ = ratio × 1/(1 - ρ)."""
+    rho = np.asarray(spec.rho)[:, None, None]
+    gamma = np.asarray(spec.gamma_ratio)[None, :, None] * theory.critical_gamma(rho)
+    n = spec.token_counts[None, None, :]
+    dims = ("rho", "gamma_ratio", "n_tokens")
+    variables = {
+        "long_context_cosine": (
+            dims,
+            theory.long_context_cosine(n, gamma, rho, residual=spec.residual),
+        ),
+        "long_context_limit": (
+            dims[:2],
+            theory.long_context_limit(gamma[..., 0], rho[..., 0], residual=spec.residual),
+        ),
+    }
+    if spec.residual == 0:
+        variables["long_context_correction"] = (
+            dims,
+            theory.long_context_correction(n, gamma, rho),
+        )
+    dataset = xr.Dataset(
+        variables,
+        coords={"rho": spec.rho, "gamma_ratio": spec.gamma_ratio, "n_tokens": n.ravel()},
+        attrs={"long_context_residual": spec.residual},
+    )
+    dataset["long_context_cosine"].attrs["long_name"] = "<θ_i, θ_j> after one layer"
     return dataset

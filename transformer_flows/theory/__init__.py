@@ -5,6 +5,9 @@
 - `wendel_probability` (Thm 6.7), `critical_angle`, `large_beta_threshold`, `landscape_g`
   (App. B), `uniform_energy`, `growth_rate`, `selected_mode` (the uniform state): numpy/scipy,
   float64.
+- `long_context_cosine`, `long_context_limit`, `long_context_correction`, `critical_gamma`:
+  one attention layer at β = γ log n on equiangular tokens (Chen–Lin–Polyanskiy–Rigollet,
+  arXiv:2510.05554): numpy/scipy, float64.
 
 `model` is "SA" (softmax attention) or "USA" (unnormalised attention).
 """
@@ -20,6 +23,12 @@ from ._landscape import (
     critical_angle as critical_angle,
     landscape_g as landscape_g,
     large_beta_threshold as large_beta_threshold,
+)
+from ._long_context import (
+    critical_gamma as critical_gamma,
+    long_context_correction as long_context_correction,
+    long_context_cosine as long_context_cosine,
+    long_context_limit as long_context_limit,
 )
 from ._uniform import (
     growth_rate as growth_rate,
