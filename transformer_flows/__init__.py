@@ -37,6 +37,13 @@ from ._field._base import (
     AbstractSphereField as AbstractSphereField,
 )
 from ._field._kuramoto import Kuramoto as Kuramoto
+from ._field._placements import (
+    NGPT as NGPT,
+    MixLN as MixLN,
+    NoNorm as NoNorm,
+    PeriLN as PeriLN,
+    PreLN as PreLN,
+)
 from ._field._self_attention import (
     AbstractAttentionField as AbstractAttentionField,
     SelfAttention as SelfAttention,

@@ -20,6 +20,12 @@ from ._landscape import (
     landscape_g as landscape_g,
     large_beta_threshold as large_beta_threshold,
 )
+from ._placements import (
+    equiangular_terms as equiangular_terms,
+    gaussian_moments as gaussian_moments,
+    placement_equiangular as placement_equiangular,
+    pre_ln_limit_constant as pre_ln_limit_constant,
+)
 from ._uniform import (
     growth_rate as growth_rate,
     selected_mode as selected_mode,
