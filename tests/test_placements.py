@@ -405,3 +405,50 @@ def test_errors_name_the_argument_and_the_fix():
         jax.jit(lambda y: tf.solve(tf.PreLN(SA), y, jnp.asarray([0.0, 1.0])).xs)(jnp.asarray(x0))
     with pytest.raises(ValueError, match="steps points on a sphere"):
         tf.solve(tf.PreLN(SA), _start(), [0.0, 1.0], solver=tf.NormalizedEuler(), dt0=0.1)
+
+
+# ------------------------------------------------------------------------- experiment layer
+
+
+def test_mean_cosine_and_mean_radius_read_directions_and_radii():
+    x = _start()
+    radii = np.linalg.norm(x, axis=-1)
+    theta = x / radii[:, None]
+    gram = theta @ theta.T
+    expected = gram[~np.eye(N, dtype=bool)].mean()
+    np.testing.assert_allclose(tf.mean_cosine(jnp.asarray(x)), expected, rtol=1e-12)
+    np.testing.assert_allclose(tf.mean_cosine(jnp.asarray(theta)), expected, rtol=1e-12)
+    np.testing.assert_allclose(tf.mean_radius(jnp.asarray(x)), radii.mean(), rtol=1e-12)
+
+
+def test_configs_choose_placements_and_refuse_bad_parameters():
+    from transformer_flows.experiment import ConfigError, config_from_dict, plan_sweep
+
+    base = {
+        "model": {"field": "SA", "n": 4, "d": 6, "weights": ["gaussian"]},
+        "sweep": {"beta": 1.0, "starts": 1},
+        "time": {"t1": 1.0, "num": 3},
+    }
+    plain = config_from_dict(base)
+    # Configs without placements save (and fingerprint) exactly as before.
+    assert {"placement", "placement_params"}.isdisjoint(plain.resolved()["model"])
+    assert plain.resolved()["model"]["initial"] == "sphere"
+    model = {
+        **base["model"],
+        "placement": ["pre_ln", "ngpt"],
+        "placement_params": {"alpha": 0.5},
+        "initial": ["sphere", "orthonormal"],
+    }
+    config = config_from_dict({**base, "model": model})
+    shapes = plan_sweep(config).shapes
+    assert {(s.placement, s.initial) for s in shapes} == {
+        (p, i) for p in ("pre_ln", "ngpt") for i in ("sphere", "orthonormal")
+    }
+    with pytest.raises(ConfigError, match="alpha.*must be finite and > 0"):
+        config_from_dict({**base, "model": {**model, "placement_params": {"alpha": -1.0}}})
+    with pytest.raises(ConfigError, match="placement_params.gain: not a parameter"):
+        config_from_dict({**base, "model": {**model, "placement_params": {"gain": 1.0}}})
+    with pytest.raises(ConfigError, match="unknown placement 'side_ln'"):
+        config_from_dict({**base, "model": {**model, "placement": ["side_ln"]}})
+    with pytest.raises(ConfigError, match="orthonormal' needs d >= n"):
+        config_from_dict({**base, "model": {**model, "n": 8}})

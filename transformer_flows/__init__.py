@@ -92,6 +92,8 @@ from ._observables import (
     first_crossing_time as first_crossing_time,
     gram as gram,
     inner_product_histogram as inner_product_histogram,
+    mean_cosine as mean_cosine,
+    mean_radius as mean_radius,
     min_projection as min_projection,
     order_parameter as order_parameter,
 )
