@@ -44,9 +44,12 @@ def main(out: str) -> None:
                 else:
                     window = times >= times[-1] / 2
                     exponent = np.polyfit(np.log(times[window]), np.log(gap[window]), 1)[0]
+                    # In the radius the law is exact asymptotically: 1 − ρ ~ L/r².
+                    in_radius = np.polyfit(np.log(radius[window]), np.log(gap[window]), 1)[0]
                     limit = gap[-1] * radius[-1] ** 2
                     line += (
-                        f" | d log(1-rho)/d log t = {exponent:.3f} (law -2) | r/t = "
+                        f" | d log(1-rho)/d log t = {exponent:.3f}, / d log r = {in_radius:.3f}"
+                        f" (law -2) | r/t = "
                         f"{radius[-1] / times[-1]:.3f} | (1-rho) r^2 = {limit:.3f}"
                     )
                 print(line)

@@ -446,7 +446,9 @@ def placement_cosines(dataset, config, out):
             ylim=(min(0.0, float(np.nanmin(data["mean_cosine"].values))), 1.02),
             title=f"{initial} start, weights {weights}\nn = {n}, d = {d}",
         )
-        bottom.set(xlabel="t", ylabel="1 − ρ (median over starts)", ylim=(1e-9, 2))
+        # Below ~10 float eps, 1 − ρ is rounding noise.
+        floor = 1e-6 if config.precision == "float32" else 1e-14
+        bottom.set(xlabel="t", ylabel="1 − ρ (median over starts)", ylim=(floor, 2))
         top.legend(fontsize=7, loc="lower right")
         bottom.legend(fontsize=7, loc="lower left")
     fig.suptitle(
