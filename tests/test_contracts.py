@@ -292,6 +292,9 @@ def _known_values(name, d, beta):
             (spaced, 4, 1.0),
         ],
         "positions": [(near, 1, near), (spaced, 1, spaced)],
+        # mean over i ≠ j of <θ_i, θ_j> = (|Σθ|² − n)/(n(n−1)); 1 on the sphere for the radius.
+        "mean_cosine": [(consensus, 1, 1.0), (antipodal, 1, -1.0), (spaced, 1, -1 / 3)],
+        "mean_radius": [(consensus, 1, 1.0), (2.5 * antipodal, 1, 2.5)],
     }
     if name not in known:
         pytest.fail(f"observable {name!r} has no known values: add them to _known_values")

@@ -37,6 +37,13 @@ from ._field._base import (
     AbstractSphereField as AbstractSphereField,
 )
 from ._field._kuramoto import Kuramoto as Kuramoto
+from ._field._placements import (
+    NGPT as NGPT,
+    MixLN as MixLN,
+    NoNorm as NoNorm,
+    PeriLN as PeriLN,
+    PreLN as PreLN,
+)
 from ._field._self_attention import (
     AbstractAttentionField as AbstractAttentionField,
     SelfAttention as SelfAttention,
@@ -85,6 +92,8 @@ from ._observables import (
     first_crossing_time as first_crossing_time,
     gram as gram,
     inner_product_histogram as inner_product_histogram,
+    mean_cosine as mean_cosine,
+    mean_radius as mean_radius,
     min_projection as min_projection,
     order_parameter as order_parameter,
 )

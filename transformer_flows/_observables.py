@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._attention import inner_products
-from ._sphere import angles_to_points, points_to_angles
+from ._sphere import angles_to_points, normalize, points_to_angles
 from ._validation import check_on_sphere
 
 Configuration = Float[Array, "n d"] | Float[Array, " n"]
@@ -285,3 +285,20 @@ def first_crossing_time(
     crossing = t_before + fraction * (t_first - t_before)
     crossing = jnp.where(first > 0, crossing, ts[0])
     return jnp.where(jnp.any(reached, axis=0), crossing, jnp.inf)
+
+
+def mean_cosine(x: Float[Array, "n d"]) -> Float[Array, ""]:
+    """ρ = mean over pairs i ≠ j of <θ_i, θ_j>, θ_i = x_i/|x_i| (states in R^d are read through
+    their directions; points on the sphere are their own). The equiangular cosine of Thm 6.8
+    and of the placements' (ρ, r) reductions."""
+    _check_configuration(x)
+    theta = normalize(jnp.asarray(x))
+    n = theta.shape[0]
+    total = jnp.sum(jnp.square(jnp.sum(theta, axis=0)))
+    return (total - jnp.sum(jnp.square(theta))) / jnp.maximum(n * (n - 1), 1)
+
+
+def mean_radius(x: Float[Array, "n d"]) -> Float[Array, ""]:
+    """mean_i |x_i|: 1 on the sphere; grows like t under Pre-LN and Peri-LN."""
+    _check_configuration(x)
+    return jnp.mean(jnp.linalg.norm(jnp.asarray(x), axis=-1))

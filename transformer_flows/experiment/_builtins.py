@@ -11,20 +11,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from .._energy import energy
 from .._ensembles import random_weights
 from .._field._kuramoto import Kuramoto
+from .._field._placements import NGPT, MixLN, NoNorm, PeriLN, PreLN
 from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 from .._losses import CapMixture, LabeledInputs, LabeledTargets, TargetMeasure, TargetPartition
-from .._observables import clustered_fraction, count_clusters, order_parameter
+from .._observables import (
+    clustered_fraction,
+    count_clusters,
+    mean_cosine,
+    mean_radius,
+    order_parameter,
+)
 from .._solver._fixed_step import RK4, GeodesicEuler, NormalizedEuler, ResidualLayers
 from ._registry import (
     FIELDS,
     FIGURES,
     OBSERVABLES,
+    PLACEMENTS,
     SOLVERS,
     TASKS,
     WEIGHTS,
     FieldEntry,
     FigureEntry,
     ObservableEntry,
+    PlacementEntry,
     SolverEntry,
     TaskEntry,
     WeightsEntry,
@@ -122,6 +131,60 @@ for _value in ("ginibre", "qk", "minus_qk"):
         ),
     )
 
+
+def _gaussian(key, d, dtype):
+    """Q, K, V with i.i.d. N(0, 1/d) entries (the usual initialisation scale; with β = sqrt(d)
+    the logits β<Qx, Ky> of unit tokens are O(1))."""
+    import jax.numpy as jnp
+
+    return tuple(
+        jax.random.normal(k, (d, d), dtype=dtype) / jnp.sqrt(jnp.asarray(d, dtype))
+        for k in jax.random.split(key, 3)
+    )
+
+
+def _gaussian_query_key(key, d, dtype):
+    Q, K, _ = _gaussian(key, d, dtype)
+    return Q, K, None
+
+
+WEIGHTS.register(
+    "gaussian",
+    WeightsEntry(_gaussian, random_values=True, description="Q, K, V i.i.d. N(0, 1/d) entries"),
+)
+WEIGHTS.register(
+    "gaussian:identity",
+    WeightsEntry(_gaussian_query_key, description="Q, K i.i.d. N(0, 1/d) entries, V = I"),
+)
+
+# --- normalisation placements (docs/models.md) ---------------------------------------------
+PLACEMENTS.register("post_ln", PlacementEntry(None, description="x ← LN(x + h·Attn(x)): the field"))
+PLACEMENTS.register(
+    "pre_ln", PlacementEntry(PreLN, euclidean=True, description="x ← x + h·Attn(LN x)")
+)
+PLACEMENTS.register(
+    "peri_ln", PlacementEntry(PeriLN, euclidean=True, description="x ← x + h·LN(Attn(LN x))")
+)
+PLACEMENTS.register(
+    "ngpt",
+    PlacementEntry(NGPT, parameters=("alpha",), description="x ← Norm(x + αh(Norm(Attn x) − x))"),
+)
+PLACEMENTS.register(
+    "mix_ln",
+    PlacementEntry(
+        MixLN,
+        euclidean=True,
+        parameters=("post_ln_layers", "layer_duration"),
+        description="Post-LN for the first post_ln_layers layers, Pre-LN after",
+    ),
+)
+PLACEMENTS.register(
+    "no_norm",
+    PlacementEntry(
+        NoNorm, euclidean=True, parameters=("rescaled",), description="x ← x + h·Attn(x) on R^d"
+    ),
+)
+
 # --- observables ---------------------------------------------------------------------------
 OBSERVABLES.register(
     "clustered_fraction",
@@ -160,6 +223,20 @@ OBSERVABLES.register(
     ),
 )
 OBSERVABLES.register(
+    "mean_cosine",
+    ObservableEntry(
+        lambda x, c: mean_cosine(x),
+        inner_products=True,
+        long_name="ρ = mean over i≠j of <θ_i,θ_j>, θ_i = x_i/|x_i|",
+    ),
+)
+OBSERVABLES.register(
+    "mean_radius",
+    ObservableEntry(
+        lambda x, c: mean_radius(x), radial=True, long_name="mean_i |x_i| (1 on the sphere)"
+    ),
+)
+OBSERVABLES.register(
     "positions",
     ObservableEntry(
         lambda x, c: x, dims=("particle", "component"), per_shape=True, long_name="x_i(t)"
@@ -186,6 +263,15 @@ for _name, _observables, _d in (
     ("cluster_staircase", ("cluster_count",), None),
 ):
     FIGURES.register(_name, FigureEntry(_lazy(_name), "simulation", _observables, _d))
+FIGURES.register(
+    "placement_cosines",
+    FigureEntry(
+        _lazy("placement_cosines"),
+        "simulation",
+        ("mean_cosine",),
+        description="mean cosine ρ(t) per normalisation placement and start",
+    ),
+)
 for _name in ("landscape", "regimes"):
     FIGURES.register(_name, FigureEntry(_lazy(_name), "theory"))
 FIGURES.register("long_context", FigureEntry(_lazy("long_context"), "theory"))

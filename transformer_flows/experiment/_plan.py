@@ -21,6 +21,8 @@ class Shape:
     n: int
     d: int
     weights: tuple[str, ...]
+    placement: str = "post_ln"  # normalisation placement (PLACEMENTS): one program each
+    initial: str = "sphere"  # how starts are drawn
 
     @property
     def random(self) -> bool:
@@ -29,7 +31,9 @@ class Shape:
     @property
     def label(self) -> str:
         names = "+".join(w.replace(":", "-") for w in self.weights)
-        return f"n{self.n}_d{self.d}_{names}"
+        extra = "" if self.placement == "post_ln" else f"_{self.placement}"
+        extra += "" if self.initial == "sphere" else f"_{self.initial}"
+        return f"n{self.n}_d{self.d}_{names}{extra}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +91,14 @@ def plan_sweep(config: SimulationConfig) -> Plan:
     identity = tuple(w for w in model.weights if WEIGHTS[w].draw is None)
     random = tuple(w for w in model.weights if WEIGHTS[w].draw is not None)
     groups = [group for group in (identity, random) if group]
-    shapes = tuple(Shape(n, d, group) for n in model.n for d in model.d for group in groups)
+    shapes = tuple(
+        Shape(n, d, group, placement, initial)
+        for n in model.n
+        for d in model.d
+        for placement in model.placement
+        for initial in model.initial
+        for group in groups
+    )
     times = config.times
     chunk_sizes = tuple(
         sweep.chunk_size if sweep.chunk_size != "auto" else _auto_chunk_size(config, shape)

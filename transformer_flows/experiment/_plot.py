@@ -440,3 +440,70 @@ def long_context(dataset, config, out):
         fontsize=9,
     )
     return [_save(fig, out / f"{config.name}_long_context.png")]
+
+
+_PLACEMENT_LABELS = {
+    "post_ln": "Post-LN",
+    "pre_ln": "Pre-LN",
+    "peri_ln": "Peri-LN",
+    "ngpt": "nGPT",
+    "mix_ln": "Mix-LN",
+    "no_norm": "no norm",
+}
+
+
+def placement_cosines(dataset, config, out):
+    """Mean cosine ρ(t) (top) and 1 − ρ on log–log axes (bottom), one colour per placement,
+    one column per start kind and weight ensemble: median over starts, 10–90% band."""
+    data = dataset
+    for dim, value in (("placement", config.model.placement[0]), ("initial", "sphere")):
+        if dim not in data.dims:
+            data = data.expand_dims({dim: [value]})
+    columns = [
+        (initial, weights, n, d)
+        for n in data["n"].values
+        for d in data["d"].values
+        for weights in data["weights"].values
+        for initial in data["initial"].values
+    ]
+    fig, axes = plt.subplots(
+        2, len(columns), figsize=(4.2 * len(columns), 7), squeeze=False, layout="constrained"
+    )
+    times = data["time"].values
+    colors = plt.cm.tab10(np.arange(data.sizes["placement"]))
+    for col, (initial, weights, n, d) in enumerate(columns):
+        top, bottom = axes[0, col], axes[1, col]
+        for color, placement in zip(colors, data["placement"].values, strict=True):
+            part = data.sel(initial=initial, weights=weights, n=n, d=d, placement=placement)
+            for beta in part["beta"].values:
+                rho = _valid(part.sel(beta=beta), "mean_cosine").transpose("start", "time").values
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    low, median, high = np.nanpercentile(rho, [10, 50, 90], axis=0)
+                label = _PLACEMENT_LABELS.get(str(placement), str(placement))
+                if part.sizes["beta"] > 1:
+                    label += f", β = {beta:g}"
+                top.fill_between(times, low, high, color=color, alpha=0.2)
+                top.plot(times, median, color=color, lw=1.6, label=label)
+                gap = np.clip(1 - median, 1e-16, None)
+                later = times > 0
+                bottom.loglog(times[later], gap[later], color=color, lw=1.6, label=label)
+        guide = times[times > 0]
+        if guide.size:
+            anchor = guide[len(guide) // 2]
+            bottom.loglog(guide, 0.5 * (anchor / guide) ** 2 * 1e-2, "k:", lw=1, label="∝ t⁻²")
+        top.set(
+            xlabel="t (layers × h)",
+            ylabel="mean cosine ρ",
+            ylim=(min(0.0, float(np.nanmin(data["mean_cosine"].values))), 1.02),
+            title=f"{initial} start, weights {weights}\nn = {n}, d = {d}",
+        )
+        # Below ~10 float eps, 1 − ρ is rounding noise.
+        floor = 1e-6 if config.precision == "float32" else 1e-14
+        bottom.set(xlabel="t", ylabel="1 − ρ (median over starts)", ylim=(floor, 2))
+        top.legend(fontsize=7, loc="lower right")
+        bottom.legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"{config.name}: normalisation placements\n{_subtitle(dataset, config)}", fontsize=9
+    )
+    return [_save(fig, out / f"{config.name}_placement_cosines.png")]

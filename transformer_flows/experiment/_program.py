@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._initial import sample_hemisphere, sample_sphere
+from .._initial import orthonormal_tokens, sample_hemisphere, sample_sphere
 from .._solve import solve
 from .._span import solve_in_span
 from .._sphere import angles_to_points, normalize, points_to_angles
 from ._build import build_field, dtype_of, field_entry, solver_of, weight_draws
 from ._plan import Plan, Shape
-from ._registry import OBSERVABLES, ObservableContext
+from ._registry import OBSERVABLES, PLACEMENTS, ObservableContext
 from ._schema import SimulationConfig
 
 # Starts and weights are drawn in float32 whatever the precision, so that a float32 and a float64
@@ -32,12 +32,21 @@ class Observer(eqx.Module):
     delta: float = eqx.field(static=True)
     harmonic: int = eqx.field(static=True)
     angles: bool = eqx.field(static=True, default=False)
+    # States in R^d (Pre-LN, Peri-LN, ...): observables see the directions x_i/|x_i|, except
+    # `radial` ones (mean_radius), which see the states as they are.
+    euclidean: bool = eqx.field(static=True, default=False)
 
     def __call__(self, x):
         points = angles_to_points(x) if self.angles else x
+        directions = normalize(points) if self.euclidean else points
         context = ObservableContext(self.beta, self.delta, self.harmonic)
         # `solve` saves integer observables (cluster counts) through float buffers itself.
-        return {name: OBSERVABLES[name].function(points, context) for name in self.names}
+        return {
+            name: OBSERVABLES[name].function(
+                points if OBSERVABLES[name].radial else directions, context
+            )
+            for name in self.names
+        }
 
 
 _PROGRAM_CACHE: dict = {}
@@ -84,7 +93,15 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     angles = entry.state == "angles"
     ts = jnp.asarray(plan.times, dtype=dtype)
     base_key = jax.random.key(config.sweep.seed)
-    sample = sample_sphere if model.initial == "sphere" else sample_hemisphere
+    sample = {
+        "sphere": sample_sphere,
+        "hemisphere": sample_hemisphere,
+        "orthonormal": lambda key, n, d, dtype: orthonormal_tokens(n, d, key=key, dtype=dtype),
+    }[shape.initial]
+    placement = PLACEMENTS[shape.placement]
+    placement_params = {
+        k: v for k, v in model.placement_params.items() if k in placement.parameters
+    }
     solver, dt0 = solver_of(solver_config)
     fixed_params = dict(model.params)
     param_names = tuple(plan.params)
@@ -113,7 +130,13 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
 
     draws = [stacked(draw) for draw in weight_draws(shape.weights)] if shape.random else []
     integrate = solve
-    if not shape.random and not angles and entry.rotation_invariant and shape.d > shape.n:
+    if (
+        not shape.random
+        and not angles
+        and entry.rotation_invariant
+        and shape.d > shape.n
+        and placement.wrap is None
+    ):
         # Identity weights keep span{x_i(0)}: for d > n solve in that n-dimensional span
         # (exact, and d = 1024 then costs what d = n costs). Inner-product observables need
         # no map back.
@@ -137,8 +160,15 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             weights = (jnp.swapaxes(K, -1, -2) @ Q, None, V)
         params = {**fixed_params, **dict(zip(param_names, param_values, strict=True))}
         field = build_field(entry, beta, params, weights, **options)
+        if placement.wrap is not None:
+            field = placement.wrap(field, **placement_params)
         observer = Observer(
-            beta, tuple(observables.names), observables.delta, observables.harmonic, angles
+            beta,
+            tuple(observables.names),
+            observables.delta,
+            observables.harmonic,
+            angles,
+            placement.euclidean,
         )
         trajectory = integrate(
             field,

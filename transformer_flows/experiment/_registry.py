@@ -197,6 +197,7 @@ class ObservableEntry:
     d: int | None = None
     per_shape: bool = False
     long_name: str = ""
+    radial: bool = False  # reads states in R^d as they are (else their directions x_i/|x_i|)
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -227,9 +228,26 @@ class TaskEntry:
     description: str = ""
 
 
+# --- normalisation placements --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacementEntry:
+    """Where the layer norm sits: `wrap(field, **params)` returns the field a sweep solves
+    (None: the sphere field itself, Post-LN). `euclidean`: the state lives in R^d (observables
+    then see the directions x_i/|x_i|, except `radial` ones); `parameters`: the keys allowed
+    under `model.placement_params`."""
+
+    wrap: Callable | None
+    euclidean: bool = False
+    parameters: tuple[str, ...] = ()
+    description: str = ""
+
+
 FIELDS = FieldRegistry("field")
 SOLVERS: Registry[SolverEntry] = Registry("solver")
 WEIGHTS: Registry[WeightsEntry] = Registry("weight ensemble")
 OBSERVABLES: Registry[ObservableEntry] = Registry("observable")
 FIGURES: Registry[FigureEntry] = Registry("figure")
 TASKS: Registry[TaskEntry] = Registry("fit task")
+PLACEMENTS: Registry[PlacementEntry] = Registry("placement")

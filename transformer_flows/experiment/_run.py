@@ -205,10 +205,11 @@ def _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds) 
 
 
 def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "unknown"):
-    """Gather the chunks into one labelled dataset with dims
-    (n, d, weights, beta, start[, rtol][, *params], time[, particle, component])."""
+    """Gather the chunks into one labelled dataset with dims (n, d[, placement][, initial],
+    weights, beta, start[, rtol][, *params], time[, particle, component]); `placement` and
+    `initial` appear when the config sets other than the default post_ln / sphere."""
     model = config.model
-    outer = (len(model.n), len(model.d))
+    outer = (len(model.n), len(model.d), len(model.placement), len(model.initial))
     full_inner = (
         len(model.weights),
         len(plan.beta),
@@ -219,7 +220,12 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
     arrays: dict[str, np.ndarray] = {}
     compute_seconds = 0.0
     for (shape, _), piece in sorted(pieces.items(), key=lambda item: (str(item[0][0]), item[0][1])):
-        where = (model.n.index(shape.n), model.d.index(shape.d))
+        where = (
+            model.n.index(shape.n),
+            model.d.index(shape.d),
+            model.placement.index(shape.placement),
+            model.initial.index(shape.initial),
+        )
         weight_index = np.array([model.weights.index(w) for w in shape.weights])
         compute_seconds += float(piece.attrs["compute_seconds"])
         w, b, s, r, *p = np.unravel_index(piece["combo"].values, plan.inner_shape(shape))
@@ -228,10 +234,12 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
                 arrays[name] = np.zeros(outer + full_inner + variable.shape[1:], variable.dtype)
             arrays[name][where + (weight_index[w], b, s, r, *p)] = variable.values
     # The tolerance axis is named `rtol` (= atol): `tolerance` is a keyword of xarray's `sel`.
-    dims = ("n", "d", "weights", "beta", "start", "rtol", *plan.params)
+    dims = ("n", "d", "placement", "initial", "weights", "beta", "start", "rtol", *plan.params)
     coords = {
         "n": list(model.n),
         "d": list(model.d),
+        "placement": list(model.placement),
+        "initial": list(model.initial),
         "weights": list(model.weights),
         "beta": plan.beta,
         "start": plan.starts,
@@ -246,6 +254,11 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
             values = values.astype(bool)
         variables[name] = (dims + extra, values)
     dataset = xr.Dataset(variables, coords=coords)
+    # Configs without placements or start kinds keep the dataset layout they always had.
+    if model.placement == ["post_ln"]:
+        dataset = dataset.isel(placement=0, drop=True)
+    if model.initial == ["sphere"]:
+        dataset = dataset.isel(initial=0, drop=True)
     if not plan.has_tolerance_axis:
         dataset = dataset.isel(rtol=0, drop=True)
     else:

@@ -27,10 +27,11 @@ from pydantic import (
     Strict,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
-from ._registry import FIELDS, FIGURES, OBSERVABLES, SOLVERS, TASKS, WEIGHTS
+from ._registry import FIELDS, FIGURES, OBSERVABLES, PLACEMENTS, SOLVERS, TASKS, WEIGHTS
 
 
 class ConfigError(ValueError):
@@ -285,12 +286,80 @@ class ModelConfig(_Section):
     layers: PositiveInteger | None = Field(
         None, description="L per-layer random weights, piecewise constant over [0, t1]"
     )
-    initial: Literal["sphere", "hemisphere"] = "sphere"
+    initial: Annotated[
+        list[Literal["sphere", "hemisphere", "orthonormal"]],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+    ] = Field(
+        ["sphere"],
+        description="start(s): uniform on the sphere, on a hemisphere, or a random orthonormal "
+        "frame (d >= n); a list is one more axis of the sweep",
+    )
+    placement: Annotated[
+        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(PLACEMENTS)
+    ] = Field(
+        ["post_ln"],
+        description="normalisation placement(s) (post_ln: the field itself; pre_ln, peri_ln, "
+        "ngpt, mix_ln, no_norm); a list is one more axis of the sweep",
+    )
+    placement_params: dict[str, Any] = Field(
+        {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
+    )
 
-    @field_validator("n", "d")
+    @field_validator("n", "d", "initial")
     @classmethod
     def _unique_shapes(cls, values):
         return _unique(values)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # Configs written before placements existed keep their saved form (and fingerprint).
+        data = handler(self)
+        if data.get("placement") == ["post_ln"]:
+            data.pop("placement")
+        if data.get("placement_params") == {}:
+            data.pop("placement_params")
+        if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
+            data["initial"] = data["initial"][0]
+        return data
+
+    @model_validator(mode="after")
+    def _placements(self):
+        entry = FIELDS.resolve(self.field)
+        wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
+        if wrapped and entry.state != "points":
+            raise ValueError(
+                f"placement: {wrapped} wrap a sphere field; {self.field!r} moves angles"
+            )
+        allowed = {name for p in self.placement for name in PLACEMENTS[p].parameters}
+        for name in self.placement_params:
+            if name not in allowed:
+                raise ValueError(
+                    f"placement_params.{name}: not a parameter of the placements "
+                    f"{self.placement}; allowed: {sorted(allowed)}"
+                )
+        for name in wrapped:
+            placement = PLACEMENTS[name]
+            params = {k: v for k, v in self.placement_params.items() if k in placement.parameters}
+            if name == "mix_ln" and self.layers and "layer_duration" not in params:
+                # The sweep gives the field per-layer weights of duration t1/layers.
+                if not 0 <= params.get("post_ln_layers", 0) <= self.layers:
+                    raise ValueError(
+                        f"placement_params.post_ln_layers: must lie in [0, model.layers = "
+                        f"{self.layers}], got {params.get('post_ln_layers')!r}"
+                    )
+                params = {**params, "layer_duration": 1.0}
+            try:
+                field = entry.cls(**{"beta": 1.0, **self.params})
+                placement.wrap(field, **params)
+            except Exception as err:  # the placement's own message names the parameter
+                raise ValueError(f"placement_params: {name} refuses {params}: {err}") from None
+        if "orthonormal" in self.initial and max(self.n) > min(self.d):
+            raise ValueError(
+                f"initial: 'orthonormal' needs d >= n for every shape, got n = {self.n}, "
+                f"d = {self.d}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _field_accepts(self):
