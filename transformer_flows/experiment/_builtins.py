@@ -175,6 +175,10 @@ for _name, _observables, _d in (
     FIGURES.register(_name, FigureEntry(_lazy(_name), "simulation", _observables, _d))
 for _name in ("landscape", "regimes"):
     FIGURES.register(_name, FigureEntry(_lazy(_name), "theory"))
+# Causal clustering on the circle (Karagodin–Polyanskiy–Rigollet Fig. 2), for `causal=True`.
+FIGURES.register(
+    "causal_circle", FigureEntry(_lazy("causal_circle"), "simulation", ("positions",), 2)
+)
 
 
 # --- fit tasks -----------------------------------------------------------------------------
