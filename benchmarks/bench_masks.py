@@ -90,7 +90,8 @@ def main():
         errors.append([name, float(jnp.max(jnp.abs(blockwise - dense)))])
     body += (
         f"\n\nn = {n}, d = {D}, float32, block {args.block}.\n\nMax |blockwise - dense| at "
-        f"n = {args.dense_n} (float32; window min(w, n/4)):\n\n" + table(["mask", "max diff"], errors)
+        f"n = {args.dense_n} (float32; window min(w, n/4)):\n\n"
+        + table(["mask", "max diff"], errors)
     )
     report("bench_masks", f"Masked blockwise attention, n = {n}", body)
 
