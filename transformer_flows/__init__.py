@@ -8,6 +8,7 @@ from . import (
 )
 from ._attention import (
     AbstractAttentionMethod as AbstractAttentionMethod,
+    AttentionMask as AttentionMask,
     AutoAttention as AutoAttention,
     BlockwiseAttention as BlockwiseAttention,
     DenseAttention as DenseAttention,

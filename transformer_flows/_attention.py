@@ -12,6 +12,10 @@ evaluated is an option object (as in diffrax: options are modules, not string fl
   otherwise); softmax attention only.
 - `AutoAttention(threshold, block_size)` (default): dense while n_queries·n_keys <=
   threshold², blockwise above; fused on GPU for float16/bfloat16 softmax attention.
+
+Which keys a query sees and how token positions enter the scores is an `AttentionMask`
+(causal, sliding window, ALiBi bias, log-length scaling of β); every method honours it, and
+the blockwise method skips key blocks the mask removes entirely.
 """
 
 import abc
@@ -19,9 +23,10 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import Particles
+from ._validation import as_float_array, check_finite
 
 # Per-head weights: None (identity) or a stack over heads.
 HeadWeights = Float[Array, "heads k d"] | None
@@ -41,9 +46,12 @@ class AbstractAttentionMethod(eqx.Module):
         beta: Float[Array, ""],
         normalized: bool,
         log_shift: Float[Array, ""] | float,
+        mask: "AttentionMask | None" = None,
     ) -> Float[Array, "nq d"]:
         """Σ_j w_ij values_j with w from the scores s_ij = β<queries_i, keys_j>: softmax
-        over j if `normalized`, else exp(s_ij - log_shift)/nk."""
+        over j if `normalized`, else exp(s_ij - log_shift)/nk. A non-trivial `mask` (needs
+        nq = nk: token i is row i) restricts j, adds its bias and sets β_i; USA then divides
+        by n_i, the number of keys query i attends to."""
 
 
 def _check_block_size(block_size) -> None:
@@ -74,12 +82,150 @@ def inner_products(queries: Float[Array, "nq k"], keys: Float[Array, "nk k"]) ->
     return sum(products[1:], start=products[0])
 
 
+def as_alibi(value) -> Float[Array, ""] | None:
+    """Converter for the ALiBi slope λ: None (no bias) or a finite real scalar (checked now, or
+    at run time when traced); an array leaf, so sweeps and gradients can vary it."""
+    if value is None:
+        return None
+    slope = as_float_array(value, "alibi")
+    if slope.ndim != 0:
+        raise ValueError(
+            f"`alibi` must be a scalar slope λ (e.g. alibi=1.0), got shape {slope.shape}."
+        )
+    return check_finite(slope, "alibi", "Pass a finite slope λ, e.g. alibi=1.0, or None.")
+
+
+class AttentionMask(eqx.Module):
+    """Token positions in the scores: which keys query i sees and how its score is shifted.
+
+    Token order is row order (token i is row i, 0-based here, 1-based in the docs). With n
+    tokens, query i attends to the keys j with
+
+    - `causal`: j <= i;
+    - `window=w`: |i - j| < w (with `causal`: i - w < j <= i; without it the symmetric
+      window of local attention);
+
+    and its scores are s_ij = β_i <q_i, k_j> - λ|i - j|/n (`alibi=λ`; with `causal`
+    |i - j| = i - j, the ALiBi bias; without it the symmetric bias of bidirectional ALiBi),
+    where β_i = β, or β·log n_i with `length_scaling="log"`, n_i the number of keys query i
+    attends to. Every query attends to itself, so no row is empty.
+    """
+
+    causal: bool = eqx.field(default=False, static=True)
+    window: int | None = eqx.field(default=None, static=True)
+    alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi)
+    length_scaling: str | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"`causal` must be True or False, got {self.causal!r}.")
+        if self.window is not None and (
+            not isinstance(self.window, int) or isinstance(self.window, bool) or self.window < 1
+        ):
+            raise ValueError(
+                f"`window` must be None (no window) or a positive integer number of tokens "
+                f"(query i sees keys with |i - j| < window; window=1 is the token itself), "
+                f"got {self.window!r}."
+            )
+        if self.length_scaling not in (None, "log"):
+            raise ValueError(
+                f"`length_scaling` must be None or 'log' (β_i = β·log n_i, n_i the number of "
+                f"keys query i attends to), got {self.length_scaling!r}."
+            )
+
+    @property
+    def is_trivial(self) -> bool:
+        """No position enters: plain attention over all keys."""
+        return self.alibi is None and self.length_scaling is None and not self.restricts
+
+    @property
+    def restricts(self) -> bool:
+        """Some keys are removed for some queries."""
+        return self.causal or self.window is not None
+
+    def allowed(self, i: Int[Array, "a 1"], j: Int[Array, "1 b"]) -> Bool[Array, "a b"] | None:
+        """Whether query i attends to key j (None: every key)."""
+        ok = None
+        if self.causal:
+            ok = j <= i
+        if self.window is not None:
+            near = jnp.abs(i - j) < self.window
+            ok = near if ok is None else ok & near
+        return ok
+
+    def counts(self, i: Int[Array, " a"], n: int) -> Int[Array, " a"]:
+        """n_i, the number of keys query i attends to (>= 1; also for padding rows i >= n)."""
+        if self.window is None:
+            count = i + 1 if self.causal else jnp.full_like(i, n)
+        else:
+            before = jnp.minimum(i, self.window - 1)
+            after = 0 if self.causal else jnp.minimum(n - 1 - i, self.window - 1)
+            count = before + after + 1
+        return jnp.maximum(count, 1)
+
+    def blocks_meet(self, i_lo, i_hi, j_lo, j_hi) -> Bool[Array, ""] | bool:
+        """Whether some query in [i_lo, i_hi] attends to some key in [j_lo, j_hi]."""
+        meet = True
+        if self.causal:
+            meet = j_lo <= i_hi
+        if self.window is not None:
+            near = (i_lo - j_hi < self.window) & (j_lo - i_hi < self.window)
+            meet = near if meet is True else meet & near
+        return meet
+
+    def scale_queries(self, queries: Float[Array, "nq k"], beta, n: int) -> Float[Array, "nq k"]:
+        """β_i q_i: the inverse temperature of each query folded into it."""
+        beta = jnp.asarray(beta).astype(queries.dtype)
+        if self.length_scaling is None:
+            return beta * queries
+        counts = self.counts(jnp.arange(queries.shape[0]), n).astype(queries.dtype)
+        return (beta * jnp.log(counts))[:, None] * queries
+
+    def tile(
+        self, queries: Float[Array, "a k"], keys: Float[Array, "b k"], i, j, n: int
+    ) -> tuple[Float[Array, "a b"], Bool[Array, "a b"] | None]:
+        """Scores <q_i, k_j> - λ|i - j|/n of (already β-scaled) queries at positions i against
+        keys at positions j, and the allowed set (None: all)."""
+        scores = inner_products(queries, keys)
+        if self.alibi is not None:
+            distance = jnp.abs(i[:, None] - j[None, :]).astype(scores.dtype)
+            scores = scores - self.alibi.astype(scores.dtype) * distance / n
+        return scores, self.allowed(i[:, None], j[None, :])
+
+
+NO_MASK = AttentionMask()
+
+
+def _weights(
+    queries: Float[Array, "nq k"],
+    keys: Float[Array, "nk k"],
+    mask: AttentionMask,
+    normalized: bool,
+    log_shift,
+) -> Float[Array, "nq nk"]:
+    """The dense attention matrix of (β-scaled) queries: the masked softmax (SA), or
+    e^{s_ij - log_shift}/n_i on the allowed keys and 0 off them (USA)."""
+    n = keys.shape[0]
+    i, j = jnp.arange(queries.shape[0]), jnp.arange(n)
+    scores, allowed = mask.tile(queries, keys, i, j, n)
+    if allowed is None:
+        return _normalise_scores(scores, normalized, log_shift)
+    if normalized:
+        # Every row keeps its diagonal, so the row maximum is finite; masked entries get
+        # weight exp(-inf) = 0 and, through `where`, a zero gradient.
+        return jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+    # `where` inside too: e^{s} of a masked entry may overflow, and inf·0 would be NaN.
+    weights = jnp.where(allowed, jnp.exp(jnp.where(allowed, scores, 0) - log_shift), 0)
+    return weights / mask.counts(i, n)[:, None].astype(weights.dtype)
+
+
 class DenseAttention(AbstractAttentionMethod):
     """Materialise the (nq, nk) score matrix per head: O(n²) memory."""
 
-    def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        scores = beta * inner_products(queries, keys)
-        return _normalise_scores(scores, normalized, log_shift) @ values
+    def mix(self, queries, keys, values, *, beta, normalized, log_shift, mask=None):
+        mask = NO_MASK if mask is None else mask
+        scaled = mask.scale_queries(queries, beta, keys.shape[0])
+        return _weights(scaled, keys, mask, normalized, log_shift) @ values
 
 
 def _pad_rows(a: Array, multiple: int) -> Array:
@@ -94,70 +240,117 @@ def _blockwise(
     normalized: bool,
     log_shift,
     block_size: int,
+    mask: AttentionMask = NO_MASK,
+    skip: bool = True,
 ) -> Float[Array, "nq d"]:
+    """Queries are β-scaled already. `skip`: jump over key blocks the mask removes for a
+    whole query block (`lax.cond` on block indices, which no user vmap batches)."""
     num_queries, num_keys = queries.shape[0], keys.shape[0]
     query_block, key_block = min(block_size, num_queries), min(block_size, num_keys)
     key_blocks = -(-num_keys // key_block)
-    # Padding keys are masked out; every key block keeps at least one real key, so the
-    # running maximum is finite after the first block.
-    valid = (jnp.arange(key_blocks * key_block) < num_keys).reshape(key_blocks, key_block)
+    positions = jnp.arange(key_blocks * key_block)
+    # Padding keys are masked out; every row attends to at least its own key, and rows that
+    # have met no allowed key yet (running maximum -inf) are shifted by 0, not by -inf.
+    valid = (positions < num_keys).reshape(key_blocks, key_block)
+    key_positions = positions.reshape(key_blocks, key_block)
     keys_blocked = _pad_rows(keys, key_block).reshape(key_blocks, key_block, -1)
     values_blocked = _pad_rows(values, key_block).reshape(key_blocks, key_block, -1)
     dtype = jnp.result_type(queries, values)
+    skipping = skip and mask.restricts
 
-    def one_query_block(q: Float[Array, "bq k"]) -> Float[Array, "bq d"]:
+    def one_query_block(block) -> Float[Array, "bq d"]:
+        q, first = block
         rows = q.shape[0]
+        i = first + jnp.arange(rows)
         acc0 = jnp.zeros((rows, values.shape[1]), dtype)
+
+        def tile(k, j, mask_valid):
+            scores, allowed = mask.tile(q, k, i, j, num_keys)
+            ok = mask_valid[None, :] if allowed is None else allowed & mask_valid[None, :]
+            return scores, ok
+
+        def maybe(update, carry, j):
+            if not skipping:
+                return update(carry)
+            meet = mask.blocks_meet(i[0], i[-1], j[0], j[-1])
+            return jax.lax.cond(meet, update, lambda c: c, carry)
 
         if normalized:
 
             def step(carry, block):
-                running_max, total, acc = carry
-                k, v, mask = block
-                scores = jnp.where(mask, q @ k.T, -jnp.inf)
-                # Any shift gives the same softmax, so the maximum carries no gradient.
-                new_max = jax.lax.stop_gradient(jnp.maximum(running_max, jnp.max(scores, axis=-1)))
-                weights = jnp.exp(scores - new_max[:, None])
-                rescale = jnp.exp(running_max - new_max)
-                total = total * rescale + jnp.sum(weights, axis=-1)
-                acc = acc * rescale[:, None] + weights @ v
-                return (new_max, total, acc), None
+                k, v, mask_valid, j = block
+
+                def update(carry):
+                    running_max, total, acc = carry
+                    scores, ok = tile(k, j, mask_valid)
+                    scores = jnp.where(ok, scores, -jnp.inf)
+                    # Any shift gives the same softmax, so the maximum carries no gradient.
+                    new_max = jax.lax.stop_gradient(
+                        jnp.maximum(running_max, jnp.max(scores, axis=-1))
+                    )
+                    shift = jnp.where(jnp.isfinite(new_max), new_max, 0)
+                    weights = jnp.exp(scores - shift[:, None])
+                    rescale = jnp.exp(running_max - shift)
+                    total = total * rescale + jnp.sum(weights, axis=-1)
+                    acc = acc * rescale[:, None] + weights @ v
+                    return new_max, total, acc
+
+                return maybe(update, carry, j), None
 
             init = (jnp.full((rows,), -jnp.inf, dtype), jnp.zeros((rows,), dtype), acc0)
-            (_, total, acc), _ = jax.lax.scan(step, init, (keys_blocked, values_blocked, valid))
-            return acc / total[:, None]
+            blocks = (keys_blocked, values_blocked, valid, key_positions)
+            (_, total, acc), _ = jax.lax.scan(step, init, blocks)
+            # Padding query rows may have met no key: divide by 1 there, not by 0.
+            return acc / jnp.where(total > 0, total, 1)[:, None]
 
         def step(acc, block):
-            k, v, mask = block
-            weights = jnp.where(mask, jnp.exp(q @ k.T - log_shift), 0)
-            return acc + weights @ v, None
+            k, v, mask_valid, j = block
 
-        acc, _ = jax.lax.scan(step, acc0, (keys_blocked, values_blocked, valid))
-        return acc / num_keys
+            def update(acc):
+                scores, ok = tile(k, j, mask_valid)
+                weights = jnp.where(ok, jnp.exp(jnp.where(ok, scores, 0) - log_shift), 0)
+                return acc + weights @ v
+
+            return maybe(update, acc, j), None
+
+        blocks = (keys_blocked, values_blocked, valid, key_positions)
+        acc, _ = jax.lax.scan(step, acc0, blocks)
+        if not mask.restricts:
+            return acc / num_keys
+        return acc / mask.counts(i, num_keys)[:, None].astype(acc.dtype)
 
     query_blocks = -(-num_queries // query_block)
     blocked = _pad_rows(queries, query_block).reshape(query_blocks, query_block, -1)
+    firsts = query_block * jnp.arange(query_blocks)
     # Checkpointing each query block keeps the backward pass at O(n·(d + block)) memory.
-    mixed = jax.lax.map(jax.checkpoint(one_query_block), blocked)
+    mixed = jax.lax.map(jax.checkpoint(one_query_block), (blocked, firsts))
     return mixed.reshape(query_blocks * query_block, -1)[:num_queries]
 
 
 class BlockwiseAttention(AbstractAttentionMethod):
     """Online softmax over key blocks of `block_size` (flash-attention style), query blocks
-    of the same size in sequence: O(n·d + block²) memory, exact up to rounding."""
+    of the same size in sequence: O(n·d + block²) memory, exact up to rounding. Under a
+    causal or windowed mask, key blocks that no query of a query block attends to are
+    skipped (`skip_masked=False` computes them and masks every entry, for comparison)."""
 
     block_size: int = eqx.field(default=512, static=True)
+    skip_masked: bool = eqx.field(default=True, static=True, kw_only=True)
 
     def __check_init__(self):
         _check_block_size(self.block_size)
 
-    def mix(self, queries, keys, values, *, beta, normalized, log_shift):
-        return _blockwise(beta * queries, keys, values, normalized, log_shift, self.block_size)
+    def mix(self, queries, keys, values, *, beta, normalized, log_shift, mask=None):
+        mask = NO_MASK if mask is None else mask
+        scaled = mask.scale_queries(queries, beta, keys.shape[0])
+        return _blockwise(
+            scaled, keys, values, normalized, log_shift, self.block_size, mask, self.skip_masked
+        )
 
 
 class FusedAttention(AbstractAttentionMethod):
     """`jax.nn.dot_product_attention`: cuDNN's fused kernel on GPU where it applies
     (float16/bfloat16, head size <= 128), XLA otherwise. Softmax (SA) attention only.
+    Masks go in as its `is_causal`, `local_window_size` and `bias` (ALiBi, an (n, n) array).
     Not measured on a GPU in this repository yet (see BENCHMARKS.md)."""
 
     implementation: str | None = eqx.field(default=None, static=True)
@@ -169,12 +362,14 @@ class FusedAttention(AbstractAttentionMethod):
                 f"{self.implementation!r}."
             )
 
-    def mix(self, queries, keys, values, *, beta, normalized, log_shift):
+    def mix(self, queries, keys, values, *, beta, normalized, log_shift, mask=None):
         if not normalized:
             raise ValueError(
                 "`FusedAttention` computes softmax attention only; UnnormalizedSelfAttention "
                 "needs `BlockwiseAttention()` or `DenseAttention()`."
             )
+        mask = NO_MASK if mask is None else mask
+        n = keys.shape[0]
         # The kernel wants one head size for queries, keys and values: zero-pad to the
         # larger one (zero features change neither the scores nor the kept outputs).
         size = max(queries.shape[1], values.shape[1])
@@ -182,11 +377,22 @@ class FusedAttention(AbstractAttentionMethod):
         def layout(a):  # (n, .) -> (batch 1, n, heads 1, size)
             return jnp.pad(a, ((0, 0), (0, size - a.shape[-1])))[None, :, None, :]
 
+        bias = None
+        if mask.alibi is not None:
+            positions = jnp.arange(n)
+            distance = jnp.abs(positions[:, None] - positions[None, :]).astype(queries.dtype)
+            bias = (-mask.alibi.astype(queries.dtype) * distance / n)[None, None]
+        window = None
+        if mask.window is not None:
+            window = (mask.window - 1, 0 if mask.causal else mask.window - 1)
         out = jax.nn.dot_product_attention(
-            layout(beta * queries),
+            layout(mask.scale_queries(queries, beta, n)),
             layout(keys),
             layout(values),
+            bias=bias,
             scale=1.0,
+            is_causal=mask.causal,
+            local_window_size=window,
             implementation=self.implementation,
         )
         return out[0, :, 0, : values.shape[1]]
@@ -214,10 +420,10 @@ class AutoAttention(AbstractAttentionMethod):
             return DenseAttention()
         return BlockwiseAttention(self.block_size)
 
-    def mix(self, queries, keys, values, *, beta, normalized, log_shift):
+    def mix(self, queries, keys, values, *, beta, normalized, log_shift, mask=None):
         method = self.choose(queries.shape[0], keys.shape[0], jnp.result_type(queries), normalized)
         return method.mix(
-            queries, keys, values, beta=beta, normalized=normalized, log_shift=log_shift
+            queries, keys, values, beta=beta, normalized=normalized, log_shift=log_shift, mask=mask
         )
 
 
@@ -234,17 +440,21 @@ def attention_weights(
     *,
     normalized: bool,
     log_shift: Float[Array, ""] | float = 0.0,
+    mask: AttentionMask | None = None,
 ) -> Float[Array, "heads n n"]:
     """Attention matrices A^h_ij, one per head (always dense: the output is n × n).
 
     `normalized=True`: A^h_ij = softmax_j(β<Q_h x_i, K_h x_j>) (row-stochastic, SA).
     `normalized=False`: A^h_ij = exp(β<Q_h x_i, K_h x_j> - log_shift) / n (USA).
+    `mask`: see `AttentionMask`; masked entries are exactly 0.
     """
+    mask = NO_MASK if mask is None else mask
 
     def head(q, k):
         qx = x if q is None else x @ q.T
         kx = x if k is None else x @ k.T
-        return _normalise_scores(beta * (qx @ kx.T), normalized, log_shift)
+        scaled = mask.scale_queries(qx, beta, x.shape[0])
+        return _weights(scaled, kx, mask, normalized, log_shift)
 
     if _num_heads(Q, K) is None:
         return head(None, None)[None]
@@ -262,16 +472,26 @@ def attend(
     log_shift: Float[Array, ""] | float = 0.0,
     method: AbstractAttentionMethod = AutoAttention(),
     keys: Float[Array, "nk d"] | None = None,
+    mask: AttentionMask | None = None,
 ) -> Particles:
     """Σ_h Σ_j A^h_ij V_h x_j (heads summed, eq. 2.7), before tangent projection.
 
     `keys`: the tokens x_j summed over (default `x`); a subset of queries against all keys is
     how token-sharded evaluation splits the work. `method`: see the module docstring.
+    `mask`: causal / window / ALiBi / log-length scaling (`AttentionMask`), token i = row i.
     """
     if not isinstance(method, AbstractAttentionMethod):
         raise ValueError(
             f"`method` must be an attention method such as AutoAttention(), "
             f"BlockwiseAttention(block_size=512) or DenseAttention(), got {method!r}."
+        )
+    if mask is not None and not isinstance(mask, AttentionMask):
+        raise ValueError(f"`mask` must be None or an AttentionMask, got {mask!r}.")
+    if mask is not None and not mask.is_trivial and keys is not None:
+        raise ValueError(
+            "`mask` sets positions by row (token i is row i), which a separate `keys` set "
+            "(token sharding) does not carry; masked attention needs keys=None, i.e. an "
+            "unsharded field."
         )
     keys = x if keys is None else keys
 
@@ -283,6 +503,7 @@ def attend(
             beta=beta,
             normalized=normalized,
             log_shift=log_shift,
+            mask=mask,
         )
         return mixed if v is None else mixed @ v.T
 

@@ -142,6 +142,12 @@ class TokenSharded(AbstractSphereField):
                 f"`field` must be SelfAttention or UnnormalizedSelfAttention, got "
                 f"{type(self.field).__name__}."
             )
+        if not self.field.mask.is_trivial:
+            raise ValueError(
+                f"`field` has a mask ({self.field.mask}); token sharding splits the queries "
+                "from the keys and carries no token positions, so masked fields are not "
+                "sharded: solve the field unsharded."
+            )
         _single_axis(self.mesh, "mesh")
 
     def jump_times(self):

@@ -6,7 +6,14 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .._attention import AbstractAttentionMethod, AutoAttention, attend, attention_weights
+from .._attention import (
+    AbstractAttentionMethod,
+    AttentionMask,
+    AutoAttention,
+    as_alibi,
+    attend,
+    attention_weights,
+)
 from .._custom_types import Particles
 from .._validation import as_float_array, check_nonnegative, optional_float_array
 from ._base import AbstractSphereField, check_points
@@ -32,6 +39,11 @@ class AbstractAttentionField(AbstractSphereField):
     - `Q`, `K`: (k, d), heads (H, k, d); `V`: (d, d), heads (H, d, d).
     - With `layer_duration` set, a leading layer axis L: layer l acts on
       [l·layer_duration, (l+1)·layer_duration), the last layer for all later times.
+
+    Masks (token i is row i of x; see `AttentionMask`): `causal` (query i sees keys j <= i),
+    `window=w` (|i - j| < w), `alibi=λ` (score bias -λ|i - j|/n, an array leaf: sweepable
+    and differentiable), `length_scaling="log"` (query i uses β·log n_i, n_i the number of
+    keys it sees). Under a mask USA divides by n_i instead of n.
     """
 
     beta: eqx.AbstractVar[Float[Array, ""]]
@@ -40,14 +52,24 @@ class AbstractAttentionField(AbstractSphereField):
     V: eqx.AbstractVar[Array | None]
     layer_duration: eqx.AbstractVar[float | None]
     attention: eqx.AbstractVar[AbstractAttentionMethod]
+    causal: eqx.AbstractVar[bool]
+    window: eqx.AbstractVar[int | None]
+    alibi: eqx.AbstractVar[Float[Array, ""] | None]
+    length_scaling: eqx.AbstractVar[str | None]
 
     def __check_init__(self):
         _check_weights(self.Q, self.K, self.V, self.layer_duration)
+        self.mask  # noqa: B018  (builds the mask, whose checks name the bad option)
         if not isinstance(self.attention, AbstractAttentionMethod):
             raise ValueError(
                 f"`attention` must be an attention method such as AutoAttention(), "
                 f"BlockwiseAttention(block_size=512) or DenseAttention(), got {self.attention!r}."
             )
+
+    @property
+    def mask(self) -> AttentionMask:
+        """The token-position options as one `AttentionMask`."""
+        return AttentionMask(self.causal, self.window, self.alibi, self.length_scaling)
 
     @property
     def num_layers(self) -> int | None:
@@ -94,7 +116,9 @@ class AbstractAttentionField(AbstractSphereField):
         """The attention matrices A^h(t) (one per head) at configuration `x`."""
         Q, K, _ = self.weights_at(t)
         normalized, log_shift = self._normalization()
-        return attention_weights(x, self.beta, Q, K, normalized=normalized, log_shift=log_shift)
+        return attention_weights(
+            x, self.beta, Q, K, normalized=normalized, log_shift=log_shift, mask=self.mask
+        )
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         normalized, log_shift = self._normalization()
@@ -105,6 +129,7 @@ class AbstractAttentionField(AbstractSphereField):
             normalized=normalized,
             log_shift=log_shift,
             method=self.attention,
+            mask=self.mask,
         )
 
     @abc.abstractmethod
@@ -122,6 +147,8 @@ class SelfAttention(AbstractAttentionField):
       piecewise-constantly in time (Q(t), K(t), V(t) of (2.3)).
     - `attention`: how the sum over tokens is evaluated (`AutoAttention()`: dense for small
       n, blockwise above 2048 tokens; or `DenseAttention()`, `BlockwiseAttention(block)`).
+    - `causal`, `window`, `alibi`, `length_scaling`: masks (see `AbstractAttentionField`);
+      causal is ẋ_i = P^⊥_{x_i}(Σ_{j<=i} softmax_j(β<Qx_i, Kx_j>) V x_j), Karagodin et al.
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -130,6 +157,10 @@ class SelfAttention(AbstractAttentionField):
     V: Array | None = eqx.field(default=None, converter=optional_float_array("V"))
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
     attention: AbstractAttentionMethod = eqx.field(default=AutoAttention(), kw_only=True)
+    causal: bool = eqx.field(default=False, static=True, kw_only=True)
+    window: int | None = eqx.field(default=None, static=True, kw_only=True)
+    alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi, kw_only=True)
+    length_scaling: str | None = eqx.field(default=None, static=True, kw_only=True)
 
     def _normalization(self):
         return True, 0.0
@@ -141,6 +172,9 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     With Q = K = V = I this is the gradient ascent Ẋ = n ∇E_β(X) of the interaction energy.
     `time_rescaled=True` multiplies the field by e^{-β} (time τ = e^{β} t): the exponentials
     become e^{β(<.,.> - 1)} <= 1, so large β stays representable in float32.
+
+    Under a mask (`causal`, `window`) the 1/n becomes 1/n_i, the number of keys query i
+    attends to: softmax with its normaliser Z_i replaced by its β = 0 value n_i.
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -149,7 +183,19 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     V: Array | None = eqx.field(default=None, converter=optional_float_array("V"))
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
     attention: AbstractAttentionMethod = eqx.field(default=AutoAttention(), kw_only=True)
+    causal: bool = eqx.field(default=False, static=True, kw_only=True)
+    window: int | None = eqx.field(default=None, static=True, kw_only=True)
+    alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi, kw_only=True)
+    length_scaling: str | None = eqx.field(default=None, static=True, kw_only=True)
     time_rescaled: bool = eqx.field(default=False, static=True, kw_only=True)
+
+    def __check_init__(self):
+        if self.time_rescaled and self.length_scaling is not None:
+            raise ValueError(
+                "`time_rescaled=True` divides the field by e^{β}, one time change for all "
+                "tokens; with `length_scaling` each query has its own β·log n_i, so no single "
+                "time change exists. Use time_rescaled=False with length_scaling."
+            )
 
     def _normalization(self):
         return False, (self.beta if self.time_rescaled else 0.0)

@@ -275,6 +275,10 @@ FIGURES.register(
 for _name in ("landscape", "regimes"):
     FIGURES.register(_name, FigureEntry(_lazy(_name), "theory"))
 FIGURES.register("long_context", FigureEntry(_lazy("long_context"), "theory"))
+# Causal clustering on the circle (Karagodin–Polyanskiy–Rigollet Fig. 2), for `causal=True`.
+FIGURES.register(
+    "causal_circle", FigureEntry(_lazy("causal_circle"), "simulation", ("positions",), 2)
+)
 
 
 # --- fit tasks -----------------------------------------------------------------------------

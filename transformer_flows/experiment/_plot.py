@@ -507,3 +507,52 @@ def placement_cosines(dataset, config, out):
         f"{config.name}: normalisation placements\n{_subtitle(dataset, config)}", fontsize=9
     )
     return [_save(fig, out / f"{config.name}_placement_cosines.png")]
+
+
+def renyi_centres(x: np.ndarray, delta: float) -> list[int]:
+    """Rényi centres of tokens x (n, d) in token order (Karagodin–Polyanskiy–Rigollet,
+    arXiv:2411.04990, Fig. 2): token 0 is a centre, and token k is a new centre when its
+    Euclidean distance to every earlier centre exceeds δ (the greedy parking of the tokens
+    in the order the causal mask reads them)."""
+    centres: list[int] = []
+    for k, point in enumerate(np.asarray(x)):
+        if all(np.linalg.norm(point - x[c]) > delta for c in centres):
+            centres.append(k)
+    return centres
+
+
+def causal_circle(dataset, config, out):
+    """Angle of every token against time (colour: token index) for one start per β, with
+    the Rényi centres of x(0) at δ = 4β^{-1/2} drawn in black (Karagodin et al., Fig. 2)."""
+    part = _panels(dataset)[0][1]
+    betas = part["beta"].values
+    fig, axes = _grid(len(betas), 1, size=(8.0, 4.2))
+    times = part["time"].values
+    for ax, beta in zip(axes, betas, strict=True):
+        example = _example(part.sel(beta=beta), config)
+        x = example["positions"].values  # (time, particle, component)
+        angles = np.arctan2(x[..., 1], x[..., 0])
+        n = angles.shape[1]
+        delta = 4 / np.sqrt(beta)
+        centres = renyi_centres(x[0], delta)
+        grid_t = np.broadcast_to(times[:, None], angles.shape)
+        index = np.broadcast_to(np.arange(n)[None, :], angles.shape)
+        points = ax.scatter(grid_t, angles, c=index, cmap="viridis", s=1.5, lw=0)
+        ax.scatter(
+            grid_t[:, centres], angles[:, centres], color="k", s=3, lw=0, label="Rényi centres"
+        )
+        ax.scatter(
+            np.zeros(len(centres)), angles[0, centres], color="k", marker=">", s=30, zorder=3
+        )
+        title = f"β = {beta:g}, δ = 4β^(-1/2) = {delta:.2f}: {len(centres)} Rényi centres of x(0)"
+        if "cluster_count" in example:
+            counts = example["cluster_count"].values
+            title += f"; clusters at t = {times[-1]:g}: {int(counts[-1])}"
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("t")
+        ax.set_ylabel("angle of x_k(t)")
+        ax.set_ylim(-np.pi, np.pi)
+        ax.legend(loc="upper right", fontsize=7, markerscale=4)
+        fig.colorbar(points, ax=ax, label="token index k")
+    fig.suptitle(f"{config.name}: causal attention on the circle\n{_subtitle(dataset, config)}")
+    return [_save(fig, out / f"{config.name}_causal_circle.png")]
