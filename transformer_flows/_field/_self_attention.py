@@ -8,20 +8,28 @@ from jaxtyping import Array, Float, PyTree
 
 from .._attention import AbstractAttentionMethod, AutoAttention, attend, attention_weights
 from .._custom_types import Particles
-from .._validation import as_float_array, check_nonnegative, optional_float_array
+from .._validation import as_float_array, check_finite, optional_float_array
 from ._base import AbstractSphereField, check_points
 
 
 def as_beta(value) -> Float[Array, ""]:
-    """Converter for β: a real scalar, finite and >= 0 (a ValueError now when concrete; an
-    `eqx.error_if` carried by the returned β when traced, so it fires under jit/vmap)."""
+    """Converter for β: a finite real scalar (a ValueError now when concrete; an
+    `eqx.error_if` carried by the returned β when traced, so it fires under jit/vmap).
+    β < 0 is allowed: the repulsive softmax (docs/models.md, "β < 0")."""
     beta = as_float_array(value, "beta")
     if beta.ndim != 0:
         raise ValueError(
             f"`beta` must be a scalar, got shape {beta.shape}. For a sweep over β, "
             "`jax.vmap` over a function that builds the field from a scalar β."
         )
-    return check_nonnegative(beta, "beta", "the inverse temperature")
+    return check_finite(beta, "beta", BETA_FIX)
+
+
+# The fix named by every error about a non-finite β (converter here, `solve`'s leaf check).
+BETA_FIX = (
+    "The inverse temperature β must be a finite real number (any sign: β < 0 is the "
+    "repulsive softmax); pass e.g. beta=1.0."
+)
 
 
 class AbstractAttentionField(AbstractSphereField):
@@ -139,8 +147,9 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     """(USA): ẋ_i = P^⊥_{x_i}( (1/n) Σ_h Σ_j e^{β<Q_h x_i, K_h x_j>} V_h x_j ).
 
     With Q = K = V = I this is the gradient ascent Ẋ = n ∇E_β(X) of the interaction energy.
-    `time_rescaled=True` multiplies the field by e^{-β} (time τ = e^{β} t): the exponentials
-    become e^{β(<.,.> - 1)} <= 1, so large β stays representable in float32.
+    `time_rescaled=True` multiplies the field by e^{-|β|} (time τ = e^{|β|} t): the
+    exponentials become e^{β<.,.> - |β|} <= 1 for unit tokens (either sign of β), so large
+    |β| stays representable in float32.
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -152,7 +161,7 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     time_rescaled: bool = eqx.field(default=False, static=True, kw_only=True)
 
     def _normalization(self):
-        return False, (self.beta if self.time_rescaled else 0.0)
+        return False, (jnp.abs(self.beta) if self.time_rescaled else 0.0)
 
 
 def _check_weights(Q, K, V, layer_duration) -> None:
