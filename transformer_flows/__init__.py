@@ -36,6 +36,7 @@ from ._field._base import (
     AbstractEuclideanField as AbstractEuclideanField,
     AbstractSphereField as AbstractSphereField,
 )
+from ._field._hardmax import HardmaxAttention as HardmaxAttention
 from ._field._kuramoto import Kuramoto as Kuramoto
 from ._field._self_attention import (
     AbstractAttentionField as AbstractAttentionField,
