@@ -43,6 +43,7 @@ from ._field._self_attention import (
     SelfAttention as SelfAttention,
     UnnormalizedSelfAttention as UnnormalizedSelfAttention,
 )
+from ._field._sinkhorn import SinkhornAttention as SinkhornAttention, sinkhorn as sinkhorn
 from ._field_models import (
     AbstractFieldModel as AbstractFieldModel,
     LowRank as LowRank,
