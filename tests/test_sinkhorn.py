@@ -20,7 +20,6 @@ WEIGHTS = jax.random.normal(jax.random.key(1), (3, 2, 3, 3)) / np.sqrt(3)
     "weights",
     [
         {},
-        {"Q": WEIGHTS[0, 0], "K": WEIGHTS[1, 0], "V": WEIGHTS[2, 0]},
         {"Q": WEIGHTS[0], "K": WEIGHTS[1], "V": WEIGHTS[2]},  # two heads
         {"V": WEIGHTS[2]},  # two heads of values, identity queries and keys
         {"Q": WEIGHTS[0], "V": WEIGHTS[2], "layer_duration": 0.5},  # two layers
