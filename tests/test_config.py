@@ -108,7 +108,7 @@ def test_defaults_and_grid():
             "sweep.beta",
             "start, stop, num",
         ),
-        ({"sweep": {"beta": [0.0, -1.0], "starts": 2}}, "sweep.beta", "β >= 0"),
+        ({"sweep": {"beta": [0.0, -1.0], "starts": 2}}, "sweep.beta", "outside the theory"),
         ({"sweep": {"beta": [1.0, 1.0], "starts": 2}}, "sweep.beta", "repeated values"),
         ({"sweep": {"beta": [1.0], "starts": 0}}, "sweep.starts", "greater than or equal to 1"),
         ({"sweep": {"beta": [1.0], "starts": 2.5}}, "sweep.starts", "valid integer"),

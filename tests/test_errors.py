@@ -15,7 +15,7 @@ TS = jnp.linspace(0, 1, 3)
 @pytest.mark.parametrize(
     "build, match",
     [
-        (lambda: tf.SelfAttention(-1.0), "beta"),
+        (lambda: tf.SelfAttention(float("inf")), "beta"),
         (lambda: tf.SelfAttention(float("nan")), "beta"),
         (lambda: tf.SelfAttention(jnp.ones(3)), "beta"),
         (lambda: tf.SelfAttention(1.0, Q=jnp.ones(3)), "`Q`"),

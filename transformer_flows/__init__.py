@@ -37,6 +37,7 @@ from ._field._base import (
     AbstractEuclideanField as AbstractEuclideanField,
     AbstractSphereField as AbstractSphereField,
 )
+from ._field._hardmax import HardmaxAttention as HardmaxAttention
 from ._field._kuramoto import Kuramoto as Kuramoto
 from ._field._placements import (
     NGPT as NGPT,
@@ -50,6 +51,7 @@ from ._field._self_attention import (
     SelfAttention as SelfAttention,
     UnnormalizedSelfAttention as UnnormalizedSelfAttention,
 )
+from ._field._sinkhorn import SinkhornAttention as SinkhornAttention, sinkhorn as sinkhorn
 from ._field_models import (
     AbstractFieldModel as AbstractFieldModel,
     LowRank as LowRank,

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._custom_types import Angles, Particles
-from ._validation import as_float_array, check_nonnegative
+from ._field._self_attention import BETA_FIX
+from ._validation import as_float_array, check_finite
 
 
 def _interaction(
@@ -12,24 +13,26 @@ def _interaction(
 ) -> Float[Array, ""]:
     """(1/(2β)) Σ_ij e^{β s_ij}, with its β → 0 limit (1/2) Σ_ij s_ij when β = 0.
 
-    `shifted` subtracts the constant 1/(2β) per pair (App. C), which makes the energy
-    continuous at β = 0. `rescaled` multiplies by e^{-β} (computed as e^{β(s-1)}, finite in
-    float32 for large β); it is the energy of the time-rescaled USA field.
+    Any finite real β: for β < 0 (repulsive softmax) the prefactor 1/(2β) is negative and
+    the flows are still ascents of this energy. `shifted` subtracts the constant 1/(2β) per
+    pair (App. C), which makes the energy continuous at β = 0. `rescaled` multiplies by
+    e^{-|β|} (computed as e^{β s - |β|}, finite in float32 for large |β| when |s| <= 1); it
+    is the energy of the time-rescaled USA field.
     """
     # Checked before the cast to the scores' dtype, so the error shows β as given; under jit
     # the check lives in the returned β, which every branch below uses.
-    beta = check_nonnegative(as_float_array(beta, "beta"), "beta", "the inverse temperature")
+    beta = check_finite(as_float_array(beta, "beta"), "beta", BETA_FIX)
     beta = jnp.asarray(beta, dtype=scores.dtype)
-    positive = beta > 0
-    safe_beta = jnp.where(positive, beta, 1)
+    nonzero = beta != 0
+    safe_beta = jnp.where(nonzero, beta, 1)
     if rescaled:
-        terms = jnp.exp(safe_beta * (scores - 1))
+        terms = jnp.exp(safe_beta * scores - jnp.abs(safe_beta))
         if shifted:
-            terms = terms - jnp.exp(-safe_beta)
+            terms = terms - jnp.exp(-jnp.abs(safe_beta))
     else:
         terms = jnp.expm1(safe_beta * scores) if shifted else jnp.exp(safe_beta * scores)
     value = jnp.sum(terms) / (2 * safe_beta)
-    return jnp.where(positive, value, jnp.sum(scores) / 2)
+    return jnp.where(nonzero, value, jnp.sum(scores) / 2)
 
 
 def energy(
@@ -43,9 +46,9 @@ def energy(
 
     At β = 0 returns the limit of the shifted energy, (1/(2n²)) Σ_ij <x_i,x_j>: the additive
     constant 1/(2β) diverges but does not change the dynamics (ẋ = n ∇E still holds).
-    `beta` must be finite and >= 0 (ValueError now, `eqx.error_if` under jit/vmap; the same
-    for `modified_metric_energy` and `torus_energy`). For large β in float32 use
-    `rescaled=True` (e^{-β} E_β, finite at β = 1000 where e^β overflows).
+    `beta` must be finite, of either sign (ValueError now, `eqx.error_if` under jit/vmap;
+    the same for `modified_metric_energy` and `torus_energy`). For large |β| in float32 use
+    `rescaled=True` (e^{-|β|} E_β, finite at β = 1000 where e^β overflows).
     """
     n = x.shape[0]
     return _interaction(x @ x.T, beta, shifted=shifted, rescaled=rescaled) / n**2

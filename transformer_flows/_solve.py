@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
+from ._field._self_attention import BETA_FIX
 from ._solver._fixed_step import (
     AbstractFixedStepSolver,
     GeodesicEuler,
@@ -22,7 +23,6 @@ from ._validation import (
     as_float_array,
     check_condition,
     check_finite,
-    check_nonnegative,
     check_on_sphere,
     check_positive,
 )
@@ -97,7 +97,7 @@ def solve(
     - `stepsize_controller`: override the default PID/constant controller.
     - `throw`: raise if the solve fails (e.g. `max_steps` reached); else check `.result`.
 
-    Bad values (NaN/inf in `x0`, `ts` or the field's weights, β < 0, `x0` off the sphere,
+    Bad values (NaN/inf in `x0`, `ts`, β or the field's weights, `x0` off the sphere,
     `ts` not increasing, `rtol`/`atol`/`dt0` <= 0) raise a `ValueError` naming the argument
     when they are concrete, and an equinox runtime error with the same message when they are
     traced (under `jax.jit` or `jax.vmap`, where one bad batch entry fails the batch).
@@ -250,17 +250,16 @@ _WEIGHT_FIX = "Rebuild the field from finite weights (after training, check the 
 
 
 def _check_field(field):
-    """The field with every inexact leaf checked: finite, and β (a leaf named `beta`, the
-    inverse temperature) also >= 0. Concrete leaves are checked now and returned as they are;
-    traced ones carry an `eqx.error_if`, so the rebuilt field must be the one that is solved."""
+    """The field with every inexact leaf checked finite (β, a leaf named `beta`, with the
+    message of its converter: any finite real is allowed, β < 0 being the repulsive softmax).
+    Concrete leaves are checked now and returned as they are; traced ones carry an
+    `eqx.error_if`, so the rebuilt field must be the one that is solved."""
 
     def check(path, leaf):
         if not eqx.is_inexact_array(leaf):
             return leaf
         key = jax.tree_util.keystr(path)
-        if key == ".beta":
-            return check_nonnegative(leaf, f"field{key}", "the inverse temperature `beta`")
-        return check_finite(leaf, f"field{key}", _WEIGHT_FIX)
+        return check_finite(leaf, f"field{key}", BETA_FIX if key == ".beta" else _WEIGHT_FIX)
 
     return jax.tree_util.tree_map_with_path(check, field)
 

@@ -1,6 +1,10 @@
-"""Angle form on the circle (d = 2): (7.1), its softmax analogue, and Kuramoto (7.2)."""
+"""Angle form on the circle (d = 2): (7.1), its softmax analogue, Kuramoto (7.2) and the
+generalised Kuramoto model (7.5) with a user interaction h."""
+
+from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
@@ -18,8 +22,16 @@ class Kuramoto(AbstractAngleField):
     - `normalized=True`: w_ij = softmax_j(β cos(θ_i-θ_j)), i.e. (SA) in angles.
     At β = 0, `normalized=False` is the classical Kuramoto model (7.2) with coupling K.
 
-    **Arguments:** `beta` (>= 0), `normalized`, `coupling` K, `frequencies` ω of shape (n,)
-    (None means ω = 0).
+    With `interaction=h` it is the generalised Kuramoto model (7.5),
+    θ̇_i = ω_i + (K/n) Σ_j h(θ_j - θ_i, β): (7.1) is h(u, β) = e^{β cos u} sin u and the
+    classical model h(u, β) = sin u. `h` maps a scalar difference u and the scalar β to a
+    scalar (it is vmapped over the n² pairs); a plain function (static: a new function
+    compiles anew) or an equinox module whose arrays are parameters (traced, differentiable).
+    β is handed to h so that sweeps over β work; an h that does not depend on β ignores it.
+
+    **Arguments:** `beta` (any finite real; β < 0 is the repulsive softmax), `normalized`,
+    `coupling` K, `frequencies` ω of shape (n,) (None means ω = 0), `interaction` h (None:
+    the attention forms above; needs `normalized=False`).
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -30,6 +42,7 @@ class Kuramoto(AbstractAngleField):
     frequencies: Float[Array, " n"] | None = eqx.field(
         default=None, converter=optional_float_array("frequencies")
     )
+    interaction: Callable | None = eqx.field(default=None, kw_only=True)
 
     def __check_init__(self):
         # Finiteness of `coupling` and `frequencies` is checked by their converters, which
@@ -38,6 +51,18 @@ class Kuramoto(AbstractAngleField):
             raise ValueError(f"`coupling` must be a scalar, got shape {self.coupling.shape}.")
         if self.frequencies is not None and self.frequencies.ndim != 1:
             raise ValueError(f"`frequencies` must have shape (n,), got {self.frequencies.shape}.")
+        if self.interaction is not None:
+            if not callable(self.interaction):
+                raise ValueError(
+                    f"`interaction` must be a function h(u, beta) of a phase difference and β "
+                    f"(e.g. `lambda u, beta: jnp.sin(u)`), got {self.interaction!r}."
+                )
+            if self.normalized:
+                raise ValueError(
+                    "`interaction` defines the generalised Kuramoto model (7.5), normalised by "
+                    "1/n; `normalized=True` (the softmax weights) does not apply to it: pass "
+                    "normalized=False, or fold a normalisation into h."
+                )
 
     def check_state(self, theta) -> None:
         shape = getattr(theta, "shape", None)
@@ -58,9 +83,16 @@ class Kuramoto(AbstractAngleField):
             )
 
     def __call__(self, t, theta: Angles, args: PyTree = None) -> Angles:
-        # <e_θ_i, Σ_j w_ij x_j> = Σ_j w_ij sin(θ_j - θ_i), with e_θ = (-sin θ, cos θ).
-        mixed = attend(
-            angles_to_points(theta), self.beta, None, None, None, normalized=self.normalized
-        )
-        velocity = self.coupling * (jnp.cos(theta) * mixed[:, 1] - jnp.sin(theta) * mixed[:, 0])
+        if self.interaction is None:
+            # <e_θ_i, Σ_j w_ij x_j> = Σ_j w_ij sin(θ_j - θ_i), with e_θ = (-sin θ, cos θ).
+            mixed = attend(
+                angles_to_points(theta), self.beta, None, None, None, normalized=self.normalized
+            )
+            interacting = jnp.cos(theta) * mixed[:, 1] - jnp.sin(theta) * mixed[:, 0]
+        else:
+            differences = theta[None, :] - theta[:, None]  # u_ij = θ_j - θ_i
+            beta = self.beta.astype(theta.dtype)
+            h = jax.vmap(jax.vmap(self.interaction, in_axes=(0, None)), in_axes=(0, None))
+            interacting = jnp.mean(h(differences, beta), axis=1)
+        velocity = self.coupling * interacting
         return velocity if self.frequencies is None else velocity + self.frequencies

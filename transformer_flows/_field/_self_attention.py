@@ -15,20 +15,28 @@ from .._attention import (
     attention_weights,
 )
 from .._custom_types import Particles
-from .._validation import as_float_array, check_nonnegative, optional_float_array
+from .._validation import as_float_array, check_finite, optional_float_array
 from ._base import AbstractSphereField, check_points
 
 
 def as_beta(value) -> Float[Array, ""]:
-    """Converter for β: a real scalar, finite and >= 0 (a ValueError now when concrete; an
-    `eqx.error_if` carried by the returned β when traced, so it fires under jit/vmap)."""
+    """Converter for β: a finite real scalar (a ValueError now when concrete; an
+    `eqx.error_if` carried by the returned β when traced, so it fires under jit/vmap).
+    β < 0 is allowed: the repulsive softmax (docs/models.md, "β < 0")."""
     beta = as_float_array(value, "beta")
     if beta.ndim != 0:
         raise ValueError(
             f"`beta` must be a scalar, got shape {beta.shape}. For a sweep over β, "
             "`jax.vmap` over a function that builds the field from a scalar β."
         )
-    return check_nonnegative(beta, "beta", "the inverse temperature")
+    return check_finite(beta, "beta", BETA_FIX)
+
+
+# The fix named by every error about a non-finite β (converter here, `solve`'s leaf check).
+BETA_FIX = (
+    "The inverse temperature β must be a finite real number (any sign: β < 0 is the "
+    "repulsive softmax); pass e.g. beta=1.0."
+)
 
 
 class AbstractAttentionField(AbstractSphereField):
@@ -141,7 +149,8 @@ class SelfAttention(AbstractAttentionField):
     """(SA)/(2.3): ẋ_i = P^⊥_{x_i}( Σ_h Σ_j softmax_j(β<Q_h x_i, K_h x_j>) V_h x_j ).
 
     **Arguments:**
-    - `beta`: inverse temperature β >= 0 (a scalar; traced values allowed).
+    - `beta`: inverse temperature β, a finite real scalar (traced values allowed); β < 0 is
+      the repulsive softmax.
     - `Q`, `K`, `V`: weights (see `AbstractAttentionField`); None means the identity.
     - `layer_duration`: if set, the weights carry a leading layer axis and are used
       piecewise-constantly in time (Q(t), K(t), V(t) of (2.3)).
@@ -170,8 +179,9 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     """(USA): ẋ_i = P^⊥_{x_i}( (1/n) Σ_h Σ_j e^{β<Q_h x_i, K_h x_j>} V_h x_j ).
 
     With Q = K = V = I this is the gradient ascent Ẋ = n ∇E_β(X) of the interaction energy.
-    `time_rescaled=True` multiplies the field by e^{-β} (time τ = e^{β} t): the exponentials
-    become e^{β(<.,.> - 1)} <= 1, so large β stays representable in float32.
+    `time_rescaled=True` multiplies the field by e^{-|β|} (time τ = e^{|β|} t): the
+    exponentials become e^{β<.,.> - |β|} <= 1 for unit tokens (either sign of β), so large
+    |β| stays representable in float32.
 
     Under a mask (`causal`, `window`) the 1/n becomes 1/n_i, the number of keys query i
     attends to: softmax with its normaliser Z_i replaced by its β = 0 value n_i.
@@ -198,7 +208,7 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
             )
 
     def _normalization(self):
-        return False, (self.beta if self.time_rescaled else 0.0)
+        return False, (jnp.abs(self.beta) if self.time_rescaled else 0.0)
 
 
 def _check_weights(Q, K, V, layer_duration) -> None:

@@ -13,6 +13,7 @@ from .._ensembles import random_weights
 from .._field._kuramoto import Kuramoto
 from .._field._placements import NGPT, MixLN, NoNorm, PeriLN, PreLN
 from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
+from .._field._sinkhorn import SinkhornAttention
 from .._losses import CapMixture, LabeledInputs, LabeledTargets, TargetMeasure, TargetPartition
 from .._observables import (
     clustered_fraction,
@@ -60,6 +61,14 @@ FIELDS.register(
     ),
 )
 FIELDS.register("Kuramoto", FieldEntry(Kuramoto, description="angle form on the circle (7.1)"))
+FIELDS.register(
+    "Sinkhorn",
+    FieldEntry(
+        SinkhornAttention,
+        rotation_invariant=True,
+        description="Sinkhorn (doubly stochastic) attention, Sinkformers; iterations=1 is SA",
+    ),
+)
 
 # --- solvers -------------------------------------------------------------------------------
 # Adaptive Runge–Kutta schemes (diffrax; `solve` wraps them in `Renormalized`). Which one a

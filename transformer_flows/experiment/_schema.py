@@ -435,8 +435,8 @@ class SweepConfig(_Section):
     @field_validator("beta")
     @classmethod
     def _beta(cls, values):
-        if min(values) < 0:
-            raise ValueError(f"β >= 0, got {values}")
+        # β < 0 (repulsive softmax) is valid for the fields; fields whose figures and
+        # summaries draw theory curves refuse it in SimulationConfig's cross-checks.
         return _unique(values)
 
     @field_validator("tolerance")
@@ -485,6 +485,14 @@ class SimulationConfig(_Experiment):
     def _cross_checks(self):
         model, names = self.model, self.observables.names
         entry = FIELDS.resolve(model.field)
+        negative = [beta for beta in self.sweep.beta if beta < 0]
+        if negative and entry.theory_model is not None:
+            raise ValueError(
+                f"sweep.beta: β < 0 ({negative}, the repulsive softmax) is outside the theory "
+                f"curves (Γ∞,δ, ℓ*(β), defined for β >= 0) that figures and summaries draw for "
+                f"field {model.field!r}: sweep β >= 0 here, or register the class without a "
+                "theory_model, e.g. FIELDS.register('SA_repulsive', FieldEntry(SelfAttention))"
+            )
         for figure in self.figures:
             needs = FIGURES[figure]
             for needed in needs.observables:
