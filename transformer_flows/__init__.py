@@ -117,4 +117,10 @@ from ._sphere import (
     sphere_drift as sphere_drift,
 )
 
+from ._mean_field import (
+    MeanFieldCircle as MeanFieldCircle,
+    MeanFieldSolution as MeanFieldSolution,
+    solve_mean_field as solve_mean_field,
+)
+
 __version__ = importlib.metadata.version("transformer-flows")

@@ -21,6 +21,10 @@ from ._landscape import (
     landscape_g as landscape_g,
     large_beta_threshold as large_beta_threshold,
 )
+from ._noise import (
+    noise_threshold as noise_threshold,
+    stationary_order_parameter as stationary_order_parameter,
+)
 from ._uniform import (
     growth_rate as growth_rate,
     selected_mode as selected_mode,
