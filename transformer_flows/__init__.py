@@ -77,6 +77,11 @@ from ._losses import (
     nearest_target_accuracy as nearest_target_accuracy,
     sphere_mmd2 as sphere_mmd2,
 )
+from ._mean_field import (
+    MeanFieldCircle as MeanFieldCircle,
+    MeanFieldSolution as MeanFieldSolution,
+    solve_mean_field as solve_mean_field,
+)
 from ._observables import (
     cluster_labels as cluster_labels,
     cluster_sizes as cluster_sizes,
@@ -115,12 +120,6 @@ from ._sphere import (
     points_to_angles as points_to_angles,
     project_tangent as project_tangent,
     sphere_drift as sphere_drift,
-)
-
-from ._mean_field import (
-    MeanFieldCircle as MeanFieldCircle,
-    MeanFieldSolution as MeanFieldSolution,
-    solve_mean_field as solve_mean_field,
 )
 
 __version__ = importlib.metadata.version("transformer-flows")
