@@ -229,7 +229,7 @@ def stationary_order_parameter(
     # Continuation from above the largest κ (and the threshold) down through every requested
     # κ, with the ratio of consecutive κ shrunk where Newton fails; the branch ends (a fold or
     # the pitchfork) when it fails at a ratio below 1.001 or r_1 falls to ~0.
-    current = max(float(flat.max()), 4 * threshold)
+    current = max(float(flat.max()), 2 * threshold)
     variance = _width_guess(beta, current, model)
     modes = _modes_for(variance)
     r = np.exp(-(np.arange(1, modes + 1) ** 2) * variance / 2)
