@@ -151,9 +151,21 @@ def _is_stable(problem: _Problem, r: np.ndarray) -> bool:
 
 
 def _width_guess(beta: float, kappa: float, model: str) -> float:
-    """Variance of the one-cluster state for large κ: 1/(κ e^β) (USA) or 1/κ (SA), floored."""
-    curvature = kappa * (np.exp(min(beta, 700.0)) if model == "USA" else 1.0)
-    return max(1.0 / max(curvature, 1e-300), 1e-8)
+    """Variance σ² of a Gaussian-like one-cluster state: the fixed point of σ² = 1/(curvature
+    of κΦ at the peak of ρ with r_k = e^{-k²σ²/2}), from a few iterations."""
+    k = np.arange(1, 513, dtype=float)
+    log_w = _log_kernel_coefficients(beta, 512)
+    if model == "SA":
+        log_w = log_w - log_normalized_bessel(0.0, beta)
+    w = np.exp(log_w)
+    variance = 1.0
+    for _ in range(30):
+        r = np.exp(-(k**2) * variance / 2)
+        curvature = kappa * np.sum(2 * k**2 * w * r)
+        if model == "SA":
+            curvature /= 1 + beta * np.sum(2 * w * r)
+        variance = max(1.0 / max(curvature, 1e-300), 1e-8)
+    return variance
 
 
 def _modes_for(variance: float) -> int:
