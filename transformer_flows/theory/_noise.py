@@ -237,6 +237,11 @@ def stationary_order_parameter(
     threshold = noise_threshold(beta=beta, d=2, model=model)
     flat = kappa.reshape(-1)
     out = np.zeros_like(flat)
+    if branch == "uniform":  # below κ_c the uniform state is stable: 0 without a solve
+        above = flat > threshold
+        if np.any(above):
+            out[above] = stationary_order_parameter(beta=beta, kappa=flat[above], model=model)
+        return as_output(out.reshape(kappa.shape))
     order = np.argsort(-flat)
     # Continuation from above the largest κ (and the threshold) down through every requested
     # κ, with the ratio of consecutive κ shrunk where Newton fails; the branch ends (a fold or
@@ -266,6 +271,4 @@ def stationary_order_parameter(
         if not _is_stable(_Problem(beta, current, model, len(r)), r):
             break
         out[index] = abs(r[0])
-    if branch == "uniform":
-        out = np.where(flat > threshold, out, 0.0)
     return as_output(out.reshape(kappa.shape))
