@@ -58,9 +58,9 @@ def test_stationary_state_matches_theory():
     """Long-time SA order parameter with noise equals `stationary_order_parameter`; the
     density stays positive and has stopped changing."""
     beta = 1.0
-    kappas = jnp.asarray([4.0, 8.0])
+    kappas = jnp.asarray([5.0, 8.0])
     amplitudes = jnp.asarray([0.2, 0.0, 0.0])
-    solution = _run(jnp.asarray(beta), kappas, amplitudes, jnp.asarray(60.0), "SA")
+    solution = _run(jnp.asarray(beta), kappas, amplitudes, jnp.asarray(40.0), "SA")
     expected = tf.theory.stationary_order_parameter(beta=beta, kappa=np.asarray(kappas), model="SA")
     assert np.all(expected > 0.3)
     np.testing.assert_allclose(np.asarray(solution.order_parameter[:, -1]), expected, rtol=1e-5)
