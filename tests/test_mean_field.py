@@ -98,3 +98,7 @@ def test_bad_input():
     equation = tf.MeanFieldCircle(1.0, modes=16)
     with pytest.raises(ValueError, match="density0"):
         tf.solve_mean_field(equation, jnp.ones(10), jnp.asarray([0.0, 1.0]))
+    with pytest.raises(ValueError, match="IMEX"):
+        tf.solve_mean_field(
+            equation, jnp.ones(32), jnp.asarray([0.0, 1.0]), solver=diffrax.KenCarp4()
+        )
