@@ -87,6 +87,11 @@ from ._losses import (
     nearest_target_accuracy as nearest_target_accuracy,
     sphere_mmd2 as sphere_mmd2,
 )
+from ._mean_field import (
+    MeanFieldCircle as MeanFieldCircle,
+    MeanFieldSolution as MeanFieldSolution,
+    solve_mean_field as solve_mean_field,
+)
 from ._observables import (
     cluster_labels as cluster_labels,
     cluster_sizes as cluster_sizes,

@@ -36,6 +36,10 @@ from ._placements import (
     placement_equiangular as placement_equiangular,
     pre_ln_limit_constant as pre_ln_limit_constant,
 )
+from ._noise import (
+    noise_threshold as noise_threshold,
+    stationary_order_parameter as stationary_order_parameter,
+)
 from ._uniform import (
     growth_rate as growth_rate,
     selected_mode as selected_mode,
