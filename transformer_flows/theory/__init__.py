@@ -30,15 +30,15 @@ from ._long_context import (
     long_context_cosine as long_context_cosine,
     long_context_limit as long_context_limit,
 )
+from ._noise import (
+    noise_threshold as noise_threshold,
+    stationary_order_parameter as stationary_order_parameter,
+)
 from ._placements import (
     equiangular_terms as equiangular_terms,
     gaussian_moments as gaussian_moments,
     placement_equiangular as placement_equiangular,
     pre_ln_limit_constant as pre_ln_limit_constant,
-)
-from ._noise import (
-    noise_threshold as noise_threshold,
-    stationary_order_parameter as stationary_order_parameter,
 )
 from ._uniform import (
     growth_rate as growth_rate,
