@@ -36,6 +36,10 @@ from ._field._base import (
     AbstractEuclideanField as AbstractEuclideanField,
     AbstractSphereField as AbstractSphereField,
 )
+from ._field._feed_forward import (
+    FeedForward as FeedForward,
+    TransformerBlock as TransformerBlock,
+)
 from ._field._kuramoto import Kuramoto as Kuramoto
 from ._field._self_attention import (
     AbstractAttentionField as AbstractAttentionField,
