@@ -37,6 +37,10 @@ from ._field._base import (
     AbstractEuclideanField as AbstractEuclideanField,
     AbstractSphereField as AbstractSphereField,
 )
+from ._field._feed_forward import (
+    FeedForward as FeedForward,
+    TransformerBlock as TransformerBlock,
+)
 from ._field._hardmax import HardmaxAttention as HardmaxAttention
 from ._field._kuramoto import Kuramoto as Kuramoto
 from ._field._placements import (

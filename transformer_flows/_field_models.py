@@ -2,7 +2,8 @@
 
 A field (`SelfAttention`, `UnnormalizedSelfAttention`) is its own model; an
 `AbstractFieldModel` stores other parameters and builds the field from them (`LowRankAttention`:
-Q, K, V as W = A Bᵀ factors). `as_field` turns either into the field that is solved.
+Q, K, V as W = A Bᵀ factors, optionally with a feed-forward term: a `TransformerBlock`).
+`as_field` turns either into the field that is solved.
 """
 
 import abc
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._field._base import AbstractSphereField
+from ._field._feed_forward import FeedForward, TransformerBlock
 from ._field._self_attention import (
     AbstractAttentionField,
     SelfAttention,
@@ -65,14 +67,19 @@ class AbstractFieldModel(eqx.Module):
     """A trainable parametrisation that builds an attention field."""
 
     @abc.abstractmethod
-    def field(self) -> AbstractAttentionField:
+    def field(self) -> AbstractSphereField:
         """The field with the current parameters."""
 
 
 class LowRankAttention(AbstractFieldModel):
     """(SA) (`normalized=True`) or (USA) whose Q, K, V may be `LowRank` factors (W = A Bᵀ),
     full arrays or None (identity); shapes otherwise as in `SelfAttention`. Every axis of a
-    weight must be nonempty (an empty head axis would sum over no heads: a zero field)."""
+    weight must be nonempty (an empty head axis would sum over no heads: a zero field).
+
+    `feed_forward`: an optional `FeedForward` term (its own per-layer axis, if any, must match
+    the attention's `layer_duration`); the field is then `TransformerBlock(attention,
+    feed_forward)`, trained as the attribute `feed_forward` (`trainable_spec(model,
+    [..., "feed_forward"])` trains w, a and b)."""
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
     Q: LowRank | Array | None = None
@@ -80,29 +87,41 @@ class LowRankAttention(AbstractFieldModel):
     V: LowRank | Array | None = None
     normalized: bool = eqx.field(default=True, static=True, kw_only=True)
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+    feed_forward: FeedForward | None = eqx.field(default=None, kw_only=True)
 
     def __check_init__(self):
+        if self.feed_forward is not None and not isinstance(self.feed_forward, FeedForward):
+            raise ValueError(
+                "`feed_forward` must be a FeedForward(w, a, b, activation=...) or None, got "
+                f"{type(self.feed_forward).__name__}."
+            )
         # The built field validates the shapes, with its messages; then the empty axes.
         check_nonempty_weights(self.field())
 
-    def field(self) -> AbstractAttentionField:
+    def field(self) -> AbstractSphereField:
         def dense(w):
             return w.matrix if isinstance(w, LowRank) else w
 
         cls = SelfAttention if self.normalized else UnnormalizedSelfAttention
-        return cls(
+        attention = cls(
             self.beta,
             dense(self.Q),
             dense(self.K),
             dense(self.V),
             layer_duration=self.layer_duration,
         )
+        if self.feed_forward is None:
+            return attention
+        return TransformerBlock(attention, self.feed_forward)
 
 
 def check_nonempty_weights(field: AbstractSphereField) -> None:
     """Refuse an attention field with an empty weight axis: H = 0 heads or L = 0 layers sum over
     nothing and give the zero field (which would train silently to nothing), k = 0 or d = 0
-    leave no scores. Fields other than attention fields pass unchecked."""
+    leave no scores. A `TransformerBlock` is checked through its attention part; other fields
+    pass unchecked."""
+    if isinstance(field, TransformerBlock):
+        field = field.attention
     if not isinstance(field, AbstractAttentionField):
         return
     for name in ("Q", "K", "V"):

@@ -17,6 +17,7 @@ from .._attention import (
 from .._custom_types import Particles
 from .._validation import as_float_array, check_finite, optional_float_array
 from ._base import AbstractSphereField, check_points
+from ._layers import layer_index
 
 
 def as_beta(value) -> Float[Array, ""]:
@@ -97,11 +98,7 @@ class AbstractAttentionField(AbstractSphereField):
 
     def weights_at(self, t) -> tuple[Array | None, Array | None, Array | None]:
         """(Q, K, V) acting at time t, each None or with a head axis (H, ., d)."""
-        if self.layer_duration is None:
-            index = None
-        else:
-            layer = jnp.floor(jnp.asarray(t) / self.layer_duration).astype(jnp.int32)
-            index = jnp.clip(layer, 0, self.num_layers - 1)
+        index = layer_index(t, self.layer_duration, self.num_layers)
 
         def select(w):
             if w is None:

@@ -56,7 +56,9 @@ def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, *
 def build_fit_model(config: FitConfig):
     """The initial model of a fit. Attention fields (SA, USA): random Gaussian
     N(0, init_scale²/d) weights fixed by `seed`, with heads, layers and low rank as configured
-    (names in `model.identity` stay None, i.e. the identity). Other fields: `cls(**params)`."""
+    (names in `model.identity` stay None, i.e. the identity), and the feed-forward term of
+    `model.feed_forward` if set (per layer with `model.layers`; its weights from a key of its
+    own, so Q, K, V start as without it). Other fields: `cls(**params)`."""
     from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
     from .._field_models import LowRank, LowRankAttention
 
@@ -101,11 +103,34 @@ def build_fit_model(config: FitConfig):
             weight("V"),
             normalized=entry.cls is SelfAttention,
             layer_duration=layer_duration,
+            feed_forward=_feed_forward(spec, layer_duration, config),
         )
     # Strong dtypes (β = 1.0 would be weakly typed), as `fit` returns them: one compilation
     # serves the initial and the fitted model.
     return jax.tree_util.tree_map(
         lambda leaf: jnp.asarray(leaf, dtype=dtype) if _is_inexact(leaf) else leaf, model
+    )
+
+
+def _feed_forward(spec, layer_duration, config):
+    """The initial `FeedForward` of `model.feed_forward` (None if unset): a, b ~ N(0, 1),
+    w ~ N(0, init_scale²/m), with a leading layer axis L when `model.layers` is set."""
+    from .._field._feed_forward import FeedForward
+
+    ff = spec.feed_forward
+    if ff is None:
+        return None
+    d, dtype = spec.d, dtype_of(config.precision)
+    m = d if ff.width is None else ff.width
+    lead = () if spec.layers is None else (spec.layers,)
+    w_key, a_key, b_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), 3)
+    scale = float(ff.init_scale / np.sqrt(m))
+    return FeedForward(
+        scale * jax.random.normal(w_key, (*lead, d, m), dtype=dtype),
+        jax.random.normal(a_key, (*lead, m, d), dtype=dtype),
+        jax.random.normal(b_key, (*lead, m), dtype=dtype) if ff.bias else None,
+        activation=ff.activation,
+        layer_duration=layer_duration,
     )
 
 

@@ -631,6 +631,29 @@ class TheoryConfig(_Experiment):
 # --- fits ----------------------------------------------------------------------------------
 
 
+def _activation_name(value: Any) -> Any:
+    from .._field._feed_forward import ACTIVATIONS
+
+    if value not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {value!r}; choose among {sorted(ACTIVATIONS)}")
+    return value
+
+
+class FeedForwardConfig(_Section):
+    """A trainable feed-forward term w σ(a x + b) beside the attention (a `TransformerBlock`),
+    per layer when `model.layers` is set. Initial weights (seeded by `seed`): a and b entries
+    N(0, 1) (so (a x)_k ~ N(0, 1) for unit x), w entries N(0, init_scale²/width)."""
+
+    width: PositiveInteger | None = Field(None, description="hidden width m (null: d)")
+    activation: Annotated[str, AfterValidator(_activation_name)] = Field(
+        "tanh", description="relu | gelu | silu | tanh | sigmoid | identity"
+    )
+    init_scale: NonNegativeNumber = Field(
+        1.0, description="w entries N(0, init_scale²/width); 0 starts at pure attention"
+    )
+    bias: bool = Field(True, description="a bias b (false: b = 0, not trained)")
+
+
 class FitModelConfig(_Section):
     """The trained model: a registered attention field with random Gaussian weights (heads,
     layers, low rank), or any field `module:Class` built from `params`."""
@@ -647,6 +670,9 @@ class FitModelConfig(_Section):
     )
     start_at_identity: list[Literal["Q", "K", "V"]] = Field(
         [], description="weights initialised to the identity (trainable)"
+    )
+    feed_forward: FeedForwardConfig | None = Field(
+        None, description="a trainable feed-forward term (train it as `feed_forward`)"
     )
 
     @model_validator(mode="before")
@@ -683,6 +709,11 @@ class FitModelConfig(_Section):
             )
         if self.rank is not None and self.rank > self.d:
             raise ValueError(f"rank {self.rank} exceeds d = {self.d}")
+        if self.feed_forward is not None and not entry.takes_weights:
+            raise ValueError(
+                f"feed_forward: a feed-forward term is added to attention fields (SA, USA); "
+                f"{entry.cls.__name__} is not one (remove `feed_forward`)"
+            )
         return self
 
 
@@ -778,6 +809,13 @@ class FitConfig(_Experiment):
     def _parameters(self):
         entry = FIELDS.resolve(self.model.field)
         for name in self.train.parameters:
+            if name == "feed_forward":
+                if self.model.feed_forward is None:
+                    raise ValueError(
+                        "train.parameters: 'feed_forward' needs a feed-forward term; set "
+                        "model.feed_forward (e.g. {width: 8, activation: tanh})"
+                    )
+                continue
             if name not in entry.parameters():
                 raise ValueError(
                     f"train.parameters: {name!r} is not a parameter of {entry.cls.__name__}; "
