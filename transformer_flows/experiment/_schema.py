@@ -675,6 +675,15 @@ class FitModelConfig(_Section):
         None, description="a trainable feed-forward term (train it as `feed_forward`)"
     )
 
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # Fit configs written before feed-forward terms existed keep their saved form (and
+        # fingerprint), so their output directories still resume.
+        data = handler(self)
+        if data.get("feed_forward") is None:
+            data.pop("feed_forward", None)
+        return data
+
     @model_validator(mode="before")
     @classmethod
     def _migrate(cls, raw: Any) -> Any:
