@@ -77,6 +77,11 @@ from ._losses import (
     nearest_target_accuracy as nearest_target_accuracy,
     sphere_mmd2 as sphere_mmd2,
 )
+from ._noise import (
+    AbstractNoise as AbstractNoise,
+    CommonNoise as CommonNoise,
+    IndependentNoise as IndependentNoise,
+)
 from ._observables import (
     cluster_labels as cluster_labels,
     cluster_sizes as cluster_sizes,
