@@ -201,8 +201,10 @@ def _check_noise(noise, key, field, solver, adjoint, dt0, sphere: bool) -> None:
             "key=jax.random.key(0); vmap over keys for independent samples."
         )
     key_dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
     typed = key_dtype is not None and jax.dtypes.issubdtype(key_dtype, jax.dtypes.prng_key)
-    raw = key_dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+    typed = typed and shape == ()
+    raw = key_dtype == jnp.uint32 and shape == (2,)
     if not (typed or raw):
         raise ValueError(
             f"`key` must be one PRNG key such as jax.random.key(0), got {key!r:.80}; for a "
