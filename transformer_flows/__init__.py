@@ -96,6 +96,11 @@ from ._mean_field import (
     MeanFieldSolution as MeanFieldSolution,
     solve_mean_field as solve_mean_field,
 )
+from ._noise import (
+    AbstractNoise as AbstractNoise,
+    CommonNoise as CommonNoise,
+    IndependentNoise as IndependentNoise,
+)
 from ._observables import (
     cluster_labels as cluster_labels,
     cluster_sizes as cluster_sizes,

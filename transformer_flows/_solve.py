@@ -7,10 +7,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
 from ._field._self_attention import BETA_FIX
+from ._noise import AbstractNoise, NoiseTerm
 from ._solver._fixed_step import (
     AbstractFixedStepSolver,
     GeodesicEuler,
@@ -67,6 +68,8 @@ def solve(
     args: PyTree = None,
     throw: bool = True,
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
+    noise: AbstractNoise | None = None,
+    key: PRNGKeyArray | None = None,
 ) -> Trajectory:
     """Integrate `field` from `x0` at `ts[0]` and save at every time in `ts`.
 
@@ -96,6 +99,18 @@ def solve(
       trajectories); `x` is on the sphere.
     - `stepsize_controller`: override the default PID/constant controller.
     - `throw`: raise if the solve fails (e.g. `max_steps` reached); else check `.result`.
+    - `noise`: None (an ODE), or a noise for sphere fields, `IndependentNoise(kappa)` or
+      `CommonNoise(sigma)`: the Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW, projected
+      back onto the sphere after every step. Needs `key` and `dt0` (constant steps unless a
+      `stepsize_controller` is given); the default solver is then `diffrax.Heun()` (strong
+      order 1/2, weak order 1). Stratonovich solvers (`Heun`, `EulerHeun`, `Midpoint`,
+      `SPaRK`, `GeneralShARK`, `SlowRK`), the projected `diffrax.Euler` and `GeodesicEuler`
+      converge to the same process; additive-noise, Milstein (commutative noise) and
+      implicit solvers are refused. The Brownian path is a `diffrax.VirtualBrownianTree`
+      on [ts[0], ts[-1]] with tolerance dt0/2: the same key gives the same path for every
+      step size, so steps dt0 = (ts[-1] - ts[0])/2^k land on its nodes exactly.
+    - `key`: the PRNG key of the Brownian motion (`jax.random.key(0)`); the solve is a
+      deterministic function of it, and `jax.vmap` over keys gives independent samples.
 
     Bad values (NaN/inf in `x0`, `ts`, β or the field's weights, `x0` off the sphere,
     `ts` not increasing, `rtol`/`atol`/`dt0` <= 0) raise a `ValueError` naming the argument
@@ -110,6 +125,9 @@ def solve(
             f"{type(field).__name__}."
         )
     sphere = isinstance(field, AbstractSphereField)
+    if noise is not None and solver is None:
+        solver = diffrax.Heun()
+    _check_noise(noise, key, field, solver, adjoint, dt0, sphere)
     angles = isinstance(field, AbstractAngleField)
     solver = _resolve_solver(solver, sphere, angles, type(field).__name__)
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
@@ -147,7 +165,84 @@ def solve(
         args,
         throw,
         progress_meter,
+        noise,
+        key,
     )
+
+
+_DRIFT_ONLY_SOLVERS = (NormalizedEuler, ResidualLayers)
+_UNSUITED_SDE_SOLVERS = (diffrax.ItoMilstein, diffrax.StratonovichMilstein)
+
+
+def _check_noise(noise, key, field, solver, adjoint, dt0, sphere: bool) -> None:
+    """Trace-time checks of the noisy solve (`noise=`, `key=`): which fields, solvers,
+    adjoints and options it supports."""
+    if noise is None:
+        if key is not None:
+            raise ValueError(
+                "`key` was given without `noise`: the ODE solve is deterministic. Pass "
+                "`noise=IndependentNoise(kappa)` (or `CommonNoise(sigma)`) for a noisy solve, "
+                "or drop `key`."
+            )
+        return
+    if not isinstance(noise, AbstractNoise):
+        raise ValueError(
+            f"`noise` must be a transformer_flows noise such as IndependentNoise(kappa=10.0) or "
+            f"CommonNoise(sigma=1.0), got {noise!r}."
+        )
+    if not sphere:
+        raise ValueError(
+            f"`noise=` is supported for sphere fields only (SelfAttention, "
+            f"UnnormalizedSelfAttention, ...), got {type(field).__name__}. For an angle field "
+            "convert the angles to points (`angles_to_points`) and use a sphere field."
+        )
+    if key is None:
+        raise ValueError(
+            "`noise` needs `key`, the PRNG key of the Brownian motion, e.g. "
+            "key=jax.random.key(0); vmap over keys for independent samples."
+        )
+    key_dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    typed = key_dtype is not None and jax.dtypes.issubdtype(key_dtype, jax.dtypes.prng_key)
+    typed = typed and shape == ()
+    raw = key_dtype == jnp.uint32 and shape == (2,)
+    if not (typed or raw):
+        raise ValueError(
+            f"`key` must be one PRNG key such as jax.random.key(0), got {key!r:.80}; for a "
+            "batch of keys `jax.vmap` over the solve."
+        )
+    if dt0 is None:
+        raise ValueError(
+            "`noise` needs `dt0`, the step of the SDE solver (constant steps), e.g. dt0=0.01; "
+            "the Brownian path is resolved to dt0/2."
+        )
+    inner = solver.solver if isinstance(solver, Renormalized) else solver
+    if isinstance(inner, _DRIFT_ONLY_SOLVERS):
+        raise ValueError(
+            f"`solver={type(inner).__name__}()` steps the drift only and cannot take noise; "
+            "use diffrax.Heun() (the default with noise), diffrax.EulerHeun() or "
+            "GeodesicEuler()."
+        )
+    additive = isinstance(inner, diffrax.AbstractSRK) and inner.tableau.is_additive_noise()
+    if additive or isinstance(inner, _UNSUITED_SDE_SOLVERS):
+        need = "additive" if additive else "commutative"
+        raise ValueError(
+            f"`solver={type(inner).__name__}()` assumes {need} noise; the sphere noise is "
+            "multiplicative and non-commutative. Use diffrax.Heun(), EulerHeun(), SPaRK() or "
+            "GeneralShARK()."
+        )
+    if isinstance(inner, (diffrax.AbstractImplicitSolver, diffrax.AbstractFosterLangevinSRK)):
+        raise ValueError(
+            f"`solver={type(inner).__name__}()` is not supported with `noise`; use an explicit "
+            "SDE solver such as diffrax.Heun(), EulerHeun() or SPaRK()."
+        )
+    if isinstance(adjoint, (diffrax.BacksolveAdjoint, diffrax.ImplicitAdjoint)):
+        raise ValueError(
+            f"`adjoint={type(adjoint).__name__}()` is not supported with `noise` (the backward "
+            "solve of a projected SDE is not its adjoint); use the default "
+            "RecursiveCheckpointAdjoint() (pathwise gradients of the discrete solve), "
+            "DirectAdjoint() or ForwardMode()."
+        )
 
 
 def _resolve_solver(solver, sphere: bool, angles: bool, field_name: str) -> diffrax.AbstractSolver:
@@ -295,10 +390,14 @@ def _solve(
     args,
     throw,
     progress_meter,
+    noise,
+    key,
 ) -> Trajectory:
     sphere = isinstance(field, AbstractSphereField)
     if stepsize_controller is None:
-        if isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        if noise is not None:
+            stepsize_controller = diffrax.ConstantStepSize()
+        elif isinstance(solver, diffrax.AbstractAdaptiveSolver):
             rtol, atol = tolerances
             stepsize_controller = diffrax.PIDController(
                 rtol=rtol, atol=atol, pcoeff=0.3, icoeff=0.4
@@ -335,8 +434,13 @@ def _solve(
         saveat = diffrax.SaveAt(ts=ts)
     else:
         saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: on_sphere(y))
+    terms = diffrax.ODETerm(field)
+    if noise is not None:
+        terms = diffrax.MultiTerm(
+            terms, NoiseTerm(noise, _brownian_path(noise, solver, x0, ts, dt0, key))
+        )
     solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
+        terms,
         solver,
         t0=ts[0],
         t1=ts[-1],
@@ -362,4 +466,22 @@ def _solve(
             xs, observed = None, jax.vmap(observe)(xs)
     return Trajectory(
         ts=ts, xs=xs, observed=observed, stats=dict(solution.stats), result=solution.result
+    )
+
+
+def _brownian_path(noise, solver, x0, ts, dt0, key) -> diffrax.VirtualBrownianTree:
+    """The Brownian motion of `noise` on [ts[0], ts[-1]], resolved to dt0/2, with the Lévy
+    area the solver needs (space-time for SPaRK/GeneralShARK/SlowRK)."""
+    inner = solver.solver if isinstance(solver, Renormalized) else solver
+    levy_area = getattr(inner, "minimal_levy_area", diffrax.BrownianIncrement)
+    if levy_area is diffrax.AbstractSpaceTimeLevyArea:
+        levy_area = diffrax.SpaceTimeLevyArea
+    elif levy_area is diffrax.AbstractSpaceTimeTimeLevyArea:
+        levy_area = diffrax.SpaceTimeTimeLevyArea
+    elif levy_area is diffrax.AbstractBrownianIncrement:
+        levy_area = diffrax.BrownianIncrement
+    t0, t1 = ts[0], ts[-1]
+    t1 = jnp.where(t1 > t0, t1, t0 + dt0)  # one save time: any non-empty interval
+    return diffrax.VirtualBrownianTree(
+        t0, t1, tol=dt0 / 2, shape=noise.brownian_shape(x0), key=key, levy_area=levy_area
     )

@@ -58,6 +58,12 @@ class Renormalized(diffrax.AbstractWrappedSolver):
     def root_find_max_steps(self):
         return self.solver.root_find_max_steps  # pyright: ignore[reportAttributeAccessIssue]
 
+    @property
+    def term_compatible_contr_kwargs(self):
+        # SDE solvers that need Lévy areas (SPaRK, GeneralShARK) ask the Brownian path for
+        # them through these keyword arguments (`use_levy=True`).
+        return self.solver.term_compatible_contr_kwargs
+
     def order(self, terms):
         return self.solver.order(terms)
 
