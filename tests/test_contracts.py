@@ -442,6 +442,8 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
                 "beta": [1.0, 4.0],
                 "tau": {"start": -3.0, "stop": 3.0, "num": 11},
                 "t1": 5.0,
+                # Sections some theory figures need (numpy, milliseconds).
+                "long_context": {"rho": [0.5], "log10_n": [1.0, 2.0, 3.0]},
             },
             "figures": [name],
         }

@@ -77,6 +77,24 @@ class SinkhornAttention(AbstractAttentionField):
                 f"whole matrix): pass attention=DenseAttention(), got {self.attention!r}."
             )
 
+    # No masks: a masked Sinkhorn scaling (doubly stochastic on the allowed pattern) is a
+    # different model, not built here.
+    @property
+    def causal(self) -> bool:
+        return False
+
+    @property
+    def window(self) -> None:
+        return None
+
+    @property
+    def alibi(self) -> None:
+        return None
+
+    @property
+    def length_scaling(self) -> None:
+        return None
+
     def _normalization(self):
         return True, 0.0  # unused: `attention_matrix` and `drift` normalise by Sinkhorn
 
