@@ -167,6 +167,8 @@ def test_valid_solve_gives_the_unchecked_numbers():
         None,
         True,
         diffrax.NoProgressMeter(),
+        None,  # noise
+        None,  # key
     ).xs
     checked = compiled(sa_parts, batched=False)(**GOOD_SA)
     np.testing.assert_allclose(checked, unchecked, rtol=1e-13, atol=1e-13)
