@@ -279,26 +279,18 @@ def main():
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     vmax = np.percentile(density, 99.5)
-    axes[0].imshow(
-        density.T,
-        origin="lower",
-        aspect="auto",
-        extent=(0, horizon, 0, 2 * np.pi),
-        vmin=0,
-        vmax=vmax,
-        cmap="magma",
-    )
-    axes[0].set(title=f"mean-field PDE ({modes} modes)", xlabel="t", ylabel="θ")
-    axes[1].imshow(
-        hist.T,
-        origin="lower",
-        aspect="auto",
-        extent=(0, horizon, 0, 2 * np.pi),
-        vmin=0,
-        vmax=vmax,
-        cmap="magma",
-    )
-    axes[1].set(title=f"particles, n = {n} (histogram, {bins} bins)", xlabel="t", ylabel="θ")
+    titles = (f"mean-field PDE ({modes} modes)", f"particles, n = {n} (histogram, {bins} bins)")
+    for ax, image, title in zip(axes[:2], (density, hist), titles, strict=True):
+        ax.imshow(
+            image.T,
+            origin="lower",
+            aspect="auto",
+            extent=(0, horizon, 0, 2 * np.pi),
+            vmin=0,
+            vmax=vmax,
+            cmap="magma",
+        )
+        ax.set(title=title, xlabel="t", ylabel="θ")
     axes[2].plot(ts, np.asarray(solution.order_parameter), label="PDE")
     axes[2].plot(ts, np.abs(np.mean(np.exp(1j * saved), axis=1)), label=f"particles n={n}")
     axes[2].set(title=f"order parameter |∫e^(iθ)ρ|  (SA, β={beta:g}, κ={kappa:g})", xlabel="t")
