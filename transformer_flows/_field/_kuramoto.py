@@ -15,6 +15,9 @@ from .._validation import as_float_array, check_finite, optional_float_array
 from ._base import AbstractAngleField
 from ._self_attention import as_beta
 
+# Up to this many oscillators the field is evaluated from the (n, n) angle differences.
+_PAIRWISE_MAX_TOKENS = 2048
+
 
 class Kuramoto(AbstractAngleField):
     """θ̇_i = ω_i + K Σ_j w_ij sin(θ_j - θ_i) on the torus, where
@@ -83,8 +86,21 @@ class Kuramoto(AbstractAngleField):
             )
 
     def __call__(self, t, theta: Angles, args: PyTree = None) -> Angles:
-        if self.interaction is None:
-            # <e_θ_i, Σ_j w_ij x_j> = Σ_j w_ij sin(θ_j - θ_i), with e_θ = (-sin θ, cos θ).
+        if self.interaction is None and theta.shape[0] <= _PAIRWISE_MAX_TOKENS:
+            # Σ_j w_ij sin(θ_j - θ_i) from the differences themselves: sin(0) = 0 exactly for
+            # a token and its cluster. Projecting Σ_j w_ij x_j onto e_θ instead cancels terms of
+            # size e^{β} to leave O(θ_j - θ_i): rounding noise that stalls implicit solvers in
+            # the metastable phases (Kvaerno5, β = 50: τ = 7e5 against 1.2e21 in 20 000 steps).
+            differences = theta[None, :] - theta[:, None]  # u_ij = θ_j - θ_i
+            scores = self.beta.astype(theta.dtype) * jnp.cos(differences)
+            if self.normalized:
+                weights = jax.nn.softmax(scores, axis=1)
+            else:
+                weights = jnp.exp(scores) / theta.shape[0]
+            interacting = jnp.sum(weights * jnp.sin(differences), axis=1)
+        elif self.interaction is None:
+            # Many tokens: the blockwise evaluation of `attend` keeps memory O(n), at the cost
+            # of the cancellation above. <e_θ_i, Σ_j w_ij x_j>, e_θ = (-sin θ, cos θ).
             mixed = attend(
                 angles_to_points(theta), self.beta, None, None, None, normalized=self.normalized
             )
