@@ -216,7 +216,7 @@ def _check_noise(noise, key, field, solver, adjoint, dt0, sphere: bool) -> None:
             "`noise` needs `dt0`, the step of the SDE solver (constant steps), e.g. dt0=0.01; "
             "the Brownian path is resolved to dt0/2."
         )
-    inner = solver.solver if isinstance(solver, Renormalized) else solver
+    inner = _unwrapped(solver)
     if isinstance(inner, _DRIFT_ONLY_SOLVERS):
         raise ValueError(
             f"`solver={type(inner).__name__}()` steps the drift only and cannot take noise; "
@@ -245,6 +245,11 @@ def _check_noise(noise, key, field, solver, adjoint, dt0, sphere: bool) -> None:
         )
 
 
+def _unwrapped(solver: diffrax.AbstractSolver) -> diffrax.AbstractSolver:
+    """The solver that steps: the one inside `Renormalized`, or `solver` itself."""
+    return solver.solver if isinstance(solver, Renormalized) else solver
+
+
 def _resolve_solver(solver, sphere: bool, angles: bool, field_name: str) -> diffrax.AbstractSolver:
     if solver is None:
         solver = diffrax.Tsit5()
@@ -266,7 +271,7 @@ def _resolve_solver(solver, sphere: bool, angles: bool, field_name: str) -> diff
                 "diffrax.Tsit5() or RK4()"
                 + ("." if angles else ", or ResidualLayers() for the discrete layers.")
             )
-        return solver.solver if isinstance(solver, Renormalized) else solver
+        return _unwrapped(solver)
     return solver if isinstance(solver, _SPHERE_PRESERVING) else Renormalized(solver)
 
 
@@ -297,7 +302,7 @@ def _check_options(
             f"`adjoint` must be a diffrax adjoint such as diffrax.RecursiveCheckpointAdjoint() "
             f"or diffrax.BacksolveAdjoint(), got {adjoint!r}."
         )
-    inner = solver.solver if isinstance(solver, Renormalized) else solver
+    inner = _unwrapped(solver)
     if (
         isinstance(adjoint, diffrax.BacksolveAdjoint)
         and isinstance(inner, AbstractFixedStepSolver)
@@ -472,7 +477,7 @@ def _solve(
 def _brownian_path(noise, solver, x0, ts, dt0, key) -> diffrax.VirtualBrownianTree:
     """The Brownian motion of `noise` on [ts[0], ts[-1]], resolved to dt0/2, with the Lévy
     area the solver needs (space-time for SPaRK/GeneralShARK/SlowRK)."""
-    inner = solver.solver if isinstance(solver, Renormalized) else solver
+    inner = _unwrapped(solver)
     levy_area = getattr(inner, "minimal_levy_area", diffrax.BrownianIncrement)
     if levy_area is diffrax.AbstractSpaceTimeLevyArea:
         levy_area = diffrax.SpaceTimeLevyArea
