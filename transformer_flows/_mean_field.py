@@ -31,6 +31,16 @@ def _kernel_coefficients(beta: Array, modes: int) -> Array:
     return jnp.fft.rfft(values).real[: modes + 1] / size
 
 
+def _checked_scalar(value, name: str, kind: str, valid, requirement: str):
+    """`value` as a float scalar satisfying `valid` (a ValueError now when concrete, an
+    `eqx.error_if` under jit): "`name` must be `kind`" / "`name` must `requirement`"."""
+    array = as_float_array(value, name)
+    if array.ndim != 0:
+        raise ValueError(f"`{name}` must be {kind}, got shape {array.shape}.")
+    shown = f"{float(array)}" if is_concrete(array) else "a traced value"
+    return check_condition(array, ~valid(array), f"`{name}` must {requirement}, got {shown}.")
+
+
 class MeanFieldCircle(eqx.Module):
     """The mean-field equation on the circle (module docstring) with `modes` Fourier modes.
 
@@ -65,27 +75,23 @@ class MeanFieldCircle(eqx.Module):
             )
         if isinstance(modes, bool) or not isinstance(modes, (int, np.integer)) or modes < 4:
             raise ValueError(f"`modes` must be an integer >= 4, got {modes!r}.")
-        beta = as_float_array(beta, "beta")
-        if beta.ndim != 0:
-            raise ValueError(f"`beta` must be a scalar, got shape {beta.shape}.")
-        shown = f"{float(beta)}" if is_concrete(beta) else "a traced value"
-        beta = check_condition(
+        beta = _checked_scalar(
             beta,
-            ~((beta >= 0) & (beta <= modes)),
-            f"`beta` must lie in [0, modes] = [0, {modes}] (the kernel e^(β cos) needs about "
-            f"sqrt(2β) modes per cluster and more to resolve it; raise `modes`), got {shown}.",
+            "beta",
+            "a scalar",
+            lambda b: (b >= 0) & (b <= modes),
+            f"lie in [0, modes] = [0, {modes}] (the kernel e^(β cos) needs about sqrt(2β) "
+            "modes per cluster and more to resolve it; raise `modes`)",
         )
         if kappa is None:
             diffusion = jnp.zeros((), beta.dtype)
         else:
-            kappa = as_float_array(kappa, "kappa")
-            if kappa.ndim != 0:
-                raise ValueError(f"`kappa` must be a scalar or None, got shape {kappa.shape}.")
-            shown = f"{float(kappa)}" if is_concrete(kappa) else "a traced value"
-            kappa = check_condition(
+            kappa = _checked_scalar(
                 kappa,
-                ~(kappa > 0),
-                f"`kappa` must be > 0 (inverse noise; None or inf for no noise), got {shown}.",
+                "kappa",
+                "a scalar or None",
+                lambda k: k > 0,
+                "be > 0 (inverse noise; None or inf for no noise)",
             )
             diffusion = (1 / kappa).astype(beta.dtype)
         self.beta = beta
