@@ -107,6 +107,17 @@ def peaks(density, level):
     return np.nonzero((density > left) & (density >= right) & (density > level))[0]
 
 
+def pattern_and_merges(ts, counts, mode):
+    """The first time `mode` peaks show, and the merges (t, peaks before, peaks after)."""
+    pattern = next((t for t, c in zip(ts, counts, strict=True) if c == mode), None)
+    merges = [
+        (float(ts[i]), counts[i - 1], counts[i])
+        for i in range(1, len(ts))
+        if 0 < counts[i] < counts[i - 1]
+    ]
+    return pattern, merges
+
+
 def theory_table():
     print("== thresholds κ_c and stationary order parameters (d = 2) ==")
     for model in ("SA", "USA"):
@@ -189,12 +200,7 @@ def main():
     pde_cost = time.time() - t0
     density = np.asarray(solution.density)
     counts = [len(peaks(row, 2 / (2 * np.pi))) for row in density]
-    pattern = next((t for t, c in zip(ts, counts, strict=True) if c == mode), None)
-    merges = [
-        (float(ts[i]), counts[i - 1], counts[i])
-        for i in range(1, len(ts))
-        if 0 < counts[i] < counts[i - 1]
-    ]
+    pattern, merges = pattern_and_merges(ts, counts, mode)
     print(
         f"PDE: {modes} modes, {int(solution.stats['num_steps'])} steps, {pde_cost:.1f} s; "
         f"max resolution indicator {float(solution.resolution.max()):.1e}"
@@ -224,12 +230,7 @@ def main():
         )
         for row in hist
     ]
-    ppattern = next((t for t, c in zip(ts, pcounts, strict=True) if c == mode), None)
-    pmerges = [
-        (float(ts[i]), pcounts[i - 1], pcounts[i])
-        for i in range(1, len(ts))
-        if 0 < pcounts[i] < pcounts[i - 1]
-    ]
+    ppattern, pmerges = pattern_and_merges(ts, pcounts, mode)
     print(
         f"particles: n={n}, dt={dt}, {particle_cost:.1f} s; {mode} peaks first at t = {ppattern}; "
         f"merges: {pmerges}"
