@@ -198,6 +198,46 @@ def test_common_noise_pairs_end_aligned_or_antipodal(attention):
         assert abs(c.mean() - exact) < 4 * c.std() / np.sqrt(len(c))
 
 
+@jax.jit
+def _mixed(kappa, sigma, x0, keys, dt0):
+    """No interaction, IndependentNoise(kappa) + CommonNoise(sigma): (keys, times, n, d)."""
+
+    def one(key):
+        noise = tf.IndependentNoise(kappa) + tf.CommonNoise(sigma)
+        field = tf.SelfAttention(0.0, V=jnp.zeros((3, 3)))
+        return tf.solve(field, x0, TS, noise=noise, key=key, dt0=dt0).xs
+
+    return jax.vmap(one)(keys)
+
+
+def test_independent_plus_common_noise_generators_add():
+    """`IndependentNoise(κ) + CommonNoise(σ)`: two independent Brownian motions, so the
+    generators add, κ^{-1}Δ_S + (σ²/2)Δ_S, and each token is a Brownian motion on S^2 with
+    E<x(t), x(0)> = exp(-(d-1)(1/κ + σ²/2)t) (Richardson value of h and h/2 on the same paths,
+    4 standard errors, as above). Two tokens starting together: the common noise alone moves
+    them identically (they stay together to rounding); the independent part separates them."""
+    kappa, sigma, x0 = 4.0, 1.0, jnp.zeros((4, 3)).at[:, 0].set(1.0)
+    keys = _keys(51, 1024)
+    xs = {h: np.asarray(_mixed(kappa, sigma, x0, keys, jnp.asarray(1 / h))) for h in (16, 32)}
+    # Tokens of one key share the common rotation: the samples are the per-key means.
+    c = (2 * xs[32][..., 0] - xs[16][..., 0]).mean(2)
+    exact = np.exp(-2 * (1 / kappa + sigma**2 / 2) * np.asarray(TS))
+    mean, se = c.mean(0), c.std(0) / np.sqrt(c.shape[0])
+    assert np.all(np.abs(mean - exact)[1:] < 4 * se[1:]), (mean, exact, se)
+    # Either noise alone decays at 1/2 or 1 per unit time: excluded at t = 1.
+    assert np.abs(mean[-1] - np.exp(-1.0)) > 8 * se[-1]
+    separated = 1 - np.einsum("ktd,ktd->kt", xs[32][:, :, 0], xs[32][:, :, 1])
+    assert separated[:, -1].mean() > 0.1
+    common = np.asarray(_pairs(1.0, jnp.zeros((3, 3)), sigma, x0[:2], keys[:8]))
+    assert np.abs(common[:, :, 0] - common[:, :, 1]).max() < 1e-12
+    noise = tf.IndependentNoise(kappa) + (tf.CommonNoise(sigma) + tf.IndependentNoise(1.0))
+    assert [type(n).__name__ for n in noise.noises] == [
+        "IndependentNoise",
+        "CommonNoise",
+        "IndependentNoise",
+    ]
+
+
 def test_errors_name_the_argument_and_the_fix(without_type_checker):
     field, x0, ts, key = (
         tf.SelfAttention(1.0),
@@ -234,3 +274,5 @@ def test_errors_name_the_argument_and_the_fix(without_type_checker):
         tf.IndependentNoise(jnp.ones(2))
     with pytest.raises(ValueError, match="`sigma` must be finite and > 0"):
         tf.CommonNoise(-1.0)
+    with pytest.raises(ValueError, match="`noises` must hold transformer_flows noises"):
+        tf.NoiseSum((tf.CommonNoise(1.0), 2.0))

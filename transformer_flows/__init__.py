@@ -100,6 +100,7 @@ from ._noise import (
     AbstractNoise as AbstractNoise,
     CommonNoise as CommonNoise,
     IndependentNoise as IndependentNoise,
+    NoiseSum as NoiseSum,
 )
 from ._observables import (
     cluster_labels as cluster_labels,

@@ -50,6 +50,11 @@ class AbstractNoise(eqx.Module):
     def increment(self, x: Particles, dw: PyTree[Array]) -> Particles:
         """The diffusion at `x` applied to the Brownian increment `dw` (tangent at `x`)."""
 
+    def __add__(self, other: "AbstractNoise") -> "NoiseSum":
+        if not isinstance(other, AbstractNoise):
+            return NotImplemented
+        return NoiseSum((self, other))
+
 
 class IndependentNoise(AbstractNoise):
     """Independent Brownian motions on the sphere, one per token:
@@ -103,6 +108,40 @@ class CommonNoise(AbstractNoise):
         scale = (self.sigma / jnp.sqrt(2.0)).astype(x.dtype)
         dq = scale * (dw + dw.T)
         return project_tangent(x, x @ dq)  # dQ symmetric: row i is (dQ x_i)ᵀ
+
+
+class NoiseSum(AbstractNoise):
+    """Several noises at once, each driven by its own independent Brownian motion:
+    dX = ... + Σ_k noise_k.increment(X, dW^k). Built by `+`, e.g.
+    `IndependentNoise(kappa) + CommonNoise(sigma)` (thermal noise on every token beside one
+    random rotation for all). The generators add, so without interaction each token is a
+    Brownian motion on the sphere with E<x(t), x(0)> = exp(-(d-1)(1/κ + σ²/2) t).
+
+    **Arguments:**
+    - `noises`: a tuple of noises (a nested sum is flattened).
+    """
+
+    noises: tuple[AbstractNoise, ...]
+
+    def __init__(self, noises):
+        flat = []
+        for noise in noises:
+            if not isinstance(noise, AbstractNoise):
+                raise ValueError(
+                    f"`noises` must hold transformer_flows noises such as IndependentNoise(4.0) "
+                    f"or CommonNoise(1.0), got {noise!r}."
+                )
+            flat.extend(noise.noises if isinstance(noise, NoiseSum) else (noise,))
+        if not flat:
+            raise ValueError("`noises` is empty: give at least one noise, or pass noise=None.")
+        self.noises = tuple(flat)
+
+    def brownian_shape(self, x: Particles) -> PyTree[jax.ShapeDtypeStruct]:
+        return tuple(noise.brownian_shape(x) for noise in self.noises)
+
+    def increment(self, x: Particles, dw: PyTree[Array]) -> Particles:
+        parts = [noise.increment(x, w) for noise, w in zip(self.noises, dw, strict=True)]
+        return sum(parts[1:], parts[0])
 
 
 class NoiseTerm(diffrax.AbstractTerm):

@@ -100,7 +100,8 @@ def solve(
     - `stepsize_controller`: override the default PID/constant controller.
     - `throw`: raise if the solve fails (e.g. `max_steps` reached); else check `.result`.
     - `noise`: None (an ODE), or a noise for sphere fields, `IndependentNoise(kappa)` or
-      `CommonNoise(sigma)`: the Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW, projected
+      `CommonNoise(sigma)`, or their sum `IndependentNoise(kappa) + CommonNoise(sigma)`: the
+      Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW, projected
       back onto the sphere after every step. Needs `key` and `dt0` (constant steps unless a
       `stepsize_controller` is given); the default solver is then `diffrax.Heun()` (strong
       order 1/2, weak order 1). Stratonovich solvers (`Heun`, `EulerHeun`, `Midpoint`,
