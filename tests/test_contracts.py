@@ -295,6 +295,10 @@ def _known_values(name, d, beta):
         # mean over i ≠ j of <θ_i, θ_j> = (|Σθ|² − n)/(n(n−1)); 1 on the sphere for the radius.
         "mean_cosine": [(consensus, 1, 1.0), (antipodal, 1, -1.0), (spaced, 1, -1 / 3)],
         "mean_radius": [(consensus, 1, 1.0), (2.5 * antipodal, 1, 2.5)],
+        # Centring first (consensus: every token at the mean, cosine 0); the effective rank
+        # exp(H(σ/Σσ)) is 1 on a line and 2 for ±e1, ±e2 (singular values √2, √2).
+        "centred_cosine": [(consensus, 1, 0.0), (antipodal, 1, -1.0), (spaced, 1, -1 / 3)],
+        "effective_rank": [(consensus, 1, 1.0), (antipodal, 1, 1.0), (spaced, 1, 2.0)],
     }
     if name not in known:
         pytest.fail(f"observable {name!r} has no known values: add them to _known_values")

@@ -14,6 +14,7 @@ from .._field._kuramoto import Kuramoto
 from .._field._placements import NGPT, MixLN, NoNorm, PeriLN, PreLN
 from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 from .._field._sinkhorn import SinkhornAttention
+from .._hidden_statistics import centred_cosine, effective_rank
 from .._losses import CapMixture, LabeledInputs, LabeledTargets, TargetMeasure, TargetPartition
 from .._observables import (
     clustered_fraction,
@@ -249,6 +250,25 @@ OBSERVABLES.register(
     "positions",
     ObservableEntry(
         lambda x, c: x, dims=("particle", "component"), per_shape=True, long_name="x_i(t)"
+    ),
+)
+
+# Hidden-state statistics (docs/models.md): scalar, rotation invariant, any d.
+OBSERVABLES.register(
+    "centred_cosine",
+    ObservableEntry(
+        lambda x, c: centred_cosine(x),
+        inner_products=True,
+        radial=True,
+        long_name="mean over i≠j of cos(x_i − x̄, x_j − x̄), x̄ the token mean",
+    ),
+)
+OBSERVABLES.register(
+    "effective_rank",
+    ObservableEntry(
+        lambda x, c: effective_rank(x),
+        inner_products=True,
+        long_name="exp(entropy of the normalised singular values of [θ_1 … θ_n]) (Roy–Vetterli)",
     ),
 )
 
