@@ -34,9 +34,11 @@ def random_orthogonal(rng, d):
     return q * np.sign(np.diag(r))
 
 
-# Every shipped config; the sweep and theory ones, and the fits (configs/fit_*.yaml).
+# Every shipped config; the sweep and theory ones, and the fits (configs/fit_*.yaml). The
+# pretrained-model ones need a checkpoint (tests/test_pretrained_experiment.py runs them).
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-SWEEP_CONFIGS = [path for path in CONFIGS if not path.name.startswith("fit_")]
+SWEEP_CONFIGS = [path for path in CONFIGS if not path.name.startswith(("fit_", "pretrained_"))]
+PRETRAINED_CONFIGS = [path for path in CONFIGS if path.name.startswith("pretrained_")]
 FIT_CONFIGS = [path for path in CONFIGS if path.name.startswith("fit_")]
 
 

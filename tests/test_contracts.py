@@ -436,6 +436,14 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
     given, one that lacks a need)."""
     entry = FIGURES[name]
     experiment = experiment or entry.experiment
+    if experiment == "pretrained":  # `figure_runs` points `checkpoint` at a tiny random model
+        return {
+            "experiment": "pretrained",
+            "name": f"tiny_{name}",
+            "checkpoint": "set by figure_runs",
+            "texts": ["tokens of a short text", "and a second, longer text to compare"],
+            "figures": [name],
+        }
     if experiment == "theory":
         return {
             "experiment": "theory",
@@ -468,7 +476,12 @@ def figure_runs(tmp_path_factory):
 
     @functools.cache
     def run(name):
-        config = config_from_dict(_figure_config(name))
+        raw = _figure_config(name)
+        if raw.get("experiment") == "pretrained":
+            from pretrained_models import tiny_checkpoint
+
+            raw["checkpoint"] = str(tiny_checkpoint("albert", tmp_path_factory.mktemp("albert")))
+        config = config_from_dict(raw)
         out = tmp_path_factory.mktemp(f"run_{name}")
         return run_experiment(config, out, progress=False), config
 

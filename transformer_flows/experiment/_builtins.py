@@ -310,6 +310,35 @@ FIGURES.register(
 )
 
 
+# Pretrained-model runs (`experiment: pretrained`, drawn by `_pretrained_plot`).
+def _lazy_pretrained(name: str):
+    def draw(dataset, config, out):
+        from . import _pretrained_plot
+
+        return getattr(_pretrained_plot, name)(dataset, config, out)
+
+    draw.__name__ = name
+    return draw
+
+
+FIGURES.register(
+    "pretrained_statistics",
+    FigureEntry(
+        _lazy_pretrained("pretrained_statistics"),
+        "pretrained",
+        description="hidden-state statistics per layer: model, discrete map, flow overlaid",
+    ),
+)
+FIGURES.register(
+    "pretrained_histograms",
+    FigureEntry(
+        _lazy_pretrained("pretrained_histograms"),
+        "pretrained",
+        description="histograms of <x_i, x_j> at selected layers (GLPR Fig. 1)",
+    ),
+)
+
+
 # --- fit tasks -----------------------------------------------------------------------------
 class _TaskSchema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
