@@ -83,3 +83,38 @@ def count_compilations() -> Iterator[Compilations]:
         yield log
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# --- hidden-state statistics (tests/test_hidden_statistics.py, test_pretrained_experiment.py)
+
+
+def _cosine(a, b):
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def hidden_statistics_reference(x, *, delta, beta, edges):
+    """Every statistic of `tf.hidden_state_statistics` for one configuration x (n, d), by loops
+    over pairs in float64 (numpy SVD and histogram, scipy connected components)."""
+    import itertools
+
+    from scipy.sparse.csgraph import connected_components
+
+    n = x.shape[0]
+    theta = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = x - x.mean(axis=0)
+    pairs = list(itertools.permutations(range(n), 2))
+    singular = np.linalg.svd(theta, compute_uv=False)
+    p = singular / singular.sum()
+    p = p[p > 0]
+    gram = theta @ theta.T
+    _, labels = connected_components(gram >= 1 - delta, directed=False)
+    upper = [gram[i, j] for i, j in itertools.combinations(range(n), 2)]
+    return {
+        "mean_cosine": np.mean([_cosine(x[i], x[j]) for i, j in pairs]),
+        "centred_cosine": np.mean([_cosine(y[i], y[j]) for i, j in pairs]),
+        "effective_rank": np.exp(-np.sum(p * np.log(p))),
+        "cluster_count": len(set(labels)),
+        "energy": np.exp(-beta) * np.sum(np.exp(beta * gram)) / (2 * beta * n**2),
+        "mean_radius": np.mean(np.linalg.norm(x, axis=1)),
+        "cosine_histogram": np.histogram(upper, edges, density=True)[0],
+    }

@@ -2,17 +2,14 @@
 `cluster_count`, `direction_energy`, `cosine_histogram`, `hidden_state_statistics`): against
 direct NumPy computations, exact values, invariances, and under jit/vmap/grad."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.sparse.csgraph import connected_components
 
 import transformer_flows as tf
 
-from helpers import random_orthogonal
+from helpers import hidden_statistics_reference, random_orthogonal
 
 SCALARS = ("mean_cosine", "centred_cosine", "effective_rank", "cluster_count", "energy")
 # Jitted once per shape and shared by the tests (compilation dominates their time).
@@ -20,35 +17,6 @@ statistics = jax.jit(tf.hidden_state_statistics, static_argnames="bins")
 rank_of = jax.jit(tf.effective_rank, static_argnames="directions")
 histogram = jax.jit(tf.cosine_histogram, static_argnames="bins")
 cosines = jax.jit(lambda x: (tf.pairwise_cosine(x), tf.centred_cosine(x)))
-
-
-# --- NumPy restatements (loops over pairs, float64) ----------------------------------------
-
-
-def _cos(a, b):
-    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
-
-
-def reference(x, *, delta, beta, edges):
-    n = x.shape[0]
-    theta = x / np.linalg.norm(x, axis=1, keepdims=True)
-    y = x - x.mean(axis=0)
-    pairs = list(itertools.permutations(range(n), 2))
-    singular = np.linalg.svd(theta, compute_uv=False)
-    p = singular / singular.sum()
-    p = p[p > 0]
-    gram = theta @ theta.T
-    _, labels = connected_components(gram >= 1 - delta, directed=False)
-    upper = [gram[i, j] for i, j in itertools.combinations(range(n), 2)]
-    return {
-        "mean_cosine": np.mean([_cos(x[i], x[j]) for i, j in pairs]),
-        "centred_cosine": np.mean([_cos(y[i], y[j]) for i, j in pairs]),
-        "effective_rank": np.exp(-np.sum(p * np.log(p))),
-        "cluster_count": len(set(labels)),
-        "energy": np.exp(-beta) * np.sum(np.exp(beta * gram)) / (2 * beta * n**2),
-        "mean_radius": np.mean(np.linalg.norm(x, axis=1)),
-        "cosine_histogram": np.histogram(upper, edges, density=True)[0],
-    }
 
 
 def _tokens(seed, shape, offset=0.0, tight=True):
@@ -67,7 +35,7 @@ def test_statistics_equal_direct_numpy_computations():
     edges = np.linspace(-1, 1, 17)
     got = statistics(jnp.asarray(x), delta=1e-3, beta=2.0, bins=16)
     for b in range(x.shape[0]):
-        expected = reference(x[b], delta=1e-3, beta=2.0, edges=edges)
+        expected = hidden_statistics_reference(x[b], delta=1e-3, beta=2.0, edges=edges)
         for name, value in expected.items():
             np.testing.assert_allclose(got[name][b], value, rtol=1e-10, atol=1e-12, err_msg=name)
     assert got["cluster_count"].dtype.kind == "i"

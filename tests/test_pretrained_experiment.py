@@ -4,11 +4,21 @@ figures), and the message when the checkpoint is missing."""
 
 import re
 
+import numpy as np
 import pytest
+import xarray as xr
 
-from transformer_flows.experiment import ConfigError, config_from_dict, load_config
+import transformer_flows as tf
+from transformer_flows.cli import EXIT_MISSING_CHECKPOINT, main
+from transformer_flows.experiment import (
+    ConfigError,
+    StoreError,
+    config_from_dict,
+    load_config,
+    run_pretrained,
+)
 
-from helpers import PRETRAINED_CONFIGS
+from helpers import PRETRAINED_CONFIGS, hidden_statistics_reference
 
 FIG1 = next(path for path in PRETRAINED_CONFIGS if path.stem == "pretrained_albert_fig1")
 
@@ -66,3 +76,76 @@ def test_text_file_is_read_per_line_and_a_missing_one_is_named(tmp_path):
     missing = config_from_dict(_raw(texts=None, text_file=str(tmp_path / "none.txt")))
     with pytest.raises(ConfigError, match="`text_file`: cannot read .*none.txt"):
         missing.read_texts()
+
+
+# --- runs on a tiny random ALBERT (built offline by tests/pretrained_models.py) -------------
+
+
+@pytest.fixture(scope="module")
+def albert(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from pretrained_models import tiny_checkpoint
+
+    return tiny_checkpoint("albert", tmp_path_factory.mktemp("albert"))
+
+
+SMOKE = ["--smoke", "--no-progress", "flow.t_max=6.5", "flow.tail_num=2"]
+
+
+def test_missing_checkpoint_says_what_to_download(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(FIG1), "--out", str(out), "--no-progress"]) == EXIT_MISSING_CHECKPOINT
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "albert-xlarge-v2" in err and "checkpoints/albert-xlarge-v2" in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_run_equals_the_statistics_of_each_sources_states(albert, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(FIG1), "--out", str(out), *SMOKE, f"checkpoint={albert}"]) == 0
+    figures = [line.split("figure ")[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert sorted(p.rsplit("/", 1)[1] for p in figures) == [
+        "pretrained_histograms.png",
+        "pretrained_statistics.png",
+    ]
+    dataset = xr.open_dataset(out / "dataset.nc", engine="h5netcdf").load()
+    config = load_config(FIG1, [*SMOKE[2:], f"checkpoint={albert}"], smoke=True)
+    model = tf.pretrained.load_pretrained(albert)
+    assert dataset.attrs["family"] == "albert" and dataset.attrs["smoke"] == 1
+    assert list(dataset["source"].values) == ["model", "discrete_map", "flow"]
+    grid = dataset["layer"].values
+    np.testing.assert_array_equal(grid[:5], [0, 1, 2, 3, 4])  # smoke: 4 layers
+    np.testing.assert_allclose(grid[5:], [4 * (6.5 / 4) ** 0.5, 6.5])  # geometric tail
+    assert dataset.sizes == {"source": 3, "text": 2, "layer": 7, "bin": 20, "bin_edge": 21}
+    edges = np.linspace(-1, 1, 21)
+    for t, text in enumerate(config.read_texts()):
+        ids = np.asarray(model.tokenize(text))[:12]
+        assert dataset["num_tokens"][t] == len(ids) == 12
+        states = {
+            "model": model.hidden_states(ids, num_layers=4),
+            "discrete_map": model.discrete_map_states(ids, num_layers=4),
+            "flow": model.flow_states(ids, grid, num_layers=7),
+        }
+        for source, x in states.items():
+            got = dataset.sel(source=source, text=t)
+            for layer, state in enumerate(np.asarray(x, dtype=float)):
+                expected = hidden_statistics_reference(
+                    state, delta=config.delta, beta=config.beta, edges=edges
+                )
+                for name, value in expected.items():
+                    np.testing.assert_allclose(
+                        got[name][layer], value, rtol=1e-4, atol=1e-5, err_msg=f"{source} {name}"
+                    )
+            if source != "flow":  # no states at the flow's tail times
+                assert x.shape[0] == 5 and np.isnan(got["mean_cosine"][5:]).all()
+    # Rerunning resumes: nothing recomputed, the same dataset.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("chunks/*/*.nc")}
+    assert len(stamps) == 2
+    again = run_pretrained(config, out, progress=False, model=model)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("chunks/*/*.nc")} == stamps
+    xr.testing.assert_identical(again.drop_attrs(), dataset.drop_attrs())
+    # Another config in the same directory is refused before anything is computed.
+    changed = config.model_copy(update={"delta": 0.1})
+    with pytest.raises(StoreError, match="holds a run of a different config"):
+        run_pretrained(changed, out, progress=False, model=model)

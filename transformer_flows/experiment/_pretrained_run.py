@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
@@ -130,7 +131,8 @@ def _text_chunk(config, model, compute, text: str, depth: int, grid: np.ndarray)
     histogram = np.full((1, len(sources), len(grid), bins), np.nan)
     for s, source in enumerate(sources):
         states, where = source_states(model, source, token_ids, depth, grid)
-        values = jax.device_get(compute(states))
+        # The statistics in the config's precision (the CLI turns on x64 for float64).
+        values = jax.device_get(compute(jnp.asarray(states, dtype=config.precision)))
         for name in config.statistics:
             scalars[name][0, s, where] = np.asarray(values[name], dtype=float)
         histogram[0, s, where] = np.asarray(values[HISTOGRAM], dtype=float)
