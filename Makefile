@@ -19,7 +19,15 @@ demo: $(STAMP)
 
 # One worker per core, each test file in one worker: most test time is single-threaded XLA
 # compilation, so two workers on CI's two cores roughly halve the wall time.
-test: lint
+# The tests also need the `pretrained` extra (torch CPU and transformers: the reference for
+# tests/test_pretrained.py), installed once into the same venv.
+TEST_STAMP := $(VENV)/.installed-test
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,pretrained]'
+	touch $(TEST_STAMP)
+
+test: lint $(TEST_STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 # ruff (lint rules and formatting in pyproject.toml); .pre-commit-config.yaml runs the same.

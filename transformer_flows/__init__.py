@@ -4,6 +4,7 @@ import importlib.metadata
 
 from . import (
     experiment as experiment,  # noqa: E402  (after the names it builds on)
+    pretrained as pretrained,
     theory as theory,
 )
 from ._attention import (

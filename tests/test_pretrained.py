@@ -1,0 +1,187 @@
+"""Pretrained checkpoints: loading, our JAX forward against transformers (the reference), and
+the map onto our fields. Tiny random models built offline (tests/pretrained_models.py)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pretrained_models import (  # noqa: F401  (session fixtures)
+    FAMILIES,
+    TEXT,
+    WORDS,
+    exact_checkpoints,
+    reference_hidden_states,
+    tiny_checkpoint,
+    tiny_checkpoints,
+)
+
+from transformer_flows.pretrained import MissingCheckpointError, load_pretrained
+
+
+def relative_errors(ours, reference) -> np.ndarray:
+    """|ours_l - ref_l|_F / |ref_l|_F for each layer l."""
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return np.linalg.norm(ours - reference, axis=(1, 2)) / np.linalg.norm(reference, axis=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_checkpoints):
+    return {family: load_pretrained(path) for family, path in tiny_checkpoints.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_equal_transformers(family, tiny_checkpoints, models):
+    model = models[family]
+    ids = model.tokenize(TEXT)
+    ours = model.hidden_states(ids)
+    reference = reference_hidden_states(tiny_checkpoints[family], ids)
+    assert ours.shape == (model.num_layers + 1, ids.shape[0], model.d_model) == reference.shape
+    assert ours.dtype == jnp.float32
+    errors = relative_errors(ours, reference)
+    assert np.all(errors <= 1e-5), errors
+    # The states move: a forward that returned its input would not pass by accident.
+    assert relative_errors(ours[1:], reference[:-1]).min() > 0.1
+
+
+def test_attributes_and_tokens(models):
+    bert, albert, gpt2 = models["bert"], models["albert"], models["gpt2"]
+    assert (bert.family, bert.num_layers, bert.d_model, bert.num_heads, bert.causal) == (
+        "bert",
+        3,
+        32,
+        4,
+        False,
+    )
+    assert (albert.num_heads, albert.causal, gpt2.num_heads, gpt2.causal) == (2, False, 4, True)
+    words = TEXT.lower().split()
+    for model in (bert, albert):
+        ids = model.tokenize(TEXT)
+        assert ids.dtype == np.int32 and ids.shape == (len(words) + 2,)
+        assert (ids[0], ids[-1]) == (2, 3)  # [CLS] ... [SEP]
+    ids = gpt2.tokenize(TEXT)
+    assert ids.shape == (len(words),)  # GPT-2 adds no special tokens
+    assert ids[0] == 2 + WORDS.index("the") and ids[1] == 2 + WORDS.index("quick")
+
+
+def test_albert_runs_its_shared_layer_beyond_the_trained_depth(tiny_checkpoints, models):
+    """ALBERT's one shared layer applied 6 times equals transformers' ALBERT with
+    num_hidden_layers=6 and the same weights; the first 3 + 1 states are the trained model's."""
+    import transformers
+
+    model = models["albert"]
+    ids = model.tokenize(TEXT)
+    deep = model.hidden_states(ids, num_layers=6)
+    assert deep.shape == (7, ids.shape[0], 32)
+    np.testing.assert_allclose(deep[:4], model.hidden_states(ids), rtol=1e-5, atol=1e-5)
+    reference = transformers.AlbertModel.from_pretrained(
+        tiny_checkpoints["albert"], num_hidden_layers=6
+    ).eval()
+    import torch
+
+    with torch.no_grad():
+        output = reference(
+            input_ids=torch.as_tensor(ids[None].astype(np.int64)), output_hidden_states=True
+        )
+    expected = np.stack([h[0].numpy() for h in output.hidden_states])
+    assert np.all(relative_errors(deep, expected) <= 1e-5)
+
+
+def test_num_layers_and_final_norm(models):
+    bert, gpt2 = models["bert"], models["gpt2"]
+    ids = bert.tokenize(TEXT)
+    np.testing.assert_allclose(
+        bert.hidden_states(ids, num_layers=1), bert.hidden_states(ids)[:2], rtol=1e-5, atol=1e-5
+    )
+    assert bert.hidden_states(ids, num_layers=0).shape == (1, ids.shape[0], 32)
+    for model in (bert, gpt2):
+        with pytest.raises(ValueError, match="exceeds the trained depth 3"):
+            model.hidden_states(ids, num_layers=4)
+    with pytest.raises(ValueError, match="num_layers"):
+        bert.hidden_states(ids, num_layers=-1)
+    # GPT-2's last hidden state is ln_f of the residual stream (transformers' convention).
+    ids = gpt2.tokenize(TEXT)
+    stream = gpt2.hidden_states(ids, final_norm=False)
+    read_out = gpt2.hidden_states(ids)
+    np.testing.assert_allclose(stream[:-1], read_out[:-1], rtol=1e-5, atol=1e-5)
+    x = np.asarray(stream[-1], np.float64)
+    centred = x - x.mean(-1, keepdims=True)
+    expected = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-5)
+    expected = expected * np.asarray(gpt2.embeddings["final_g"]) + np.asarray(
+        gpt2.embeddings["final_b"]
+    )
+    np.testing.assert_allclose(read_out[-1], expected, rtol=1e-5, atol=1e-5)
+    # Layers before the last keep the stream when fewer layers are asked for.
+    np.testing.assert_allclose(
+        gpt2.hidden_states(ids, num_layers=2), stream[:3], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_token_ids_under_jit_and_vmap(models):
+    model = models["bert"]
+    ids = model.tokenize(TEXT)
+    eager = model.hidden_states(ids)
+    jitted = jax.jit(lambda i: model.hidden_states(i))(jnp.asarray(ids))
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
+    batch = jnp.stack([ids, ids[::-1]])
+    batched = jax.vmap(lambda i: model.hidden_states(i))(batch)
+    np.testing.assert_allclose(batched[0], eager, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 100\)"):
+        model.hidden_states(np.array([2, 100, 3]))
+    with pytest.raises(Exception, match=r"\[0, 100\)"):
+        jax.jit(lambda i: model.hidden_states(i))(jnp.array([2, -1, 3]))
+    with pytest.raises(ValueError, match="tokenize"):
+        model.hidden_states(TEXT)
+    with pytest.raises(ValueError, match="1-D"):
+        model.hidden_states(batch)
+    with pytest.raises(ValueError, match="64 position embeddings"):
+        model.hidden_states(np.full(65, 5))
+
+
+def test_missing_checkpoint_says_what_to_download(tmp_path, tiny_checkpoints):
+    missing = tmp_path / "albert-xlarge-v2"
+    with pytest.raises(MissingCheckpointError) as info:
+        load_pretrained(missing)
+    assert isinstance(info.value, FileNotFoundError)
+    message = str(info.value)
+    for part in ("albert/albert-xlarge-v2", "model.safetensors", "tokenizer.json", str(missing)):
+        assert part in message
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(MissingCheckpointError, match="lacks model.safetensors"):
+        load_pretrained(partial, hub_id="google-bert/bert-base-uncased")
+    with pytest.raises(MissingCheckpointError, match="google-bert/bert-base-uncased"):
+        load_pretrained(partial, hub_id="google-bert/bert-base-uncased")
+    (partial / "model.safetensors").write_bytes(
+        (tiny_checkpoints["bert"] / "model.safetensors").read_bytes()
+    )
+    (partial / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ValueError, match="model_type='t5'.*supported"):
+        load_pretrained(partial)
+
+
+def test_without_tokenizer_token_ids_still_work(tmp_path, tiny_checkpoints, models):
+    directory = tmp_path / "no_tokenizer"
+    directory.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (directory / name).write_bytes((tiny_checkpoints["gpt2"] / name).read_bytes())
+    model = load_pretrained(directory)
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        model.tokenize(TEXT)
+    ids = models["gpt2"].tokenize(TEXT)
+    np.testing.assert_array_equal(model.hidden_states(ids), models["gpt2"].hidden_states(ids))
+
+
+def test_the_library_never_imports_torch(tiny_checkpoints):
+    code = (
+        "import sys, transformer_flows as tf\n"
+        f"m = tf.pretrained.load_pretrained({str(tiny_checkpoints['albert'])!r})\n"
+        "m.hidden_states(m.tokenize('the cat')).block_until_ready()\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'transformers'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

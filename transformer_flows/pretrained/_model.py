@@ -1,0 +1,194 @@
+"""`PretrainedTransformer`: a loaded checkpoint, its JAX forward, and its map onto our fields."""
+
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from .._validation import is_concrete
+from . import _forward
+from ._checkpoint import DEFAULT_HUB_ID, convert, read_config, read_tensors, read_tokenizer
+
+
+class _Tokenizer:
+    """A `tokenizers.Tokenizer` held as a static field: hashed and compared by identity."""
+
+    def __init__(self, tokenizer, path: str):
+        self.tokenizer = tokenizer
+        self.path = path
+
+    def __repr__(self):
+        return f"Tokenizer({self.path!r})"
+
+
+class PretrainedTransformer(eqx.Module):
+    """A BERT, ALBERT or GPT-2 checkpoint as JAX arrays (`load_pretrained` builds it).
+
+    - `family`: "bert", "albert" or "gpt2"; `num_layers`: the trained depth L; `d_model`: the
+      hidden size D; `num_heads`: H; `causal`: whether attention is causal (GPT-2).
+    - `embeddings`, `layers`: the weights (layout in `transformer_flows.pretrained._checkpoint`;
+      `layers` has a leading axis over the stored layers: L, or ALBERT's groups).
+    - `hidden_states`: our forward of the real model; `layer_fields`, `discrete_map_states`,
+      `flow_states`: the map onto our fields (docs/pretrained.md).
+    """
+
+    embeddings: dict[str, Array]
+    layers: dict[str, Array]
+    family: str = eqx.field(static=True)
+    num_layers: int = eqx.field(static=True)
+    d_model: int = eqx.field(static=True)
+    num_heads: int = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+    # Static settings of the forward (activation name, ε, placement, groups, ...) as a tuple of
+    # pairs (hashable).
+    settings_items: tuple = eqx.field(static=True)
+    source: str = eqx.field(static=True, default="")
+    tokenizer: _Tokenizer | None = eqx.field(static=True, default=None)
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.settings_items)
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.embeddings["position"].shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embeddings["word"].shape[0])
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def extends_beyond_depth(self) -> bool:
+        """Whether layers past the trained depth are defined: ALBERT with one shared layer."""
+        return self.family == "albert" and self.settings["groups"] == 1
+
+    def tokenize(self, text: str) -> np.ndarray:
+        """Token ids (int32) of `text`, with the special tokens the model's tokenizer adds
+        (BERT/ALBERT: [CLS] ... [SEP]; GPT-2: none)."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"The checkpoint {self.source!r} has no tokenizer.json, so text cannot be "
+                "tokenized; pass token ids to `hidden_states` instead, or put the model's "
+                "tokenizer.json into the checkpoint directory (from the hub, or "
+                "`transformers.AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`)."
+            )
+        if not isinstance(text, str):
+            raise ValueError(f"`text` must be a string, got {type(text).__name__}.")
+        ids = np.asarray(self.tokenizer.tokenizer.encode(text).ids, dtype=np.int32)
+        if ids.size == 0:
+            raise ValueError(f"`text` {text!r} gives no tokens; pass a non-empty text.")
+        if ids.max() >= self.vocab_size:
+            raise ValueError(
+                f"The tokenizer gives id {ids.max()} but the model has {self.vocab_size} "
+                "embeddings: tokenizer.json does not belong to these weights."
+            )
+        return ids
+
+    def check_num_layers(self, num_layers) -> int:
+        """`num_layers` (None: the trained depth) as an int; beyond the trained depth only for
+        ALBERT's shared layer."""
+        if num_layers is None:
+            return self.num_layers
+        if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)):
+            raise ValueError(f"`num_layers` must be an integer >= 0, got {num_layers!r}.")
+        if num_layers < 0:
+            raise ValueError(f"`num_layers` must be an integer >= 0, got {num_layers}.")
+        if num_layers > self.num_layers and not self.extends_beyond_depth:
+            detail = (
+                f"ALBERT with {self.settings['groups']} layer groups"
+                if self.family == "albert"
+                else f"{self.family} has different weights per layer"
+            )
+            raise ValueError(
+                f"`num_layers`={num_layers} exceeds the trained depth {self.num_layers} and "
+                f"{detail}, so later layers do not exist; pass num_layers <= "
+                f"{self.num_layers}. (ALBERT with one shared layer can be run deeper.)"
+            )
+        return int(num_layers)
+
+    def check_token_ids(self, token_ids) -> Int[Array, " n"]:
+        """A 1-D integer array of ids in [0, vocab) of at most `max_positions` tokens (a
+        ValueError now for concrete ids; an `eqx.error_if` under jit)."""
+        if isinstance(token_ids, str):
+            raise ValueError(
+                "`token_ids` must be token ids, got a string; use `model.tokenize(text)`."
+            )
+        ids = jnp.asarray(token_ids)
+        if ids.ndim != 1 or ids.shape[0] == 0:
+            raise ValueError(
+                f"`token_ids` must be a non-empty 1-D array of token ids (one sequence), got "
+                f"shape {ids.shape}; for several texts call once per text (or jax.vmap)."
+            )
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"`token_ids` must be integers, got dtype {ids.dtype}.")
+        if ids.shape[0] > self.max_positions:
+            raise ValueError(
+                f"`token_ids` has {ids.shape[0]} tokens but the model has "
+                f"{self.max_positions} position embeddings; pass at most {self.max_positions}."
+            )
+        message = f"`token_ids` must lie in [0, {self.vocab_size}), the model's vocabulary."
+        if is_concrete(ids):
+            values = np.asarray(ids)
+            if values.min() < 0 or values.max() >= self.vocab_size:
+                raise ValueError(f"{message} Got ids from {values.min()} to {values.max()}.")
+            return ids
+        bad = jnp.any((ids < 0) | (ids >= self.vocab_size))
+        return eqx.error_if(ids, bad, message)
+
+    def hidden_states(
+        self, token_ids, *, num_layers: int | None = None, final_norm: bool = True
+    ) -> Float[Array, "layers_plus_1 n D"]:
+        """The real model's hidden states by our JAX forward: the embeddings output at index 0,
+        then each layer's output, as transformers' `output_hidden_states` (eval mode).
+
+        `num_layers`: how many layers (default the trained depth L); more than L only for
+        ALBERT's shared layer (applied again). `final_norm`: GPT-2's last hidden state (at the
+        trained depth) is passed through its final LayerNorm ln_f, as transformers does;
+        False gives the residual stream there too. No effect for BERT/ALBERT.
+        """
+        ids = self.check_token_ids(token_ids)
+        num_layers = self.check_num_layers(num_layers)
+        return _hidden_states(self, ids, num_layers, bool(final_norm))
+
+
+@eqx.filter_jit
+def _hidden_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
+    settings = model.settings | {"d_model": model.d_model}
+    if num_layers == 0:
+        return _forward.embed(model.embeddings, ids, settings)[None]
+    return _forward.hidden_states(
+        model.embeddings, model.layers, settings, ids, num_layers, final_norm
+    )
+
+
+def load_pretrained(directory, *, hub_id: str = DEFAULT_HUB_ID) -> PretrainedTransformer:
+    """Load a Hugging Face-style checkpoint directory: config.json, model.safetensors (read
+    with `safetensors.numpy`) and, optionally, tokenizer.json (`tokenizers`). No torch.
+
+    Families: BERT, ALBERT (shared layers, factorised embedding), GPT-2. A missing directory or
+    file raises `MissingCheckpointError` naming what to download (`hub_id`, default GLPR's
+    ALBERT-xlarge-v2) and where to put it; an unsupported model type a ValueError.
+    """
+    directory = Path(directory).expanduser()
+    config = read_config(directory, hub_id)
+    converted = convert(config, read_tensors(directory), directory)
+    settings = converted["settings"]
+    tokenizer = read_tokenizer(directory)
+    return PretrainedTransformer(
+        embeddings={k: jnp.asarray(v) for k, v in converted["embeddings"].items()},
+        layers={k: jnp.asarray(v) for k, v in converted["layers"].items()},
+        family=config["model_type"],
+        num_layers=settings["num_layers"],
+        d_model=int(converted["layers"]["wo"].shape[2]),
+        num_heads=settings["num_heads"],
+        causal=settings["causal"],
+        settings_items=tuple(sorted(settings.items())),
+        source=str(directory),
+        tokenizer=None if tokenizer is None else _Tokenizer(tokenizer, str(directory)),
+    )
