@@ -118,3 +118,28 @@ def hidden_statistics_reference(x, *, delta, beta, edges):
         "mean_radius": np.mean(np.linalg.norm(x, axis=1)),
         "cosine_histogram": np.histogram(upper, edges, density=True)[0],
     }
+
+
+class RandomStatesModel:
+    """A stand-in for `tf.pretrained.PretrainedTransformer` with random states (no checkpoint, no
+    torch): for tests of the `pretrained` experiment's bookkeeping and figures. Token ids are the
+    word indices; each source's states are random Gaussians (layers + 1 or len(times), n, d),
+    drawn from a seed that depends on the source, n and the layer count."""
+
+    family, num_layers, d_model, num_heads, causal = "albert", 2, 8, 2, False
+
+    def tokenize(self, text):
+        return np.arange(len(text.split()))
+
+    def _states(self, source, token_ids, count):
+        rng = np.random.default_rng([source, len(token_ids), count])
+        return rng.standard_normal((count, len(token_ids), self.d_model)).astype(np.float32)
+
+    def hidden_states(self, token_ids, *, num_layers=None):
+        return self._states(0, token_ids, (num_layers or self.num_layers) + 1)
+
+    def discrete_map_states(self, token_ids, *, num_layers=None):
+        return self._states(1, token_ids, (num_layers or self.num_layers) + 1)
+
+    def flow_states(self, token_ids, times, *, num_layers=None, solver=None):
+        return self._states(2, token_ids, len(times))

@@ -18,7 +18,7 @@ from transformer_flows.experiment import (
     run_pretrained,
 )
 
-from helpers import PRETRAINED_CONFIGS, hidden_statistics_reference
+from helpers import PRETRAINED_CONFIGS, RandomStatesModel, hidden_statistics_reference
 
 FIG1 = next(path for path in PRETRAINED_CONFIGS if path.stem == "pretrained_albert_fig1")
 
@@ -149,3 +149,23 @@ def test_run_equals_the_statistics_of_each_sources_states(albert, tmp_path, caps
     changed = config.model_copy(update={"delta": 0.1})
     with pytest.raises(StoreError, match="holds a run of a different config"):
         run_pretrained(changed, out, progress=False, model=model)
+
+
+class BertLike(RandomStatesModel):
+    family, num_layers = "bert", 3
+
+
+@pytest.mark.parametrize(
+    "changes, model, message",
+    [
+        ({"layers": 4}, BertLike(), "`layers`: got 4; this bert checkpoint has 3 layers"),
+        ({"flow": {"t_max": 9.0}}, BertLike(), "`flow.t_max`: .*repeats a shared layer"),
+        ({"flow": {"t_max": 2.0}}, RandomStatesModel(), "`flow.t_max`: got 2.0.*depth 2"),
+        ({"plot": {"histogram_layers": [9]}}, BertLike(), "`plot.histogram_layers`: layer 9"),
+        ({"texts": ["word"]}, RandomStatesModel(), "`texts`: 'word' has 1 token"),
+    ],
+)
+def test_checks_that_need_the_model_come_before_any_output(tmp_path, changes, model, message):
+    with pytest.raises(ConfigError, match=re.compile(message, re.S)):
+        run_pretrained(config_from_dict(_raw(**changes)), tmp_path / "run", model=model)
+    assert not (tmp_path / "run").exists()

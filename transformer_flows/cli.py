@@ -121,7 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"transformer-flows {args.command}: {failures}", file=sys.stderr)
         return EXIT_FAILED_SOLVES
     except FileNotFoundError as missing:
-        if type(missing).__name__ != "MissingCheckpointError":
+        from .pretrained import MissingCheckpointError
+
+        if not isinstance(missing, MissingCheckpointError):
             raise
         print(f"transformer-flows {args.command}: {missing}", file=sys.stderr)
         return EXIT_MISSING_CHECKPOINT

@@ -6,6 +6,7 @@ the text and the checkpoint files' sha256), so an interrupted run resumes and a 
 checkpoint is recomputed; the assembled dataset has dims (source, text, layer[, bin]).
 """
 
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -83,11 +84,16 @@ def _checked_depth(config: PretrainedConfig, model) -> int:
 
 def statistics_function(config: PretrainedConfig):
     """states (K, n, D) ↦ {statistic: (K,), "cosine_histogram": (K, bins)}, jitted (one
-    compilation per token count). Non-radial observables see the directions θ_i = x_i/|x_i|,
-    as in sweeps."""
-    context = ObservableContext(config.beta, config.delta, 1)
-    names = tuple(config.statistics)
-    bins = config.histogram.bins
+    compilation per shape, kept across runs). Non-radial observables see the directions
+    θ_i = x_i/|x_i|, as in sweeps."""
+    return _statistics_function(
+        tuple(config.statistics), config.beta, config.delta, config.histogram.bins
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _statistics_function(names: tuple[str, ...], beta: float, delta: float, bins: int):
+    context = ObservableContext(beta, delta, 1)
 
     @jax.jit
     def compute(states):
@@ -116,15 +122,20 @@ def source_states(model, source: str, token_ids, depth: int, grid: np.ndarray):
     return states, np.arange(len(grid))
 
 
-def _text_chunk(config, model, compute, text: str, depth: int, grid: np.ndarray) -> xr.Dataset:
-    token_ids = np.asarray(model.tokenize(text))
+def token_ids(config: PretrainedConfig, model, text: str) -> np.ndarray:
+    """The model's token ids of `text` (the first `max_tokens`), at least two."""
+    ids = np.asarray(model.tokenize(text))
     if config.max_tokens is not None:
-        token_ids = token_ids[: config.max_tokens]
-    if token_ids.shape[0] < 2:
+        ids = ids[: config.max_tokens]
+    if ids.shape[0] < 2:
         raise ConfigError(
-            f"config key `texts`: {text!r} has {token_ids.shape[0]} token(s); the statistics "
+            f"config key `texts`: {text!r} has {ids.shape[0]} token(s); the statistics "
             "compare pairs of tokens. Fix: a longer text."
         )
+    return ids
+
+
+def _text_chunk(config, model, compute, token_ids, depth: int, grid: np.ndarray) -> xr.Dataset:
     sources = list(config.compare)
     bins = config.histogram.bins
     scalars = {name: np.full((1, len(sources), len(grid)), np.nan) for name in config.statistics}
@@ -170,6 +181,7 @@ def run_pretrained(
         model = load_pretrained(config.checkpoint)
     depth = _checked_depth(config, model)
     grid = depth_grid(config, depth)
+    ids = [token_ids(config, model, text) for text in texts]
     identity = checkpoint_digest(config.checkpoint)
     numerics = config.numerics()
     commit = git_commit()
@@ -189,7 +201,7 @@ def run_pretrained(
             piece = run.read_chunk(name, key, 1)
             if piece is None:
                 started = time.perf_counter()
-                piece = _text_chunk(config, model, compute, text, depth, grid)
+                piece = _text_chunk(config, model, compute, ids[index], depth, grid)
                 piece.attrs["compute_seconds"] = time.perf_counter() - started
                 run.write_chunk(name, piece, key)
             seconds += float(piece.attrs.get("compute_seconds", 0.0))
