@@ -141,5 +141,5 @@ class RandomStatesModel:
     def discrete_map_states(self, token_ids, *, num_layers=None):
         return self._states(1, token_ids, (num_layers or self.num_layers) + 1)
 
-    def flow_states(self, token_ids, times, *, num_layers=None, solver=None):
+    def flow_states(self, token_ids, times, *, num_layers=None, solver=None, **solve_options):
         return self._states(2, token_ids, len(times))

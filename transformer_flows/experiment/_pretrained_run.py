@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .._hidden_statistics import cosine_histogram
 from .._sphere import normalize
+from ._build import solver_of
 from ._registry import OBSERVABLES, ObservableContext
 from ._schema import ConfigError, PretrainedConfig
 from ._store import RunDirectory, chunk_path, fingerprint
@@ -110,15 +111,25 @@ def _statistics_function(names: tuple[str, ...], beta: float, delta: float, bins
     return compute
 
 
-def source_states(model, source: str, token_ids, depth: int, grid: np.ndarray):
+def source_states(model, source: str, token_ids, depth: int, grid: np.ndarray, solver_config):
     """The states of one source at the layers it has: (states (K, n, D), their indices into
-    `grid`)."""
+    `grid`); the flow is integrated as `solver_config` (a `SolverConfig`) says."""
     if source == "model":
         return model.hidden_states(token_ids, num_layers=depth), np.arange(depth + 1)
     if source == "discrete_map":
         return model.discrete_map_states(token_ids, num_layers=depth), np.arange(depth + 1)
     flow_layers = max(depth, int(np.ceil(grid[-1])))
-    states = model.flow_states(token_ids, np.asarray(grid), num_layers=flow_layers)
+    solver, dt0 = solver_of(solver_config)
+    states = model.flow_states(
+        token_ids,
+        np.asarray(grid),
+        num_layers=flow_layers,
+        solver=solver,
+        dt0=dt0,
+        rtol=solver_config.rtol,
+        atol=solver_config.atol,
+        max_steps=solver_config.max_steps,
+    )
     return states, np.arange(len(grid))
 
 
@@ -141,7 +152,7 @@ def _text_chunk(config, model, compute, token_ids, depth: int, grid: np.ndarray)
     scalars = {name: np.full((1, len(sources), len(grid)), np.nan) for name in config.statistics}
     histogram = np.full((1, len(sources), len(grid), bins), np.nan)
     for s, source in enumerate(sources):
-        states, where = source_states(model, source, token_ids, depth, grid)
+        states, where = source_states(model, source, token_ids, depth, grid, config.flow.solver)
         # The statistics in the config's precision (the CLI turns on x64 for float64).
         values = jax.device_get(compute(jnp.asarray(states, dtype=config.precision)))
         for name in config.statistics:

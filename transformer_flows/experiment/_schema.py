@@ -865,6 +865,10 @@ class PretrainedFlowSection(_Section):
         None, description="flow further to this time (ALBERT, shared layer); null: no tail"
     )
     tail_num: PositiveInteger = Field(16, description="save times of the tail")
+    solver: SolverConfig = Field(
+        SolverConfig(rtol=1e-5, atol=1e-5),
+        description="how the flow is integrated (tf.solve); float32 states: tolerances >= 1e-6",
+    )
 
 
 class PretrainedHistogramSection(_Section):
