@@ -19,6 +19,7 @@ from pretrained_models import (  # noqa: F401  (session fixtures)
     tiny_checkpoints,
 )
 
+import transformer_flows as tf
 from transformer_flows.pretrained import MissingCheckpointError, load_pretrained
 
 
@@ -185,3 +186,116 @@ def test_the_library_never_imports_torch(tiny_checkpoints):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --- The map onto our fields ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_discrete_map_equals_the_real_layers_where_the_map_is_exact(
+    family, exact_checkpoints, tiny_checkpoints, models
+):
+    """On weights with LayerNorm γ = 1, β = 0, ε = 1e-12, no query/value/output biases and
+    outputs centred (random key and feed-forward inner biases kept: both exact), each real
+    layer is our field's residual layer with h = 1: LN(z) = √D z/|z| for centred z, the
+    scores <W_Q x, W_K x>/√k = β<Q θ, K θ> with Q = √D W_Q, K = √D W_K, β = 1/√k, and
+    Σ_h W_O^h W_V^h = Σ_h V_h. Checked against transformers itself."""
+    exact = load_pretrained(exact_checkpoints[family])
+    ids = exact.tokenize(TEXT)
+    reference = reference_hidden_states(exact_checkpoints[family], ids)
+    errors = relative_errors(exact.discrete_map_states(ids), reference)
+    assert np.all(errors <= 1e-5), errors
+    # On the tiny random model as loaded, the dropped pieces make a real gap.
+    loaded = models[family]
+    gap = relative_errors(loaded.discrete_map_states(ids), loaded.hidden_states(ids))
+    assert gap[1:].min() > 0.1, gap
+
+
+def test_library_idealization_and_exact_pieces(models):
+    """`idealized` removes exactly the approximations: the map then equals the real forward;
+    switching on the key bias or the feed-forward inner bias keeps it exact (softmax is
+    invariant to a per-query constant; FeedForward carries b1), the query bias does not."""
+    model = models["albert"]
+    ids = model.tokenize(TEXT)
+
+    def gap(variant):
+        real = variant.hidden_states(ids, num_layers=5)
+        return relative_errors(variant.discrete_map_states(ids, num_layers=5), real)
+
+    assert gap(tf.pretrained.idealized(model)).max() <= 1e-5
+    for exact in ("key_bias", "feed_forward_inner_bias"):
+        assert gap(tf.pretrained.idealized(model, keep=(exact,))).max() <= 1e-5, exact
+    assert gap(tf.pretrained.idealized(model, keep=("query_bias",)))[1:].min() > 1e-3
+    with pytest.raises(ValueError, match="unknown approximations"):
+        tf.pretrained.idealized(model, keep=("dropout",))
+
+
+def test_layer_fields_carry_the_weights(models):
+    bert, albert, gpt2 = models["bert"], models["albert"], models["gpt2"]
+    field = bert.layer_fields()
+    assert isinstance(field, tf.TransformerBlock)
+    attention, feed_forward = field.attention, field.feed_forward
+    assert isinstance(attention, tf.SelfAttention) and not attention.causal
+    assert attention.Q.shape == (3, 4, 8, 32) and attention.V.shape == (3, 4, 32, 32)
+    assert attention.layer_duration == feed_forward.layer_duration == 1.0
+    np.testing.assert_allclose(attention.beta, 1 / np.sqrt(8), rtol=1e-7)
+    # V_h = W_O^h W_V^h has rank <= k = 8 (the folding), Q_h = √D W_Q^h.
+    assert np.linalg.matrix_rank(np.asarray(attention.V[1, 2], np.float64), tol=1e-4) == 8
+    np.testing.assert_allclose(
+        attention.Q[2], np.sqrt(32) * np.asarray(bert.layers["wq"][2]), rtol=1e-6
+    )
+    assert bert.layer_fields(num_layers=2).attention.Q.shape[0] == 2
+    shared = albert.layer_fields(num_layers=48)
+    assert shared.attention.layer_duration is None and shared.attention.Q.shape == (2, 16, 32)
+    block = gpt2.layer_fields()
+    assert isinstance(block, tf.pretrained.SequentialBlock)
+    assert all(isinstance(part, tf.PreLN) for part in block.parts)
+    assert block.parts[0].field.causal
+    with pytest.raises(ValueError, match="exceeds the trained depth"):
+        gpt2.layer_fields(num_layers=4)
+
+
+@pytest.mark.parametrize("family", ["albert", "gpt2"])
+def test_flow_is_the_limit_of_layers_of_step_h(family, models):
+    """`flow_states` solves the fields' ODE: the residual layers of step h (ResidualLayers,
+    the same weights) are the discrete map at h = 1 and converge to the flow at first order
+    as h → 0 (the error halves with h). ALBERT: Post-LN on the sphere, one shared layer for
+    all t (run to t = 48); GPT-2: Pre-LN in R^D, per-layer weights, causal."""
+    model = models[family]
+    ids = model.tokenize(TEXT)
+    times = np.arange(4.0)
+    options = {"final_norm": False, "rtol": 1e-7, "atol": 1e-7}
+    flow = model.flow_states(ids, times, **options)
+    field = model.layer_fields()
+    start = np.asarray(model.discrete_map_states(ids, num_layers=0)[0])
+    scale = 1.0
+    if family == "albert":  # sphere states: the real ones divided by √D
+        scale = np.linalg.norm(start, axis=-1, keepdims=True)
+        start = start / scale
+
+    def layers(h):
+        step = jnp.float32(h)  # traced: one compilation for every h
+        xs = tf.solve(field, start, times.astype(np.float32), solver=tf.ResidualLayers(), dt0=step)
+        return np.asarray(xs.xs) * (np.sqrt(32) if family == "albert" else 1.0)
+
+    mapped = model.discrete_map_states(ids, final_norm=False)
+    np.testing.assert_allclose(layers(1.0), mapped, rtol=2e-5, atol=2e-5)
+    coarse = relative_errors(layers(1 / 8), flow)[1:]
+    fine = relative_errors(layers(1 / 16), flow)[1:]
+    assert np.all((fine / coarse > 0.4) & (fine / coarse < 0.6)), (coarse, fine)
+    if family == "albert":  # the shared layer to t = 48; the solve always starts at t = 0
+        far = model.flow_states(ids, np.array([0.0, 1.0, 2.0, 48.0]), **options)
+        later = model.flow_states(ids, np.array([1.0, 2.0, 48.0]), **options)
+        np.testing.assert_allclose(far[:3], flow[:3], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(later, far[1:], rtol=1e-5, atol=1e-5)
+        norms = np.linalg.norm(np.asarray(far), axis=-1)
+        np.testing.assert_allclose(norms, np.sqrt(32), rtol=1e-5)  # Post-LN: |x| = √D
+
+
+def test_flow_times_are_checked(models):
+    bert = models["bert"]
+    ids = bert.tokenize(TEXT)
+    with pytest.raises(ValueError, match="times <= 3"):
+        bert.flow_states(ids, np.array([0.0, 4.0]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        bert.flow_states(ids, np.array([1.0, 1.0]))

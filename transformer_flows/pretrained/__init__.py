@@ -2,12 +2,22 @@
 run by our JAX forward and mapped onto the library's fields (docs/pretrained.md). No torch: the
 weights are read with `safetensors`, the text with `tokenizers`."""
 
+from ._approximations import (
+    APPROXIMATIONS as APPROXIMATIONS,
+    EXACT as EXACT,
+    applicable as applicable,
+    approximation_errors as approximation_errors,
+    idealized as idealized,
+    relative_errors as relative_errors,
+    three_way_errors as three_way_errors,
+)
 from ._checkpoint import (
     DEFAULT_HUB_ID as DEFAULT_HUB_ID,
     FAMILIES as FAMILIES,
     MissingCheckpointError as MissingCheckpointError,
     download_hint as download_hint,
 )
+from ._fields import SequentialBlock as SequentialBlock
 from ._model import (
     PretrainedTransformer as PretrainedTransformer,
     load_pretrained as load_pretrained,

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._validation import is_concrete
-from . import _forward
+from . import _fields, _forward
 from ._checkpoint import DEFAULT_HUB_ID, convert, read_config, read_tensors, read_tokenizer
 
 
@@ -156,6 +156,87 @@ class PretrainedTransformer(eqx.Module):
         num_layers = self.check_num_layers(num_layers)
         return _hidden_states(self, ids, num_layers, bool(final_norm))
 
+    def layer_fields(self, *, num_layers: int | None = None):
+        """Our fields with the checkpoint's weights: `TransformerBlock(SelfAttention(...),
+        FeedForward(...))` (Post-LN: BERT, ALBERT) or `SequentialBlock((PreLN(SelfAttention(
+        ..., causal=True)), PreLN(FeedForward(...))))` (Pre-LN: GPT-2), heads with β = 1/√k,
+        the output projection folded into V, layer l acting on [l, l+1) (`layer_duration=1`),
+        ALBERT's shared layer constant in time. Sphere states are the real states divided by
+        √D (docs/pretrained.md, "The mapping")."""
+        return _fields.layer_fields(self, self.check_num_layers(num_layers))
+
+    def discrete_map_states(
+        self, token_ids, *, num_layers: int | None = None, final_norm: bool = True
+    ) -> Float[Array, "layers_plus_1 n D"]:
+        """The discrete layer map of `layer_fields`: from the real embeddings output (its
+        direction for Post-LN), each layer the field's `residual_layer` with h = 1; in the
+        units of `hidden_states` (Post-LN states times √D). `final_norm`: GPT-2's ln_f as the
+        map models it (√D·x/|x|) at the trained depth, as `hidden_states` does."""
+        ids = self.check_token_ids(token_ids)
+        num_layers = self.check_num_layers(num_layers)
+        return _discrete_map_states(self, ids, num_layers, bool(final_norm))
+
+    def flow_states(
+        self,
+        token_ids,
+        times,
+        *,
+        num_layers: int | None = None,
+        solver=None,
+        final_norm: bool = True,
+        **solve_options,
+    ) -> Float[Array, "times n D"]:
+        """The continuous flow of `layer_fields` (`tf.solve`, per-layer weights piecewise
+        constant: layer l on [l, l+1); ALBERT's shared layer for all t) from the real
+        embeddings, saved at `times` (>= 0, increasing; the solve starts at t = 0), in the
+        units of `hidden_states`. Up to the trained depth, except for ALBERT's shared layer.
+
+        `solver`: a diffrax solver for `tf.solve` (default its `Renormalized(Tsit5())`);
+        `solve_options`: more keywords for `tf.solve` (rtol, atol, max_steps, ...).
+        `final_norm`: GPT-2's states at t = L pass through the map's ln_f (√D·x/|x|).
+        """
+        from .._solve import solve
+
+        ids = self.check_token_ids(token_ids)
+        times, prepend = self._check_times(times, num_layers)
+        depth = self.check_num_layers(
+            num_layers if num_layers is not None or not self.extends_beyond_depth else None
+        )
+        field = self.layer_fields(num_layers=depth)
+        x0 = _fields.start(self, _embeddings(self, ids))
+        ts = jnp.asarray(times, dtype=x0.dtype)
+        if prepend:
+            ts = jnp.concatenate([jnp.zeros(1, dtype=x0.dtype), ts])
+        states = solve(field, x0, ts, solver=solver, **solve_options).xs
+        states = _fields.to_model_units(self, states[1:] if prepend else states)
+        if final_norm and "final_g" in self.embeddings and depth == self.num_layers:
+            at_end = (ts[1:] if prepend else ts) == depth
+            read_out = _fields.mapped_final_norm(self, states)
+            states = jnp.where(at_end[:, None, None], read_out, states)
+        return states
+
+    def _check_times(self, times, num_layers) -> tuple[Array, bool]:
+        times = jnp.asarray(times)
+        if times.ndim != 1 or times.shape[0] == 0:
+            raise ValueError(
+                f"`times` must be a non-empty 1-D array of times (layer l acts on [l, l+1)), "
+                f"got shape {times.shape}; e.g. jnp.arange({self.num_layers} + 1.0)."
+            )
+        if not is_concrete(times):
+            return times, False  # traced: the solve starts at times[0]
+        values = np.asarray(times, dtype=np.float64)
+        if values[0] < 0 or np.any(np.diff(values) <= 0):
+            raise ValueError(
+                f"`times` must be >= 0 and strictly increasing, got {values.tolist()[:8]}."
+            )
+        limit = self.num_layers if num_layers is None else num_layers
+        if values[-1] > limit and not self.extends_beyond_depth:
+            raise ValueError(
+                f"`times` reach t = {values[-1]} but the model has {limit} layers (layer l acts "
+                f"on [l, l+1)); pass times <= {limit}. Only ALBERT's shared layer runs longer."
+            )
+        return times, bool(values[0] > 0)
+
 
 @eqx.filter_jit
 def _hidden_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
@@ -165,6 +246,15 @@ def _hidden_states(model: PretrainedTransformer, ids, num_layers: int, final_nor
     return _forward.hidden_states(
         model.embeddings, model.layers, settings, ids, num_layers, final_norm
     )
+
+
+@eqx.filter_jit
+def _discrete_map_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
+    return _fields.discrete_map(model, _embeddings(model, ids), num_layers, final_norm)
+
+
+def _embeddings(model: PretrainedTransformer, ids) -> Array:
+    return _forward.embed(model.embeddings, ids, model.settings)
 
 
 def load_pretrained(directory, *, hub_id: str = DEFAULT_HUB_ID) -> PretrainedTransformer:
