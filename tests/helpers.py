@@ -114,6 +114,7 @@ def hidden_statistics_reference(x, *, delta, beta, edges):
         "centred_cosine": np.mean([_cosine(y[i], y[j]) for i, j in pairs]),
         "effective_rank": np.exp(-np.sum(p * np.log(p))),
         "cluster_count": len(set(labels)),
+        "clustered_fraction": np.mean([gram[i, j] >= 1 - delta for i, j in pairs]),
         "energy": np.exp(-beta) * np.sum(np.exp(beta * gram)) / (2 * beta * n**2),
         "mean_radius": np.mean(np.linalg.norm(x, axis=1)),
         "cosine_histogram": np.histogram(upper, edges, density=True)[0],

@@ -18,6 +18,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from ._energy import energy
 from ._observables import (
     _bin_edges,
+    clustered_fraction,
     count_clusters,
     inner_product_histogram,
     mean_cosine,
@@ -145,15 +146,18 @@ def hidden_state_statistics(
     bins: int | Float[ArrayLike, " edges"] = 40,
 ) -> dict[str, Array]:
     """Every hidden-state statistic of `x` (n, d) or (..., n, d), each of the batch shape:
-    `mean_cosine`, `centred_cosine`, `effective_rank` (of directions), `cluster_count`
-    (threshold `delta`), `energy` (e^{−β} E_β of the directions), `mean_radius` (mean |x_i|)
-    and `cosine_histogram` (`bins` more on the last axis). E.g. on a model's hidden states
-    (layers + 1, n, D), one value per layer."""
+    `mean_cosine`, `centred_cosine`, `effective_rank` (of directions), `cluster_count` and
+    `clustered_fraction` (threshold `delta`), `energy` (e^{−β} E_β of the directions),
+    `mean_radius` (mean |x_i|) and `cosine_histogram` (`bins` more on the last axis). E.g.
+    on a model's hidden states (layers + 1, n, D), one value per layer."""
     return {
         "mean_cosine": pairwise_cosine(x),
         "centred_cosine": centred_cosine(x),
         "effective_rank": effective_rank(x),
         "cluster_count": cluster_count(x, delta),
+        "clustered_fraction": _per_configuration(
+            lambda y: clustered_fraction(normalize(y), delta), x
+        ),
         "energy": direction_energy(x, beta),
         "mean_radius": _per_configuration(mean_radius, x),
         "cosine_histogram": cosine_histogram(x, bins),

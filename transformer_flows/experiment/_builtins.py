@@ -1,6 +1,7 @@
 """The built-in entries of every registry, registered through the same calls a user makes."""
 
 import functools
+import importlib
 from typing import Any
 
 import diffrax
@@ -274,11 +275,10 @@ OBSERVABLES.register(
 
 
 # --- figures (drawn by `_plot`, imported only when a figure is drawn) ----------------------
-def _lazy(name: str):
+def _lazy(name: str, module: str = "_plot"):
     def draw(dataset, config, out):
-        from . import _plot
-
-        return getattr(_plot, name)(dataset, config, out)
+        plots = importlib.import_module(f".{module}", __package__)
+        return getattr(plots, name)(dataset, config, out)
 
     draw.__name__ = name
     return draw
@@ -310,21 +310,11 @@ FIGURES.register(
 )
 
 
-# Pretrained-model runs (`experiment: pretrained`, drawn by `_pretrained_plot`).
-def _lazy_pretrained(name: str):
-    def draw(dataset, config, out):
-        from . import _pretrained_plot
-
-        return getattr(_pretrained_plot, name)(dataset, config, out)
-
-    draw.__name__ = name
-    return draw
-
-
+# Pretrained-model runs (`experiment: pretrained`), drawn by `_pretrained_plot`.
 FIGURES.register(
     "pretrained_statistics",
     FigureEntry(
-        _lazy_pretrained("pretrained_statistics"),
+        _lazy("pretrained_statistics", "_pretrained_plot"),
         "pretrained",
         description="hidden-state statistics per layer: model, discrete map, flow overlaid",
     ),
@@ -332,7 +322,7 @@ FIGURES.register(
 FIGURES.register(
     "pretrained_histograms",
     FigureEntry(
-        _lazy_pretrained("pretrained_histograms"),
+        _lazy("pretrained_histograms", "_pretrained_plot"),
         "pretrained",
         description="histograms of <x_i, x_j> at selected layers (GLPR Fig. 1)",
     ),

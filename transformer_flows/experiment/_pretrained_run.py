@@ -133,7 +133,7 @@ def source_states(model, source: str, token_ids, depth: int, grid: np.ndarray, s
     return states, np.arange(len(grid))
 
 
-def token_ids(config: PretrainedConfig, model, text: str) -> np.ndarray:
+def text_token_ids(config: PretrainedConfig, model, text: str) -> np.ndarray:
     """The model's token ids of `text` (the first `max_tokens`), at least two."""
     ids = np.asarray(model.tokenize(text))
     if config.max_tokens is not None:
@@ -169,7 +169,7 @@ def _text_chunk(config, model, compute, token_ids, depth: int, grid: np.ndarray)
             scalars[name][0, s, where] = np.asarray(values[name][part], dtype=float)
         histogram[0, s, where] = np.asarray(values[HISTOGRAM][part], dtype=float)
     dims = ("combo", "source", "layer")
-    variables = {name: (dims, values) for name, values in scalars.items()}
+    variables = {name: (dims, array) for name, array in scalars.items()}
     variables[HISTOGRAM] = ((*dims, "bin"), histogram)
     variables["num_tokens"] = (("combo",), np.array([token_ids.shape[0]], dtype=np.int64))
     return xr.Dataset(variables)
@@ -202,7 +202,7 @@ def run_pretrained(
         model = load_pretrained(config.checkpoint)
     depth = _checked_depth(config, model)
     grid = depth_grid(config, depth)
-    ids = [token_ids(config, model, text) for text in texts]
+    ids = [text_token_ids(config, model, text) for text in texts]
     identity = checkpoint_digest(config.checkpoint)
     numerics = config.numerics()
     commit = git_commit()

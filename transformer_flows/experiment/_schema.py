@@ -845,12 +845,14 @@ class FitConfig(_Experiment):
 # What a `pretrained` experiment compares: the model's own hidden states (our JAX forward), the
 # discrete layer map of our fields with the same weights, and the continuous flow.
 PRETRAINED_SOURCES = ("model", "discrete_map", "flow")
-# The default `statistics`: the hidden-state statistics registered as observables.
+# The default `statistics`: every built-in observable that is a scalar for any d (a fixed list,
+# so observables registered later do not change the fingerprint of existing configs).
 HIDDEN_STATISTICS = (
     "mean_cosine",
     "centred_cosine",
     "effective_rank",
     "cluster_count",
+    "clustered_fraction",
     "energy",
     "mean_radius",
 )
