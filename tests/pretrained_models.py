@@ -7,7 +7,8 @@ the tokenizer is a word-level one over a fixed vocabulary, built with `tokenizer
   random initialisation (std `INIT_STD`) with the LayerNorm gains and shifts and all biases
   also random (transformers initialises them to 1 and 0; trained models have neither), so that
   every approximation of the map onto our fields has a size to measure. `exact=True` builds
-  instead a model on which the map is exact (see `_make_exact`).
+  instead a model on which the map is exact (see `_make_exact`); its ALBERT has 4 layers in 2
+  groups and its GPT-2 scales the scores of layer l by 1/(l+1), so those paths are tested too.
 - `reference_hidden_states(directory, token_ids)`: transformers' `output_hidden_states`.
 - `tiny_checkpoints`: a session fixture with one directory per family.
 
@@ -67,7 +68,9 @@ def _config(family: str, exact: bool):
             vocab_size=VOCAB_SIZE,
             embedding_size=16,
             hidden_size=D_MODEL,
-            num_hidden_layers=3,
+            # The exact model also exercises layer groups: 4 layers, 2 groups of 2.
+            num_hidden_layers=4 if exact else 3,
+            num_hidden_groups=2 if exact else 1,
             num_attention_heads=2,
             intermediate_size=64,
             max_position_embeddings=64,
@@ -88,6 +91,8 @@ def _config(family: str, exact: bool):
             initializer_range=INIT_STD,
             # GPT-2's default 1e-5; the exact model needs ε negligible against var(x).
             layer_norm_epsilon=eps if exact else 1e-5,
+            # The exact model also exercises the 1/(l+1) score scaling of layer l.
+            scale_attn_by_inverse_layer_idx=exact,
             activation_function="gelu_new",
             bos_token_id=0,
             eos_token_id=0,

@@ -199,9 +199,7 @@ class PretrainedTransformer(eqx.Module):
 
         ids = self.check_token_ids(token_ids)
         times, prepend = self._check_times(times, num_layers)
-        depth = self.check_num_layers(
-            num_layers if num_layers is not None or not self.extends_beyond_depth else None
-        )
+        depth = self.check_num_layers(num_layers)
         field = self.layer_fields(num_layers=depth)
         x0 = _fields.start(self, _embeddings(self, ids))
         ts = jnp.asarray(times, dtype=x0.dtype)
