@@ -34,9 +34,11 @@ def random_orthogonal(rng, d):
     return q * np.sign(np.diag(r))
 
 
-# Every shipped config; the sweep and theory ones, and the fits (configs/fit_*.yaml).
+# Every shipped config; the sweep and theory ones, and the fits (configs/fit_*.yaml). The
+# pretrained-model ones need a checkpoint (tests/test_pretrained_experiment.py runs them).
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-SWEEP_CONFIGS = [path for path in CONFIGS if not path.name.startswith("fit_")]
+SWEEP_CONFIGS = [path for path in CONFIGS if not path.name.startswith(("fit_", "pretrained_"))]
+PRETRAINED_CONFIGS = [path for path in CONFIGS if path.name.startswith("pretrained_")]
 FIT_CONFIGS = [path for path in CONFIGS if path.name.startswith("fit_")]
 
 
@@ -81,3 +83,64 @@ def count_compilations() -> Iterator[Compilations]:
         yield log
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# --- hidden-state statistics (tests/test_hidden_statistics.py, test_pretrained_experiment.py)
+
+
+def _cosine(a, b):
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def hidden_statistics_reference(x, *, delta, beta, edges):
+    """Every statistic of `tf.hidden_state_statistics` for one configuration x (n, d), by loops
+    over pairs in float64 (numpy SVD and histogram, scipy connected components)."""
+    import itertools
+
+    from scipy.sparse.csgraph import connected_components
+
+    n = x.shape[0]
+    theta = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = x - x.mean(axis=0)
+    pairs = list(itertools.permutations(range(n), 2))
+    singular = np.linalg.svd(theta, compute_uv=False)
+    p = singular / singular.sum()
+    p = p[p > 0]
+    gram = theta @ theta.T
+    _, labels = connected_components(gram >= 1 - delta, directed=False)
+    upper = [gram[i, j] for i, j in itertools.combinations(range(n), 2)]
+    return {
+        "mean_cosine": np.mean([_cosine(x[i], x[j]) for i, j in pairs]),
+        "centred_cosine": np.mean([_cosine(y[i], y[j]) for i, j in pairs]),
+        "effective_rank": np.exp(-np.sum(p * np.log(p))),
+        "cluster_count": len(set(labels)),
+        "clustered_fraction": np.mean([gram[i, j] >= 1 - delta for i, j in pairs]),
+        "energy": np.exp(-beta) * np.sum(np.exp(beta * gram)) / (2 * beta * n**2),
+        "mean_radius": np.mean(np.linalg.norm(x, axis=1)),
+        "cosine_histogram": np.histogram(upper, edges, density=True)[0],
+    }
+
+
+class RandomStatesModel:
+    """A stand-in for `tf.pretrained.PretrainedTransformer` with random states (no checkpoint, no
+    torch): for tests of the `pretrained` experiment's bookkeeping and figures. Token ids are the
+    word indices; each source's states are random Gaussians (layers + 1 or len(times), n, d),
+    drawn from a seed that depends on the source, n and the layer count."""
+
+    family, num_layers, d_model, num_heads, causal = "albert", 2, 8, 2, False
+
+    def tokenize(self, text):
+        return np.arange(len(text.split()))
+
+    def _states(self, source, token_ids, count):
+        rng = np.random.default_rng([source, len(token_ids), count])
+        return rng.standard_normal((count, len(token_ids), self.d_model)).astype(np.float32)
+
+    def hidden_states(self, token_ids, *, num_layers=None):
+        return self._states(0, token_ids, (num_layers or self.num_layers) + 1)
+
+    def discrete_map_states(self, token_ids, *, num_layers=None):
+        return self._states(1, token_ids, (num_layers or self.num_layers) + 1)
+
+    def flow_states(self, token_ids, times, *, num_layers=None, solver=None, **solve_options):
+        return self._states(2, token_ids, len(times))

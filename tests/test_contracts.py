@@ -41,7 +41,10 @@ from transformer_flows.experiment import (
     config_from_dict,
     load_config,
     run_experiment,
+    run_pretrained,
 )
+
+from helpers import RandomStatesModel
 
 # Tiny programs compiled once each: XLA's optimisation passes cost more than they save here.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -295,6 +298,10 @@ def _known_values(name, d, beta):
         # mean over i ≠ j of <θ_i, θ_j> = (|Σθ|² − n)/(n(n−1)); 1 on the sphere for the radius.
         "mean_cosine": [(consensus, 1, 1.0), (antipodal, 1, -1.0), (spaced, 1, -1 / 3)],
         "mean_radius": [(consensus, 1, 1.0), (2.5 * antipodal, 1, 2.5)],
+        # Centring first (consensus: every token at the mean, cosine 0); the effective rank
+        # exp(H(σ/Σσ)) is 1 on a line and 2 for ±e1, ±e2 (singular values √2, √2).
+        "centred_cosine": [(consensus, 1, 0.0), (antipodal, 1, -1.0), (spaced, 1, -1 / 3)],
+        "effective_rank": [(consensus, 1, 1.0), (antipodal, 1, 1.0), (spaced, 1, 2.0)],
     }
     if name not in known:
         pytest.fail(f"observable {name!r} has no known values: add them to _known_values")
@@ -432,6 +439,14 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
     given, one that lacks a need)."""
     entry = FIGURES[name]
     experiment = experiment or entry.experiment
+    if experiment == "pretrained":  # `figure_runs` passes a stand-in model, no checkpoint
+        return {
+            "experiment": "pretrained",
+            "name": f"tiny_{name}",
+            "checkpoint": "unused",
+            "texts": ["the cat sat on the mat", "a quick fox jumps over dogs"],
+            "figures": [name],
+        }
     if experiment == "theory":
         return {
             "experiment": "theory",
@@ -466,6 +481,8 @@ def figure_runs(tmp_path_factory):
     def run(name):
         config = config_from_dict(_figure_config(name))
         out = tmp_path_factory.mktemp(f"run_{name}")
+        if config.experiment == "pretrained":  # random states stand in for a checkpoint
+            return run_pretrained(config, out, progress=False, model=RandomStatesModel()), config
         return run_experiment(config, out, progress=False), config
 
     return run

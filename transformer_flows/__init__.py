@@ -75,6 +75,16 @@ from ._fit import (
     save_checkpoint as save_checkpoint,
     trainable_spec as trainable_spec,
 )
+from ._hidden_statistics import (
+    centred_cosine as centred_cosine,
+    cluster_count as cluster_count,
+    cosine_histogram as cosine_histogram,
+    direction_energy as direction_energy,
+    effective_rank as effective_rank,
+    hidden_state_statistics as hidden_state_statistics,
+    histogram_edges as histogram_edges,
+    pairwise_cosine as pairwise_cosine,
+)
 from ._initial import (
     orthonormal_tokens as orthonormal_tokens,
     sample_hemisphere as sample_hemisphere,

@@ -1,12 +1,14 @@
 """`transformer-flows` command line: thin argparse over `transformer_flows.experiment`.
 
-    transformer-flows run CONFIG --out DIR [--smoke] [key=value ...]   (sweeps, theory, fits)
+    transformer-flows run CONFIG --out DIR [--smoke] [key=value ...]   (sweeps, theory, fits,
+                                                                    pretrained checkpoints)
     transformer-flows fit CONFIG --out DIR [--smoke] [key=value ...]   (fit configs only)
     transformer-flows plot DIR        transformer-flows summarize DIR
     transformer-flows schema          (JSON Schema of the configs, for editors)
 
 Bad input (configs, overrides, output directories) ends with a message naming the key or path
-and the fix, exit status 2, and no traceback; failed solves end with exit status 3.
+and the fix, exit status 2, and no traceback; failed solves end with exit status 3; a missing
+pretrained checkpoint ends with its message (what to download, where) and exit status 4.
 """
 
 import argparse
@@ -19,6 +21,8 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_SOLVES = 3
+# A `pretrained` config whose checkpoint is not on this machine (`make figures` skips it).
+EXIT_MISSING_CHECKPOINT = 4
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resumes), a theory dataset, or a fit; then the config's figures as PNG.",
     )
     _add_run_options(run)
-    run.set_defaults(func=_run, kinds=("simulation", "theory", "fit"))
+    run.set_defaults(func=_run, kinds=("simulation", "theory", "fit", "pretrained"))
     fit = commands.add_parser(
         "fit",
         help="learn Q, K, V and/or β by differentiating through the flow",
@@ -116,6 +120,13 @@ def _run(args: argparse.Namespace) -> int:
     except SolveFailures as failures:
         print(f"transformer-flows {args.command}: {failures}", file=sys.stderr)
         return EXIT_FAILED_SOLVES
+    except FileNotFoundError as missing:
+        from .pretrained import MissingCheckpointError
+
+        if not isinstance(missing, MissingCheckpointError):
+            raise
+        print(f"transformer-flows {args.command}: {missing}", file=sys.stderr)
+        return EXIT_MISSING_CHECKPOINT
     seconds = time.perf_counter() - started
     if config.experiment == "fit":
         headline = result["headline"]

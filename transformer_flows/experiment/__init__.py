@@ -7,7 +7,8 @@
 - `_plan`: how a sweep is cut into programs and chunks; `_build`: where names become objects;
   `_program`: the compiled, vmapped solve of a chunk.
 - `_store`: the output directory (lock, fingerprinted chunks, atomic writes).
-- `_run`: sweeps and theory datasets into a directory; `_fit_run`: fits.
+- `_run`: sweeps and theory datasets into a directory; `_fit_run`: fits; `_pretrained_run`:
+  hidden-state statistics of a local checkpoint (figures in `_pretrained_plot`).
 - `_summarize`, `_plot`: read datasets only (they import no simulator).
 """
 
@@ -16,6 +17,7 @@ from ._build import build_field as build_field
 from ._fit_run import load_fitted_model as load_fitted_model, run_fit as run_fit
 from ._overrides import apply_overrides as apply_overrides, parse_override as parse_override
 from ._plan import Plan as Plan, Shape as Shape, plan_sweep as plan_sweep
+from ._pretrained_run import run_pretrained as run_pretrained
 from ._registry import (
     FIELDS as FIELDS,
     FIGURES as FIGURES,
@@ -46,6 +48,7 @@ from ._run import (
 from ._schema import (
     ConfigError as ConfigError,
     FitConfig as FitConfig,
+    PretrainedConfig as PretrainedConfig,
     SimulationConfig as SimulationConfig,
     TheoryConfig as TheoryConfig,
     config_from_dict as config_from_dict,

@@ -1,6 +1,7 @@
 """The built-in entries of every registry, registered through the same calls a user makes."""
 
 import functools
+import importlib
 from typing import Any
 
 import diffrax
@@ -14,6 +15,7 @@ from .._field._kuramoto import Kuramoto
 from .._field._placements import NGPT, MixLN, NoNorm, PeriLN, PreLN
 from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
 from .._field._sinkhorn import SinkhornAttention
+from .._hidden_statistics import centred_cosine, effective_rank
 from .._losses import CapMixture, LabeledInputs, LabeledTargets, TargetMeasure, TargetPartition
 from .._observables import (
     clustered_fraction,
@@ -252,13 +254,31 @@ OBSERVABLES.register(
     ),
 )
 
+# Hidden-state statistics (docs/models.md): scalar, rotation invariant, any d.
+OBSERVABLES.register(
+    "centred_cosine",
+    ObservableEntry(
+        lambda x, c: centred_cosine(x),
+        inner_products=True,
+        radial=True,
+        long_name="mean over i≠j of cos(x_i − x̄, x_j − x̄), x̄ the token mean",
+    ),
+)
+OBSERVABLES.register(
+    "effective_rank",
+    ObservableEntry(
+        lambda x, c: effective_rank(x),
+        inner_products=True,
+        long_name="exp(entropy of the normalised singular values of [θ_1 … θ_n]) (Roy–Vetterli)",
+    ),
+)
+
 
 # --- figures (drawn by `_plot`, imported only when a figure is drawn) ----------------------
-def _lazy(name: str):
+def _lazy(name: str, module: str = "_plot"):
     def draw(dataset, config, out):
-        from . import _plot
-
-        return getattr(_plot, name)(dataset, config, out)
+        plots = importlib.import_module(f".{module}", __package__)
+        return getattr(plots, name)(dataset, config, out)
 
     draw.__name__ = name
     return draw
@@ -287,6 +307,25 @@ FIGURES.register("long_context", FigureEntry(_lazy("long_context"), "theory"))
 # Causal clustering on the circle (Karagodin–Polyanskiy–Rigollet Fig. 2), for `causal=True`.
 FIGURES.register(
     "causal_circle", FigureEntry(_lazy("causal_circle"), "simulation", ("positions",), 2)
+)
+
+
+# Pretrained-model runs (`experiment: pretrained`), drawn by `_pretrained_plot`.
+FIGURES.register(
+    "pretrained_statistics",
+    FigureEntry(
+        _lazy("pretrained_statistics", "_pretrained_plot"),
+        "pretrained",
+        description="hidden-state statistics per layer: model, discrete map, flow overlaid",
+    ),
+)
+FIGURES.register(
+    "pretrained_histograms",
+    FigureEntry(
+        _lazy("pretrained_histograms", "_pretrained_plot"),
+        "pretrained",
+        description="histograms of <x_i, x_j> at selected layers (GLPR Fig. 1)",
+    ),
 )
 
 

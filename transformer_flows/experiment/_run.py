@@ -41,14 +41,18 @@ def run_experiment(
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
 ) -> xr.Dataset | dict:
-    """Run a validated config into directory `out`: a sweep or theory dataset (returned), or a
-    fit (its metrics are returned)."""
+    """Run a validated config into directory `out`: a sweep, theory or pretrained-model dataset
+    (returned), or a fit (its metrics are returned)."""
     if config.experiment == "theory":
         return run_theory(config, out)
     if config.experiment == "fit":
         from ._fit_run import run_fit
 
         return run_fit(config, out, progress=progress)
+    if config.experiment == "pretrained":
+        from ._pretrained_run import run_pretrained
+
+        return run_pretrained(config, out, progress=progress)
     return run_sweep(config, out, progress=progress, on_chunk=on_chunk)
 
 

@@ -840,14 +840,170 @@ class FitConfig(_Experiment):
         return self
 
 
+# --- pretrained models ---------------------------------------------------------------------
+
+# What a `pretrained` experiment compares: the model's own hidden states (our JAX forward), the
+# discrete layer map of our fields with the same weights, and the continuous flow.
+PRETRAINED_SOURCES = ("model", "discrete_map", "flow")
+# The default `statistics`: every built-in observable that is a scalar for any d (a fixed list,
+# so observables registered later do not change the fingerprint of existing configs).
+HIDDEN_STATISTICS = (
+    "mean_cosine",
+    "centred_cosine",
+    "effective_rank",
+    "cluster_count",
+    "clustered_fraction",
+    "energy",
+    "mean_radius",
+)
+
+
+class PretrainedFlowSection(_Section):
+    """The continuous flow (layer l on [l, l + 1)) is saved at t = 0, 1, …, layers, where it
+    meets the discrete layers; `t_max` adds `tail_num` more save times, geometrically spaced
+    up to t_max, with the last (shared) layer's weights: ALBERT's t → ∞."""
+
+    t_max: PositiveNumber | None = Field(
+        None, description="flow further to this time (ALBERT, shared layer); null: no tail"
+    )
+    tail_num: PositiveInteger = Field(16, description="save times of the tail")
+    solver: SolverConfig = Field(
+        SolverConfig(rtol=1e-5, atol=1e-5),
+        description="how the flow is integrated (tf.solve); float32 states: tolerances >= 1e-6",
+    )
+
+
+class PretrainedHistogramSection(_Section):
+    bins: Annotated[Integer, Field(ge=2, le=10_000)] = Field(
+        40, description="equal bins of <θ_i, θ_j> on [-1, 1] (density over pairs i < j)"
+    )
+
+
+class PretrainedPlotConfig(_Section):
+    """Presentation only (a rerun may change it and still resume)."""
+
+    histogram_layers: Annotated[list[NonNegativeNumber], BeforeValidator(_as_list)] | None = Field(
+        None,
+        description="layers (flow times) with a histogram panel; null: 0, 1 and quarters of "
+        "the depth",
+    )
+    max_panels_per_row: PositiveInteger = 4
+
+    @field_validator("histogram_layers")
+    @classmethod
+    def _unique_layers(cls, values):
+        return None if values is None else _unique(values)
+
+
+class PretrainedConfig(_Experiment):
+    """Hidden-state statistics per layer of a local pretrained checkpoint, for its own layers,
+    the discrete layer map of our fields with the same weights and the continuous flow."""
+
+    experiment: Literal["pretrained"]
+    precision: Precision = "float32"
+    checkpoint: str = Field(
+        description="directory of a Hugging Face-style checkpoint (config.json, "
+        "model.safetensors, tokenizer.json)",
+        min_length=1,
+    )
+    texts: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] | None = Field(
+        None, description="input texts (or text_file)"
+    )
+    text_file: str | None = Field(
+        None, description="UTF-8 file of input texts, one per non-empty line (or texts)"
+    )
+    max_tokens: Annotated[Integer, Field(ge=2)] | None = Field(
+        None, description="keep the first max_tokens tokens of each text; null: all"
+    )
+    layers: PositiveInteger | None = Field(
+        None, description="layers to run; null: the model's depth (ALBERT may go beyond)"
+    )
+    compare: Annotated[
+        list[Literal["model", "discrete_map", "flow"]],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+    ] = Field(list(PRETRAINED_SOURCES), description="which of model, discrete_map, flow")
+    statistics: Annotated[
+        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(OBSERVABLES)
+    ] = Field(list(HIDDEN_STATISTICS), description="registered scalar observables")
+    delta: Annotated[PositiveNumber, Field(lt=2)] = Field(
+        1e-3, description="cluster_count and clustered_fraction: <θ_i, θ_j> >= 1 - delta"
+    )
+    beta: Number = Field(1.0, description="β of the energy statistic")
+    histogram: PretrainedHistogramSection = PretrainedHistogramSection()
+    flow: PretrainedFlowSection = PretrainedFlowSection()
+    plot: PretrainedPlotConfig = PretrainedPlotConfig()
+
+    @field_validator("texts")
+    @classmethod
+    def _nonempty_texts(cls, texts):
+        if texts is not None and any(not text.strip() for text in texts):
+            raise ValueError("every text must hold some non-blank characters")
+        return texts
+
+    @field_validator("compare")
+    @classmethod
+    def _unique_sources(cls, values):
+        return _unique(values)
+
+    @model_validator(mode="after")
+    def _pretrained_checks(self):
+        if (self.texts is None) == (self.text_file is None):
+            raise ValueError(
+                "texts: give the input texts either as `texts` (a list) or as `text_file` (one "
+                f"text per line), not {'both' if self.texts else 'neither'}"
+            )
+        for name in self.statistics:
+            entry = OBSERVABLES[name]
+            if entry.dims or entry.d is not None or entry.per_shape:
+                scalar = [
+                    n
+                    for n in OBSERVABLES
+                    if not OBSERVABLES[n].dims
+                    and OBSERVABLES[n].d is None
+                    and not OBSERVABLES[n].per_shape
+                ]
+                raise ValueError(
+                    f"statistics: {name!r} is not a scalar statistic of states of any "
+                    f"dimension; choose among {scalar}"
+                )
+        if self.flow.t_max is not None:
+            if "flow" not in self.compare:
+                raise ValueError("flow.t_max: the flow's tail needs 'flow' in `compare`")
+            if self.layers is not None and self.flow.t_max <= self.layers:
+                raise ValueError(
+                    f"flow.t_max: the tail goes beyond the last layer, so t_max must exceed "
+                    f"layers = {self.layers}, got {self.flow.t_max}"
+                )
+        return self
+
+    def read_texts(self) -> list[str]:
+        """The input texts: `texts`, or the non-empty lines of `text_file`."""
+        if self.texts is not None:
+            return list(self.texts)
+        path = Path(self.text_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"config key `text_file`: cannot read {str(path)!r} ({err}). Fix: point "
+                "text_file at a UTF-8 file with one text per line, or give `texts`."
+            ) from None
+        texts = [line.strip() for line in lines if line.strip()]
+        if not texts:
+            raise ConfigError(f"config key `text_file`: {str(path)!r} holds no text.")
+        return texts
+
+
 # --- the tagged union ----------------------------------------------------------------------
 
 KINDS: dict[str, type[_Experiment]] = {
     "simulation": SimulationConfig,
     "theory": TheoryConfig,
     "fit": FitConfig,
+    "pretrained": PretrainedConfig,
 }
-Config = SimulationConfig | TheoryConfig | FitConfig
+Config = SimulationConfig | TheoryConfig | FitConfig | PretrainedConfig
 
 
 def _kind_of(raw: Mapping) -> type[_Experiment]:
@@ -855,7 +1011,7 @@ def _kind_of(raw: Mapping) -> type[_Experiment]:
     if kind not in KINDS:
         raise ConfigError(
             f"config key `experiment`: must be one of {list(KINDS)}, got {kind!r}. Fix: set "
-            "experiment: simulation (sweeps), theory (theory figures) or fit."
+            "experiment: simulation (sweeps), theory (theory figures), fit or pretrained."
         )
     return KINDS[kind]
 
@@ -899,6 +1055,9 @@ def _name_hints(definitions: dict) -> None:
     definitions["SolverConfig"]["properties"]["name"]["enum"] = SOLVERS.names()
     definitions["ModelConfig"]["properties"]["weights"]["items"]["enum"] = WEIGHTS.names()
     definitions["ObservablesConfig"]["properties"]["names"]["items"]["enum"] = OBSERVABLES.names()
+    definitions["PretrainedConfig"]["properties"]["statistics"]["items"]["enum"] = [
+        name for name in OBSERVABLES if not OBSERVABLES[name].dims and OBSERVABLES[name].d is None
+    ]
     for kind, model in KINDS.items():
         figures = [name for name in FIGURES if FIGURES[name].experiment == kind]
         definitions[model.__name__]["properties"]["figures"]["items"]["enum"] = figures
