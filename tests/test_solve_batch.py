@@ -8,7 +8,6 @@ import pytest
 
 import transformer_flows as tf
 from transformer_flows import theory
-from transformer_flows._solve_batch import _identity_attention_velocity
 
 TS = jnp.linspace(0.0, 4.0, 9)
 
@@ -55,7 +54,7 @@ def test_exact_equiangular_solution_float64():
 
 @pytest.mark.parametrize("betas", [(0.5, 6.0), (-1.0, -3.0)])
 def test_matches_diffrax_tsit5_step_for_step(betas):
-    # β >= 0 runs the identity-weights fast path, β < 0 the field's own softmax.
+    # Attractive and repulsive β.
     betas = jnp.asarray(betas)
     x0s = _starts(0, 2, 3, 3)
     tol = jnp.asarray(1e-6)
@@ -116,16 +115,6 @@ def test_very_different_betas_and_observe_float32():
             assert jnp.array_equal(alone.observed[key][0], out.observed[key][b])
     again = run(betas, x0s)  # deterministic
     assert jnp.array_equal(again.observed["fraction"], out.observed["fraction"])
-
-
-def test_identity_velocity_equals_field_float32_large_beta():
-    x = _starts(3, 4, 16, 2, jnp.float32)
-    x = x * (1 + 1e-4 * jnp.asarray(np.random.default_rng(4).standard_normal((4, 16, 1)), x.dtype))
-    betas = jnp.asarray([0.0, 1.0, 100.0, 1000.0], jnp.float32)
-    fast = _identity_attention_velocity(betas, x)
-    slow = jax.vmap(lambda b, y: tf.SelfAttention(b)(0.0, y))(betas, x)
-    assert bool(jnp.all(jnp.isfinite(fast)))
-    assert float(jnp.max(jnp.abs(fast - slow))) < 1e-4
 
 
 def test_shared_field_and_max_steps():

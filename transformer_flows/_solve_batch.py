@@ -18,9 +18,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
-from ._attention import NO_MASK
 from ._field._base import AbstractSphereField
-from ._field._self_attention import SelfAttention
 from ._sphere import normalize
 from ._validation import (
     as_float_array,
@@ -46,7 +44,6 @@ _METHODS = {
     "tsit5": (*_tableau(diffrax.Tsit5), 5),
     "bosh3": (*_tableau(diffrax.Bosh3), 3),
 }
-_USE_IDENTITY_PATH = True  # benchmarks switch it off to measure the generic field
 _SAVE_MODES = ("interpolate", "clip")
 # diffrax.PIDController defaults as `tf.solve` sets them (pcoeff=0.3, icoeff=0.4).
 _PCOEFF, _ICOEFF, _SAFETY, _FACTORMIN, _FACTORMAX = 0.3, 0.4, 0.9, 0.2, 10.0
@@ -204,40 +201,6 @@ def solve_batch(
     return result
 
 
-def _plain_self_attention(field, d: int) -> bool:
-    """`SelfAttention(beta)` with Q = K = V = I, one layer, no mask, in d <= 3."""
-    return (
-        type(field) is SelfAttention
-        and d <= 3
-        and field.Q is None
-        and field.K is None
-        and field.V is None
-        and field.layer_duration is None
-        and field.mask == NO_MASK
-    )
-
-
-def _identity_attention_velocity(beta, y):
-    """P^⊥_{y_i} Σ_j softmax_j(β<y_i, y_j>) y_j for a batch (B, n, d), d <= 3, β >= 0.
-
-    The same field as `SelfAttention(beta)`, evaluated in the form that is fastest for tiny
-    systems: scores as summed outer products, and one fused reduction over j of
-    e_ij·(y_j, 1) for numerator and denominator together. The softmax shift is the
-    Cauchy–Schwarz bound β·max_j |y_j|² >= max_j β<y_i, y_j> instead of the row maximum (a
-    second pass): no exponential overflows, and near the sphere (where the solver's stage
-    states are) the diagonal term e^{β(|y_i|² - max_j |y_j|²)} stays close to 1, so the
-    denominator does not underflow either, for β up to 1e3 in float32.
-    """
-    d = y.shape[-1]
-    scores = sum(y[:, :, None, c] * y[:, None, :, c] for c in range(d))
-    shift = jnp.max(jnp.sum(y * y, axis=-1), axis=-1)
-    weights = jnp.exp(_col(beta) * (scores - _col(shift)))
-    extended = jnp.concatenate([y, jnp.ones_like(y[..., :1])], axis=-1)
-    sums = jnp.sum(weights[..., None] * extended[:, None, :, :], axis=-2)
-    drift = sums[..., :d] / sums[..., d:]
-    return drift - jnp.sum(drift * y, axis=-1, keepdims=True) * y
-
-
 def _rms(x):
     """diffrax's `rms_norm` of each system's (n, d) array: shape (B,)."""
     return jnp.sqrt(jnp.mean(jnp.square(x), axis=(-2, -1)))
@@ -275,21 +238,8 @@ def _solve_batch(
     t0, t_end = ts[0], ts[-1]
     field_axis = 0 if batched_field else None
 
-    def generic(t, y):
+    def f(t, y):
         return jax.vmap(lambda fld, s, x: fld(s, x, args), in_axes=(field_axis, 0, 0))(field, t, y)
-
-    if _USE_IDENTITY_PATH and _plain_self_attention(field, x0s.shape[-1]):
-        beta = jnp.broadcast_to(field.beta, (batch,)).astype(dtype)
-
-        def f(t, y):
-            # The known row maximum needs β >= 0 (attraction); else the field's softmax.
-            return lax.cond(
-                jnp.all(beta >= 0),
-                lambda: _identity_attention_velocity(beta, y),
-                lambda: generic(t, y),
-            )
-    else:
-        f = generic
 
     def observation(y):
         y = normalize(y)
