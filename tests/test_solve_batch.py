@@ -42,7 +42,7 @@ def test_exact_equiangular_solution_float64():
     # n = d = 3 tokens started orthonormal stay equiangular with cosine γ_β(t) (6.9).
     betas = jnp.asarray([1.0, 4.0])
     x0s = jnp.broadcast_to(jnp.eye(3), (2, 3, 3))
-    out = _lean(betas, x0s, TS, 1e-10)
+    out = _lean(betas, x0s, TS, jnp.asarray(1e-10))  # traced: one program for all tolerances
     gram = jnp.einsum("btid,btjd->btij", out.xs, out.xs)
     off = ~np.eye(3, dtype=bool)
     for b, beta in enumerate([1.0, 4.0]):
