@@ -336,7 +336,7 @@ def _solve_batch(
         buffers = state["buffers"]
         if save == "clip":
             hit = keep & clipped
-            buffers = write(buffers, observation(y1), index, hit)
+            buffers = write(buffers, observation(jnp.where(_col(hit), y1, y)), index, hit)
             index = index + hit.astype(jnp.int32)
         else:
             buffers, index = _save_interpolated(
@@ -390,7 +390,9 @@ def _save_interpolated(
     def interpolate(t):
         span = tnext - tprev
         theta = jnp.where(span == 0, 0, (t - tprev) / jnp.where(span == 0, 1, span))
-        theta = _col(theta.astype(dtype))
+        # Systems with no save in this step compute a masked value too: clamping keeps it
+        # finite (an extrapolation far out could overflow and trip checks in `observe`).
+        theta = _col(jnp.clip(theta, 0, 1).astype(dtype))
         if method == "tsit5":
             weights = _tsit5_weights(theta)
             return y + hc * sum(w * k for w, k in zip(weights, stages, strict=True))
@@ -407,7 +409,10 @@ def _save_interpolated(
         buffers, index = carry
         mask = pending(index)
         t = ts[jnp.minimum(index, num_ts - 1)]
-        buffers = write(buffers, observation(interpolate(t)), index, mask)
+        # Lanes without a save observe their current state (finite, on the sphere) instead,
+        # so that checks inside `observe` never see a discarded value.
+        saved = jnp.where(_col(mask), interpolate(t), y)
+        buffers = write(buffers, observation(saved), index, mask)
         return buffers, index + mask.astype(jnp.int32)
 
     return lax.while_loop(lambda carry: jnp.any(pending(carry[1])), body, (buffers, index))
