@@ -133,6 +133,7 @@ from ._sharding import (
     sharded_map as sharded_map,
 )
 from ._solve import Trajectory as Trajectory, solve as solve
+from ._solve_batch import BatchTrajectory as BatchTrajectory, solve_batch as solve_batch
 from ._solver._fixed_step import (
     RK4 as RK4,
     AbstractFixedStepSolver as AbstractFixedStepSolver,

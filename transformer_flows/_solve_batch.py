@@ -1,0 +1,418 @@
+"""`solve_batch`: one lean adaptive Runge–Kutta loop for a batch of small sphere-field systems.
+
+`tf.solve` (diffrax) is the general path. Vmapped over thousands of tiny systems (the phase
+diagrams: n = 32 tokens in d = 2) most of its time goes to per-step machinery rather than to
+field evaluations; this module runs the same method (Tsit5 or Bosh3 with FSAL, diffrax's PI
+controller and RMS error norm, renormalisation after every step as `Renormalized` does) as
+one `lax.while_loop` over the whole batch, each system with its own time and step size, and
+the observable computed at the save times inside the loop.
+"""
+
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
+
+from ._field._base import AbstractSphereField
+from ._sphere import normalize
+from ._validation import (
+    as_float_array,
+    check_condition,
+    check_finite,
+    check_on_sphere,
+    check_positive,
+)
+
+
+def _tableau(solver) -> tuple:
+    """(a, c, b_error) of a diffrax Runge–Kutta solver with first-same-as-last stages, as
+    Python floats: `a[i]` gives stage i + 1 from stages 0..i at time t + c[i]·h; the last
+    row equals the solution weights (the last stage is evaluated at the new state)."""
+    tableau = solver.tableau
+    assert tableau.fsal and np.allclose(tableau.a_lower[-1], tableau.b_sol[:-1])
+    a = tuple(tuple(float(v) for v in row) for row in tableau.a_lower)
+    return a, tuple(float(v) for v in tableau.c), tuple(float(v) for v in tableau.b_error)
+
+
+# name -> (a, c, b_error, error order as diffrax's PIDController uses it).
+_METHODS = {
+    "tsit5": (*_tableau(diffrax.Tsit5), 5),
+    "bosh3": (*_tableau(diffrax.Bosh3), 3),
+}
+_SAVE_MODES = ("interpolate", "clip")
+# diffrax.PIDController defaults as `tf.solve` sets them (pcoeff=0.3, icoeff=0.4).
+_PCOEFF, _ICOEFF, _SAFETY, _FACTORMIN, _FACTORMAX = 0.3, 0.4, 0.9, 0.2, 10.0
+
+
+class BatchTrajectory(eqx.Module):
+    """The output of `solve_batch` for B systems and T save times.
+
+    - `ts`: the save times, shape (T,).
+    - `xs`: states (B, T, n, d) on the sphere; None when `observe` was given.
+    - `observed`: `observe(x)` of each system at each save time, leading axes (B, T), or None.
+    - `num_steps`, `num_accepted_steps`, `num_rejected_steps`: per system, shape (B,).
+    - `succeeded`: per system, True when it reached `ts[-1]` within `max_steps`.
+    """
+
+    ts: Float[Array, " times"]
+    xs: Float[Array, "batch times n d"] | None
+    observed: PyTree | None
+    num_steps: Int[Array, " batch"]
+    num_accepted_steps: Int[Array, " batch"]
+    num_rejected_steps: Int[Array, " batch"]
+    succeeded: Bool[Array, " batch"]
+
+
+def solve_batch(
+    field: eqx.Module,
+    x0s: ArrayLike,
+    ts: ArrayLike,
+    *,
+    batched_field: bool = False,
+    rtol: float | ArrayLike = 1e-6,
+    atol: float | ArrayLike = 1e-6,
+    dt0: float | ArrayLike = 0.01,
+    method: str = "tsit5",
+    save: str = "interpolate",
+    observe: Callable[[Array], PyTree] | None = None,
+    max_steps: int = 16_384,
+    throw: bool = True,
+    args: PyTree = None,
+) -> BatchTrajectory:
+    """Integrate B systems of a sphere field, each from `x0s[b]` at `ts[0]`, saving at `ts`.
+
+    The same method as `tf.solve(field, x0s[b], ts, solver=diffrax.Tsit5(), rtol=, atol=)`
+    vmapped over b (Tsit5 or Bosh3 with first-same-as-last stages, diffrax's PI controller
+    with pcoeff = 0.3, icoeff = 0.4 and its RMS norm of error / (atol + rtol·max(|y0|, |y1|)),
+    the same first step, radial projection onto the sphere after every step), written as
+    one `lax.while_loop` over the batch: each system has its own time and step, accepts or
+    rejects its own step, and idles (masked) once it has reached `ts[-1]`. The observable is
+    evaluated at the save times inside the loop, so no trajectory is stored.
+
+    **Arguments:**
+    - `field`: a sphere field (`SelfAttention`, `UnnormalizedSelfAttention`, ...) without layer
+      boundaries (`jump_times()` None). One field for every system, or, with
+      `batched_field=True`, a field whose array leaves carry the batch on axis 0, e.g.
+      `eqx.filter_vmap(tf.SelfAttention)(betas)` for one β per system.
+    - `x0s`: starts of shape (B, n, d), rows on the unit sphere; the solve runs in their dtype.
+    - `ts`: strictly increasing save times, shared by all systems.
+    - `rtol`, `atol`: tolerances of the step-size controller.
+    - `dt0`: the first step of every system. The default 0.01 is what `tf.solve` takes:
+      diffrax 0.7 wraps the ODE term, and its initial-step heuristic then returns 0.01.
+    - `method`: "tsit5" (5th order, 6 new evaluations per step) or "bosh3" (3rd, 3).
+    - `save`: "interpolate" (diffrax's dense output: Tsit5's 4th-order interpolant, Bosh3's
+      cubic Hermite; the steps are diffrax's step for step) or "clip" (every step is
+      shortened to end on the next save time, which is then hit exactly; more steps).
+    - `observe`: save `observe(x)` of each system's (n, d) state instead of the state.
+    - `max_steps`: bound on each system's steps (accepted and rejected).
+    - `throw`: raise (an equinox runtime error) if a system did not reach `ts[-1]`; else
+      read `succeeded`.
+    - `args`: passed to the field.
+
+    Not supported (a ValueError says what to use instead): Euclidean and angle fields, fields
+    with layer boundaries, noise, other solvers — use `tf.solve`. Reverse-mode
+    differentiation through the loop is not supported either (a `lax.while_loop`); use
+    `tf.solve` with its adjoints for gradients.
+
+    **Returns:** a `BatchTrajectory`.
+    """
+    if not isinstance(field, AbstractSphereField):
+        raise ValueError(
+            f"`solve_batch` integrates sphere fields (SelfAttention, UnnormalizedSelfAttention, "
+            f"...), got {type(field).__name__}; integrate other fields with `tf.solve` "
+            "(jax.vmap over the batch)."
+        )
+    if method not in _METHODS:
+        raise ValueError(
+            f"`method` must be one of {sorted(_METHODS)}, got {method!r}; for other solvers "
+            "use `tf.solve(..., solver=...)`."
+        )
+    if save not in _SAVE_MODES:
+        raise ValueError(f"`save` must be one of {_SAVE_MODES}, got {save!r}.")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
+    if observe is not None and not callable(observe):
+        raise ValueError(f"`observe` must be a function of one state (n, d), got {observe!r}.")
+    if field.jump_times() is not None:
+        raise ValueError(
+            f"`field` ({type(field).__name__}) has layer boundaries (jump_times), which "
+            "`solve_batch` does not step to; use `tf.solve`, which clips its steps there."
+        )
+    x0s = as_float_array(x0s, "x0s")
+    if x0s.ndim != 3:
+        raise ValueError(
+            f"`x0s` must be a batch of starts of shape (B, n, d), got shape {x0s.shape}; "
+            "for one system pass x0[None]."
+        )
+    if x0s.shape[0] < 1:
+        raise ValueError(f"`x0s` holds no system (shape {x0s.shape}); pass at least one start.")
+    dtype = x0s.dtype
+    one_field = field
+    if batched_field:
+        leaves = jax.tree_util.tree_leaves(eqx.filter(field, eqx.is_array))
+        bad = [leaf.shape for leaf in leaves if leaf.ndim < 1 or leaf.shape[0] != x0s.shape[0]]
+        if bad:
+            raise ValueError(
+                f"`batched_field=True` needs every array leaf of `field` to have the batch "
+                f"size {x0s.shape[0]} on axis 0, got leaves of shapes {bad}; build it with "
+                "`eqx.filter_vmap(tf.SelfAttention)(betas)`."
+            )
+        one_field = jax.tree_util.tree_map(
+            lambda leaf: leaf[0] if eqx.is_array(leaf) else leaf, field
+        )
+    one_field.check_state(x0s[0])
+    for leaf in jax.tree_util.tree_leaves(eqx.filter(field, eqx.is_inexact_array)):
+        weak = getattr(leaf, "weak_type", False)
+        if not weak and np.promote_types(leaf.dtype, dtype) != dtype:
+            raise ValueError(
+                f"`field` has a weight of dtype {leaf.dtype.name} but `x0s` has dtype "
+                f"{dtype.name}; the solve runs in the dtype of `x0s`: cast one side."
+            )
+    ts = as_float_array(ts, "ts").astype(dtype)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
+    x0s = check_on_sphere(check_finite(x0s, "x0s"), "x0s")
+    ts = check_finite(ts, "ts", "Save times must be finite, e.g. jnp.linspace(0, 10, 101).")
+    ts = check_condition(
+        ts,
+        jnp.any(jnp.diff(ts) <= 0),
+        "`ts` must be strictly increasing (it holds the save times from t0 to t1).",
+    )
+    # Checked now when concrete, at run time when traced (a vmapped tolerance sweep).
+    rtol, atol, dt0 = (
+        jnp.asarray(check_positive(as_float_array(value, name), name), dtype)
+        for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0))
+    )
+    result = _solve_batch(
+        field, x0s, ts, batched_field, rtol, atol, dt0, method, save, observe, max_steps, args,
+    )  # fmt: skip
+    if throw:
+        result = eqx.error_if(
+            result,
+            ~jnp.all(result.succeeded),
+            "`solve_batch`: some systems did not reach ts[-1] within `max_steps`; raise "
+            "`max_steps`, loosen rtol/atol, or pass throw=False and read `succeeded`.",
+        )
+    return result
+
+
+def _rms(x):
+    """diffrax's `rms_norm` of each system's (n, d) array: shape (B,)."""
+    return jnp.sqrt(jnp.mean(jnp.square(x), axis=(-2, -1)))
+
+
+def _col(v):
+    return v[:, None, None]
+
+
+def _tsit5_weights(theta):
+    """Tsit5's dense-output weights b_i(θ), i = 1..7 (diffrax `_Tsit5Interpolation`)."""
+    t = theta
+    return (
+        -1.0530884977290216
+        * t
+        * (t - 1.3299890189751412)
+        * (t**2 - 1.4364028541716351 * t + 0.7139816917074209),
+        0.1017 * t**2 * (t**2 - 2.1966568338249754 * t + 1.2949852507374631),
+        2.490627285651252793 * t**2 * (t**2 - 2.38535645472061657 * t + 1.57803468208092486),
+        -16.54810288924490272 * (t - 1.21712927295533244) * (t - 0.61620406037800089) * t**2,
+        47.37952196281928122 * (t - 1.203071208372362603) * (t - 0.658047292653547382) * t**2,
+        -34.87065786149660974 * (t - 1.2) * (t - 0.666666666666666667) * t**2,
+        2.5 * (t - 1) * (t - 0.6) * t**2,
+    )
+
+
+@eqx.filter_jit
+def _solve_batch(
+    field, x0s, ts, batched_field, rtol, atol, dt0, method, save, observe, max_steps, args
+) -> BatchTrajectory:
+    a_rows, c, b_error, error_order = _METHODS[method]
+    dtype = x0s.dtype
+    batch = x0s.shape[0]
+    num_ts = ts.shape[0]
+    t0, t_end = ts[0], ts[-1]
+    field_axis = 0 if batched_field else None
+
+    def f(t, y):
+        return jax.vmap(lambda fld, s, x: fld(s, x, args), in_axes=(field_axis, 0, 0))(field, t, y)
+
+    def observation(y):
+        y = normalize(y)
+        return y if observe is None else jax.vmap(observe)(y)
+
+    def as_float(v):
+        # Integer observables (cluster counts) are kept in the state's float dtype.
+        return v if jnp.issubdtype(v.dtype, jnp.inexact) else v.astype(dtype)
+
+    first = jax.tree_util.tree_map(as_float, observation(x0s))
+    buffers = jax.tree_util.tree_map(
+        lambda v: jnp.zeros((batch, num_ts, *v.shape[1:]), v.dtype).at[:, 0].set(v), first
+    )
+
+    def write(buffers, values, index, mask):
+        hit = (jnp.arange(num_ts, dtype=jnp.int32)[None, :] == index[:, None]) & mask[:, None]
+
+        def put(buffer, value):
+            value = as_float(value)
+            shape = (batch, num_ts) + (1,) * (buffer.ndim - 2)
+            return jnp.where(hit.reshape(shape), value[:, None], buffer)
+
+        return jax.tree_util.tree_map(put, buffers, values)
+
+    tb0 = jnp.full((batch,), t0, dtype)
+    f0 = f(tb0, x0s)
+    # diffrax rounds a step that ends within 100 ULPs of t1 to t1.
+    t_floor = t_end
+    for _ in range(100):
+        t_floor = jnp.nextafter(t_floor, jnp.asarray(-jnp.inf, dtype))
+
+    done0 = jnp.full((batch,), num_ts == 1)
+    state0 = dict(
+        tprev=tb0,
+        tnext=jnp.minimum(tb0 + jnp.asarray(dt0, dtype), t_end),
+        y=x0s,
+        fsal=f0,
+        inv_prev=jnp.ones((batch,), dtype),
+        index=jnp.ones((batch,), jnp.int32),
+        steps=jnp.zeros((batch,), jnp.int32),
+        accepted=jnp.zeros((batch,), jnp.int32),
+        done=done0,
+        buffers=buffers,
+    )
+    coeff1 = (_PCOEFF + _ICOEFF) / error_order
+    coeff2 = -_PCOEFF / error_order
+
+    def cond(state):
+        return jnp.any(~state["done"] & (state["steps"] < max_steps))
+
+    def body(state):
+        active = ~state["done"] & (state["steps"] < max_steps)
+        tprev, y, index = state["tprev"], state["y"], state["index"]
+        next_save = ts[jnp.minimum(index, num_ts - 1)]
+        if save == "clip":
+            clipped = state["tnext"] >= next_save
+            tnext = jnp.where(clipped, next_save, state["tnext"])
+        else:
+            tnext = state["tnext"]
+        h = jnp.where(active, tnext - tprev, 0).astype(dtype)
+        hc = _col(h)
+        # Runge–Kutta stages; the last one is at the new state (first same as last).
+        stages = [state["fsal"]]
+        for row, ci in zip(a_rows, c, strict=True):
+            increment = sum(aij * k for aij, k in zip(row, stages, strict=True) if aij != 0.0)
+            stage_state = y + hc * increment
+            stages.append(f(tprev + ci * h, stage_state))
+        y1_raw = stage_state  # the last row holds the solution weights
+        error = hc * sum(e * k for e, k in zip(b_error, stages, strict=True))
+        y1 = normalize(y1_raw)
+        # diffrax's PIDController.adapt_step_size (dcoeff = 0, no dtmin/dtmax).
+        nan = jnp.isnan(y1).any(axis=(-2, -1))
+        y_scale = jnp.maximum(jnp.abs(y), jnp.abs(jnp.where(_col(nan), y, y1)))
+        scaled_error = _rms(error / (atol + y_scale * rtol))
+        keep = (scaled_error < 1) & active
+        inv = 1 / scaled_error
+        factor = jnp.clip(
+            _SAFETY * inv**coeff1 * state["inv_prev"] ** coeff2,
+            jnp.where(keep, 1.0, _FACTORMIN),
+            jnp.where(keep, _FACTORMAX, _SAFETY),
+        )
+        dt = h * factor.astype(dtype)
+        if save == "clip":
+            # A step shortened to reach a save time does not shrink the next one.
+            dt = jnp.where(clipped & keep, jnp.maximum(dt, state["tnext"] - tprev), dt)
+        inv = jnp.where((inv == 0) | jnp.isinf(inv), 1, inv)
+        new_tprev = jnp.minimum(jnp.where(keep, tnext, tprev), t_end)
+        new_tnext = new_tprev + dt
+        new_tnext = jnp.where(
+            new_tnext > t_floor,
+            jnp.where(keep, t_end, new_tprev + 0.5 * (t_end - new_tprev)),
+            new_tnext,
+        )
+        buffers = state["buffers"]
+        if save == "clip":
+            hit = keep & clipped
+            buffers = write(buffers, observation(jnp.where(_col(hit), y1, y)), index, hit)
+            index = index + hit.astype(jnp.int32)
+        else:
+            buffers, index = _save_interpolated(
+                method, ts, tprev, tnext, y, y1_raw, stages, hc, keep, index, buffers,
+                observation, write,
+            )  # fmt: skip
+        keepc = _col(keep)
+        return dict(
+            tprev=jnp.where(active, new_tprev, tprev),
+            tnext=jnp.where(active, new_tnext, state["tnext"]),
+            y=jnp.where(keepc, y1, y),
+            fsal=jnp.where(keepc, stages[-1], state["fsal"]),
+            inv_prev=jnp.where(keep, inv, state["inv_prev"]),
+            index=index,
+            steps=state["steps"] + active.astype(jnp.int32),
+            accepted=state["accepted"] + keep.astype(jnp.int32),
+            done=state["done"] | (keep & (new_tprev >= t_end)),
+            buffers=buffers,
+        )
+
+    final = lax.while_loop(cond, body, state0)
+    buffers = final["buffers"]
+    if observe is not None:
+        observed_dtypes = jax.eval_shape(observe, x0s[0])
+        observed = jax.tree_util.tree_map(lambda b, s: b.astype(s.dtype), buffers, observed_dtypes)
+        xs = None
+    else:
+        observed, xs = None, buffers
+    return BatchTrajectory(
+        ts=ts,
+        xs=xs,
+        observed=observed,
+        num_steps=final["steps"],
+        num_accepted_steps=final["accepted"],
+        num_rejected_steps=final["steps"] - final["accepted"],
+        succeeded=final["done"] & (final["index"] == num_ts),
+    )
+
+
+def _save_interpolated(
+    method, ts, tprev, tnext, y, y1_raw, stages, hc, keep, index, buffers, observation, write
+):
+    """Save every ts[index] <= tnext of the accepted steps from the step's dense output
+    (as diffrax's SaveAt(ts) does), one save time per system per pass."""
+    num_ts = ts.shape[0]
+    dtype = y.dtype
+
+    def pending(index):
+        return keep & (index < num_ts) & (ts[jnp.minimum(index, num_ts - 1)] <= tnext)
+
+    def interpolate(t):
+        span = tnext - tprev
+        theta = jnp.where(span == 0, 0, (t - tprev) / jnp.where(span == 0, 1, span))
+        # Systems with no save in this step compute a masked value too: clamping keeps it
+        # finite (an extrapolation far out could overflow and trip checks in `observe`).
+        theta = _col(jnp.clip(theta, 0, 1).astype(dtype))
+        if method == "tsit5":
+            weights = _tsit5_weights(theta)
+            return y + hc * sum(w * k for w, k in zip(weights, stages, strict=True))
+        # Bosh3: diffrax's cubic Hermite through (y0, h f0) and (y1, h f1).
+        k0, k1 = hc * stages[0], hc * stages[-1]
+        return (
+            y
+            + theta * k0
+            + theta**2 * (3 * (y1_raw - y) - 2 * k0 - k1)
+            + theta**3 * (2 * (y - y1_raw) + k0 + k1)
+        )
+
+    def body(carry):
+        buffers, index = carry
+        mask = pending(index)
+        t = ts[jnp.minimum(index, num_ts - 1)]
+        # Lanes without a save observe their current state (finite, on the sphere) instead,
+        # so that checks inside `observe` never see a discarded value.
+        saved = jnp.where(_col(mask), interpolate(t), y)
+        buffers = write(buffers, observation(saved), index, mask)
+        return buffers, index + mask.astype(jnp.int32)
+
+    return lax.while_loop(lambda carry: jnp.any(pending(carry[1])), body, (buffers, index))
