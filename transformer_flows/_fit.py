@@ -114,7 +114,8 @@ def batch_loss(
 # small arrays of a fit (n = 16 tokens, d = 3) the elementwise and reduction fusions of the
 # backward pass cost 10-40 µs each against 1-5 µs compiled in place: the vector-Jacobian product
 # of one field evaluation took 10x the evaluation, 3x with dots only. Only dots go to the
-# library in the fitting programs (an XLA debug option; other backends ignore it).
+# library in the training step (an XLA debug option; other backends ignore it). Not in the
+# forward-only programs: there the defaults measured steadier (median 2.9 vs 4.5 ms).
 FIT_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
@@ -161,7 +162,7 @@ def project_beta(model: PyTree) -> PyTree:
     return jax.tree_util.tree_map(clip, model, is_leaf=is_node)
 
 
-@eqx.filter_jit(compiler_options=FIT_COMPILER_OPTIONS)
+@eqx.filter_jit  # forward only: XLA's defaults are steadier there (BENCHMARKS.md §5)
 def final_states(model: PyTree, flow: FlowOptions, x0: Float[Array, "batch n d"]) -> Array:
     """Final tokens x(T) for a batch of inputs (no gradient; used for evaluation)."""
     field = as_field(model)
