@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,9 +20,9 @@ import transformer_flows as tf  # noqa: E402
 
 
 def sphere_axes(ax):
-    u, v = jnp.meshgrid(jnp.linspace(0, 2 * jnp.pi, 40), jnp.linspace(0, jnp.pi, 20))
+    u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 40), np.linspace(0, np.pi, 20))
     ax.plot_wireframe(
-        jnp.cos(u) * jnp.sin(v), jnp.sin(u) * jnp.sin(v), jnp.cos(v), color="0.85", linewidth=0.4
+        np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", linewidth=0.4
     )
     ax.set_box_aspect((1, 1, 1), zoom=1.35)
     ax.set_axis_off()
@@ -35,7 +36,9 @@ def main():
     parser.add_argument("--t1", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
-    tf.enable_compilation_cache()  # a second `make demo` loads its programs from disk
+    # A second `make demo` loads its programs from disk; the demo makes its own inputs, so its
+    # run-time checks may return NaN rather than raise (programs with callbacks are not cached).
+    tf.enable_compilation_cache(nan_checks=True)
     out = pathlib.Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -62,6 +65,11 @@ def main():
         f"max sphere drift {float(tf.sphere_drift(xs)):.1e}; authors' Euler (dt=0.1) differs "
         f"by up to {float(jnp.abs(euler.xs - xs).max()):.2e} from the adaptive solution"
     )
+    # Plain arrays for printing and drawing: indexing a JAX array dispatches (and, in a fresh
+    # process, compiles or loads) a small program per index.
+    xs, ts, energies, clusters, clustered = (
+        np.asarray(a) for a in (xs, ts, energies, clusters, clustered)
+    )
     print(f"{'t':>6} {'clusters':>9} {'clustered pairs':>16} {'energy':>10}")
     for k in range(0, len(ts), 25):
         print(
@@ -81,7 +89,7 @@ def main():
     ax = figure.add_subplot(1, 2, 2)
     ax.plot(ts, energies, color="k")
     ax.axhline(
-        jnp.exp(options.beta) / (2 * options.beta),
+        np.exp(options.beta) / (2 * options.beta),
         color="tab:red",
         linestyle="--",
         label="consensus e^β/(2β)",

@@ -149,3 +149,39 @@ def test_adjoints_agree(getkey):
         for a, b in pairs:
             scale = float(jnp.max(jnp.abs(a)))
             assert float(jnp.max(jnp.abs(a - b))) <= rtol * scale, type(adjoint).__name__
+
+
+def test_fit_compiler_options_keep_the_gradient_exact(getkey):
+    """The fitting programs are compiled with dots only handed to XLA's CPU library
+    (`FIT_COMPILER_OPTIONS`, a speed setting): the gradient through the solve must match the
+    default compilation to rounding and central finite differences."""
+    from transformer_flows._fit import FIT_COMPILER_OPTIONS
+
+    model = _field("sa", getkey)
+    x0, readout = _problem(getkey)
+    options = (tf.NormalizedEuler(), 0.05, diffrax.RecursiveCheckpointAdjoint())
+    fit_compiled = eqx.filter_jit(
+        eqx.filter_value_and_grad(_loss), compiler_options=FIT_COMPILER_OPTIONS
+    )
+    gradient = fit_compiled(model, x0, readout, *options)[1]
+    reference = _grad(model, x0, readout, *options)
+    leaves = zip(
+        jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(gradient), strict=True
+    )
+    for a, b in leaves:
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-12 * float(jnp.max(jnp.abs(a)))
+    _check_against_finite_differences(
+        model, gradient, lambda m: fit_compiled(m, x0, readout, *options)[0], getkey
+    )
+
+
+def test_two_save_times_are_the_ends_of_the_solve(getkey):
+    """With two save times `solve` saves the start and the last step's state instead of
+    interpolating at t1 (a smaller program): the same states as saving at three times."""
+    field = _field("sa", getkey)
+    x0 = tf.sample_sphere(getkey(), N, D)
+    ends = tf.solve(field, x0, jnp.array([0.0, HORIZON]), rtol=1e-8, atol=1e-8)
+    three = tf.solve(field, x0, jnp.array([0.0, HORIZON / 2, HORIZON]), rtol=1e-8, atol=1e-8)
+    assert jnp.array_equal(ends.xs[0], tf.normalize(x0))
+    assert int(ends.stats["num_steps"]) == int(three.stats["num_steps"])
+    assert float(jnp.max(jnp.abs(ends.xs[-1] - three.xs[-1]))) <= 1e-12

@@ -110,6 +110,15 @@ def batch_loss(
     return jnp.mean(jax.vmap(task.loss)(x_final, aux))
 
 
+# XLA's CPU backend hands dots, elementwise loops and reductions to its YNNPACK library. On the
+# small arrays of a fit (n = 16 tokens, d = 3) the elementwise and reduction fusions of the
+# backward pass cost 10-40 µs each against 1-5 µs compiled in place: the vector-Jacobian product
+# of one field evaluation took 10x the evaluation, 3x with dots only. Only dots go to the
+# library in the training step (an XLA debug option; other backends ignore it). Not in the
+# forward-only programs: there the defaults measured steadier (median 2.9 vs 4.5 ms).
+FIT_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
 def make_step(
     task: AbstractTask,
     optimizer: optax.GradientTransformation,
@@ -120,7 +129,7 @@ def make_step(
     """`step(model, opt_state, key) -> (model, opt_state, loss)`, jitted once (a retrace
     raises: the shapes and options must not change between steps)."""
 
-    @eqx.filter_jit
+    @eqx.filter_jit(compiler_options=FIT_COMPILER_OPTIONS)
     @eqx.debug.assert_max_traces(max_traces=1)
     def step(model, opt_state, key):
         trainable, frozen = eqx.partition(model, filter_spec)
@@ -153,7 +162,7 @@ def project_beta(model: PyTree) -> PyTree:
     return jax.tree_util.tree_map(clip, model, is_leaf=is_node)
 
 
-@eqx.filter_jit
+@eqx.filter_jit  # forward only: XLA's defaults are steadier there (BENCHMARKS.md §5)
 def final_states(model: PyTree, flow: FlowOptions, x0: Float[Array, "batch n d"]) -> Array:
     """Final tokens x(T) for a batch of inputs (no gradient; used for evaluation)."""
     field = as_field(model)

@@ -435,11 +435,11 @@ def _solve(
                 observe(on_sphere(y)),
             )
 
-        saveat = diffrax.SaveAt(ts=ts, fn=observe_as_float)
+        saveat = _save_at(ts, observe_as_float)
     elif isinstance(adjoint, diffrax.BacksolveAdjoint):
-        saveat = diffrax.SaveAt(ts=ts)
+        saveat = _save_at(ts, None)
     else:
-        saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: on_sphere(y))
+        saveat = _save_at(ts, lambda t, y, args: on_sphere(y))
     terms = diffrax.ODETerm(field)
     if noise is not None:
         terms = diffrax.MultiTerm(
@@ -473,6 +473,15 @@ def _solve(
     return Trajectory(
         ts=ts, xs=xs, observed=observed, stats=dict(solution.stats), result=solution.result
     )
+
+
+def _save_at(ts, fn) -> diffrax.SaveAt:
+    """Save at `ts`. Two save times are the two ends of the solve: saved as the start and the
+    last step's state (`t0=True, t1=True`) rather than by interpolating inside the last step,
+    which leaves the save loop, its dense output and their derivatives out of the program
+    (fits solve over [0, T] and read x(T) only)."""
+    where = dict(t0=True, t1=True) if ts.shape[0] == 2 else dict(ts=ts)
+    return diffrax.SaveAt(**where) if fn is None else diffrax.SaveAt(**where, fn=fn)
 
 
 def _brownian_path(noise, solver, x0, ts, dt0, key) -> diffrax.VirtualBrownianTree:

@@ -208,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "fit") and not args.no_cache:
         from ._compilation_cache import enable_compilation_cache
 
-        enable_compilation_cache()
+        # The sweeps draw and normalise their own starts from a validated config: their
+        # checks may return NaN (a failed, masked solve) instead of raising, so that their
+        # programs can be cached. Fits keep raising (a diverging fit is reported by name).
+        enable_compilation_cache(nan_checks=args.command == "run")
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as err:
