@@ -89,6 +89,9 @@ def solve(
       fields, wrapped in `Renormalized`. Fixed-step solvers (`NormalizedEuler`,
       `GeodesicEuler`, `RK4`) need `dt0`. Implicit ones (`diffrax.Kvaerno5()`) give their
       root finder `rtol`/`atol`; with `ConstantStepSize` it needs its own tolerances.
+      The stages of a sphere-field ODE evaluate the field at x/|x| (the same field on the
+      sphere, constant along rays), which keeps the projection's stiff normal mode out of
+      the step-size choice.
     - `dt0`: the constant step of fixed-step solvers; an optional first step otherwise.
     - `rtol`, `atol`: tolerances of the PID controller (adaptive solvers).
     - `max_steps`: bound on the number of steps (memory of the checkpointed adjoint grows
