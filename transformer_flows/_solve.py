@@ -89,9 +89,9 @@ def solve(
       fields, wrapped in `Renormalized`. Fixed-step solvers (`NormalizedEuler`,
       `GeodesicEuler`, `RK4`) need `dt0`. Implicit ones (`diffrax.Kvaerno5()`) give their
       root finder `rtol`/`atol`; with `ConstantStepSize` it needs its own tolerances.
-      The stages of a sphere-field ODE evaluate the field at x/|x| (the same field on the
-      sphere, constant along rays), which keeps the projection's stiff normal mode out of
-      the step-size choice.
+      The stages of an explicit solver on a sphere-field ODE evaluate the field at x/|x|
+      (the same field on the sphere, constant along rays), which keeps the projection's stiff
+      normal mode out of the step-size choice.
     - `dt0`: the constant step of fixed-step solvers; an optional first step otherwise.
     - `rtol`, `atol`: tolerances of the PID controller (adaptive solvers).
     - `max_steps`: bound on the number of steps (memory of the checkpointed adjoint grows
@@ -363,7 +363,7 @@ class _RadialExtension(AbstractSphereField):
     state is renormalised, and the step is cut to half what the flow on the sphere needs
     (measured: Tsit5 at 1e-4 takes ~1260 steps instead of ~420 there). At x/|x| the normal
     eigenvalue is 0. Fixed-step layer solvers call `drift`/`residual_layer`, which pass
-    through unchanged."""
+    through unchanged. Used for explicit solvers only (see `_solve`)."""
 
     field: AbstractSphereField
 
@@ -473,9 +473,17 @@ def _solve(
         saveat = diffrax.SaveAt(ts=ts)
     else:
         saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: on_sphere(y))
-    # ODE solves see the field through its radial extension (`_RadialExtension`): the same
-    # field on the sphere, without the spurious stiff normal mode off it.
-    terms = diffrax.ODETerm(_RadialExtension(field) if sphere and noise is None else field)
+    # Explicit ODE solves see the field through its radial extension (`_RadialExtension`):
+    # the same field on the sphere, without the spurious stiff normal mode off it. Implicit
+    # solvers keep the field as it is: they are not stability-limited, and that mode damps
+    # the drift off the sphere inside their root finding (Kvaerno5's chord iteration fails
+    # to converge on a stiff USA consensus without it).
+    radial = (
+        sphere
+        and noise is None
+        and not isinstance(_unwrapped(solver), diffrax.AbstractImplicitSolver)
+    )
+    terms = diffrax.ODETerm(_RadialExtension(field) if radial else field)
     if noise is not None:
         terms = diffrax.MultiTerm(
             terms, NoiseTerm(noise, _brownian_path(noise, solver, x0, ts, dt0, key))
