@@ -371,10 +371,13 @@ case $MODE in
         bench bench_grad_compile 600 --batch 2 --ns 256 --repeats 1
         bench bench_span 600 --ds 2 64 --batch 2 --repeats 1
         bench bench_span_interleaved 600 --ds 32 64 --batch 2 --rounds 1
+        bench bench_fig5 600 --ensembles goe:wishart ginibre:qk --betas 1 --starts 2 --t1 1 \
+            --num 5 --repeats 1 --tolerances --bosh3
         FIG3A=(--betas 2 --starts 2 --repeats 1 --quick)
         ;;
     quick)
         bench bench_throughput 150
+        bench bench_fig5 200 --quick --starts 64
         bench bench_scaling_n 120
         bench bench_grad_compile 150
         bench bench_span 120
@@ -388,6 +391,7 @@ case $MODE in
         bench bench_grad_compile 0 --ns 1024 4096 16384 65536
         bench bench_span 0
         bench bench_span_interleaved 0
+        bench bench_fig5 0 --starts 256
         FIG3A=()
         ;;
 esac

@@ -226,10 +226,12 @@ def test_implicit_euler_with_a_constant_step_is_first_order():
 def test_kvaerno5_takes_stiff_unnormalised_attention_in_fewer_steps():
     """USA on the circle (n = 6, β = 5, t1 = 50): the tokens reach consensus, which attracts
     perturbations at rates ~ e^β, so the explicit Tsit5 is held to its stability limit for
-    the rest of the run. Measured (rtol = atol = 1e-6, this start): Tsit5 6049 steps, Kvaerno5
-    3738 with diffrax's default VeryChord root finder (1985 of them rejected: the chord's
-    frozen Jacobian often fails to converge), 52 with a Newton root finder. At β = 10 Tsit5
-    and Kvaerno5 + VeryChord both exhaust 50 000 steps; Kvaerno5 + Newton takes 87."""
+    the rest of the run. Measured (rtol = atol = 1e-6, this start): Tsit5 2337 steps (6049
+    before `solve` gave explicit solvers the field's radial extension, which halves the
+    stiffest eigenvalue here, -2e^β -> -e^β), Kvaerno5 3414 with diffrax's default VeryChord
+    root finder (the chord's frozen Jacobian often fails to converge, so many steps are
+    rejected), 52 with a Newton root finder. At β = 10 Tsit5 (before the extension) and
+    Kvaerno5 + VeryChord both exhaust 50 000 steps; Kvaerno5 + Newton takes 87."""
     x0 = tf.sample_sphere(jax.random.key(0), 6, 2)
     ts = jnp.array([0.0, 0.01, 0.1, 50.0])  # saved by interpolation: steps are unchanged
     field = tf.UnnormalizedSelfAttention(5.0)
@@ -247,12 +249,12 @@ def test_kvaerno5_takes_stiff_unnormalised_attention_in_fewer_steps():
         name: int(traj.stats["num_steps"])
         for name, traj in (("tsit5", explicit), ("chord", chord), ("newton", newton))
     }
-    assert steps["chord"] < steps["tsit5"] and 20 * steps["newton"] < steps["tsit5"], steps
+    assert 20 * steps["newton"] < steps["tsit5"] < steps["chord"], steps
     reference = np.einsum("tid,tjd->tij", explicit.xs, explicit.xs)
     # Consensus by t ≈ 0.3 (all cosines 1); t1 = 50 sits at the stiff equilibrium. Before it,
     # at t = 0.1, the tokens are still spread: the comparison below is not between two
-    # consensus states only.
-    assert np.min(reference[2]) < 0.5 and np.min(reference[-1]) > 1 - 1e-12
+    # consensus states only. (At t = 50 the smallest cosine is 1 - 1.2e-12, measured.)
+    assert np.min(reference[2]) < 0.5 and np.min(reference[-1]) > 1 - 1e-10
     for traj in (chord, newton):
         assert tf.sphere_drift(traj.xs) <= 1e-14
         # The same trajectory (measured: <= 3.2e-5, Newton at t = 0.01, in the fast transient).
