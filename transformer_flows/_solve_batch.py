@@ -1,11 +1,13 @@
 """`solve_batch`: one lean adaptive Runge–Kutta loop for a batch of small sphere-field systems.
 
-`tf.solve` (diffrax) is the general path. Vmapped over thousands of tiny systems (the phase
-diagrams: n = 32 tokens in d = 2) most of its time goes to per-step machinery rather than to
-field evaluations; this module runs the same method (Tsit5 or Bosh3 with FSAL, diffrax's PI
-controller and RMS error norm, renormalisation after every step as `Renormalized` does) as
-one `lax.while_loop` over the whole batch, each system with its own time and step size, and
-the observable computed at the save times inside the loop.
+`tf.solve` (diffrax) is the general path. This module runs the same method (Tsit5 or Bosh3
+with FSAL, diffrax's PI controller and RMS error norm, the field evaluated at x/|x| and the
+state renormalised after every step, as `solve` does for explicit solvers) as one
+`lax.while_loop` over the whole batch, each system with its own time and step size, and the
+observable computed at the save times inside the loop. On the CPU it compiles in ~40% less
+time than the vmapped diffrax solve and runs about as fast (the field evaluations are ~80% of
+either: BENCHMARKS.md, issue 12 item 1); it is meant for accelerators, where fewer, larger
+kernels per step matter, and that is not yet measured.
 """
 
 from collections.abc import Callable
@@ -239,7 +241,11 @@ def _solve_batch(
     field_axis = 0 if batched_field else None
 
     def f(t, y):
-        return jax.vmap(lambda fld, s, x: fld(s, x, args), in_axes=(field_axis, 0, 0))(field, t, y)
+        # The radial extension field(x/|x|), as `solve` uses for explicit solvers: no stiff
+        # normal mode off the sphere for the stages to see.
+        return jax.vmap(lambda fld, s, x: fld(s, normalize(x), args), in_axes=(field_axis, 0, 0))(
+            field, t, y
+        )
 
     def observation(y):
         y = normalize(y)
