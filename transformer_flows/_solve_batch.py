@@ -21,6 +21,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from ._field._base import AbstractSphereField
+from ._solve import _RadialExtension
 from ._sphere import normalize
 from ._validation import (
     as_float_array,
@@ -241,11 +242,11 @@ def _solve_batch(
     field_axis = 0 if batched_field else None
 
     def f(t, y):
-        # The radial extension field(x/|x|), as `solve` uses for explicit solvers: no stiff
-        # normal mode off the sphere for the stages to see.
-        return jax.vmap(lambda fld, s, x: fld(s, normalize(x), args), in_axes=(field_axis, 0, 0))(
-            field, t, y
-        )
+        # The radial extension, as `solve` uses for explicit solvers: no stiff normal mode
+        # off the sphere for the stages to see.
+        return jax.vmap(
+            lambda fld, s, x: _RadialExtension(fld)(s, x, args), in_axes=(field_axis, 0, 0)
+        )(field, t, y)
 
     def observation(y):
         y = normalize(y)
