@@ -12,13 +12,15 @@ For each β the script solves with both, saves at log-spaced τ, and reports: th
 (cluster sizes, rescaled energy e^{-β}E_β = (1/2n²)Σ_ij e^{β(<x_i,x_j>-1)}/β), the merge times,
 each merge against the two-cluster estimate of the plateau it ends (below), steps and wall time.
 
-Two clusters of masses m_a, m_b (fractions of n) at angle D: their separation obeys
-Ḋ = -(m_a + m_b) e^{-β(1 - cos D)} sin D (rescaled USA angle form), so by Laplace's method the
-merge takes τ_merge ≈ e^{β(1 - cos D)} / ((m_a + m_b) β sin² D) (for large β(1 - cos D); the
-pair with the smallest τ_merge goes first; other clusters are neglected: a first-order estimate).
-The drift of the exact invariant Σ_i θ_i is reported per plateau: at β = 50 the solve's last
-merge (5+1 → 6 at τ = 10^33.6) came after a drift of 0.13 rad, while the exact two-cluster
-reduction puts it at 10^43.48, beyond the horizon: check that column before trusting a merge.
+Two tight clusters of m_a, m_b of n tokens at angle D stay tight, and their separation obeys
+Ḋ = -((m_a + m_b)/n) e^{-β(1 - cos D)} sin D (rescaled USA angle form); its exact solution
+`tf.theory.two_cluster_merge_time` gives each plateau's merge time (exact for two clusters; with
+more, the pair with the smallest time goes first and the others are neglected). Laplace's
+estimate e^{β(1 - cos D)}/(((m_a + m_b)/n) β sin² D) is reported beside it; it is wrong near
+D = π (+0.93 decades at β = 50, D = 3.1). A merge out of a two-cluster plateau more than a
+decade before the exact time is marked "numerical", in the JSON and in the figure (red): at
+β = 50 the solve's last merge (5+1 → 6 at τ = 10^33.6) came after a drift of 0.13 rad of the
+exact invariant Σ_i θ_i, while the exact time is 10^43.48, beyond the horizon e^{2β}.
 
     python experiments/stiff_staircase.py --out out/stiff_staircase
 """
@@ -63,20 +65,39 @@ def plateaus(ts, xs, beta, delta):
     return runs
 
 
-def predicted_merge(run, n, beta):
-    """The two-cluster estimate of the first merge from a plateau's neighbouring clusters."""
+def predicted_merge(run, n, beta, method="exact"):
+    """log₁₀ of the first merge from a plateau: the two-cluster time of each neighbouring pair
+    from its gap D to π/2 (or to D/2 if D is already below π/2), the pair with the smallest
+    time first. Exact (`tf.theory.two_cluster_merge_time`) for a plateau of two tight
+    clusters; with more clusters, the others' pull is neglected (an estimate). `method`
+    "laplace" gives the old endpoint estimate for comparison (wrong near D = π)."""
     sizes, centres = run["sizes"], run["centres"]
     if len(sizes) < 2:
         return None
     best = None
-    for a in range(len(sizes)):
-        b = (a + 1) % len(sizes)
+    pairs = [(a, (a + 1) % len(sizes)) for a in range(len(sizes) if len(sizes) > 2 else 1)]
+    for a, b in pairs:
         gap = abs(np.angle(np.exp(1j * (centres[b] - centres[a]))))
-        mass = (sizes[a] + sizes[b]) / n
-        log_tau = beta * (1 - np.cos(gap)) - np.log(mass * beta * np.sin(gap) ** 2)
+        log_tau = tf.theory.two_cluster_merge_time(
+            beta,
+            gap,
+            min(np.pi / 2, gap / 2),
+            masses=(sizes[a], sizes[b]),
+            n=n,
+            method=method,
+            log10=True,
+        )
         if best is None or log_tau < best:
             best = log_tau
-    return float(best / np.log(10))
+    return float(best)
+
+
+def numerical_merge(run) -> bool:
+    """A merge out of a plateau of two tight clusters is exact-reducible: if the solve merged
+    more than a decade before the exact time, the merge is the solve's error, not the flow's."""
+    if len(run["sizes"]) != 2 or run.get("log10 predicted merge tau") is None:
+        return False
+    return run["log10 merge tau"] < run["log10 predicted merge tau"] - 1
 
 
 def solve(beta, theta0, ts, solver, max_steps):
@@ -186,17 +207,40 @@ def main():
         for previous, run in zip(runs, runs[1:], strict=False):
             previous["log10 merge tau"] = float(np.log10(run["since"]))
             previous["log10 predicted merge tau"] = predicted_merge(previous, args.n, beta)
+            previous["log10 laplace merge tau"] = predicted_merge(
+                previous, args.n, beta, method="laplace"
+            )
+            previous["numerical merge"] = numerical_merge(previous)
+            run["numerical"] = previous["numerical merge"] or previous.get("numerical", False)
         row["plateaus"] = runs
         energies = [float(tf.energy(x, beta, rescaled=True)) for x in xs[1:]]
         ax.semilogx(saved[1:], energies, color="k")
         for run in runs:
+            numerical = run.get("numerical", False)
             ax.annotate(
-                "+".join(map(str, run["sizes"])),
+                "+".join(map(str, run["sizes"])) + (" (numerical)" if numerical else ""),
                 (max(run["since"], 1e-3), run["energy"]),
                 fontsize=7,
+                color="C3" if numerical else "k",
                 xytext=(2, 3),
                 textcoords="offset points",
             )
+            if numerical:
+                ax.axvspan(run["since"], max(run["until"], run["since"]), color="C3", alpha=0.1)
+            exact = run.get("log10 predicted merge tau")
+            if exact is not None and len(run["sizes"]) == 2:
+                ax.axvline(10.0**exact, color="C0", ls=":", lw=1)
+                beyond = " (beyond the horizon)" if exact > 2 * beta / np.log(10) else ""
+                ax.text(
+                    10.0 ** min(exact, 2 * beta / np.log(10)),
+                    run["energy"],
+                    f"exact {'+'.join(map(str, run['sizes']))} merge: 10^{exact:.2f}{beyond}",
+                    fontsize=6,
+                    color="C0",
+                    ha="right",
+                    va="bottom",
+                    rotation=90,
+                )
         ax.set_title(f"β = {beta:g}, n = {args.n} (USA, circle)")
         ax.set_xlabel("τ = e^β t")
         ax.set_ylabel("e^{-β} E_β")

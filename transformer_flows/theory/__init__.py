@@ -5,6 +5,8 @@
 - `wendel_probability` (Thm 6.7), `critical_angle`, `large_beta_threshold`, `landscape_g`
   (App. B), `uniform_energy`, `growth_rate`, `selected_mode` (the uniform state): numpy/scipy,
   float64.
+- `two_cluster_merge_time`: the exact merge time of two tight clusters on the circle (and its
+  Laplace estimate), in log space for any β: numpy/scipy, float64.
 - `long_context_cosine`, `long_context_limit`, `long_context_correction`, `critical_gamma`:
   one attention layer at β = γ log n on equiangular tokens (Chen–Lin–Polyanskiy–Rigollet,
   arXiv:2510.05554): numpy/scipy, float64.
@@ -30,6 +32,7 @@ from ._long_context import (
     long_context_cosine as long_context_cosine,
     long_context_limit as long_context_limit,
 )
+from ._merge import two_cluster_merge_time as two_cluster_merge_time
 from ._noise import (
     noise_threshold as noise_threshold,
     stationary_order_parameter as stationary_order_parameter,
