@@ -45,17 +45,23 @@ import transformer_flows as tf  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 
+# Compiled once: called eagerly, cluster_labels' while_loop is lowered afresh for each of the
+# thousands of saved states.
+_cluster_labels = jax.jit(tf.cluster_labels)
+_rescaled_energy = jax.jit(lambda x, beta: tf.energy(x, beta, rescaled=True))
+
+
 def plateaus(ts, xs, beta, delta):
     """Runs of save times with the same partition: (τ start, τ end, sizes, centre angles)."""
     runs = []
     for t, x in zip(ts, xs, strict=True):
-        labels = np.asarray(tf.cluster_labels(x, delta))
+        labels = np.asarray(_cluster_labels(x, delta))
         groups = sorted(
             np.unique(labels), key=lambda g: np.angle(np.mean(x[labels == g] @ [1, 1j]))
         )
         sizes = tuple(int(np.sum(labels == g)) for g in groups)
         centres = [float(np.angle(np.mean(x[labels == g] @ [1, 1j]))) for g in groups]
-        energy = float(tf.energy(x, beta, rescaled=True))
+        energy = float(_rescaled_energy(x, beta))
         if runs and runs[-1]["sizes"] == sizes:
             runs[-1]["until"] = float(t)
         else:
@@ -172,7 +178,7 @@ def main():
         ("tsit5", diffrax.Tsit5()),
     )
     report = []
-    figure, axes = plt.subplots(1, len(args.betas), figsize=(5 * len(args.betas), 3.8))
+    figure, axes = plt.subplots(1, len(args.betas), figsize=(6 * len(args.betas), 4.2))
     for ax, beta in zip(np.atleast_1d(axes), args.betas, strict=True):
         # τ from 1e-3 to e^{2β}: beyond the last merge (1 - cos D <= 2).
         ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-3, 2 * beta / np.log(10), 400)])
@@ -201,7 +207,8 @@ def main():
         # Σ_i θ_i is an exact invariant (the Kuramoto sum is antisymmetric): its drift is the
         # solve's own error. A plateau reached after a drift comparable to the flow's motion
         # is numerical (at β = 50 the last merge was: REPRODUCTION.md).
-        drift = np.abs(angles.sum(axis=1) - angles[0].sum())
+        # (modulo 2π: the solve may wrap an angle)
+        drift = np.abs(np.angle(np.exp(1j * (angles.sum(axis=1) - angles[0].sum()))))
         for run in runs:
             run["invariant drift at start"] = float(drift[np.searchsorted(saved, run["since"])])
         for previous, run in zip(runs, runs[1:], strict=False):
@@ -213,7 +220,7 @@ def main():
             previous["numerical merge"] = numerical_merge(previous)
             run["numerical"] = previous["numerical merge"] or previous.get("numerical", False)
         row["plateaus"] = runs
-        energies = [float(tf.energy(x, beta, rescaled=True)) for x in xs[1:]]
+        energies = [float(_rescaled_energy(x, beta)) for x in xs[1:]]
         ax.semilogx(saved[1:], energies, color="k")
         for run in runs:
             numerical = run.get("numerical", False)
@@ -229,21 +236,24 @@ def main():
                 ax.axvspan(run["since"], max(run["until"], run["since"]), color="C3", alpha=0.1)
             exact = run.get("log10 predicted merge tau")
             if exact is not None and len(run["sizes"]) == 2:
-                ax.axvline(10.0**exact, color="C0", ls=":", lw=1)
-                beyond = " (beyond the horizon)" if exact > 2 * beta / np.log(10) else ""
+                horizon = 2 * beta / np.log(10)
+                if exact <= horizon:
+                    ax.axvline(10.0**exact, color="C0", ls=":", lw=1)
+                where = "beyond the horizon $e^{2\\beta}$" if exact > horizon else "dotted"
                 ax.text(
-                    10.0 ** min(exact, 2 * beta / np.log(10)),
-                    run["energy"],
-                    f"exact {'+'.join(map(str, run['sizes']))} merge: 10^{exact:.2f}{beyond}",
-                    fontsize=6,
+                    0.02,
+                    0.97,
+                    f"exact {'+'.join(map(str, run['sizes']))} merge: "
+                    f"$\\tau = 10^{{{exact:.2f}}}$ ({where})\n"
+                    "red: after a merge a decade before the exact time (numerical)",
+                    transform=ax.transAxes,
+                    fontsize=7,
                     color="C0",
-                    ha="right",
-                    va="bottom",
-                    rotation=90,
+                    va="top",
                 )
-        ax.set_title(f"β = {beta:g}, n = {args.n} (USA, circle)")
-        ax.set_xlabel("τ = e^β t")
-        ax.set_ylabel("e^{-β} E_β")
+        ax.set_title(f"$\\beta$ = {beta:g}, n = {args.n} (USA, circle)")
+        ax.set_xlabel("$\\tau = e^{\\beta} t$")
+        ax.set_ylabel("$e^{-\\beta} E_\\beta$")
         report.append(row)
         print(json.dumps(row, default=str))
     figure.tight_layout()
