@@ -25,6 +25,15 @@ def test_help_everywhere(argv, capsys):
     assert "usage: transformer-flows" in capsys.readouterr().out
 
 
+def test_version_is_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"transformer-flows {version('transformer-flows')}"
+
+
 def test_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
     config = CONFIGS[0].parent / "figure3.yaml"
     assert main(["run", str(config), "--out", str(tmp_path), "solver.nmae=rk4"]) == 2

@@ -50,12 +50,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    """The installed distribution's version (metadata only: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformer-flows")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `pip install -e .` or `make demo`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transformer-flows",
         description="Simulate and fit the self-attention dynamics on the sphere from YAML "
         "configs: sweeps into labelled, resumable datasets, the paper's figures, fits.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
         "run",
