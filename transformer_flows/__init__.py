@@ -2,11 +2,7 @@
 
 import importlib.metadata
 
-from . import (
-    experiment as experiment,  # noqa: E402  (after the names it builds on)
-    pretrained as pretrained,
-    theory as theory,
-)
+from . import theory as theory
 from ._attention import (
     AbstractAttentionMethod as AbstractAttentionMethod,
     AttentionMask as AttentionMask,
@@ -157,3 +153,21 @@ from ._sphere import (
 )
 
 __version__ = importlib.metadata.version("transformer-flows")
+
+# The experiment layer (configs, datasets: pydantic, xarray, yaml, h5netcdf) and the checkpoint
+# reader (safetensors, tokenizers) load on first use, `tf.experiment` or `tf.pretrained`, so that
+# a script that only solves does not pay for them (`import transformer_flows` took ~4 s of CPU
+# and 280 MB with them).
+_LAZY_SUBPACKAGES = ("experiment", "pretrained")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
