@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _families
+
 # The checkpoint GLPR's Fig. 1 uses (arXiv:2312.10794): the default named by download hints.
 DEFAULT_HUB_ID = "albert/albert-xlarge-v2"
 
-FAMILIES = ("bert", "albert", "gpt2")
+FAMILIES = ("bert", "albert", "gpt2", "roberta", "distilbert", "llama")
 
 REQUIRED_FILES = ("config.json", "model.safetensors")
 
@@ -78,7 +80,7 @@ def read_tensors(directory: Path) -> dict[str, np.ndarray]:
     """All tensors of model.safetensors (or of the shards its index names), as float32 numpy
     arrays, with the names of the bare model: task-head prefixes (`bert.`, `albert.`,
     `transformer.`) removed and the old LayerNorm names gamma/beta as weight/bias."""
-    from safetensors.numpy import load_file
+    from ._safetensors import load_file  # safetensors.numpy, and bfloat16 as float32
 
     single = directory / "model.safetensors"
     if single.is_file():
@@ -226,6 +228,8 @@ def _config_value(config: dict, name: str, directory: Path, default=None):
 def convert(config: dict, tensors: dict[str, np.ndarray], directory: Path) -> dict:
     """The family's weights in the shared layout and the settings the forward needs."""
     family = config["model_type"]
+    if family in _families.CONVERTERS:  # RoBERTa, DistilBERT, LLaMA
+        return _families.CONVERTERS[family](config, tensors, directory)
     read = _Reader(tensors, directory)
 
     def get(name, default=None):

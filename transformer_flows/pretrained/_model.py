@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._validation import is_concrete
-from . import _fields, _forward
+from . import _fields, _forward, _llama
 from ._checkpoint import DEFAULT_HUB_ID, convert, read_config, read_tensors, read_tokenizer
 
 
@@ -53,6 +53,8 @@ class PretrainedTransformer(eqx.Module):
 
     @property
     def max_positions(self) -> int:
+        if "position" not in self.embeddings:  # rotary positions (LLaMA): the config's bound
+            return int(self.settings["max_positions"])
         return int(self.embeddings["position"].shape[0])
 
     @property
@@ -239,6 +241,10 @@ class PretrainedTransformer(eqx.Module):
 @eqx.filter_jit
 def _hidden_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
     settings = model.settings | {"d_model": model.d_model}
+    if model.family == "llama":
+        return _llama.hidden_states(
+            model.embeddings, model.layers, settings, ids, num_layers, final_norm
+        )
     if num_layers == 0:
         return _forward.embed(model.embeddings, ids, settings)[None]
     return _forward.hidden_states(
@@ -252,6 +258,8 @@ def _discrete_map_states(model: PretrainedTransformer, ids, num_layers: int, fin
 
 
 def _embeddings(model: PretrainedTransformer, ids) -> Array:
+    if model.family == "llama":  # no position embeddings: rotary positions act in attention
+        return model.embeddings["word"][ids]
     return _forward.embed(model.embeddings, ids, model.settings)
 
 
