@@ -31,13 +31,14 @@ def rotary_frequencies(head_dim: int, base: float) -> np.ndarray:
     return base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
 
 
-def rotate(
+def apply_rotary(
     z: Float[Array, "*heads n k"], positions: Float[Array, " n"], base: float
 ) -> Float[Array, "*heads n k"]:
     """R(p_i) z_i for every token i (the last two axes of `z` are tokens and coordinates)."""
     k = z.shape[-1]
     omega = jnp.asarray(rotary_frequencies(k, base), dtype=z.dtype)
     angles = positions.astype(z.dtype)[:, None] * omega[None, :]  # (n, k/2)
+    angles = angles.reshape((1,) * (z.ndim - 2) + angles.shape)
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     z1, z2 = z[..., : k // 2], z[..., k // 2 :]
     return jnp.concatenate([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1)
@@ -163,13 +164,13 @@ class RotarySelfAttention(AbstractSphereField):
         """The attention matrices A^h_ij (rows sum to 1) at configuration `x`."""
         Q, K, _ = self.weights_at(t)
         positions = self.token_positions(x)
-        q = rotate(jnp.einsum("hkd,nd->hnk", Q.astype(x.dtype), x), positions, self.base)
-        k = rotate(jnp.einsum("hkd,nd->hnk", K.astype(x.dtype), x), positions, self.base)
+        q = apply_rotary(jnp.einsum("hkd,nd->hnk", Q.astype(x.dtype), x), positions, self.base)
+        k = apply_rotary(jnp.einsum("hkd,nd->hnk", K.astype(x.dtype), x), positions, self.base)
         scores = self.beta.astype(x.dtype) * jnp.einsum("hik,hjk->hij", q, k)
         if self.causal:
             n = x.shape[0]
             allowed = np.tril(np.ones((n, n), dtype=bool))
-            scores = jnp.where(allowed, scores, -jnp.inf)
+            scores = jnp.where(allowed[None], scores, -jnp.inf)
         return jax.nn.softmax(scores, axis=-1)  # subtracts the row maximum (stable)
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:

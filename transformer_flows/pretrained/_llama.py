@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from .._field._gated_feed_forward import GatedFeedForward
 from .._field._rms_norm import PreRMSNorm
-from .._field._rotary import RotarySelfAttention, rotate
+from .._field._rotary import RotarySelfAttention, apply_rotary
 from . import _forward
 
 
@@ -43,9 +43,9 @@ def block(layer: dict, x: Float[Array, "n D"], settings: dict) -> Float[Array, "
     q = jnp.einsum("hkd,nd->hnk", layer["wq"], h)
     k = jnp.einsum("hkd,nd->hnk", _expand_heads(layer["wk"], heads, 0), h)
     v = jnp.einsum("hkd,nd->hnk", _expand_heads(layer["wv"], heads, 0), h)
-    q, k = rotate(q, positions, base), rotate(k, positions, base)
+    q, k = apply_rotary(q, positions, base), apply_rotary(k, positions, base)
     scores = jnp.einsum("hik,hjk->hij", q, k) / math.sqrt(q.shape[-1])
-    scores = jnp.where(np.tril(np.ones((n, n), dtype=bool)), scores, -jnp.inf)
+    scores = jnp.where(np.tril(np.ones((1, n, n), dtype=bool)), scores, -jnp.inf)
     context = jnp.einsum("hij,hjk->hik", jax.nn.softmax(scores, axis=-1), v)
     y = x + jnp.einsum("hdk,hik->id", layer["wo"], context)
     z = rms_norm(y, layer["ln2_g"], eps)
