@@ -8,14 +8,13 @@ perturbation and word-level tokenizer they reuse). Nothing is downloaded.
   that folding and every bias has a size. LLaMA: 2 layers, 4 query heads sharing 2 key/value
   heads (grouped-query attention), rms_norm_eps 1e-6. `bfloat16=True` saves the weights in
   bfloat16 (the dtype of released LLaMA checkpoints).
-- `family_checkpoints`: a session fixture with "roberta", "distilbert", "llama" and
-  "llama_bf16".
+- `family_checkpoints(root)`: one directory per family ("roberta", "distilbert", "llama") and
+  "llama_bf16" (tests/test_families.py builds them once, in a module fixture).
 """
 
 import os
 from pathlib import Path
 
-import pytest
 from pretrained_models import (
     BIAS_STD,
     D_MODEL,
@@ -116,9 +115,8 @@ def family_checkpoint(family: str, directory, *, seed: int = 0, bfloat16: bool =
     return directory
 
 
-@pytest.fixture(scope="session")
-def family_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("family_checkpoints")
+def family_checkpoints(root: Path) -> dict[str, Path]:
+    """One checkpoint per family under `root`, and "llama_bf16"."""
     paths = {family: family_checkpoint(family, root / family) for family in FAMILIES}
     paths["llama_bf16"] = family_checkpoint("llama", root / "llama_bf16", bfloat16=True)
     return paths

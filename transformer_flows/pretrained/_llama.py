@@ -24,9 +24,10 @@ from .._field._rotary import RotarySelfAttention, apply_rotary
 from . import _forward
 
 
-def rms_norm(x: Float[Array, "n D"], g, eps: float) -> Float[Array, "n D"]:
+def rms_norm(x: Float[Array, "*batch D"], g, eps: float) -> Float[Array, "*batch D"]:
     """g ⊙ x/√(mean_c x_c² + ε) over the last axis."""
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * g[None]
+    gain = g.reshape((1,) * (x.ndim - 1) + g.shape)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * gain
 
 
 def _expand_heads(w: Array, heads: int, axis: int) -> Array:
