@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Families read into another's layout and run by its forward and map.
+LAYOUT_FAMILY = {"roberta": "bert", "distilbert": "bert"}
+
 _DISTILBERT_NAMES = {
     "attention.q_lin": "attention.self.query",
     "attention.k_lin": "attention.self.key",
