@@ -74,6 +74,12 @@ def test_family_layouts(checkpoints, models):
     assert llama.layers["wq"].shape == (2, 4, 8, 32) and llama.layers["wk"].shape == (2, 2, 8, 32)
     with pytest.raises(ValueError, match="64 position"):
         llama.hidden_states(np.zeros(65, np.int32))
+    # RoBERTa and DistilBERT have BERT's approximations; LLaMA's map drops nothing.
+    for model in (roberta, distilbert):
+        assert "layer_norm_centring" in tf.pretrained.applicable(model)
+        assert "embedding_projection" not in tf.pretrained.applicable(model)
+    with pytest.raises(ValueError, match="nothing to idealise"):
+        tf.pretrained.idealized(llama)
 
 
 @pytest.mark.parametrize(("family", "prefix"), [("distilbert", "distilbert."), ("llama", "model.")])

@@ -26,8 +26,9 @@ class _Tokenizer:
 class PretrainedTransformer(eqx.Module):
     """A BERT, ALBERT or GPT-2 checkpoint as JAX arrays (`load_pretrained` builds it).
 
-    - `family`: "bert", "albert" or "gpt2"; `num_layers`: the trained depth L; `d_model`: the
-      hidden size D; `num_heads`: H; `causal`: whether attention is causal (GPT-2).
+    - `family`: "bert", "albert", "gpt2", "roberta", "distilbert" or "llama"; `num_layers`:
+      the trained depth L; `d_model`: the hidden size D; `num_heads`: H; `causal`: whether
+      attention is causal (GPT-2, LLaMA).
     - `embeddings`, `layers`: the weights (layout in `transformer_flows.pretrained._checkpoint`;
       `layers` has a leading axis over the stored layers: L, or ALBERT's groups).
     - `hidden_states`: our forward of the real model; `layer_fields`, `discrete_map_states`,
@@ -267,9 +268,11 @@ def load_pretrained(directory, *, hub_id: str = DEFAULT_HUB_ID) -> PretrainedTra
     """Load a Hugging Face-style checkpoint directory: config.json, model.safetensors (read
     with `safetensors.numpy`) and, optionally, tokenizer.json (`tokenizers`). No torch.
 
-    Families: BERT, ALBERT (shared layers, factorised embedding), GPT-2. A missing directory or
-    file raises `MissingCheckpointError` naming what to download (`hub_id`, default GLPR's
-    ALBERT-xlarge-v2) and where to put it; an unsupported model type a ValueError.
+    Families: BERT, ALBERT (shared layers, factorised embedding), GPT-2, and RoBERTa,
+    DistilBERT, LLaMA (docs/pretrained.md, "Families"; bfloat16 weights load as float32). A
+    missing directory or file raises `MissingCheckpointError` naming what to download
+    (`hub_id`, default GLPR's ALBERT-xlarge-v2) and where to put it; an unsupported model type
+    a ValueError.
     """
     directory = Path(directory).expanduser()
     config = read_config(directory, hub_id)
