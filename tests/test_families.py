@@ -231,6 +231,14 @@ def test_rms_norm_gain_folds_into_the_weights(rotary_setup):
     gate = xn @ a.T
     np.testing.assert_allclose(swiglu, (gate / (1 + np.exp(-gate)) * (xn @ u.T)) @ w.T, rtol=1e-12)
     assert np.abs(np.asarray(with_gain - without_gain)).max() > 1e-2  # the gain matters
+    # Per-layer gains: layer l's gain on [l, l+1), a jump at t = 1.
+    gains = np.stack([gain, 2 * gain])
+    mlp_plain = tf.GatedFeedForward(w, a, u)
+    layered = tf.PreRMSNorm(mlp_plain, gains, layer_duration=1.0)
+    np.testing.assert_allclose(
+        layered.normalize(1.5, x), tf.PreRMSNorm(mlp_plain, 2 * gain).normalize(0.0, x), rtol=1e-13
+    )
+    np.testing.assert_allclose(layered.jump_times(), [1.0])
 
 
 def test_fields_refuse_bad_input(rotary_setup):

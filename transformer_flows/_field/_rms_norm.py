@@ -16,7 +16,7 @@ from jaxtyping import Array, Float, PyTree
 from .._custom_types import Particles
 from .._validation import optional_float_array
 from ._base import AbstractEuclideanField, AbstractSphereField
-from ._layers import check_layer_duration, layer_index
+from ._layers import check_layer_duration, layer_index, layer_jump_times
 from ._placements import _check_wrapped, _refuse_zero_rows
 
 
@@ -78,7 +78,10 @@ class PreRMSNorm(AbstractEuclideanField):
         return x + h * self(t, x, args)
 
     def jump_times(self) -> Float[Array, " jumps"] | None:
-        return self.field.jump_times()
+        jumps = self.field.jump_times()
+        if jumps is None and self.gain is not None and self.layer_duration is not None:
+            return layer_jump_times(self.layer_duration, self.gain.shape[0])
+        return jumps
 
     def check_state(self, x) -> None:
         self.field.check_state(x)
