@@ -43,7 +43,8 @@ def download_hint(directory, hub_id: str = DEFAULT_HUB_ID) -> str:
         f"--local-dir {directory}\n"
         f"(or `hf download ...` with the same arguments), then copy that directory here. "
         f"Needed: config.json and model.safetensors (weights); tokenizer.json for text input "
-        f"(without it, pass token ids). Supported families: BERT, ALBERT, GPT-2."
+        f"(without it, pass token ids). Supported families: BERT, ALBERT, GPT-2, RoBERTa, "
+        f"DistilBERT, LLaMA."
     )
 
 
@@ -64,7 +65,7 @@ def read_config(directory: Path, hub_id: str) -> dict:
     if family not in FAMILIES:
         raise ValueError(
             f"{directory / 'config.json'} has model_type={family!r}, which is not supported; "
-            f"supported model types: {list(FAMILIES)} (BERT, ALBERT, GPT-2). Use a checkpoint of "
+            f"supported model types: {list(FAMILIES)}. Use a checkpoint of "
             f"one of these, e.g. `{DEFAULT_HUB_ID}`."
         )
     return config
