@@ -38,6 +38,7 @@ from ._field._feed_forward import (
     FeedForward as FeedForward,
     TransformerBlock as TransformerBlock,
 )
+from ._field._gated_feed_forward import GatedFeedForward as GatedFeedForward
 from ._field._hardmax import HardmaxAttention as HardmaxAttention
 from ._field._kuramoto import Kuramoto as Kuramoto
 from ._field._placements import (
@@ -47,6 +48,8 @@ from ._field._placements import (
     PeriLN as PeriLN,
     PreLN as PreLN,
 )
+from ._field._rms_norm import PreRMSNorm as PreRMSNorm
+from ._field._rotary import RotarySelfAttention as RotarySelfAttention, apply_rotary as apply_rotary
 from ._field._self_attention import (
     AbstractAttentionField as AbstractAttentionField,
     SelfAttention as SelfAttention,

@@ -1,6 +1,7 @@
-"""Pretrained transformers (BERT, ALBERT, GPT-2) read from local Hugging Face-style checkpoints,
-run by our JAX forward and mapped onto the library's fields (docs/pretrained.md). No torch: the
-weights are read with `safetensors`, the text with `tokenizers`."""
+"""Pretrained transformers (BERT, ALBERT, GPT-2; RoBERTa, DistilBERT, LLaMA) read from local
+Hugging Face-style checkpoints, run by our JAX forward and mapped onto the library's fields
+(docs/pretrained.md). No torch: the weights are read with `safetensors`, the text with
+`tokenizers`."""
 
 from ._approximations import (
     APPROXIMATIONS as APPROXIMATIONS,

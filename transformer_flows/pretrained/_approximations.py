@@ -12,6 +12,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from ._families import LAYOUT_FAMILY
+
 # name: (families it applies to, what it is). "exact" ones are kept by the map: switching them
 # on must leave the gap at rounding level.
 APPROXIMATIONS = {
@@ -50,7 +52,8 @@ EXACT = {
 
 def applicable(model) -> list[str]:
     """The approximations (then the exact pieces) that exist in `model`'s family."""
-    names = [name for name, (families, _) in APPROXIMATIONS.items() if model.family in families]
+    family = LAYOUT_FAMILY.get(model.family, model.family)  # RoBERTa, DistilBERT: BERT's
+    names = [name for name, (families, _) in APPROXIMATIONS.items() if family in families]
     return names + list(EXACT)
 
 
@@ -63,6 +66,12 @@ def idealized(model, keep=()):
     (names from `APPROXIMATIONS` and `EXACT`): LayerNorm γ = 1, β = 0, ε = 0; biases zero;
     every output into the residual stream centred; ALBERT's projection √(D/E) times the
     isometry (polar factor of its centred projection) so that |x0_i| = √D."""
+    if model.family == "llama":
+        raise ValueError(
+            "LLaMA's map onto our fields drops nothing (PreRMSNorm with gain and ε, rotary "
+            "attention, SwiGLU: docs/pretrained.md, 'Families'), so there is nothing to "
+            "idealise; use the model as loaded."
+        )
     unknown = sorted(set(keep) - set(APPROXIMATIONS) - set(EXACT))
     if unknown:
         raise ValueError(

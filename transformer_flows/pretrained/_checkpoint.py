@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _families
+
 # The checkpoint GLPR's Fig. 1 uses (arXiv:2312.10794): the default named by download hints.
 DEFAULT_HUB_ID = "albert/albert-xlarge-v2"
 
-FAMILIES = ("bert", "albert", "gpt2")
+FAMILIES = ("bert", "albert", "gpt2", "roberta", "distilbert", "llama")
 
 REQUIRED_FILES = ("config.json", "model.safetensors")
 
@@ -41,7 +43,8 @@ def download_hint(directory, hub_id: str = DEFAULT_HUB_ID) -> str:
         f"--local-dir {directory}\n"
         f"(or `hf download ...` with the same arguments), then copy that directory here. "
         f"Needed: config.json and model.safetensors (weights); tokenizer.json for text input "
-        f"(without it, pass token ids). Supported families: BERT, ALBERT, GPT-2."
+        f"(without it, pass token ids). Supported families: BERT, ALBERT, GPT-2, RoBERTa, "
+        f"DistilBERT, LLaMA."
     )
 
 
@@ -62,7 +65,7 @@ def read_config(directory: Path, hub_id: str) -> dict:
     if family not in FAMILIES:
         raise ValueError(
             f"{directory / 'config.json'} has model_type={family!r}, which is not supported; "
-            f"supported model types: {list(FAMILIES)} (BERT, ALBERT, GPT-2). Use a checkpoint of "
+            f"supported model types: {list(FAMILIES)}. Use a checkpoint of "
             f"one of these, e.g. `{DEFAULT_HUB_ID}`."
         )
     return config
@@ -78,7 +81,7 @@ def read_tensors(directory: Path) -> dict[str, np.ndarray]:
     """All tensors of model.safetensors (or of the shards its index names), as float32 numpy
     arrays, with the names of the bare model: task-head prefixes (`bert.`, `albert.`,
     `transformer.`) removed and the old LayerNorm names gamma/beta as weight/bias."""
-    from safetensors.numpy import load_file
+    from ._safetensors import load_file  # safetensors.numpy, and bfloat16 as float32
 
     single = directory / "model.safetensors"
     if single.is_file():
@@ -226,6 +229,8 @@ def _config_value(config: dict, name: str, directory: Path, default=None):
 def convert(config: dict, tensors: dict[str, np.ndarray], directory: Path) -> dict:
     """The family's weights in the shared layout and the settings the forward needs."""
     family = config["model_type"]
+    if family in _families.CONVERTERS:  # RoBERTa, DistilBERT, LLaMA
+        return _families.CONVERTERS[family](config, tensors, directory)
     read = _Reader(tensors, directory)
 
     def get(name, default=None):

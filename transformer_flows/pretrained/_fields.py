@@ -30,7 +30,7 @@ from .._field._base import AbstractEuclideanField
 from .._field._feed_forward import FeedForward, TransformerBlock
 from .._field._placements import PreLN
 from .._field._self_attention import SelfAttention
-from . import _forward
+from . import _forward, _llama
 
 
 class SequentialBlock(AbstractEuclideanField):
@@ -112,6 +112,8 @@ def _weights(model, num_layers: int) -> tuple[dict, float | None]:
 
 def layer_fields(model, num_layers: int):
     """The field whose layers carry the checkpoint's weights (see the module docstring)."""
+    if model.family == "llama":  # its exact fields (RMSNorm, rotary, SwiGLU): _llama
+        return _llama.layer_fields(model, num_layers)
     if num_layers < 1:
         raise ValueError(f"`num_layers` must be >= 1 for fields, got {num_layers}.")
     settings = model.settings
@@ -154,7 +156,9 @@ def to_model_units(model, states: Array) -> Array:
 
 
 def mapped_final_norm(model, x: Array) -> Array:
-    """GPT-2's final LayerNorm as the map models it: r·x/|x|."""
+    """GPT-2's final LayerNorm as the map models it: r·x/|x| (LLaMA: its final RMSNorm)."""
+    if model.family == "llama":
+        return _llama.final_rms_norm(model.embeddings, model.settings, x)
     return radius(model) * x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._validation import is_concrete
-from . import _fields, _forward
+from . import _fields, _forward, _llama
 from ._checkpoint import DEFAULT_HUB_ID, convert, read_config, read_tensors, read_tokenizer
 
 
@@ -26,8 +26,9 @@ class _Tokenizer:
 class PretrainedTransformer(eqx.Module):
     """A BERT, ALBERT or GPT-2 checkpoint as JAX arrays (`load_pretrained` builds it).
 
-    - `family`: "bert", "albert" or "gpt2"; `num_layers`: the trained depth L; `d_model`: the
-      hidden size D; `num_heads`: H; `causal`: whether attention is causal (GPT-2).
+    - `family`: "bert", "albert", "gpt2", "roberta", "distilbert" or "llama"; `num_layers`:
+      the trained depth L; `d_model`: the hidden size D; `num_heads`: H; `causal`: whether
+      attention is causal (GPT-2, LLaMA).
     - `embeddings`, `layers`: the weights (layout in `transformer_flows.pretrained._checkpoint`;
       `layers` has a leading axis over the stored layers: L, or ALBERT's groups).
     - `hidden_states`: our forward of the real model; `layer_fields`, `discrete_map_states`,
@@ -53,6 +54,8 @@ class PretrainedTransformer(eqx.Module):
 
     @property
     def max_positions(self) -> int:
+        if "position" not in self.embeddings:  # rotary positions (LLaMA): the config's bound
+            return int(self.settings["max_positions"])
         return int(self.embeddings["position"].shape[0])
 
     @property
@@ -239,6 +242,10 @@ class PretrainedTransformer(eqx.Module):
 @eqx.filter_jit
 def _hidden_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
     settings = model.settings | {"d_model": model.d_model}
+    if model.family == "llama":
+        return _llama.hidden_states(
+            model.embeddings, model.layers, settings, ids, num_layers, final_norm
+        )
     if num_layers == 0:
         return _forward.embed(model.embeddings, ids, settings)[None]
     return _forward.hidden_states(
@@ -252,6 +259,8 @@ def _discrete_map_states(model: PretrainedTransformer, ids, num_layers: int, fin
 
 
 def _embeddings(model: PretrainedTransformer, ids) -> Array:
+    if model.family == "llama":  # no position embeddings: rotary positions act in attention
+        return model.embeddings["word"][ids]
     return _forward.embed(model.embeddings, ids, model.settings)
 
 
@@ -259,9 +268,11 @@ def load_pretrained(directory, *, hub_id: str = DEFAULT_HUB_ID) -> PretrainedTra
     """Load a Hugging Face-style checkpoint directory: config.json, model.safetensors (read
     with `safetensors.numpy`) and, optionally, tokenizer.json (`tokenizers`). No torch.
 
-    Families: BERT, ALBERT (shared layers, factorised embedding), GPT-2. A missing directory or
-    file raises `MissingCheckpointError` naming what to download (`hub_id`, default GLPR's
-    ALBERT-xlarge-v2) and where to put it; an unsupported model type a ValueError.
+    Families: BERT, ALBERT (shared layers, factorised embedding), GPT-2, and RoBERTa,
+    DistilBERT, LLaMA (docs/pretrained.md, "Families"; bfloat16 weights load as float32). A
+    missing directory or file raises `MissingCheckpointError` naming what to download
+    (`hub_id`, default GLPR's ALBERT-xlarge-v2) and where to put it; an unsupported model type
+    a ValueError.
     """
     directory = Path(directory).expanduser()
     config = read_config(directory, hub_id)
