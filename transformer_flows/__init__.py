@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from . import theory as theory
+from . import limits as limits, theory as theory
 from ._attention import (
     AbstractAttentionMethod as AbstractAttentionMethod,
     AttentionMask as AttentionMask,
