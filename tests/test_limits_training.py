@@ -1,0 +1,106 @@
+"""Training in the scaling limits (docs/limits_training.md): seed 000's score-gradient identity,
+the DMFT of the toy gated-attention network, and training under the μP parameterisation."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_flows import limits
+
+# simple_gating_NN.ipynb prints all_A[-1] − all_A[0] of its DMFT (first order in η, Q(0) = Cx,
+# T = 1000); the last two columns are minus the first two.
+NOTEBOOK_DMFT_DA = np.array(
+    [
+        [-0.33192217, -0.10513747],
+        [-0.39682215, -0.44120538],
+        [0.12982348, 0.2690509],
+        [0.5465897, 0.39831847],
+        [0.25165775, 0.08377677],
+        [-0.30691928, -0.26083],
+    ]
+)
+
+
+def test_score_gradient_is_the_gradient_of_the_linear_read_out(getkey):
+    # L = Σ_i u_iᵀ Σ_j softmax(s_i)_j v_j: ∂L/∂s_ij = α_ij(b_ij − Σ_k α_ik b_ik), b = u vᵀ.
+    s = 3.0 * jax.random.normal(getkey(), (2, 5, 7))
+    u = jax.random.normal(getkey(), (2, 5, 4))
+    v = jax.random.normal(getkey(), (2, 7, 4))
+
+    def loss(scores):
+        return jnp.sum(u * (jax.nn.softmax(scores, axis=-1) @ v))
+
+    b = jnp.einsum("bid,bjd->bij", u, v)
+    by_grad = jax.grad(loss)(s)
+    by_formula = limits.score_gradient(s, b)
+    np.testing.assert_allclose(by_formula, by_grad, rtol=0, atol=1e-14)
+    # Softmax is blind to a per-row shift, so each row of the gradient sums to zero.
+    np.testing.assert_allclose(jnp.sum(by_formula, axis=-1), 0.0, atol=1e-14)
+    # A central difference on one score, independent of autodiff.
+    e = jnp.zeros_like(s).at[1, 2, 3].set(1e-5)
+    fd = (loss(s + e) - loss(s - e)) / 2e-5
+    np.testing.assert_allclose(fd, by_formula[1, 2, 3], rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="payoff"):
+        limits.score_gradient(s, b[..., :3])
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return limits.xor_gating_problem()
+
+
+def test_moment_recursion_is_exact_for_a_finite_network(problem, getkey):
+    # SGD on a width-16 network through jax.grad equals the moment recursion started from the
+    # network's empirical moments, step for step (the DMFT is this recursion at N = ∞).
+    net = limits.init_gating_network(getkey(), problem, 16)
+    losses, final = limits.train_gating_network(net, problem, 60)
+    moment_losses, a = limits.gating_dmft(problem, 60, initial=limits.gating_moments(net, problem))
+    np.testing.assert_allclose(losses, moment_losses, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(a[-1], limits.gating_attention(final, problem), atol=1e-12)
+    assert float(losses[0]) == pytest.approx(1.0)  # centred output: f − f0 = 0 at step 0
+    assert float(losses[-1]) < 0.9
+
+
+def test_dmft_reproduces_the_notebooks_printed_dmft(problem):
+    m0 = limits.dmft_initial_moments(problem)
+    notebook = eqx.tree_at(lambda m: m.Q, m0, jnp.broadcast_to(problem.gram, m0.Q.shape))
+    _, a = limits.gating_dmft(problem, 999, initial=notebook, second_order=False)
+    da = np.asarray(a[-1] - a[0])
+    np.testing.assert_allclose(da[:, :2], NOTEBOOK_DMFT_DA, atol=2e-5)  # float32 in the notebook
+    np.testing.assert_allclose(da[:, 2:], -da[:, :2], atol=1e-12)  # XOR's symmetry x → −x
+
+
+def test_initial_moments_are_the_networks_expectations(problem, getkey):
+    net = limits.init_gating_network(getkey(), problem, 40_000)
+    empirical = limits.gating_moments(net, problem)
+    expected = limits.dmft_initial_moments(problem)
+    for name in ("F", "Z", "V", "A", "K", "Q"):
+        # Each moment is a mean of 40 000 products of O(1) Gaussians: 6/√N ≈ 0.03 is > 5σ.
+        np.testing.assert_allclose(
+            getattr(empirical, name), getattr(expected, name), atol=0.03, err_msg=name
+        )
+
+
+def test_problem_validation():
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match="`y`"):
+        limits.GatingProblem(x, jnp.ones(3), jnp.zeros(2), jnp.ones((2, 2)), 0.1, 1.0)
+    with pytest.raises(ValueError, match="`rho`"):
+        limits.GatingProblem(x, jnp.ones(4), jnp.full(2, 1.5), jnp.ones((2, 2)), 0.1, 1.0)
+    with pytest.raises(ValueError, match="`eta`"):
+        limits.GatingProblem(x, jnp.ones(4), jnp.zeros(2), jnp.ones((2, 2)), -0.1, 1.0)
+
+
+def test_finite_width_loss_is_within_the_measured_band_of_the_dmft(problem, getkey):
+    # experiments/limits_dmft.py measured sup_t |L_N − L_∞| ≈ 0.57 N^{-0.44} (six seeds,
+    # N = 100 ... 25 600, per-seed maximum below 1.6× the mean); the fluctuations of the initial
+    # moments are O(N^{-1/2}). Band at N = 4096, T = 100: four times the fitted 0.57/√N.
+    steps, width = 100, 4096
+    dmft, _ = limits.gating_dmft(problem, steps)
+    net = limits.init_gating_network(getkey(), problem, width)
+    losses, _ = limits.train_gating_network(net, problem, steps)
+    gap = float(jnp.max(jnp.abs(losses - dmft)))
+    assert gap < 4 * 0.57 / np.sqrt(width)
+    assert float(dmft[-1]) < 0.6  # the loss has moved: the comparison is not trivial
