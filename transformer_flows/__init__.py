@@ -4,6 +4,7 @@ import importlib.metadata
 
 from . import (
     experiment as experiment,  # noqa: E402  (after the names it builds on)
+    limits as limits,
     pretrained as pretrained,
     theory as theory,
 )

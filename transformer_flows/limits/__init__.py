@@ -1,5 +1,6 @@
 """Random and trained transformers in their scaling limits (Bordelon, Chaudhry, Pehlevan,
-arXiv:2405.15712): docs/limits_training.md."""
+arXiv:2405.15712): heads H, head dimension N, depth L (docs/limits.md;
+training, the DMFT and the score-gradient identity: docs/limits_training.md)."""
 
 from ._dmft import (
     GatingMoments as GatingMoments,
@@ -14,4 +15,18 @@ from ._dmft import (
     train_gating_network as train_gating_network,
     xor_gating_problem as xor_gating_problem,
 )
+from ._observables import (
+    across_head_variance as across_head_variance,
+    head_density as head_density,
+    mean_offdiagonal_cosine as mean_offdiagonal_cosine,
+    token_kernel as token_kernel,
+)
 from ._score_gradient import score_gradient as score_gradient
+from ._sde import BranchNoise as BranchNoise, NoDrift as NoDrift, branch_noise as branch_noise
+from ._transformer import (
+    AbstractRandomTransformer as AbstractRandomTransformer,
+    PostLNTransformer as PostLNTransformer,
+    PreLNTransformer as PreLNTransformer,
+    TransformerWeights as TransformerWeights,
+    random_transformer as random_transformer,
+)
