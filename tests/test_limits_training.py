@@ -104,3 +104,58 @@ def test_finite_width_loss_is_within_the_measured_band_of_the_dmft(problem, getk
     gap = float(jnp.max(jnp.abs(losses - dmft)))
     assert gap < 4 * 0.57 / np.sqrt(width)
     assert float(dmft[-1]) < 0.6  # the loss has moved: the comparison is not trivial
+
+
+def test_learning_rates_are_the_stated_formulas():
+    # η·N·H·γ₀²·L^{2α_L−1}: η = 0.1, N = 8, H = 2, γ₀ = 0.5, L = 4.
+    sgd = limits.sgd_learning_rate
+    assert sgd(0.1, heads=2, head_dim=8, depth=4, gamma0=0.5, alpha_L=1.0) == pytest.approx(1.6)
+    assert sgd(0.1, heads=2, head_dim=8, depth=4, gamma0=0.5, alpha_L=0.5) == pytest.approx(0.4)
+    assert limits.adam_learning_rate(0.1, heads=2, head_dim=8) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="`gamma0`"):
+        sgd(0.1, heads=2, head_dim=8, depth=4, gamma0=0.0, alpha_L=1.0)
+    with pytest.raises(ValueError, match="`heads`"):
+        limits.adam_learning_rate(0.1, heads=0, head_dim=8)
+
+
+def test_training_centres_the_output_steps_by_the_gradient_and_records_trajectories(getkey):
+    transformer = limits.random_transformer(
+        getkey(), depth=2, heads=2, head_dim=2, alpha_A=1.0, alpha_L=1.0
+    )
+    model = limits.init_readout_model(getkey(), transformer)
+    x0 = jax.random.normal(getkey(), (3, 3, 4))
+    x0 = x0 / jnp.linalg.norm(x0, axis=-1, keepdims=True)
+    y = jnp.array([0.5, -1.0, 2.0])
+    gamma0, lr = 0.5, 0.3
+    # Centring: the trained output is exactly 0 at initialisation.
+    assert float(eqx.filter_jit(limits.centred_output)(model, model, x0[0], gamma0)) == 0.0
+    result = limits.train_readout_model(
+        model, x0, y, gamma0=gamma0, learning_rate=lr, steps=3, record_steps=(0, 1, 3)
+    )
+    np.testing.assert_allclose(result.losses[0], jnp.mean(y**2), rtol=1e-14)
+    assert result.losses.shape == (4,)
+
+    # One SGD step is θ − lr ∇loss, the gradient taken here independently of the module.
+    @eqx.filter_jit
+    def loss(m):
+        out = jax.vmap(lambda x: limits.centred_output(m, model, x, gamma0))(x0)
+        return jnp.mean((out - y) ** 2)
+
+    grad = eqx.filter_jit(eqx.filter_grad(loss))(model)
+    one = limits.train_readout_model(model, x0, y, gamma0=gamma0, learning_rate=lr, steps=1)
+    expected = jax.tree_util.tree_map(lambda p, g: p - lr * g, model, grad)
+    np.testing.assert_allclose(one.model.readout, expected.readout, atol=1e-12)
+    np.testing.assert_allclose(
+        one.model.transformer.weights.query, expected.transformer.weights.query, atol=1e-12
+    )
+    np.testing.assert_allclose(result.losses[1], loss(one.model), rtol=1e-12)
+    # Trajectories: (P, L + 1, n, D) layer states at exactly the requested steps.
+    assert sorted(result.trajectories) == [0, 1, 3]
+    states = eqx.filter_jit(lambda m, x: m.states(x))
+    np.testing.assert_allclose(result.trajectories[0][1], states(model, x0[1]), atol=1e-14)
+    np.testing.assert_allclose(result.trajectories[1][2], states(one.model, x0[2]), atol=1e-12)
+    np.testing.assert_allclose(result.trajectories[3][0], states(result.model, x0[0]), atol=1e-14)
+    with pytest.raises(ValueError, match="record_steps"):
+        limits.train_readout_model(
+            model, x0, y, gamma0=gamma0, learning_rate=lr, steps=3, record_steps=(5,)
+        )

@@ -23,6 +23,15 @@ from ._observables import (
 )
 from ._score_gradient import score_gradient as score_gradient
 from ._sde import BranchNoise as BranchNoise, NoDrift as NoDrift, branch_noise as branch_noise
+from ._training import (
+    ReadoutModel as ReadoutModel,
+    TrainResult as TrainResult,
+    adam_learning_rate as adam_learning_rate,
+    centred_output as centred_output,
+    init_readout_model as init_readout_model,
+    sgd_learning_rate as sgd_learning_rate,
+    train_readout_model as train_readout_model,
+)
 from ._transformer import (
     AbstractRandomTransformer as AbstractRandomTransformer,
     PostLNTransformer as PostLNTransformer,
