@@ -189,8 +189,10 @@ def depth_part(args, plt):
             "o-",
             label=f"α_L = {alpha_L}: slope {out[key]['slope'][0]:.2f}",
         )
-    ax.set_xlabel("depth L")
-    ax.set_ylabel("|ΔW_{Q,K}|_F / |W_{Q,K}(0)|_F")
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.minorticks_off()
+    ax.set_xlabel("depth L (N = 8, H = 2)")
+    ax.set_ylabel("key/query movement |ΔW|/|W(0)| (Frobenius)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return out, fig
