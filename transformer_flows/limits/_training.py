@@ -99,9 +99,6 @@ def _loss(params, static, model0, inputs, targets, gamma0):
     return jnp.mean((out - targets) ** 2)
 
 
-_final_loss = eqx.filter_jit(_loss)
-
-
 @eqx.filter_jit
 def _step(params, state, static, model0, inputs, targets, gamma0, lr, opt):
     value, grad = jax.value_and_grad(_loss)(params, static, model0, inputs, targets, gamma0)
@@ -168,5 +165,6 @@ def train_readout_model(
         if t < steps:
             params, state, value = _step(params, state, static, model, inputs, targets, g0, lr, opt)
             losses.append(value)
-    losses.append(_final_loss(params, static, model, inputs, targets, g0))
+    # The final loss from the compiled step (its update is discarded): no extra compile.
+    losses.append(_step(params, state, static, model, inputs, targets, g0, lr, opt)[2])
     return TrainResult(jnp.stack(losses), eqx.combine(params, static), trajectories)
