@@ -144,6 +144,8 @@ def heads_part(args, plt):
 
 
 def depth_part(args, plt):
+    import matplotlib.ticker as matplotlib_ticker
+
     depths = [2, 4, 8, 16, 32]
     out = {}
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -190,7 +192,7 @@ def depth_part(args, plt):
             label=f"α_L = {alpha_L}: slope {out[key]['slope'][0]:.2f}",
         )
     ax.set_xticks(depths, [str(d) for d in depths])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(matplotlib_ticker.NullLocator())
     ax.set_xlabel("depth L (N = 8, H = 2)")
     ax.set_ylabel("key/query movement |ΔW|/|W(0)| (Frobenius)")
     ax.legend(fontsize=8)
