@@ -49,6 +49,7 @@ figures: $(STAMP)
 	  $(CLI) run $$config --out $(FIGURES_OUT)/$$(basename $$config .yaml) || [ $$? -eq 4 ]; done
 	$(CLI) run configs/figure4_phase.yaml --out $(FIGURES_OUT)/figure4_phase_fixed_step \
 	  name=figure4_phase_fixed_step solver.name=normalized_euler solver.dt=0.1
+	PYTHONPATH=. $(PY) experiments/limits_init.py --out $(FIGURES_OUT)/limits_init
 
 figures-smoke: $(STAMP)
 	@set -e; for config in $(CONFIGS); do \
