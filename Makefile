@@ -75,3 +75,10 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# Issue 19 items 3-4 (docs/limits_training.md): the DMFT gap (about 5 CPU minutes) and the
+# training measurements (heads, depth: a few CPU minutes each); figures in docs/figures/.
+figures-limits-training: $(STAMP)
+	PYTHONPATH=. $(PY) experiments/limits_dmft.py --out $(FIGURES_OUT)/limits_dmft
+	PYTHONPATH=. $(PY) experiments/limits_training.py heads --out $(FIGURES_OUT)/limits_training
+	PYTHONPATH=. $(PY) experiments/limits_training.py depth --out $(FIGURES_OUT)/limits_training

@@ -1,0 +1,229 @@
+"""Training random transformers under the Bordelon–Chaudhry–Pehlevan parameterisation
+(issue 19, item 3; docs/limits_training.md): centred output (f − f₀)/γ₀, SGD at
+η·N·H·γ₀²·L^{2α_L−1}, full-batch on a toy sequence task.
+
+Task: P = 16 sequences of n = 4 tokens z ∈ R^4 (standard normal), embedded in d_model D = N·H by a
+fixed Gaussian matrix and put on the sphere; target y = 2 cos(z_1, z_2) (needs the tokens to
+interact). Post-LN `random_transformer`, read-out wᵀ x̄^L/√D.
+
+    python experiments/limits_training.py heads --out out/limits_training   (≈ 4 CPU min)
+    python experiments/limits_training.py depth --out out/limits_training   (≈ 3 CPU min)
+
+`heads`: across-head variance of the attention logits after training against N (α_A = 1, ½),
+H = 4, L = 2: of A_h(T) and of the learned part A_h(T) − A_h(0); loss curves across N.
+`depth`: relative movement |W(T) − W(0)|_F/|W(0)|_F of the key/query weights against L
+(α_L = 1, ½), N = 8, H = 2. Slopes are least-squares log-log fits with 95% bootstrap intervals
+over seeds.
+"""
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import transformer_flows as tf
+from transformer_flows.limits import _training as tr
+
+
+def toy_task(key, dim, sequences=16, tokens=4, d_in=4):
+    kz, ke = jax.random.split(key)
+    z = jax.random.normal(kz, (sequences, tokens, d_in))
+    embed = jax.random.normal(ke, (dim, d_in))
+    x0 = tf.normalize(z @ embed.T)
+    unit = z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    return x0, 2.0 * jnp.sum(unit[:, 0] * unit[:, 1], axis=-1)
+
+
+def train(seed, *, heads, head_dim, depth, alpha_A, alpha_L, eta, gamma0, steps):
+    transformer = tf.limits.random_transformer(
+        jax.random.key(100 + seed),
+        depth=depth,
+        heads=heads,
+        head_dim=head_dim,
+        alpha_A=alpha_A,
+        alpha_L=alpha_L,
+        dtype=jnp.float32,
+    )
+    model = tr.init_readout_model(jax.random.key(200 + seed), transformer)
+    x0, y = toy_task(jax.random.key(seed), heads * head_dim)
+    lr = tr.sgd_learning_rate(
+        eta, heads=heads, head_dim=head_dim, depth=depth, gamma0=gamma0, alpha_L=alpha_L
+    )
+    result = tr.train_readout_model(model, x0, y, gamma0=gamma0, learning_rate=lr, steps=steps)
+    return model, result, x0
+
+
+def logits(model, x0):
+    """A_h,ij per layer and input: (P, L, H, n, n)."""
+    t = model.transformer
+    mids = (jnp.arange(t.depth) + 0.5) / t.depth
+    return jax.vmap(lambda x: jax.vmap(lambda s: t.logits(s, x))(mids))(x0)
+
+
+def fit_slope(xs, values):
+    """values (len(xs), seeds): slope of log mean-over-seeds, and a 95% bootstrap interval."""
+    values = np.asarray(values)
+    slope = np.polyfit(np.log(xs), np.log(values.mean(1)), 1)[0]
+    rng = np.random.default_rng(0)
+    seeds = values.shape[1]
+    boot = [
+        np.polyfit(np.log(xs), np.log(values[:, rng.integers(0, seeds, seeds)].mean(1)), 1)[0]
+        for _ in range(2000)
+    ]
+    return float(slope), [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+
+
+def heads_part(args, plt):
+    widths = [8, 16, 32, 64, 128]
+    out, curves = {}, {}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for alpha_A in (1.0, 0.5):
+        final, learned = [], []
+        for n in widths:
+            row_f, row_l = [], []
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                model, result, x0 = train(
+                    seed,
+                    heads=4,
+                    head_dim=n,
+                    depth=2,
+                    alpha_A=alpha_A,
+                    alpha_L=1.0,
+                    eta=args.eta,
+                    gamma0=args.gamma0,
+                    steps=args.steps,
+                )
+                a0, a1 = logits(model, x0), logits(result.model, x0)
+                row_f.append(float(jnp.mean(jnp.var(a1, axis=2, ddof=1))))
+                row_l.append(float(jnp.mean(jnp.var(a1 - a0, axis=2, ddof=1))))
+                curves[(alpha_A, n, seed)] = np.asarray(result.losses)
+                print(
+                    f"alpha_A={alpha_A} N={n} seed={seed}: var {row_f[-1]:.3g} learned "
+                    f"{row_l[-1]:.3g} loss {curves[(alpha_A, n, seed)][-1]:.4f} "
+                    f"({time.perf_counter() - start:.1f} s)",
+                    flush=True,
+                )
+            final.append(row_f)
+            learned.append(row_l)
+        key = f"alpha_A={alpha_A}"
+        out[key] = {
+            "widths": widths,
+            "var_final": np.mean(final, 1).tolist(),
+            "var_learned": np.mean(learned, 1).tolist(),
+            "slope_final": fit_slope(widths, final),
+            "slope_learned": fit_slope(widths, learned),
+            "slope_learned_last3": fit_slope(widths[-3:], learned[-3:]),
+        }
+        ax = axes[0] if alpha_A == 1.0 else axes[1]
+        ax.loglog(widths, np.mean(final, 1), "o-", label="var$_h$ A(T)")
+        ax.loglog(widths, np.mean(learned, 1), "s-", label="var$_h$ [A(T) − A(0)]")
+        ax.set_title(
+            f"α_A = {alpha_A}: slopes {out[key]['slope_final'][0]:.2f}, "
+            f"{out[key]['slope_learned'][0]:.2f}"
+        )
+        ax.set_xlabel("head dimension N (H = 4)")
+        ax.legend(fontsize=8)
+    # Loss curves across widths at fixed γ₀ (α_A = 1): distance to the widest.
+    mean_curve = {n: np.mean([curves[(1.0, n, s)] for s in range(args.seeds)], 0) for n in widths}
+    dist = [float(np.max(np.abs(mean_curve[n] - mean_curve[widths[-1]]))) for n in widths[:-1]]
+    out["loss_collapse_sup_to_widest"] = dict(zip(map(str, widths[:-1]), dist, strict=True))
+    out["loss_final_alpha_A=1"] = {str(n): float(mean_curve[n][-1]) for n in widths}
+    for n in widths:
+        axes[2].plot(mean_curve[n], label=f"N = {n}")
+    axes[2].set_xlabel("SGD step")
+    axes[2].set_ylabel("train loss (mean over seeds)")
+    axes[2].set_title(f"α_A = 1, γ₀ = {args.gamma0}: loss curves across widths")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return out, fig
+
+
+def depth_part(args, plt):
+    import matplotlib.ticker as matplotlib_ticker
+
+    depths = [2, 4, 8, 16, 32]
+    out = {}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for alpha_L in (1.0, 0.5):
+        moves = []
+        for depth in depths:
+            row = []
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                model, result, _ = train(
+                    seed,
+                    heads=2,
+                    head_dim=8,
+                    depth=depth,
+                    alpha_A=1.0,
+                    alpha_L=alpha_L,
+                    eta=args.eta,
+                    gamma0=args.gamma0,
+                    steps=args.depth_steps,
+                )
+                w0, w1 = model.transformer.weights, result.model.transformer.weights
+                num = sum(
+                    float(jnp.sum((a - b) ** 2))
+                    for a, b in ((w1.query, w0.query), (w1.key, w0.key))
+                )
+                den = sum(float(jnp.sum(a**2)) for a in (w0.query, w0.key))
+                row.append(np.sqrt(num / den))
+                print(
+                    f"alpha_L={alpha_L} L={depth} seed={seed}: move {row[-1]:.3g} loss "
+                    f"{float(result.losses[-1]):.4f} ({time.perf_counter() - start:.1f} s)",
+                    flush=True,
+                )
+            moves.append(row)
+        key = f"alpha_L={alpha_L}"
+        out[key] = {
+            "depths": depths,
+            "kq_movement": np.mean(moves, 1).tolist(),
+            "slope": fit_slope(depths, moves),
+        }
+        ax.loglog(
+            depths,
+            np.mean(moves, 1),
+            "o-",
+            label=f"α_L = {alpha_L}: slope {out[key]['slope'][0]:.2f}",
+        )
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_locator(matplotlib_ticker.NullLocator())
+    ax.set_xlabel("depth L (N = 8, H = 2)")
+    ax.set_ylabel("key/query movement |ΔW|/|W(0)| (Frobenius)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return out, fig
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("part", choices=["heads", "depth"])
+    parser.add_argument("--out", default="out/limits_training")
+    parser.add_argument("--figures", default="docs/figures")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--depth-steps", type=int, default=100)
+    parser.add_argument("--eta", type=float, default=0.01)
+    parser.add_argument("--gamma0", type=float, default=1.0)
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, fig = (heads_part if args.part == "heads" else depth_part)(args, plt)
+    results["settings"] = vars(args)
+    (out / f"{args.part}.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+    fig.savefig(pathlib.Path(args.figures) / f"limits_training_{args.part}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

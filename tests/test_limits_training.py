@@ -1,0 +1,162 @@
+"""Training in the scaling limits (docs/limits_training.md): seed 000's score-gradient identity,
+the DMFT of the toy gated-attention network, and training under the μP parameterisation."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_flows import limits
+
+# simple_gating_NN.ipynb prints all_A[-1] − all_A[0] of its DMFT (first order in η, Q(0) = Cx,
+# T = 1000); the last two columns are minus the first two.
+NOTEBOOK_DMFT_DA = np.array(
+    [
+        [-0.33192217, -0.10513747],
+        [-0.39682215, -0.44120538],
+        [0.12982348, 0.2690509],
+        [0.5465897, 0.39831847],
+        [0.25165775, 0.08377677],
+        [-0.30691928, -0.26083],
+    ]
+)
+
+
+def test_score_gradient_is_the_gradient_of_the_linear_read_out(getkey):
+    # L = Σ_i u_iᵀ Σ_j softmax(s_i)_j v_j: ∂L/∂s_ij = α_ij(b_ij − Σ_k α_ik b_ik), b = u vᵀ.
+    s = 3.0 * jax.random.normal(getkey(), (2, 5, 7))
+    u = jax.random.normal(getkey(), (2, 5, 4))
+    v = jax.random.normal(getkey(), (2, 7, 4))
+
+    @jax.jit
+    def loss(scores):
+        return jnp.sum(u * (jax.nn.softmax(scores, axis=-1) @ v))
+
+    b = jnp.einsum("bid,bjd->bij", u, v)
+    by_grad = jax.jit(jax.grad(loss))(s)
+    by_formula = jax.jit(limits.score_gradient)(s, b)
+    np.testing.assert_allclose(by_formula, by_grad, rtol=0, atol=1e-14)
+    # Softmax is blind to a per-row shift, so each row of the gradient sums to zero.
+    np.testing.assert_allclose(jnp.sum(by_formula, axis=-1), 0.0, atol=1e-14)
+    # A central difference on one score, independent of autodiff.
+    e = jnp.zeros_like(s).at[1, 2, 3].set(1e-5)
+    fd = (loss(s + e) - loss(s - e)) / 2e-5
+    np.testing.assert_allclose(fd, by_formula[1, 2, 3], rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="payoff"):
+        limits.score_gradient(s, b[..., :3])
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return limits.xor_gating_problem()
+
+
+def test_moment_recursion_is_exact_for_a_finite_network(problem, getkey):
+    # SGD on a width-16 network through jax.grad equals the moment recursion started from the
+    # network's empirical moments, step for step (the DMFT is this recursion at N = ∞).
+    net = limits.init_gating_network(getkey(), problem, 16)
+    losses, final = limits.train_gating_network(net, problem, 60)
+    moment_losses, a = limits.gating_dmft(problem, 60, initial=limits.gating_moments(net, problem))
+    np.testing.assert_allclose(losses, moment_losses, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(a[-1], limits.gating_attention(final, problem), atol=1e-12)
+    assert float(losses[0]) == pytest.approx(1.0)  # centred output: f − f0 = 0 at step 0
+    assert float(losses[-1]) < 0.9
+
+
+def test_dmft_reproduces_the_notebooks_printed_dmft(problem):
+    m0 = limits.dmft_initial_moments(problem)
+    notebook = eqx.tree_at(lambda m: m.Q, m0, jnp.broadcast_to(problem.gram, m0.Q.shape))
+    _, a = limits.gating_dmft(problem, 999, initial=notebook, second_order=False)
+    da = np.asarray(a[-1] - a[0])
+    np.testing.assert_allclose(da[:, :2], NOTEBOOK_DMFT_DA, atol=2e-5)  # float32 in the notebook
+    np.testing.assert_allclose(da[:, 2:], -da[:, :2], atol=1e-12)  # XOR's symmetry x → −x
+
+
+def test_initial_moments_are_the_networks_expectations(problem, getkey):
+    net = limits.init_gating_network(getkey(), problem, 40_000)
+    empirical = limits.gating_moments(net, problem)
+    expected = limits.dmft_initial_moments(problem)
+    for name in ("F", "Z", "V", "A", "K", "Q"):
+        # Each moment is a mean of 40 000 products of O(1) Gaussians: 6/√N ≈ 0.03 is > 5σ.
+        np.testing.assert_allclose(
+            getattr(empirical, name), getattr(expected, name), atol=0.03, err_msg=name
+        )
+
+
+def test_problem_validation():
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match="`y`"):
+        limits.GatingProblem(x, jnp.ones(3), jnp.zeros(2), jnp.ones((2, 2)), 0.1, 1.0)
+    with pytest.raises(ValueError, match="`rho`"):
+        limits.GatingProblem(x, jnp.ones(4), jnp.full(2, 1.5), jnp.ones((2, 2)), 0.1, 1.0)
+    with pytest.raises(ValueError, match="`eta`"):
+        limits.GatingProblem(x, jnp.ones(4), jnp.zeros(2), jnp.ones((2, 2)), -0.1, 1.0)
+
+
+def test_finite_width_loss_is_within_the_measured_band_of_the_dmft(problem, getkey):
+    # experiments/limits_dmft.py measured sup_t |L_N − L_∞| ≈ 0.57 N^{-0.44} (six seeds,
+    # N = 100 ... 25 600, worst seed below 2× the mean); the fluctuations of the initial
+    # moments are O(N^{-1/2}). Band at N = 4096, T = 100: four times the fitted 0.57/√N.
+    steps, width = 100, 4096
+    dmft, _ = limits.gating_dmft(problem, steps)
+    net = limits.init_gating_network(getkey(), problem, width)
+    losses, _ = limits.train_gating_network(net, problem, steps)
+    gap = float(jnp.max(jnp.abs(losses - dmft)))
+    assert gap < 4 * 0.57 / np.sqrt(width)
+    assert float(dmft[-1]) < 0.6  # the loss has moved: the comparison is not trivial
+
+
+def test_learning_rates_are_the_stated_formulas():
+    # η·N·H·γ₀²·L^{2α_L−1}: η = 0.1, N = 8, H = 2, γ₀ = 0.5, L = 4.
+    sgd = limits.sgd_learning_rate
+    assert sgd(0.1, heads=2, head_dim=8, depth=4, gamma0=0.5, alpha_L=1.0) == pytest.approx(1.6)
+    assert sgd(0.1, heads=2, head_dim=8, depth=4, gamma0=0.5, alpha_L=0.5) == pytest.approx(0.4)
+    assert limits.adam_learning_rate(0.1, heads=2, head_dim=8) == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="`gamma0`"):
+        sgd(0.1, heads=2, head_dim=8, depth=4, gamma0=0.0, alpha_L=1.0)
+    with pytest.raises(ValueError, match="`heads`"):
+        limits.adam_learning_rate(0.1, heads=0, head_dim=8)
+
+
+def test_training_centres_the_output_steps_by_the_gradient_and_records_trajectories(getkey):
+    transformer = limits.random_transformer(
+        getkey(), depth=2, heads=2, head_dim=2, alpha_A=1.0, alpha_L=1.0
+    )
+    model = limits.init_readout_model(getkey(), transformer)
+    x0 = jax.random.normal(getkey(), (3, 3, 4))
+    x0 = x0 / jnp.linalg.norm(x0, axis=-1, keepdims=True)
+    y = jnp.array([0.5, -1.0, 2.0])
+    gamma0, lr = 0.5, 0.3
+    result = limits.train_readout_model(
+        model, x0, y, gamma0=gamma0, learning_rate=lr, steps=3, record_steps=(0, 1, 3)
+    )
+    np.testing.assert_allclose(result.losses[0], jnp.mean(y**2), rtol=1e-14)
+    assert result.losses.shape == (4,)
+
+    # One SGD step is θ − lr ∇loss, the gradient taken here independently of the module.
+    def loss(m):
+        out = jax.vmap(lambda x: limits.centred_output(m, model, x, gamma0))(x0)
+        return jnp.mean((out - y) ** 2), out
+
+    # One compile, used twice.
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
+    (_, out0), grad = value_and_grad(model)
+    assert np.all(np.asarray(out0) == 0.0)  # centring: the output is exactly 0 at θ₀
+    one = limits.train_readout_model(model, x0, y, gamma0=gamma0, learning_rate=lr, steps=1)
+    expected = jax.tree_util.tree_map(lambda p, g: p - lr * g, model, grad)
+    np.testing.assert_allclose(one.model.readout, expected.readout, atol=1e-12)
+    np.testing.assert_allclose(
+        one.model.transformer.weights.query, expected.transformer.weights.query, atol=1e-12
+    )
+    np.testing.assert_allclose(result.losses[1], value_and_grad(one.model)[0][0], rtol=1e-12)
+    # Trajectories: (P, L + 1, n, D) layer states at exactly the requested steps.
+    assert sorted(result.trajectories) == [0, 1, 3]
+    states = eqx.filter_jit(lambda m, x: m.states(x))
+    np.testing.assert_allclose(result.trajectories[0][1], states(model, x0[1]), atol=1e-14)
+    np.testing.assert_allclose(result.trajectories[1][2], states(one.model, x0[2]), atol=1e-12)
+    np.testing.assert_allclose(result.trajectories[3][0], states(result.model, x0[0]), atol=1e-14)
+    with pytest.raises(ValueError, match="record_steps"):
+        limits.train_readout_model(
+            model, x0, y, gamma0=gamma0, learning_rate=lr, steps=3, record_steps=(5,)
+        )
