@@ -136,7 +136,7 @@ def test_token_ids_under_jit_and_vmap(models):
     with pytest.raises(ValueError, match="tokenize"):
         model.hidden_states(TEXT)
     with pytest.raises(ValueError, match="1-D"):
-        model.hidden_states(batch)
+        model.hidden_states(batch[None])  # a batch is (B, n); (1, B, n) is refused
     with pytest.raises(ValueError, match="64 position embeddings"):
         model.hidden_states(np.full(65, 5))
 
