@@ -14,6 +14,7 @@ from ._approximations import (
 from ._checkpoint import (
     DEFAULT_HUB_ID as DEFAULT_HUB_ID,
     FAMILIES as FAMILIES,
+    CheckpointError as CheckpointError,
     MissingCheckpointError as MissingCheckpointError,
     download_hint as download_hint,
 )
