@@ -151,7 +151,7 @@ class _Key:
             return value
         if not (self.low <= value <= self.high):
             raise CheckpointError(
-                f"{where} is {value!r}, outside [{self.low:g}, {self.high:g}] (the bounds this "
+                f"{where} is {value!r}, outside [{self.low}, {self.high}] (the bounds this "
                 "library accepts, far beyond every released model of the family)."
             )
         return value
