@@ -329,3 +329,32 @@ def test_reading_a_checkpoint_never_runs_its_code(damaged, tmp_path):
         sys.path.remove(str(damaged))
     assert not marker.exists()
     assert not any("evil" in name for name in sys.modules)
+
+
+def test_bfloat16_weights_load_as_float32(damaged, tiny_checkpoints):  # noqa: F811
+    """A checkpoint stored in bfloat16 (the upper 16 bits of each float32) loads as float32:
+    each weight equals the float32 one with its lower 16 bits cleared, exactly."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(damaged / "model.safetensors")
+    header, chunks, offset = {}, [], 0
+    for name, value in sorted(tensors.items()):
+        if value.dtype == np.float32:
+            data, dtype = (value.view(np.uint32) >> 16).astype("<u2").tobytes(), "BF16"
+        else:
+            data, dtype = value.tobytes(), {np.dtype(np.int64): "I64"}[value.dtype]
+        header[name] = {"dtype": dtype, "shape": list(value.shape)}
+        header[name]["data_offsets"] = [offset, offset + len(data)]
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    (damaged / "model.safetensors").write_bytes(
+        len(text).to_bytes(8, "little") + text + b"".join(chunks)
+    )
+    model = load_pretrained(damaged)
+    full = load_pretrained(tiny_checkpoints["bert"])
+    word = np.asarray(full.embeddings["word"])
+    cleared = (word.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    np.testing.assert_array_equal(model.embeddings["word"], cleared)
+    assert model.embeddings["word"].dtype == np.float32
+    assert not np.array_equal(cleared, word)  # the rounding is real, so the test can fail
