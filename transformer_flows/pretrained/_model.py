@@ -184,7 +184,8 @@ class PretrainedTransformer(eqx.Module):
             allowed = "1-D (one sequence) or 2-D (a padded batch)" if batch else "1-D"
             raise ValueError(
                 f"`token_ids` must be a non-empty {allowed} array of token ids, got shape "
-                f"{ids.shape}; for several texts call once per text (or jax.vmap)."
+                f"{ids.shape}; for several texts, `tokenize_batch` gives padded ids and their "
+                "mask for `hidden_states` (or call once per text)."
             )
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"`token_ids` must be integers, got dtype {ids.dtype}.")
