@@ -266,17 +266,19 @@ def test_llama_config_is_checked(checkpoints, tmp_path):
     import json
     import shutil
 
+    from transformer_flows.pretrained import CheckpointError
+
     source = checkpoints["llama"]
     shutil.copy(source / "model.safetensors", tmp_path / "model.safetensors")
     config = json.loads((source / "config.json").read_text())
     for change, message in (
         ({"rope_parameters": {"rope_type": "linear", "factor": 2.0}}, "rope_type='linear'"),
-        ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads=3"),
-        ({"attention_bias": True}, "attention_bias=true"),
-        ({"num_attention_heads": 0}, "num_attention_heads=0"),
+        ({"num_key_value_heads": 3}, "not a multiple of key 'num_key_value_heads' = 3"),
+        ({"attention_bias": True}, "key 'attention_bias' is true"),
+        ({"num_attention_heads": 0}, "key 'num_attention_heads' is 0, outside"),
     ):
         (tmp_path / "config.json").write_text(json.dumps(config | change))
-        with pytest.raises(ValueError, match=message) as error:
+        with pytest.raises(CheckpointError, match=message) as error:
             load_pretrained(tmp_path)
         assert "config.json" in str(error.value)
 
@@ -284,8 +286,11 @@ def test_llama_config_is_checked(checkpoints, tmp_path):
 def test_bfloat16_weights_load_as_float32(checkpoints, models, references):
     """A checkpoint saved in bfloat16 loads as float32 (widening is exact: the bf16 values
     themselves), its forward equals transformers' float32 forward of the same weights; the
-    format reader used without ml_dtypes gives the same arrays."""
-    from transformer_flows.pretrained._safetensors import _load_with_bfloat16, load_file
+    checkpoint reader (bit patterns widened by hand) gives safetensors' own bfloat16 arrays
+    (numpy with ml_dtypes) widened to float32."""
+    from safetensors.numpy import load_file
+
+    from transformer_flows.pretrained._checkpoint import read_tensors
 
     model, full = models["llama_bf16"], models["llama"]
     assert all(w.dtype == jnp.float32 for w in jax.tree.leaves((model.layers, model.embeddings)))
@@ -297,8 +302,8 @@ def test_bfloat16_weights_load_as_float32(checkpoints, models, references):
     errors = relative_errors(model.hidden_states(model.tokenize(TEXT)), references["llama_bf16"])
     assert np.all(errors <= 1e-5), errors
     path = checkpoints["llama_bf16"] / "model.safetensors"
-    by_library, by_format = load_file(path), _load_with_bfloat16(path)
-    assert by_library.keys() == by_format.keys()
+    by_library, by_reader = load_file(path), read_tensors(path.parent)
+    assert by_library.keys() == by_reader.keys()
     for name, value in by_library.items():
-        assert value.dtype == np.float32
-        np.testing.assert_array_equal(by_format[name], value)
+        assert value.dtype.name == "bfloat16" and by_reader[name].dtype == "BF16"
+        np.testing.assert_array_equal(by_reader[name].load(), value.astype(np.float32))
