@@ -100,6 +100,29 @@ def test_task_head_prefixes_are_stripped(family, prefix, checkpoints, models, tm
             np.testing.assert_array_equal(getattr(loaded, store)[name], value, err_msg=name)
 
 
+def test_llama_padded_batch_with_mask_equals_each_text_alone(models):
+    """A right-padded LLaMA batch with its mask: each text's real tokens (causal attention,
+    rotary positions 0..n_b − 1, final RMSNorm) equal the text alone, whatever the pads are;
+    the mask reaches LLaMA's attention (the pads' own states differ without it)."""
+    model = models["llama"]
+    texts = [TEXT, "the cat sat"]
+    ids, mask = model.tokenize_batch(texts)
+    lengths = mask.sum(axis=1)
+    assert lengths[0] == ids.shape[1] > lengths[1]
+    ids[~mask] = 7  # any id in the vocabulary
+    batch = model.hidden_states(ids, mask=mask)
+    assert batch.shape == (2, model.num_layers + 1, ids.shape[1], model.d_model)
+    assert np.all(np.isfinite(batch))
+    for b, text in enumerate(texts):
+        alone = model.hidden_states(model.tokenize(text))
+        errors = relative_errors(batch[b][:, : lengths[b]], alone)
+        assert np.all(errors <= 1e-5), (text, errors)
+    unmasked = model.hidden_states(ids[1])  # the pads attend to the pads
+    pads = np.s_[1:, lengths[1] :]
+    assert relative_errors(batch[1][pads], unmasked[pads]).min() > 1e-2
+    np.testing.assert_allclose(batch[1][:, : lengths[1]], unmasked[:, : lengths[1]], atol=1e-5)
+
+
 def test_llama_exact_map_and_fields(models, references):
     """LLaMA's layers as our fields (Pre-RMSNorm, rotary attention, SwiGLU, gains folded, ε
     kept): the discrete map with h = 1 equals transformers' layers; `flow_states` solves the
