@@ -358,3 +358,249 @@ def test_bfloat16_weights_load_as_float32(damaged, tiny_checkpoints):  # noqa: F
     np.testing.assert_array_equal(model.embeddings["word"], cleared)
     assert model.embeddings["word"].dtype == np.float32
     assert not np.array_equal(cleared, word)  # the rounding is real, so the test can fail
+
+
+# The families read through BERT's or their own layout, built from the tiny BERT without torch:
+# RoBERTa is its config with model_type "roberta"; DistilBERT its tensors renamed (no token
+# types); LLaMA random float32 tensors of LLaMA's names (4 heads, 2 key/value heads, width 8).
+_DISTILBERT_NAMES = {
+    "attention.self.query": "attention.q_lin",
+    "attention.self.key": "attention.k_lin",
+    "attention.self.value": "attention.v_lin",
+    "attention.output.dense": "attention.out_lin",
+    "attention.output.LayerNorm": "sa_layer_norm",
+    "intermediate.dense": "ffn.lin1",
+    "output.dense": "ffn.lin2",
+    "output.LayerNorm": "output_layer_norm",
+}
+
+
+def _to_distilbert(name: str) -> str:
+    if not name.startswith("encoder.layer."):
+        return name
+    number, rest = name[len("encoder.layer.") :].split(".", 1)
+    for bert, distil in _DISTILBERT_NAMES.items():
+        if rest.startswith(bert + "."):
+            return f"transformer.layer.{number}.{distil}{rest[len(bert) :]}"
+    raise AssertionError(name)
+
+
+def _family_directory(family: str, bert: "os.PathLike", directory):
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(bert, directory)
+    config = json.loads((directory / "config.json").read_text())
+    if family == "roberta":
+        config |= {"model_type": "roberta", "pad_token_id": 0}
+    elif family == "distilbert":
+        tensors = load_file(directory / "model.safetensors")
+        del tensors["embeddings.token_type_embeddings.weight"]
+        tensors = {_to_distilbert(k): v for k, v in tensors.items()}
+        save_file(tensors, directory / "model.safetensors")
+        config = {
+            "model_type": "distilbert",
+            "vocab_size": 100,
+            "max_position_embeddings": config["max_position_embeddings"],
+            "dim": 32,
+            "n_heads": 4,
+            "n_layers": 3,
+            "hidden_dim": 64,
+            "activation": "gelu",
+        }
+    else:
+        rng = np.random.default_rng(0)
+        shapes = {"embed_tokens.weight": (100, 32), "norm.weight": (32,)}
+        for i in range(2):
+            shapes |= {
+                f"layers.{i}.self_attn.q_proj.weight": (32, 32),
+                f"layers.{i}.self_attn.k_proj.weight": (16, 32),
+                f"layers.{i}.self_attn.v_proj.weight": (16, 32),
+                f"layers.{i}.self_attn.o_proj.weight": (32, 32),
+                f"layers.{i}.input_layernorm.weight": (32,),
+                f"layers.{i}.post_attention_layernorm.weight": (32,),
+                f"layers.{i}.mlp.gate_proj.weight": (64, 32),
+                f"layers.{i}.mlp.up_proj.weight": (64, 32),
+                f"layers.{i}.mlp.down_proj.weight": (32, 64),
+            }
+        tensors = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+        save_file(tensors, directory / "model.safetensors")
+        config = {
+            "model_type": "llama",
+            "vocab_size": 100,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def family_directories(tmp_path_factory, tiny_checkpoints):
+    root = tmp_path_factory.mktemp("hostile_families")
+    return {
+        family: _family_directory(family, tiny_checkpoints["bert"], root / family)
+        for family in ("roberta", "distilbert", "llama")
+    }
+
+
+def _duplicate(name, copy):
+    def change(tensors):
+        tensors[copy] = tensors[name]
+
+    return change
+
+
+KV = "layers.0.self_attn.k_proj.weight"
+# (case id, family, damage, file the message names, pattern the message matches)
+FAMILY_CASES = [
+    (
+        "roberta-pad-beyond-positions",
+        "roberta",
+        _edit_config(pad_token_id=63),
+        "config.json",
+        "'max_position_embeddings' = 64 leaves no position after key 'pad_token_id' = 63",
+    ),
+    ("roberta-pad-negative", "roberta", _edit_config(pad_token_id=-1), "config.json", "is -1"),
+    (
+        "roberta-same-weight-twice",
+        "roberta",
+        _edit_tensors(_duplicate(WORD, "roberta." + WORD)),
+        "model.safetensors",
+        f"'roberta.{WORD}' and tensor '{WORD}' .* the same weight",
+    ),
+    (
+        "distilbert-layers-1e9",
+        "distilbert",
+        _edit_config(n_layers=10**9),
+        "config.json",
+        "'n_layers' is 1000000000, outside",
+    ),
+    (
+        "distilbert-heads-not-dividing",
+        "distilbert",
+        _edit_config(n_heads=5),
+        "config.json",
+        "'n_heads' = 5 does not divide key 'dim' = 32",
+    ),
+    (
+        "distilbert-dim-not-the-weights",
+        "distilbert",
+        _edit_config(dim=64),
+        "model.safetensors",
+        "has shape \\[100, 32\\] but .*config.json \\(vocab_size, dim\\) implies \\[100, 64\\]",
+    ),
+    (
+        "distilbert-fewer-layers-than-the-weights",
+        "distilbert",
+        _edit_config(n_layers=2),
+        "config.json",
+        "'n_layers' = 2, but .*has tensors for 3",
+    ),
+    (
+        "distilbert-activation-unknown",
+        "distilbert",
+        _edit_config(activation="evil"),
+        "config.json",
+        "'activation' is 'evil'",
+    ),
+    (
+        "llama-kv-heads-not-dividing",
+        "llama",
+        _edit_config(num_key_value_heads=3),
+        "config.json",
+        "'num_attention_heads' = 4 is not a multiple of key 'num_key_value_heads' = 3",
+    ),
+    (
+        "llama-kv-heads-not-the-weights",
+        "llama",
+        _edit_config(num_key_value_heads=1),
+        "model.safetensors",
+        f"'{KV}' has shape \\[16, 32\\] but .*\\(num_key_value_heads × head_dim, hidden_size\\) "
+        "implies \\[8, 32\\]",
+    ),
+    ("llama-layers-1e9", "llama", _edit_config(num_hidden_layers=10**9), "config.json", "outside"),
+    (
+        "llama-more-layers-than-the-weights",
+        "llama",
+        _edit_config(num_hidden_layers=3),
+        "config.json",
+        "'num_hidden_layers' = 3, but .*has tensors for 2",
+    ),
+    ("llama-head-dim", "llama", _edit_config(head_dim=16), "config.json", "'head_dim' = 16"),
+    (
+        "llama-odd-head-width",
+        "llama",
+        _edit_config(num_attention_heads=32, num_key_value_heads=32),
+        "config.json",
+        "head width .* = 1 must be even",
+    ),
+    (
+        "llama-rope-theta-a-string",
+        "llama",
+        _edit_config(rope_parameters={"rope_theta": "1e4"}),
+        "config.json",
+        "'rope_parameters': rope_theta must be a number",
+    ),
+    (
+        "llama-rope-theta-one",
+        "llama",
+        _edit_config(rope_parameters=_DELETE, rope_theta=1.0),
+        "config.json",
+        "'rope_theta': rope_theta = 1.0 is outside",
+    ),
+    (
+        "llama-rope-parameters-a-list",
+        "llama",
+        _edit_config(rope_parameters=[1]),
+        "config.json",
+        "'rope_parameters' must be an object",
+    ),
+    (
+        "llama-rope-scaling",
+        "llama",
+        _edit_config(rope_scaling={"type": "dynamic", "factor": 2.0}),
+        "config.json",
+        "'rope_scaling' has rope_type='dynamic'",
+    ),
+    ("llama-mlp-bias", "llama", _edit_config(mlp_bias=True), "config.json", "'mlp_bias' is true"),
+    ("llama-eps-zero", "llama", _edit_config(rms_norm_eps=0), "config.json", "'rms_norm_eps' is"),
+]
+
+
+def test_family_copies_load(family_directories, tiny_checkpoints):
+    """The families' undamaged copies load (so the cases below fail by their damage), into
+    the weights they were built from (DistilBERT: BERT's, renamed back)."""
+    bert = load_pretrained(tiny_checkpoints["bert"])
+    models = {family: load_pretrained(path) for family, path in family_directories.items()}
+    for name, value in bert.layers.items():
+        np.testing.assert_array_equal(models["distilbert"].layers[name], value, err_msg=name)
+    assert "type" not in models["distilbert"].embeddings
+    np.testing.assert_array_equal(
+        models["roberta"].embeddings["position"], bert.embeddings["position"][1:]
+    )
+    llama = models["llama"]
+    assert llama.layers["wk"].shape == (2, 2, 8, 32) and llama.max_positions == 64
+    assert llama.settings["rope_theta"] == 10000.0
+
+
+@pytest.mark.parametrize(
+    "family, damage, file, pattern",
+    [case[1:] for case in FAMILY_CASES],
+    ids=[case[0] for case in FAMILY_CASES],
+)
+def test_damaged_family_checkpoint_is_refused(
+    tmp_path, family_directories, family, damage, file, pattern
+):
+    directory = tmp_path / family
+    shutil.copytree(family_directories[family], directory)
+    damage(directory)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(directory)
+    message = str(info.value)
+    assert f"{directory / file}" in message, message
+    assert re.search(pattern, message, re.S), message
