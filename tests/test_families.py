@@ -100,6 +100,29 @@ def test_task_head_prefixes_are_stripped(family, prefix, checkpoints, models, tm
             np.testing.assert_array_equal(getattr(loaded, store)[name], value, err_msg=name)
 
 
+def test_llama_padded_batch_with_mask_equals_each_text_alone(models):
+    """A right-padded LLaMA batch with its mask: each text's real tokens (causal attention,
+    rotary positions 0..n_b − 1, final RMSNorm) equal the text alone, whatever the pads are;
+    the mask reaches LLaMA's attention (the pads' own states differ without it)."""
+    model = models["llama"]
+    texts = [TEXT, "the cat sat"]
+    ids, mask = model.tokenize_batch(texts)
+    lengths = mask.sum(axis=1)
+    assert lengths[0] == ids.shape[1] > lengths[1]
+    ids[~mask] = 7  # any id in the vocabulary
+    batch = model.hidden_states(ids, mask=mask)
+    assert batch.shape == (2, model.num_layers + 1, ids.shape[1], model.d_model)
+    assert np.all(np.isfinite(batch))
+    for b, text in enumerate(texts):
+        alone = model.hidden_states(model.tokenize(text))
+        errors = relative_errors(batch[b][:, : lengths[b]], alone)
+        assert np.all(errors <= 1e-5), (text, errors)
+    unmasked = model.hidden_states(ids[1])  # the pads attend to the pads
+    pads = np.s_[1:, lengths[1] :]
+    assert relative_errors(batch[1][pads], unmasked[pads]).min() > 1e-2
+    np.testing.assert_allclose(batch[1][:, : lengths[1]], unmasked[:, : lengths[1]], atol=1e-5)
+
+
 def test_llama_exact_map_and_fields(models, references):
     """LLaMA's layers as our fields (Pre-RMSNorm, rotary attention, SwiGLU, gains folded, ε
     kept): the discrete map with h = 1 equals transformers' layers; `flow_states` solves the
@@ -266,17 +289,19 @@ def test_llama_config_is_checked(checkpoints, tmp_path):
     import json
     import shutil
 
+    from transformer_flows.pretrained import CheckpointError
+
     source = checkpoints["llama"]
     shutil.copy(source / "model.safetensors", tmp_path / "model.safetensors")
     config = json.loads((source / "config.json").read_text())
     for change, message in (
         ({"rope_parameters": {"rope_type": "linear", "factor": 2.0}}, "rope_type='linear'"),
-        ({"num_key_value_heads": 3}, "not a multiple of num_key_value_heads=3"),
-        ({"attention_bias": True}, "attention_bias=true"),
-        ({"num_attention_heads": 0}, "num_attention_heads=0"),
+        ({"num_key_value_heads": 3}, "not a multiple of key 'num_key_value_heads' = 3"),
+        ({"attention_bias": True}, "key 'attention_bias' is true"),
+        ({"num_attention_heads": 0}, "key 'num_attention_heads' is 0, outside"),
     ):
         (tmp_path / "config.json").write_text(json.dumps(config | change))
-        with pytest.raises(ValueError, match=message) as error:
+        with pytest.raises(CheckpointError, match=message) as error:
             load_pretrained(tmp_path)
         assert "config.json" in str(error.value)
 
@@ -284,8 +309,11 @@ def test_llama_config_is_checked(checkpoints, tmp_path):
 def test_bfloat16_weights_load_as_float32(checkpoints, models, references):
     """A checkpoint saved in bfloat16 loads as float32 (widening is exact: the bf16 values
     themselves), its forward equals transformers' float32 forward of the same weights; the
-    format reader used without ml_dtypes gives the same arrays."""
-    from transformer_flows.pretrained._safetensors import _load_with_bfloat16, load_file
+    checkpoint reader (bit patterns widened by hand) gives safetensors' own bfloat16 arrays
+    (numpy with ml_dtypes) widened to float32."""
+    from safetensors.numpy import load_file
+
+    from transformer_flows.pretrained._checkpoint import read_tensors
 
     model, full = models["llama_bf16"], models["llama"]
     assert all(w.dtype == jnp.float32 for w in jax.tree.leaves((model.layers, model.embeddings)))
@@ -297,8 +325,8 @@ def test_bfloat16_weights_load_as_float32(checkpoints, models, references):
     errors = relative_errors(model.hidden_states(model.tokenize(TEXT)), references["llama_bf16"])
     assert np.all(errors <= 1e-5), errors
     path = checkpoints["llama_bf16"] / "model.safetensors"
-    by_library, by_format = load_file(path), _load_with_bfloat16(path)
-    assert by_library.keys() == by_format.keys()
+    by_library, by_reader = load_file(path), read_tensors(path.parent)
+    assert by_library.keys() == by_reader.keys()
     for name, value in by_library.items():
-        assert value.dtype == np.float32
-        np.testing.assert_array_equal(by_format[name], value)
+        assert value.dtype.name == "bfloat16" and by_reader[name].dtype == "BF16"
+        np.testing.assert_array_equal(by_reader[name].load(), value.astype(np.float32))

@@ -157,6 +157,43 @@ def test_batched_jit_vmap_and_grad():
     np.testing.assert_allclose(slope, (value[0] - value[1]) / (2 * h), rtol=1e-6, atol=1e-9)
 
 
+def test_masked_statistics_are_those_of_the_marked_tokens_alone():
+    """With a mask, every statistic equals the float64 reference on the marked tokens alone,
+    whatever the unmarked ones hold (here large garbage, and copies of marked tokens that would
+    merge clusters): the statistics of a padded batch's real tokens. Under one jit, batched,
+    with a (B, 1, n) mask broadcast over a layer axis as for hidden states (B, L + 1, n, D)."""
+    rng = np.random.default_rng(8)
+    x = _tokens(9, (2, 3, 9, 5), offset=1.0)
+    counts = (9, 5)  # real tokens per sequence; the rest is padding
+    mask = np.arange(9)[None, :] < np.asarray(counts)[:, None]
+    x[1, :, 5:] = 50 * rng.standard_normal((3, 4, 5))
+    x[1, :, 5] = x[1, :, 2]  # a pad on top of a real token
+    edges = np.linspace(-1, 1, 17)
+    got = jax.jit(tf.hidden_state_statistics, static_argnames="bins")(
+        jnp.asarray(x), delta=1e-3, beta=2.0, bins=16, mask=jnp.asarray(mask[:, None, :])
+    )
+    for b, n in enumerate(counts):
+        for layer in range(3):
+            expected = hidden_statistics_reference(
+                x[b, layer, :n], delta=1e-3, beta=2.0, edges=edges
+            )
+            for name, value in expected.items():
+                np.testing.assert_allclose(
+                    got[name][b, layer], value, rtol=1e-10, atol=1e-12, err_msg=name
+                )
+    # Gradients flow to the marked tokens only, and match central differences.
+    y, m = jnp.asarray(x[1, 0]), jnp.asarray(mask[1])
+    grad = jax.jit(jax.grad(lambda z: tf.centred_cosine(z, mask=m)))(y)
+    np.testing.assert_array_equal(grad[5:], 0)
+    direction = jnp.asarray(rng.standard_normal(y.shape))
+    h = 1e-6
+    both = jnp.stack([y + h * direction, y - h * direction])
+    values = jax.jit(jax.vmap(lambda z: tf.centred_cosine(z, mask=m)))(both)
+    np.testing.assert_allclose(
+        jnp.sum(grad * direction), (values[0] - values[1]) / (2 * h), rtol=1e-6, atol=1e-9
+    )
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -164,6 +201,9 @@ def test_batched_jit_vmap_and_grad():
         (lambda: tf.effective_rank(jnp.ones((2, 1, 3))), "needs n >= 2 tokens"),
         (lambda: tf.cosine_histogram(jnp.ones((3, 2)), 0), "`bins`"),
         (lambda: tf.cluster_count(jnp.eye(3), 5.0), "`delta` must lie in"),
+        (lambda: tf.pairwise_cosine(jnp.eye(3), mask=jnp.arange(3) < 1), "at least two .* 1"),
+        (lambda: tf.pairwise_cosine(jnp.eye(3), mask=jnp.ones(2, bool)), "shape \\(3,\\)"),
+        (lambda: tf.pairwise_cosine(jnp.eye(3), mask=jnp.ones(3)), "`mask` must be booleans"),
     ],
 )
 def test_bad_input_is_named(call, match, without_type_checker):

@@ -136,7 +136,7 @@ def test_token_ids_under_jit_and_vmap(models):
     with pytest.raises(ValueError, match="tokenize"):
         model.hidden_states(TEXT)
     with pytest.raises(ValueError, match="1-D"):
-        model.hidden_states(batch)
+        model.hidden_states(batch[None])  # a batch is (B, n); (1, B, n) is refused
     with pytest.raises(ValueError, match="64 position embeddings"):
         model.hidden_states(np.full(65, 5))
 
@@ -300,3 +300,57 @@ def test_flow_times_are_checked(models):
         bert.flow_states(ids, np.array([0.0, 4.0]))
     with pytest.raises(ValueError, match="strictly increasing"):
         bert.flow_states(ids, np.array([1.0, 1.0]))
+
+
+def test_tokens_ignore_shipped_padding_and_batches_are_masked(tmp_path, tiny_checkpoints, models):
+    """A tokenizer.json that pads to a fixed length and truncates (as sentence-transformers
+    ship them) still gives the text's own tokens; a text beyond the positions is refused or cut
+    on request; a right-padded batch with its mask equals each sequence alone (BERT: every key;
+    GPT-2: causal, and ln_f on the last state), the pads' values irrelevant."""
+    import shutil
+
+    directory = tmp_path / "padded"
+    shutil.copytree(tiny_checkpoints["bert"], directory)
+    path = directory / "tokenizer.json"
+    shipped = json.loads(path.read_text())
+    shipped["padding"] = {
+        "strategy": {"Fixed": 40},
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "[PAD]",
+    }
+    shipped["truncation"] = {"max_length": 6, "strategy": "LongestFirst", "stride": 0}
+    path.write_text(json.dumps(shipped))
+    padded = load_pretrained(directory)
+    np.testing.assert_array_equal(padded.tokenize(TEXT), models["bert"].tokenize(TEXT))
+    long_text = " ".join(["the cat"] * 40)  # 80 words + 2 > 64 positions
+    with pytest.raises(ValueError, match="has 82 tokens but the model has 64 .*truncate=True"):
+        padded.tokenize(long_text)
+    with pytest.warns(UserWarning, match="truncated from 82 to 64"):
+        cut = padded.tokenize(long_text, truncate=True)
+    assert cut.shape == (64,) and cut[-1] == 3  # ends with [SEP]
+    texts = [TEXT, "the cat sat"]
+    for family in ("bert", "gpt2"):
+        model = models[family]
+        ids, mask = model.tokenize_batch(texts)
+        lengths = [model.tokenize(t).shape[0] for t in texts]
+        assert mask.sum(axis=1).tolist() == lengths and ids.shape == (2, max(lengths))
+        ids[~mask] = 7  # any id in the vocabulary: the pads do not matter
+        batch = model.hidden_states(ids, mask=mask)
+        for b, text in enumerate(texts):
+            alone = model.hidden_states(model.tokenize(text))
+            errors = relative_errors(batch[b][:, : lengths[b]], alone)
+            assert np.all(errors <= 1e-5), (family, errors)
+        # Without the mask: BERT's real tokens attend to the pads; GPT-2's cannot (causal).
+        unmasked = model.hidden_states(ids[1])[:, : lengths[1]]
+        gap = relative_errors(unmasked, model.hidden_states(ids[1, : lengths[1]]))[-1]
+        assert gap > 1e-2 if family == "bert" else gap <= 1e-5, (family, gap)
+    bert = models["bert"]
+    with pytest.raises(ValueError, match="right padding"):
+        bert.hidden_states(ids, mask=mask[:, ::-1])
+    with pytest.raises(ValueError, match="`mask` must be booleans of the shape"):
+        bert.hidden_states(ids, mask=mask.astype(int))
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        bert.tokenize_batch(TEXT)

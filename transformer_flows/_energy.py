@@ -9,9 +9,15 @@ from ._validation import as_float_array, check_finite
 
 
 def _interaction(
-    scores: Float[Array, "n n"], beta: Float[ArrayLike, ""], *, shifted: bool, rescaled: bool
+    scores: Float[Array, "n n"],
+    beta: Float[ArrayLike, ""],
+    *,
+    shifted: bool,
+    rescaled: bool,
+    weights: Float[Array, "n n"] | None = None,
 ) -> Float[Array, ""]:
-    """(1/(2β)) Σ_ij e^{β s_ij}, with its β → 0 limit (1/2) Σ_ij s_ij when β = 0.
+    """(1/(2β)) Σ_ij e^{β s_ij}, with its β → 0 limit (1/2) Σ_ij s_ij when β = 0; with
+    `weights`, each pair's term times w_ij (e.g. 0 for the pairs of a padded token).
 
     Any finite real β: for β < 0 (repulsive softmax) the prefactor 1/(2β) is negative and
     the flows are still ascents of this energy. `shifted` subtracts the constant 1/(2β) per
@@ -31,6 +37,8 @@ def _interaction(
             terms = terms - jnp.exp(-jnp.abs(safe_beta))
     else:
         terms = jnp.expm1(safe_beta * scores) if shifted else jnp.exp(safe_beta * scores)
+    if weights is not None:
+        terms, scores = terms * weights, scores * weights
     value = jnp.sum(terms) / (2 * safe_beta)
     return jnp.where(nonzero, value, jnp.sum(scores) / 2)
 

@@ -214,7 +214,10 @@ def _bin_edges(bins, dtype) -> Float[Array, " edges"]:
 
 
 def inner_product_histogram(
-    x: Configuration, bins: int | Float[ArrayLike, " edges"] = 40
+    x: Configuration,
+    bins: int | Float[ArrayLike, " edges"] = 40,
+    *,
+    mask: Bool[Array, " n"] | None = None,
 ) -> Int[Array, " bins"]:
     """Counts of the off-diagonal inner products <x_i, x_j>, i ≠ j (ordered pairs, so the
     counts sum to n(n-1) when the edges cover [-1, 1]).
@@ -223,6 +226,8 @@ def inner_product_histogram(
     [e_k, e_{k+1}) with the last one closed, as `numpy.histogram`, and values outside the
     edges are not counted. Inner products are clipped to [-1, 1] first, so rounding just
     past ±1 still lands in the end bins. Fixed edges keep the output shape static (jit).
+    `mask` (n,): count only the pairs of tokens it marks True (e.g. the real tokens of a
+    padded sequence).
     """
     g = gram(x)
     n = g.shape[0]
@@ -232,6 +237,8 @@ def inner_product_histogram(
     index = jnp.searchsorted(edges, values, side="right") - 1
     index = jnp.where(values == edges[-1], num_bins - 1, index)
     counted = (values >= edges[0]) & (values <= edges[-1]) & ~jnp.eye(n, dtype=bool)
+    if mask is not None:
+        counted = counted & mask[:, None] & mask[None, :]
     index = jnp.where(counted, index, num_bins)
     counts = jnp.zeros(num_bins, dtype=jnp.arange(1).dtype)
     return counts.at[index.ravel()].add(1, mode="drop")

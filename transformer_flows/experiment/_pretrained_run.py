@@ -9,6 +9,7 @@ checkpoint is recomputed; the assembled dataset has dims (source, text, layer[, 
 import functools
 import hashlib
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -134,9 +135,19 @@ def source_states(model, source: str, token_ids, depth: int, grid: np.ndarray, s
 
 
 def text_token_ids(config: PretrainedConfig, model, text: str) -> np.ndarray:
-    """The model's token ids of `text` (the first `max_tokens`), at least two."""
-    ids = np.asarray(model.tokenize(text))
-    if config.max_tokens is not None:
+    """The model's token ids of `text`, the text's own (never padded; the first `max_tokens`
+    when the config sets it), at least two. A text longer than the model's positions is
+    refused unless `max_tokens` asks for a cut."""
+    cut = config.max_tokens is not None
+    try:
+        with warnings.catch_warnings():  # the cut is the config's own request
+            warnings.simplefilter("ignore")
+            ids = np.asarray(model.tokenize(text, truncate=cut))
+    except ValueError as error:
+        raise ConfigError(
+            f"config key `texts`: {error} Or set `max_tokens` to keep the first tokens."
+        ) from None
+    if cut:
         ids = ids[: config.max_tokens]
     if ids.shape[0] < 2:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """Pretrained transformers (BERT, ALBERT, GPT-2; RoBERTa, DistilBERT, LLaMA) read from local
 Hugging Face-style checkpoints, run by our JAX forward and mapped onto the library's fields
-(docs/pretrained.md). No torch: the weights are read with `safetensors`, the text with
-`tokenizers`."""
+(docs/pretrained.md). No torch: the weights are read from the safetensors format with numpy
+(headers validated first), the text with `tokenizers`."""
 
 from ._approximations import (
     APPROXIMATIONS as APPROXIMATIONS,
@@ -15,6 +15,7 @@ from ._approximations import (
 from ._checkpoint import (
     DEFAULT_HUB_ID as DEFAULT_HUB_ID,
     FAMILIES as FAMILIES,
+    CheckpointError as CheckpointError,
     MissingCheckpointError as MissingCheckpointError,
     download_hint as download_hint,
 )

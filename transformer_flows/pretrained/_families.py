@@ -11,6 +11,10 @@
   `wq` (L, H, k, D), `wk`, `wv` (L, H_kv, k, D), `wo` (L, H, D, k), `ln1_g`, `ln2_g` (L, D) the
   RMSNorm gains before attention and before the MLP, `w_gate`, `w_up` (L, m, D), `w_down`
   (L, D, m); embeddings `word` (V, D) and `final_g` (D,) (the final RMSNorm). No biases.
+
+Each converter gets a config that `_checkpoint.validate_config` has checked (types, bounds and
+relations of the family's `CONFIG_KEYS`) and the lazy tensors of `_checkpoint.read_tensors`;
+every tensor's shape is checked against the config (`_Reader.check`) before its data is read.
 """
 
 from pathlib import Path
@@ -31,30 +35,44 @@ _DISTILBERT_NAMES = {
     "output_layer_norm": "output.LayerNorm",
 }
 
+# DistilBERT's config keys for BERT's (in the shape-check messages).
+_DISTILBERT_KEYS = {
+    "hidden_size": "dim",
+    "intermediate_size": "hidden_dim",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+}
+
+
+def _renamed(tensors: dict, rename) -> dict:
+    """`tensors` under the names `rename` gives; two tensors of one name are refused."""
+    from ._checkpoint import CheckpointError
+
+    renamed = {}
+    for name, entry in tensors.items():
+        new = rename(name)
+        if new in renamed:
+            other = renamed[new]
+            raise CheckpointError(
+                f"{entry.path}: tensor {entry.name!r} and tensor {other.name!r} (in "
+                f"{other.path}) are the same weight {new!r} twice."
+            )
+        renamed[new] = entry
+    return renamed
+
 
 def _strip(tensors: dict, prefix: str) -> dict:
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in tensors.items()}
-
-
-def _config_error(directory: Path, message: str) -> ValueError:
-    return ValueError(f"{directory / 'config.json'}: {message}")
+    return _renamed(tensors, lambda k: k[len(prefix) :] if k.startswith(prefix) else k)
 
 
 def convert_roberta(config: dict, tensors: dict, directory: Path) -> dict:
+    """BERT's conversion; the position table from row pad_token_id + 1 on (validate_config
+    checked that it has rows there)."""
     from ._checkpoint import convert
 
-    pad = config.get("pad_token_id", 1)
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise _config_error(directory, f"pad_token_id={pad!r} must be an integer >= 0.")
     converted = convert(config | {"model_type": "bert"}, _strip(tensors, "roberta."), directory)
-    table = converted["embeddings"]["position"]
-    if table.shape[0] <= pad + 1:
-        raise _config_error(
-            directory,
-            f"the position table has {table.shape[0]} rows, but RoBERTa's positions start at "
-            f"pad_token_id + 1 = {pad + 1}.",
-        )
-    converted["embeddings"]["position"] = table[pad + 1 :]
+    pad = config["pad_token_id"]
+    converted["embeddings"]["position"] = converted["embeddings"]["position"][pad + 1 :]
     return converted
 
 
@@ -71,122 +89,89 @@ def _distilbert_name(name: str) -> str:
 
 
 def convert_distilbert(config: dict, tensors: dict, directory: Path) -> dict:
+    """Renamed into BERT's layout and converted as BERT with DistilBERT's keys, its fixed
+    LayerNorm ε = 1e-12 and no token-type embeddings."""
     from ._checkpoint import convert
 
-    renamed = {_distilbert_name(k): v for k, v in _strip(tensors, "distilbert.").items()}
-    word = renamed.get("embeddings.word_embeddings.weight")
-    # BERT's layout with a zero token-type embedding (adds nothing), removed again below.
-    if word is not None:
-        renamed["embeddings.token_type_embeddings.weight"] = np.zeros(
-            (1, word.shape[1]), np.float32
-        )
-    bert_config = {"model_type": "bert", "layer_norm_eps": 1e-12}  # DistilBERT's fixed ε
-    for ours, theirs in (
-        ("num_attention_heads", "n_heads"),
-        ("num_hidden_layers", "n_layers"),
-        ("hidden_act", "activation"),
-    ):
-        if theirs not in config:
-            raise _config_error(directory, f"lacks {theirs!r}, which a DistilBERT needs.")
-        bert_config[ours] = config[theirs]
-    converted = convert(bert_config, renamed, directory)
-    del converted["embeddings"]["type"]
-    return converted
-
-
-def _positive_int(config: dict, name: str, directory: Path, default=None) -> int:
-    value = config.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _config_error(directory, f"{name}={value!r} must be an integer >= 1.")
-    return value
-
-
-def _rope_base(config: dict, directory: Path) -> float:
-    """rope_theta from `rope_parameters` (transformers 5) or the top level (4.x); only the
-    default rotary type (no scaling) is supported."""
-    parameters = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    kind = parameters.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise _config_error(
-            directory,
-            f"rope_type={kind!r} (rotary scaling) is not supported; only the default rotary "
-            "positions are.",
-        )
-    base = parameters.get("rope_theta", config.get("rope_theta", 10000.0))
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-        raise _config_error(directory, f"rope_theta={base!r} must be a number > 1.")
-    return float(base)
+    renamed = _renamed(_strip(tensors, "distilbert."), _distilbert_name)
+    bert_config = {
+        "model_type": "bert",
+        "vocab_size": config["vocab_size"],
+        "max_position_embeddings": config["max_position_embeddings"],
+        "type_vocab_size": None,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": config["activation"],
+    } | {ours: config[theirs] for ours, theirs in _DISTILBERT_KEYS.items()}
+    return convert(bert_config, renamed, directory, key_names=_DISTILBERT_KEYS)
 
 
 def convert_llama(config: dict, tensors: dict, directory: Path) -> dict:
-    from ._checkpoint import _Reader
+    """LLaMA's layout (module docstring); every tensor's shape checked against the config
+    before any data is read (the embeddings and the layer count first)."""
+    from ._checkpoint import _check_count, _Reader
 
-    read = _Reader(_strip(tensors, "model."), directory)
-    for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag, False):
-            raise _config_error(directory, f"{flag}=true is not supported (LLaMA has no biases).")
-    if config.get("pretraining_tp", 1) != 1:
-        raise _config_error(directory, "pretraining_tp != 1 is not supported.")
-    heads = _positive_int(config, "num_attention_heads", directory)
-    kv_heads = _positive_int(config, "num_key_value_heads", directory, heads)
-    num_layers = _positive_int(config, "num_hidden_layers", directory)
-    if heads % kv_heads:
-        raise _config_error(
-            directory,
-            f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}.",
-        )
+    c = config
+    read = _Reader(_strip(tensors, "model."), directory, directory / "config.json")
+    d, m, num_layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    heads, kv_heads, width = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    dd = "hidden_size"
+    q_rows, kv_rows = "num_attention_heads × head_dim", "num_key_value_heads × head_dim"
+    embedding_shapes = {
+        "embed_tokens.weight": ((c["vocab_size"], d), f"vocab_size, {dd}"),
+        "norm.weight": ((d,), dd),
+    }
+    for name, (shape, keys) in embedding_shapes.items():
+        read.check(name, shape, keys)
+    _check_count(read, "layers.{}.", num_layers, "num_hidden_layers")
+    layer_shapes = {
+        "self_attn.q_proj.weight": ((heads * width, d), f"{q_rows}, {dd}"),
+        "self_attn.k_proj.weight": ((kv_heads * width, d), f"{kv_rows}, {dd}"),
+        "self_attn.v_proj.weight": ((kv_heads * width, d), f"{kv_rows}, {dd}"),
+        "self_attn.o_proj.weight": ((d, heads * width), f"{dd}, {q_rows}"),
+        "input_layernorm.weight": ((d,), dd),
+        "post_attention_layernorm.weight": ((d,), dd),
+        "mlp.gate_proj.weight": ((m, d), f"intermediate_size, {dd}"),
+        "mlp.up_proj.weight": ((m, d), f"intermediate_size, {dd}"),
+        "mlp.down_proj.weight": ((d, m), f"{dd}, intermediate_size"),
+    }
+    for i in range(num_layers):
+        for name, (shape, keys) in layer_shapes.items():
+            read.check(f"layers.{i}.{name}", shape, keys)
     layers = []
     for i in range(num_layers):
-        prefix = f"layers.{i}."
-        q = read(prefix + "self_attn.q_proj.weight")
-        k = read(prefix + "self_attn.k_proj.weight")
-        v = read(prefix + "self_attn.v_proj.weight")
-        o = read(prefix + "self_attn.o_proj.weight")
-        d = q.shape[1]
-        width = q.shape[0] // heads
-        if q.shape != (heads * width, d) or k.shape != (kv_heads * width, d) or k.shape != v.shape:
-            raise ValueError(
-                f"{directory / 'model.safetensors'}: {prefix}self_attn q/k/v_proj shapes "
-                f"{q.shape}, {k.shape}, {v.shape} do not fit {heads} query heads and {kv_heads} "
-                "key/value heads of one width."
-            )
+        w = {name: read(f"layers.{i}.{name}", *spec) for name, spec in layer_shapes.items()}
         layers.append(
             {
-                "wq": q.reshape(heads, width, d),
-                "wk": k.reshape(kv_heads, width, d),
-                "wv": v.reshape(kv_heads, width, d),
-                "wo": o.reshape(d, heads, width).transpose(1, 0, 2),
-                "ln1_g": read(prefix + "input_layernorm.weight"),
-                "ln2_g": read(prefix + "post_attention_layernorm.weight"),
-                "w_gate": read(prefix + "mlp.gate_proj.weight"),
-                "w_up": read(prefix + "mlp.up_proj.weight"),
-                "w_down": read(prefix + "mlp.down_proj.weight"),
+                "wq": w["self_attn.q_proj.weight"].reshape(heads, width, d),
+                "wk": w["self_attn.k_proj.weight"].reshape(kv_heads, width, d),
+                "wv": w["self_attn.v_proj.weight"].reshape(kv_heads, width, d),
+                "wo": w["self_attn.o_proj.weight"].reshape(d, heads, width).transpose(1, 0, 2),
+                "ln1_g": w["input_layernorm.weight"],
+                "ln2_g": w["post_attention_layernorm.weight"],
+                "w_gate": w["mlp.gate_proj.weight"],
+                "w_up": w["mlp.up_proj.weight"],
+                "w_down": w["mlp.down_proj.weight"],
             }
         )
     stacked = {name: np.stack([layer[name] for layer in layers]) for name in layers[0]}
-    if stacked["wq"].shape[2] % 2:
-        raise _config_error(
-            directory, f"the head width {stacked['wq'].shape[2]} must be even (rotary pairs)."
-        )
-    eps = config.get("rms_norm_eps", 1e-6)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise _config_error(directory, f"rms_norm_eps={eps!r} must be a number >= 0.")
     settings = {
-        "activation": config.get("hidden_act", "silu"),
-        "eps": float(eps),
+        "activation": c["hidden_act"],
+        "eps": c["rms_norm_eps"],
         "placement": "pre",
         "causal": True,
         "groups": num_layers,
         "scale_attention": True,
         "scale_by_layer": False,
-        "rope_theta": _rope_base(config, directory),
+        "rope_theta": c["rope_theta"],
         "num_kv_heads": kv_heads,
-        "max_positions": _positive_int(config, "max_position_embeddings", directory, 2048),
+        "max_positions": c["max_position_embeddings"],
         "num_layers": num_layers,
         "num_heads": heads,
     }
-    embeddings = {"word": read("embed_tokens.weight"), "final_g": read("norm.weight")}
+    embeddings = {
+        short: read(name, *embedding_shapes[name])
+        for short, name in (("word", "embed_tokens.weight"), ("final_g", "norm.weight"))
+    }
     return {"layers": stacked, "embeddings": embeddings, "settings": settings}
 
 

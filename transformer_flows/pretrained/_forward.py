@@ -1,5 +1,6 @@
 """Our JAX forward of the real models (eval mode: dropout is the identity), in the weight layout
-of `_checkpoint`. One token sequence x of shape (n, D); no padding."""
+of `_checkpoint`. One token sequence x of shape (n, D); padded batches are mapped over it,
+with `key_mask` (n,) marking the real tokens: padded keys get no attention weight."""
 
 import math
 
@@ -69,9 +70,12 @@ def embed(embeddings: dict, token_ids: Int[Array, " n"], settings: dict) -> Floa
     return x
 
 
-def attention(layer: dict, x: Float[Array, "n D"], scale, causal: bool) -> Float[Array, "n D"]:
+def attention(
+    layer: dict, x: Float[Array, "n D"], scale, causal: bool, key_mask=None
+) -> Float[Array, "n D"]:
     """Multi-head softmax attention with biases and the output projection, as in the models:
-    Σ_h W_O^h Σ_j softmax_j(scale·<q_i^h, k_j^h>) v_j^h + b_O."""
+    Σ_h W_O^h Σ_j softmax_j(scale·<q_i^h, k_j^h>) v_j^h + b_O, the sum over the keys j that
+    `key_mask` (n,) keeps (all when None): a padded key has weight exactly 0."""
     q = jnp.einsum("hkd,nd->hnk", layer["wq"], x) + layer["bq"][:, None, :]
     k = jnp.einsum("hkd,nd->hnk", layer["wk"], x) + layer["bk"][:, None, :]
     v = jnp.einsum("hkd,nd->hnk", layer["wv"], x) + layer["bv"][:, None, :]
@@ -80,6 +84,8 @@ def attention(layer: dict, x: Float[Array, "n D"], scale, causal: bool) -> Float
         n = x.shape[0]
         allowed = np.tril(np.ones((n, n), dtype=bool))
         scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
+    if key_mask is not None:
+        scores = jnp.where(key_mask[None, None, :], scores, jnp.finfo(scores.dtype).min)
     weights = jax.nn.softmax(scores, axis=-1)
     context = jnp.einsum("hij,hjk->hik", weights, v)
     return jnp.einsum("hdk,hik->id", layer["wo"], context) + layer["bo"][None]
@@ -90,15 +96,21 @@ def feed_forward(layer: dict, y: Float[Array, "n D"], sigma) -> Float[Array, "n 
     return sigma(y @ layer["w1"].T + layer["b1"][None]) @ layer["w2"].T + layer["b2"][None]
 
 
-def block(layer: dict, x: Float[Array, "n D"], scale, settings: dict) -> Float[Array, "n D"]:
+def block(
+    layer: dict, x: Float[Array, "n D"], scale, settings: dict, key_mask=None
+) -> Float[Array, "n D"]:
     """One real layer: Post-LN (BERT, ALBERT) y = LN1(x + Attn x), x' = LN2(y + FF y);
     Pre-LN (GPT-2) y = x + Attn(LN1 x), x' = y + FF(LN2 y)."""
     eps, causal = settings["eps"], settings["causal"]
     sigma = activation(settings["activation"])
     if settings["placement"] == "post":
-        y = layer_norm(x + attention(layer, x, scale, causal), layer["ln1_g"], layer["ln1_b"], eps)
+        y = layer_norm(
+            x + attention(layer, x, scale, causal, key_mask), layer["ln1_g"], layer["ln1_b"], eps
+        )
         return layer_norm(y + feed_forward(layer, y, sigma), layer["ln2_g"], layer["ln2_b"], eps)
-    y = x + attention(layer, layer_norm(x, layer["ln1_g"], layer["ln1_b"], eps), scale, causal)
+    y = x + attention(
+        layer, layer_norm(x, layer["ln1_g"], layer["ln1_b"], eps), scale, causal, key_mask
+    )
     return y + feed_forward(layer, layer_norm(y, layer["ln2_g"], layer["ln2_b"], eps), sigma)
 
 
@@ -129,16 +141,19 @@ def hidden_states(
     token_ids: Int[Array, " n"],
     num_layers: int,
     final_norm: bool,
+    key_mask=None,
 ) -> Float[Array, "layers_plus_1 n D"]:
     """Embeddings output, then every layer's output (the final LayerNorm of GPT-2 applied to
-    the last when `final_norm` and num_layers is the trained depth, as transformers does)."""
+    the last when `final_norm` and num_layers is the trained depth, as transformers does).
+    `key_mask` (n,): the real tokens of a right-padded sequence (None: all); the real tokens'
+    states then equal those of the unpadded sequence (their positions are the same)."""
     x0 = embed(embeddings, token_ids, settings)
     index = stored_layers(settings, num_layers)
 
     def step(x, item):
         number, stored = item
         layer = jax.tree.map(lambda w: w[stored], layers)
-        x = block(layer, x, attention_scale(settings, number), settings)
+        x = block(layer, x, attention_scale(settings, number), settings, key_mask)
         return x, x
 
     numbers = np.arange(num_layers, dtype=np.int32)

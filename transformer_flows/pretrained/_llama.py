@@ -35,8 +35,13 @@ def _expand_heads(w: Array, heads: int, axis: int) -> Array:
     return jnp.repeat(w, heads // w.shape[axis], axis=axis)
 
 
-def block(layer: dict, x: Float[Array, "n D"], settings: dict) -> Float[Array, "n D"]:
-    """One real LLaMA layer (module docstring)."""
+def block(
+    layer: dict, x: Float[Array, "n D"], settings: dict, key_mask=None
+) -> Float[Array, "n D"]:
+    """One real LLaMA layer (module docstring). `key_mask` (n,): the real tokens of a
+    right-padded sequence (None: all); padded keys get no attention weight, and the real
+    tokens keep their positions 0..n_real−1, so their states are those of the unpadded
+    sequence. Every query keeps key 0 (a real token), so no row of scores is all −∞."""
     eps, base, heads = settings["eps"], settings["rope_theta"], settings["num_heads"]
     n = x.shape[0]
     positions = jnp.arange(n, dtype=x.dtype)
@@ -46,7 +51,10 @@ def block(layer: dict, x: Float[Array, "n D"], settings: dict) -> Float[Array, "
     v = jnp.einsum("hkd,nd->hnk", _expand_heads(layer["wv"], heads, 0), h)
     q, k = apply_rotary(q, positions, base), apply_rotary(k, positions, base)
     scores = jnp.einsum("hik,hjk->hij", q, k) / math.sqrt(q.shape[-1])
-    scores = jnp.where(np.tril(np.ones((1, n, n), dtype=bool)), scores, -jnp.inf)
+    allowed = np.tril(np.ones((1, n, n), dtype=bool))
+    if key_mask is not None:
+        allowed = allowed & key_mask[None, None, :]
+    scores = jnp.where(allowed, scores, -jnp.inf)
     context = jnp.einsum("hij,hjk->hik", jax.nn.softmax(scores, axis=-1), v)
     y = x + jnp.einsum("hdk,hik->id", layer["wo"], context)
     z = rms_norm(y, layer["ln2_g"], eps)
@@ -62,14 +70,16 @@ def hidden_states(
     ids: Int[Array, " n"],
     num_layers: int,
     final_norm: bool,
+    key_mask=None,
 ) -> Float[Array, "layers_plus_1 n D"]:
     """Embeddings, then each layer's output; the last through the final RMSNorm when
-    `final_norm` and num_layers is the trained depth (transformers' convention)."""
+    `final_norm` and num_layers is the trained depth (transformers' convention). `key_mask`
+    as in `block`."""
     x0 = embeddings["word"][ids]
     chosen = {name: w[:num_layers] for name, w in layers.items()}
 
     def step(x, layer):
-        x = block(layer, x, settings)
+        x = block(layer, x, settings, key_mask)
         return x, x
 
     if num_layers == 0:

@@ -1,11 +1,13 @@
 """`PretrainedTransformer`: a loaded checkpoint, its JAX forward, and its map onto our fields."""
 
+import warnings
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from .._validation import is_concrete
 from . import _fields, _forward, _llama
@@ -13,18 +15,35 @@ from ._checkpoint import DEFAULT_HUB_ID, convert, read_config, read_tensors, rea
 
 
 class _Tokenizer:
-    """A `tokenizers.Tokenizer` held as a static field: hashed and compared by identity."""
+    """A `tokenizers.Tokenizer` held as a static field: hashed and compared by identity.
+
+    Padding and truncation that tokenizer.json may carry (sentence-transformers checkpoints pad
+    to a fixed 128 and cut there) are switched off: ids are the text's tokens, all of them.
+    `truncating(length)` is a copy that cuts at `length` tokens (special tokens kept), for
+    callers that ask for truncation."""
 
     def __init__(self, tokenizer, path: str):
+        padding = tokenizer.padding
+        self.pad_id = int(padding["pad_id"]) if padding else 0
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.tokenizer = tokenizer
         self.path = path
+
+    def truncating(self, length: int):
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(self.tokenizer.to_str())
+        copy.enable_truncation(max_length=length)
+        return copy
 
     def __repr__(self):
         return f"Tokenizer({self.path!r})"
 
 
 class PretrainedTransformer(eqx.Module):
-    """A BERT, ALBERT or GPT-2 checkpoint as JAX arrays (`load_pretrained` builds it).
+    """A BERT, ALBERT, GPT-2, RoBERTa, DistilBERT or LLaMA checkpoint as JAX arrays
+    (`load_pretrained` builds it).
 
     - `family`: "bert", "albert", "gpt2", "roberta", "distilbert" or "llama"; `num_layers`:
       the trained depth L; `d_model`: the hidden size D; `num_heads`: H; `causal`: whether
@@ -71,9 +90,34 @@ class PretrainedTransformer(eqx.Module):
         """Whether layers past the trained depth are defined: ALBERT with one shared layer."""
         return self.family == "albert" and self.settings["groups"] == 1
 
-    def tokenize(self, text: str) -> np.ndarray:
+    def tokenize(self, text: str, *, truncate: bool = False) -> np.ndarray:
         """Token ids (int32) of `text`, with the special tokens the model's tokenizer adds
-        (BERT/ALBERT: [CLS] ... [SEP]; GPT-2: none)."""
+        (BERT/ALBERT: [CLS] ... [SEP]; GPT-2: none). Never padded, never cut silently: a text
+        of more tokens than the model's `max_positions` is refused, unless `truncate=True`,
+        which keeps the first `max_positions` tokens (special tokens included) and warns."""
+        return self._encode(text, truncate, "text")
+
+    def tokenize_batch(self, texts, *, truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of several texts, right-padded to the longest: `(ids (B, n) int32, mask
+        (B, n) bool)`, mask True on the real tokens (row b has `len(tokenize(texts[b]))` of
+        them, first). Pass both to `hidden_states(ids, mask=mask)`; the real tokens' states
+        equal those of each text alone. `truncate` as in `tokenize`."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+            raise ValueError(
+                f"`texts` must be a non-empty list of strings, got {type(texts).__name__}; "
+                "for one text use `tokenize(text)`."
+            )
+        rows = [self._encode(text, truncate, f"texts[{i}]") for i, text in enumerate(texts)]
+        width = max(row.shape[0] for row in rows)
+        pad = self.tokenizer.pad_id if 0 <= self.tokenizer.pad_id < self.vocab_size else 0
+        ids = np.full((len(rows), width), pad, dtype=np.int32)
+        mask = np.zeros((len(rows), width), dtype=bool)
+        for b, row in enumerate(rows):
+            ids[b, : row.shape[0]] = row
+            mask[b, : row.shape[0]] = True
+        return ids, mask
+
+    def _encode(self, text, truncate: bool, name: str) -> np.ndarray:
         if self.tokenizer is None:
             raise ValueError(
                 f"The checkpoint {self.source!r} has no tokenizer.json, so text cannot be "
@@ -82,10 +126,26 @@ class PretrainedTransformer(eqx.Module):
                 "`transformers.AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`)."
             )
         if not isinstance(text, str):
-            raise ValueError(f"`text` must be a string, got {type(text).__name__}.")
+            raise ValueError(f"`{name}` must be a string, got {type(text).__name__}.")
         ids = np.asarray(self.tokenizer.tokenizer.encode(text).ids, dtype=np.int32)
         if ids.size == 0:
-            raise ValueError(f"`text` {text!r} gives no tokens; pass a non-empty text.")
+            raise ValueError(f"`{name}` {text!r} gives no tokens; pass a non-empty text.")
+        if ids.shape[0] > self.max_positions:
+            if not truncate:
+                raise ValueError(
+                    f"`{name}` has {ids.shape[0]} tokens but the model has "
+                    f"{self.max_positions} position embeddings ({text[:40]!r}...). Fix: a "
+                    f"shorter text, or `truncate=True` to keep its first {self.max_positions} "
+                    "tokens."
+                )
+            full = ids.shape[0]
+            truncating = self.tokenizer.truncating(self.max_positions)
+            ids = np.asarray(truncating.encode(text).ids, dtype=np.int32)
+            warnings.warn(
+                f"`{name}`: truncated from {full} to {ids.shape[0]} tokens (truncate=True; the "
+                f"model has {self.max_positions} positions).",
+                stacklevel=3,
+            )
         if ids.max() >= self.vocab_size:
             raise ValueError(
                 f"The tokenizer gives id {ids.max()} but the model has {self.vocab_size} "
@@ -115,24 +175,27 @@ class PretrainedTransformer(eqx.Module):
             )
         return int(num_layers)
 
-    def check_token_ids(self, token_ids) -> Int[Array, " n"]:
+    def check_token_ids(self, token_ids, *, batch: bool = False) -> Int[Array, "*batch n"]:
         """A 1-D integer array of ids in [0, vocab) of at most `max_positions` tokens (a
-        ValueError now for concrete ids; an `eqx.error_if` under jit)."""
+        ValueError now for concrete ids; an `eqx.error_if` under jit); with `batch`, also a
+        2-D (B, n) batch of such sequences."""
         if isinstance(token_ids, str):
             raise ValueError(
                 "`token_ids` must be token ids, got a string; use `model.tokenize(text)`."
             )
         ids = jnp.asarray(token_ids)
-        if ids.ndim != 1 or ids.shape[0] == 0:
+        if ids.ndim not in ((1, 2) if batch else (1,)) or 0 in ids.shape:
+            allowed = "1-D (one sequence) or 2-D (a padded batch)" if batch else "1-D"
             raise ValueError(
-                f"`token_ids` must be a non-empty 1-D array of token ids (one sequence), got "
-                f"shape {ids.shape}; for several texts call once per text (or jax.vmap)."
+                f"`token_ids` must be a non-empty {allowed} array of token ids, got shape "
+                f"{ids.shape}; for several texts, `tokenize_batch` gives padded ids and their "
+                "mask for `hidden_states` (or call once per text)."
             )
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"`token_ids` must be integers, got dtype {ids.dtype}.")
-        if ids.shape[0] > self.max_positions:
+        if ids.shape[-1] > self.max_positions:
             raise ValueError(
-                f"`token_ids` has {ids.shape[0]} tokens but the model has "
+                f"`token_ids` has {ids.shape[-1]} tokens but the model has "
                 f"{self.max_positions} position embeddings; pass at most {self.max_positions}."
             )
         message = f"`token_ids` must lie in [0, {self.vocab_size}), the model's vocabulary."
@@ -144,20 +207,57 @@ class PretrainedTransformer(eqx.Module):
         bad = jnp.any((ids < 0) | (ids >= self.vocab_size))
         return eqx.error_if(ids, bad, message)
 
+    def check_mask(self, ids, mask) -> Bool[Array, "*batch n"] | None:
+        """`mask` for token ids `ids` (n,) or (B, n): None, or booleans of the same shape, True
+        on the real tokens, which come first in each row (right padding), at least one."""
+        if mask is None:
+            return None
+        mask = jnp.asarray(mask)
+        if mask.shape != ids.shape or mask.dtype != jnp.bool_:
+            raise ValueError(
+                f"`mask` must be booleans of the shape of the token ids {ids.shape} (True on "
+                f"the real tokens), got {mask.dtype} of shape {mask.shape}; "
+                "`tokenize_batch` returns both."
+            )
+        message = (
+            "`mask` must mark the real tokens first and the padding after them in each row "
+            "(right padding, at least one real token), as `tokenize_batch` returns."
+        )
+        # A prefix of Trues: the first entry True and never False followed by True.
+        bad = ~mask[..., 0] | jnp.any(mask[..., 1:] & ~mask[..., :-1], axis=-1)
+        if is_concrete(mask):
+            if np.any(np.asarray(bad)):
+                rows = np.flatnonzero(np.atleast_1d(np.asarray(bad)))[:5].tolist()
+                raise ValueError(f"{message} Rows {rows} are not.")
+            return mask
+        return eqx.error_if(mask, jnp.any(bad), message)
+
     def hidden_states(
-        self, token_ids, *, num_layers: int | None = None, final_norm: bool = True
-    ) -> Float[Array, "layers_plus_1 n D"]:
+        self,
+        token_ids,
+        *,
+        mask=None,
+        num_layers: int | None = None,
+        final_norm: bool = True,
+    ) -> Float[Array, "*batch layers_plus_1 n D"]:
         """The real model's hidden states by our JAX forward: the embeddings output at index 0,
         then each layer's output, as transformers' `output_hidden_states` (eval mode).
 
+        `token_ids`: one sequence (n,), or a batch (B, n) (then (B, layers + 1, n, D)).
+        `mask`: for right-padded batches (`tokenize_batch`), True on the real tokens; padded
+        keys get no attention weight, so the real tokens' states equal those of the unpadded
+        sequence to float32 rounding. The padded positions' own states are computed (they
+        attend to the real tokens) but belong to no text: drop them, or pass `mask` to the
+        statistics (`tf.hidden_state_statistics(..., mask=...)`).
         `num_layers`: how many layers (default the trained depth L); more than L only for
         ALBERT's shared layer (applied again). `final_norm`: GPT-2's last hidden state (at the
         trained depth) is passed through its final LayerNorm ln_f, as transformers does;
         False gives the residual stream there too. No effect for BERT/ALBERT.
         """
-        ids = self.check_token_ids(token_ids)
+        ids = self.check_token_ids(token_ids, batch=True)
+        mask = self.check_mask(ids, mask)
         num_layers = self.check_num_layers(num_layers)
-        return _hidden_states(self, ids, num_layers, bool(final_norm))
+        return _hidden_states(self, ids, mask, num_layers, bool(final_norm))
 
     def layer_fields(self, *, num_layers: int | None = None):
         """Our fields with the checkpoint's weights: `TransformerBlock(SelfAttention(...),
@@ -240,17 +340,25 @@ class PretrainedTransformer(eqx.Module):
 
 
 @eqx.filter_jit
-def _hidden_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
+def _hidden_states(model: PretrainedTransformer, ids, mask, num_layers: int, final_norm: bool):
     settings = model.settings | {"d_model": model.d_model}
-    if model.family == "llama":
-        return _llama.hidden_states(
-            model.embeddings, model.layers, settings, ids, num_layers, final_norm
+
+    def one(sequence, key_mask):
+        if model.family == "llama":
+            return _llama.hidden_states(
+                model.embeddings, model.layers, settings, sequence, num_layers, final_norm, key_mask
+            )
+        if num_layers == 0:
+            return _forward.embed(model.embeddings, sequence, settings)[None]
+        return _forward.hidden_states(
+            model.embeddings, model.layers, settings, sequence, num_layers, final_norm, key_mask
         )
-    if num_layers == 0:
-        return _forward.embed(model.embeddings, ids, settings)[None]
-    return _forward.hidden_states(
-        model.embeddings, model.layers, settings, ids, num_layers, final_norm
-    )
+
+    if ids.ndim == 1:
+        return one(ids, mask)
+    if mask is None:
+        return jax.vmap(lambda sequence: one(sequence, None))(ids)
+    return jax.vmap(one)(ids, mask)
 
 
 @eqx.filter_jit
@@ -265,14 +373,16 @@ def _embeddings(model: PretrainedTransformer, ids) -> Array:
 
 
 def load_pretrained(directory, *, hub_id: str = DEFAULT_HUB_ID) -> PretrainedTransformer:
-    """Load a Hugging Face-style checkpoint directory: config.json, model.safetensors (read
-    with `safetensors.numpy`) and, optionally, tokenizer.json (`tokenizers`). No torch.
+    """Load a Hugging Face-style checkpoint directory: config.json, model.safetensors (its
+    header and bytes read by numpy, after validation) and, optionally, tokenizer.json
+    (`tokenizers`). No torch; nothing in the directory is imported or executed.
 
     Families: BERT, ALBERT (shared layers, factorised embedding), GPT-2, and RoBERTa,
     DistilBERT, LLaMA (docs/pretrained.md, "Families"; bfloat16 weights load as float32). A
     missing directory or file raises `MissingCheckpointError` naming what to download
     (`hub_id`, default GLPR's ALBERT-xlarge-v2) and where to put it; an unsupported model type
-    a ValueError.
+    or a malformed, inconsistent or out-of-bounds checkpoint a `CheckpointError` (a
+    ValueError) naming the file and the key or tensor.
     """
     directory = Path(directory).expanduser()
     config = read_config(directory, hub_id)
