@@ -40,6 +40,11 @@ from ._placements import (
     placement_equiangular as placement_equiangular,
     pre_ln_limit_constant as pre_ln_limit_constant,
 )
+from ._selectivity import (
+    poisson_intensity as poisson_intensity,
+    sample_largest_weight as sample_largest_weight,
+    selectivity_limit as selectivity_limit,
+)
 from ._uniform import (
     growth_rate as growth_rate,
     selected_mode as selected_mode,
