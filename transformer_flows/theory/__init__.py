@@ -30,6 +30,11 @@ from ._long_context import (
     long_context_cosine as long_context_cosine,
     long_context_limit as long_context_limit,
 )
+from ._lost_in_middle import (
+    retrieval_modes as retrieval_modes,
+    retrieval_profile as retrieval_profile,
+    retrieval_t_crit as retrieval_t_crit,
+)
 from ._noise import (
     noise_threshold as noise_threshold,
     stationary_order_parameter as stationary_order_parameter,

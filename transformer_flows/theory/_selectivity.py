@@ -119,7 +119,8 @@ def sample_largest_weight(
         number is Binomial(n, P(t < τ)), τ = max(L/β, the level with 30 keys below it on average),
     given it they are i.i.d. on [0, τ)); the others change
         Σ_j e^{−β(t_j − t_min)} ≥ 1 by at most n e^{−β(τ − t_min)}, and a trial where that bound
-        exceeds 1e-12 is redrawn in full. Same law to 1e-12, far fewer numbers at large β.
+        exceeds 1e-12 is redrawn in full. Same law to 1e-12, far fewer numbers at large β (used when
+    P(t < τ) < 0.05; otherwise every key is drawn).
 
         **Returns:** float64 array of shape (trials,)."""
     n = check_count(n, "n", 1)
@@ -137,8 +138,8 @@ def sample_largest_weight(
         # At least ~30 keys drawn on average, so a trial rarely has none below `upper`.
         enough = 2 * special.betaincinv(a, a, min(1.0, 30 / n))
         upper = min(2.0, max(cutoff / beta, enough))
-    if upper < 2.0:
-        p = upper / 2 if d == 3 else special.betainc(a, a, upper / 2)
+    p = upper / 2 if d == 3 else special.betainc(a, a, upper / 2)
+    if p < 0.05:  # else drawing every key (fast generators) beats the inverse CDF
         counts = rng.binomial(n, p, size=trials)
         for i, k in enumerate(counts):
             t = _draw_t(rng, d, (k,), upper)
