@@ -67,9 +67,14 @@ def main() -> None:
                         default=[4, 16, 36, 64, 100, 144, 256, 576, 1024, 2304])  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--rows", type=Path, default=None, help="JSON rows of an earlier run")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/atlas_lipschitz.png"))
     args = parser.parse_args()
     started = time.time()
+    if args.rows is not None:  # report saved rows (a run's JSON) without recomputing
+        rows = json.loads(args.rows.read_text())
+        args.ns = [r["n"] for r in rows]
+        return report(rows, args)
     lip = jax.jit(lambda x, key: tf.local_lipschitz(layer, x, key=key, iterations=args.iterations))
     key = jax.random.key(0)
     rows = []
@@ -89,7 +94,12 @@ def main() -> None:
             row[name], row[name + "_sd"] = float(np.mean(draws)), float(np.std(draws, ddof=1))
         rows.append(row)
         print(row, flush=True)
-    print(f"\nwall {time.time() - started:.0f} s, d = {args.d}, A = V = I, β = 1\n")
+    print(f"\nwall {time.time() - started:.0f} s")
+    report(rows, args)
+
+
+def report(rows, args) -> None:
+    print(f"d = {args.d}, A = V = I, β = 1\n")
     print("| n | R = 2√(log n) | ‖Df‖, R = 2√(log n) | bound √(n−1)(p+p(1−p)R²/4) "
           "| ‖Df‖, R = 3 | ‖Df‖, uniform on radius-3 sphere | ‖Df‖, N(0, I) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -118,14 +118,29 @@ def main() -> None:
     parser.add_argument("--ts", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0])
     parser.add_argument("--dt", type=float, default=0.05)
     parser.add_argument("--samples", type=int, default=1536)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--report-only", action="store_true", help="report the saved draws")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/atlas_lost_in_middle.png"))
     args = parser.parse_args()
     started = time.time()
-    est = make_estimator(args.n, args.beta, args.lam, [0.0, *args.ts], args.dt, args.M, args.k_max)
-    keys = jax.random.split(jax.random.key(0), args.samples)
-    parts = [np.asarray(est(keys[i : i + args.batch])) for i in range(0, args.samples, args.batch)]
-    draws = np.concatenate(parts)[:, 1:, :]  # (samples, T, n), t > 0
+    # Draws are saved after every batch (`--draws`), so a stopped run can still be reported
+    # (`--report-only`) on the samples it has.
+    draws_path = args.out.with_suffix(".draws.npy")
+    if args.report_only:
+        draws = np.load(draws_path)
+    else:
+        est = make_estimator(
+            args.n, args.beta, args.lam, [0.0, *args.ts], args.dt, args.M, args.k_max
+        )
+        keys = jax.random.split(jax.random.key(0), args.samples)
+        parts = []
+        for i in range(0, args.samples, args.batch):
+            parts.append(np.asarray(est(keys[i : i + args.batch]))[:, 1:, :])
+            draws = np.concatenate(parts)  # (samples, T, n), t > 0
+            draws_path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(draws_path, draws)
+            print(f"{len(draws)} samples, {time.time() - started:.0f} s", flush=True)
+    args.samples = len(draws)
     mean = draws.mean(0)
     se = draws.std(0, ddof=1) / np.sqrt(args.samples)
     s = np.arange(1, args.n) / args.n  # sources j = 1 … N−1 (1-based)
