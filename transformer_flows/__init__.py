@@ -90,6 +90,7 @@ from ._initial import (
     sample_sphere as sample_sphere,
     uniform_angles as uniform_angles,
 )
+from ._lipschitz import local_lipschitz as local_lipschitz
 from ._losses import (
     AbstractTask as AbstractTask,
     CapMixture as CapMixture,

@@ -60,8 +60,8 @@ def _check_block_size(block_size) -> None:
 
 
 def _normalise_scores(
-    scores: Float[Array, "n n"], normalized: bool, log_shift: Float[Array, ""] | float
-) -> Float[Array, "n n"]:
+    scores: Float[Array, "nq nk"], normalized: bool, log_shift: Float[Array, ""] | float
+) -> Float[Array, "nq nk"]:
     if normalized:
         # softmax subtracts the row maximum: finite for any β in float32.
         return jax.nn.softmax(scores, axis=-1)

@@ -32,6 +32,11 @@ from ._long_context import (
     long_context_cosine as long_context_cosine,
     long_context_limit as long_context_limit,
 )
+from ._lost_in_middle import (
+    retrieval_modes as retrieval_modes,
+    retrieval_profile as retrieval_profile,
+    retrieval_t_crit as retrieval_t_crit,
+)
 from ._merge import two_cluster_merge_time as two_cluster_merge_time
 from ._noise import (
     noise_threshold as noise_threshold,
@@ -42,6 +47,11 @@ from ._placements import (
     gaussian_moments as gaussian_moments,
     placement_equiangular as placement_equiangular,
     pre_ln_limit_constant as pre_ln_limit_constant,
+)
+from ._selectivity import (
+    poisson_intensity as poisson_intensity,
+    sample_largest_weight as sample_largest_weight,
+    selectivity_limit as selectivity_limit,
 )
 from ._uniform import (
     growth_rate as growth_rate,

@@ -1,0 +1,183 @@
+"""The n-dependence atlas (docs/atlas.md): R8 selectivity, R9 lost in the middle, R10 the
+Lipschitz constant of attention, R12 token sample complexity. Small sizes; the full
+measurements are experiments/atlas_*.py."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, special
+from scipy.linalg import expm
+
+import transformer_flows as tf
+from transformer_flows import theory
+from transformer_flows.theory._selectivity import _limit_general
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _experiment(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------ R8 selectivity
+
+
+def test_selectivity_limit_on_s2_is_the_ein_integral_and_the_general_formula():
+    # Independent form: Ein(u) = E1(u) + ln u + γ with scipy's E1, and the d-general triple
+    # integral (Mecke formula, x-dependent Laplace functional) evaluated at d = 3.
+    for c in (0.5, 1.0, 3.0):
+        f = lambda u: math.exp(-u - (special.exp1(u) + math.log(u) + np.euler_gamma) / (2 * c))  # noqa: E731
+        reference = integrate.quad(f, 0, np.inf, epsabs=1e-12, limit=200)[0]
+        assert theory.selectivity_limit(c) == pytest.approx(reference, abs=1e-9)
+    assert theory.selectivity_limit(1.0) == pytest.approx(0.72949, abs=5e-6)
+    assert _limit_general(1.0, 3) == pytest.approx(theory.selectivity_limit(1.0), abs=1e-8)
+
+
+def test_selectivity_limit_runs_from_zero_to_one_and_the_intensity_is_half_on_s2():
+    values = theory.selectivity_limit([1e-3, 0.1, 1.0, 10.0, 1e3])
+    assert np.all(np.diff(values) > 0)
+    assert values[0] < 0.01 and values[-1] > 0.999
+    A, alpha = theory.poisson_intensity(3)
+    assert (A, alpha) == (pytest.approx(0.5), 0.0)
+    # Intensity of n^{2/(d−1)}(1 − cos) near 0 for d = 5 against the exact law of the cosine.
+    A, alpha = theory.poisson_intensity(5)
+    t = 1e-6
+    density = special.beta(2, 2) ** -1 * (t / 2 * (1 - t / 2)) / 2  # t/2 ~ Beta(2, 2)
+    assert A * t**alpha == pytest.approx(density, rel=1e-5)
+
+
+def test_sampled_largest_weight_matches_vectors_and_the_poisson_limit():
+    # Vectors: a query against n uniform keys on S² (normalised Gaussians), float64 softmax.
+    rng = np.random.default_rng(11)
+    keys = rng.standard_normal((300, 400, 3))
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    n = keys.shape[1]
+    scores = n * keys[..., 2]  # β<x, y_j> with x = e₃, β = n
+    by_vectors = np.exp(scores.max(axis=1) - special.logsumexp(scores, axis=1))
+    sampled = theory.sample_largest_weight(n, float(n), 3000, seed=1)
+    full = theory.sample_largest_weight(n, float(n), 3000, seed=2, cutoff=None)
+    se = lambda m: m.std(ddof=1) / np.sqrt(m.size)  # noqa: E731
+    for a, b in ((by_vectors, sampled), (sampled, full)):
+        assert abs(a.mean() - b.mean()) < 4 * math.hypot(se(a), se(b))
+    # n = 400 is near the limit (finite-n bias measured < 0.005 from n = 100 on).
+    assert abs(sampled.mean() - theory.selectivity_limit(1.0)) < 4 * se(sampled) + 0.01
+    # Off the critical scaling: β = n^{1/2} spreads the weight, β = n^{3/2} selects one key.
+    assert theory.sample_largest_weight(n, n**0.5, 300, seed=3).mean() < 0.2
+    assert theory.sample_largest_weight(n, n**1.5, 300, seed=4).mean() > 0.95
+
+
+def test_selectivity_arguments_are_checked():
+    with pytest.raises(ValueError, match="`c` must be finite and > 0"):
+        theory.selectivity_limit(0.0)
+    with pytest.raises(ValueError, match="`d` must be an integer >= 2"):
+        theory.selectivity_limit(1.0, d=1)
+    with pytest.raises(ValueError, match="`cutoff`"):
+        theory.sample_largest_weight(10, 1.0, 5, cutoff=-1.0)
+
+
+# --------------------------------------------------------------------- R9 lost in the middle
+
+
+def test_retrieval_modes_are_the_continuum_limit_of_the_linear_chain():
+    """g_k(t; s) = lim N[e^{a_k t W} − I]_{N, sN}, W the ALiBi weight matrix (docs/atlas.md)."""
+    n, beta, lam = 200, 1.0, 1.0
+    W = np.zeros((n, n))
+    for j in range(1, n):
+        w = np.exp(-lam * (j - np.arange(j)) / n)
+        W[j, :j] = w / w.sum()
+    s = np.arange(1, n) / n
+    for t in (1.0, 2.0):
+        modes = theory.retrieval_modes(s, t, beta, lam, k_max=2)
+        for k in (1, 2):
+            chain = n * (expm(k**2 * special.iv(k, beta) * t * W) - np.eye(n))[-1, :-1]
+            keep = s >= 0.125
+            np.testing.assert_allclose(chain[keep], modes[k - 1][keep], rtol=0.015)
+
+
+def test_retrieval_t_crit_is_where_the_right_end_slope_changes_sign():
+    beta, lam = 1.0, 1.0
+    t_crit = theory.retrieval_t_crit(beta, lam)
+    assert t_crit == pytest.approx(2.457489, abs=1e-6)  # the authors' M = 8, 20 modes
+
+    def right_slope(t):
+        s = np.array([1 - 2e-4, 1 - 1e-4])
+        p = theory.retrieval_profile(s, t, beta, lam)
+        return (p[1] - p[0]) / 1e-4
+
+    assert right_slope(0.98 * t_crit) > 0 > right_slope(1.02 * t_crit)
+    # U shape below t_crit: an interior minimum.
+    s = np.linspace(0.01, 0.99, 99)
+    p = theory.retrieval_profile(s, 1.0, beta, lam)
+    assert 0 < np.argmin(p) < len(s) - 1
+
+
+def test_authors_causal_alibi_dynamics_is_the_library_field_with_token_rates():
+    lim = _experiment("atlas_lost_in_middle")
+    theta = np.random.default_rng(0).uniform(0, 2 * np.pi, 24)
+    field = lim.authors_field(24, 1.3, 0.7)
+    v = np.asarray(field(0.0, tf.angles_to_points(jnp.asarray(theta))))
+    angular = v[:, 1] * np.cos(theta) - v[:, 0] * np.sin(theta)
+    np.testing.assert_allclose(angular, lim.authors_velocity(theta, 1.3, 0.7), atol=1e-13)
+
+
+# ---------------------------------------------------------------------------- R10 Lipschitz
+
+
+def _layer(x):
+    return tf.attend(x, jnp.asarray(1.0, x.dtype), None, None, None, normalized=True)
+
+
+@pytest.mark.parametrize("n", [4, 16])
+def test_local_lipschitz_is_the_top_singular_value_and_grows_on_adversarial_inputs(n):
+    d, radius = 5, 2 * math.sqrt(math.log(n))
+    x = np.zeros((n, d))
+    x[:, 0], x[0, 0] = radius / 2, radius
+    x = jnp.asarray(x)
+    lip = float(tf.local_lipschitz(_layer, x, key=jax.random.key(0), iterations=300))
+    if n == 4:  # the dense Jacobian's top singular value (one more compilation: once)
+        dense = np.linalg.norm(np.asarray(jax.jacfwd(_layer)(x)).reshape(n * d, n * d), 2)
+        assert lip == pytest.approx(dense, rel=1e-8)
+    assert lip == pytest.approx({4: 2.12022, 16: 4.90024}[n], abs=1e-5)
+    # The bound of docs/atlas.md: outputs j >= 2 moved by a unit step of x_1 along u.
+    p = 1 / (1 + (n - 1) * math.exp(-(radius**2) / 4))
+    assert lip >= math.sqrt(n - 1) * (p + p * (1 - p) * radius**2 / 4) - 1e-9
+
+
+def test_local_lipschitz_checks_iterations():
+    with pytest.raises(ValueError, match="`iterations` must be a positive integer"):
+        tf.local_lipschitz(_layer, jnp.ones((2, 2)), key=jax.random.key(0), iterations=0)
+
+
+# ----------------------------------------------------------------- R12 sample complexity
+
+
+def test_attention_on_gaussian_tokens_converges_to_the_closed_form_at_rate_one_over_root_n():
+    sc = _experiment("atlas_sample_complexity")
+    Q, K, V = sc.weights()
+    x = sc.probes(1.0)
+    exact = sc.limit_map(x, Q, K, V)
+    flat = (sc.M0 + 0 * x) @ V.T  # the untilted map (β = 0 in the limit): a positive control
+    gamma = jax.jit(
+        lambda y: tf.attend(
+            jnp.asarray(x),
+            jnp.asarray(1.0),
+            *(jnp.asarray(w)[None] for w in (Q, K, V)),
+            normalized=True,
+            keys=y,
+        )  # fmt: skip
+    )
+    errors = {}
+    for n in (256, 4096):
+        draws = [np.asarray(gamma(jnp.asarray(sc.tokens(n, s)))) for s in range(12)]
+        errors[n] = np.mean([np.linalg.norm(g - exact, axis=1).max() for g in draws])
+        assert np.mean([np.linalg.norm(g - flat, axis=1).max() for g in draws]) > 3 * errors[n]
+    # Slope −1/2 between n = 256 and 4096: ratio 4; measured 3.6–4.4 over seeds.
+    assert 2.8 < errors[256] / errors[4096] < 5.6
