@@ -14,6 +14,7 @@ pretrained checkpoint ends with its message (what to download, where) and exit s
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +41,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not use the persistent compilation cache (~/.cache/transformer-flows, or "
         "$XDG_CACHE_HOME/transformer-flows; TRANSFORMER_FLOWS_NO_CACHE=1 also turns it off)",
+    )
+    parser.add_argument(
+        "--no-imports",
+        action="store_true",
+        help="refuse configs that name code (`model.field: module:Class`); same as "
+        "TRANSFORMER_FLOWS_NO_IMPORTS=1 (for shared machines and services)",
     )
     parser.add_argument(
         "overrides",
@@ -106,6 +113,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from .experiment import SolveFailures, draw_figures, load_config, run_experiment
 
+    if args.no_imports:
+        os.environ["TRANSFORMER_FLOWS_NO_IMPORTS"] = "1"
     config = load_config(args.config, args.overrides, smoke=args.smoke)
     if config.experiment not in args.kinds:
         raise ValueError(

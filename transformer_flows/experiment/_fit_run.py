@@ -31,6 +31,9 @@ def load_fitted_model(config: FitConfig, path: str | Path):
 
 def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Fit as configured into `out` and return the metrics (also in `out/metrics.json`)."""
+    from ._schema import import_fields
+
+    config = import_fields(config)
     run = RunDirectory(out)
     with run.lock():
         run.claim(config.to_yaml(), fingerprint(config.numerics()))

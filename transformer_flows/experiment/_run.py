@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 
 from ._plan import Plan, Shape, plan_sweep
 from ._registry import OBSERVABLES
-from ._schema import ConfigError, SimulationConfig, TheoryConfig, config_from_dict
+from ._schema import (
+    ConfigError,
+    SimulationConfig,
+    TheoryConfig,
+    config_from_dict,
+    import_fields,
+)
 from ._store import RunDirectory, chunk_path, fingerprint
 
 # Integer observables (cluster counts) of a failed solve hold this value; `succeeded` says
@@ -42,7 +48,11 @@ def run_experiment(
     on_chunk: Callable[[int], None] | None = None,
 ) -> xr.Dataset | dict:
     """Run a validated config into directory `out`: a sweep, theory or pretrained-model dataset
-    (returned), or a fit (its metrics are returned)."""
+    (returned), or a fit (its metrics are returned).
+
+    A `model.field` given as an import path `module:Class` is imported here, and only here,
+    after the rest of the config validated (refused under TRANSFORMER_FLOWS_NO_IMPORTS)."""
+    config = import_fields(config)
     if config.experiment == "theory":
         return run_theory(config, out)
     if config.experiment == "fit":
@@ -99,6 +109,7 @@ def run_sweep(
         )
     from ._program import chunk_inputs, program
 
+    config = import_fields(config)
     plan = plan_sweep(config)
     numerics = config.numerics()
     commit = git_commit()  # the code this call runs (a later checkout may differ)

@@ -31,7 +31,19 @@ from pydantic import (
     model_validator,
 )
 
-from ._registry import FIELDS, FIGURES, OBSERVABLES, PLACEMENTS, SOLVERS, TASKS, WEIGHTS
+from ._registry import (
+    FIELDS,
+    FIGURES,
+    IMPORT_PATH,
+    OBSERVABLES,
+    PLACEMENTS,
+    SOLVERS,
+    TASKS,
+    WEIGHTS,
+    allow_imports,
+    imports_allowed,
+    refuse_if_imports_refused,
+)
 
 
 class ConfigError(ValueError):
@@ -123,7 +135,20 @@ def _registered(registry) -> AfterValidator:
 
 
 def _resolvable_field(name: str) -> str:
-    FIELDS.resolve(name)  # a registered name or an importable `module:Class`
+    """A registered name, or an import path `module:Class`: checked for its form only (and
+    refused under TRANSFORMER_FLOWS_NO_IMPORTS); imported only inside `allow_imports()`, i.e.
+    by `run_experiment` after the rest of the config validated (data is never code)."""
+    if FIELDS.is_import_path(name):
+        if not IMPORT_PATH.match(name):
+            raise ValueError(
+                f"{name!r} is neither a registered field ({FIELDS.names()}) nor an import "
+                "path `package.module:Class`"
+            )
+        refuse_if_imports_refused(name, "field")
+        if imports_allowed():
+            FIELDS.resolve(name)
+        return name
+    FIELDS[name]  # unknown names: the error lists the registered ones
     return name
 
 
@@ -325,7 +350,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _placements(self):
-        entry = FIELDS.resolve(self.field)
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
         if wrapped and entry.state != "points":
             raise ValueError(
@@ -363,7 +390,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _field_accepts(self):
-        entry = FIELDS.resolve(self.field)
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         parameters = entry.parameters()
         for name in self.params:
             if name not in parameters:
@@ -484,9 +513,10 @@ class SimulationConfig(_Experiment):
     @model_validator(mode="after")
     def _cross_checks(self):
         model, names = self.model, self.observables.names
-        entry = FIELDS.resolve(model.field)
+        # None for an import path: its checks run in run_experiment, after importing it.
+        entry = FIELDS.lookup(model.field)
         negative = [beta for beta in self.sweep.beta if beta < 0]
-        if negative and entry.theory_model is not None:
+        if negative and entry is not None and entry.theory_model is not None:
             raise ValueError(
                 f"sweep.beta: β < 0 ({negative}, the repulsive softmax) is outside the theory "
                 f"curves (Γ∞,δ, ℓ*(β), defined for β >= 0) that figures and summaries draw for "
@@ -515,8 +545,8 @@ class SimulationConfig(_Experiment):
                     f"observable {name!r} is defined for d = {observable.d}: needs model.d = "
                     f"{observable.d}, got {model.d}"
                 )
-        parameters = entry.parameters()
-        for name in self.sweep.params:
+        parameters = entry.parameters() if entry is not None else {}
+        for name in self.sweep.params if entry is not None else ():
             if name not in parameters:
                 raise ValueError(
                     f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
@@ -531,7 +561,7 @@ class SimulationConfig(_Experiment):
             _try_build(
                 entry, {**model.params, name: self.sweep.params[name][0]}, f"sweep.params.{name}"
             )
-        if entry.state == "angles" and SOLVERS[self.solver.name].points_only:
+        if entry is not None and entry.state == "angles" and SOLVERS[self.solver.name].points_only:
             points = [name for name in SOLVERS if not SOLVERS[name].points_only]
             raise ValueError(
                 f"solver.name: {self.solver.name!r} steps points on a sphere; field "
@@ -701,7 +731,9 @@ class FitModelConfig(_Section):
 
     @model_validator(mode="after")
     def _checks(self):
-        entry = FIELDS.resolve(self.field)
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         parameters = entry.parameters()
         for name in self.params:
             if name not in parameters or name in ("Q", "K", "V"):
@@ -816,7 +848,9 @@ class FitConfig(_Experiment):
 
     @model_validator(mode="after")
     def _parameters(self):
-        entry = FIELDS.resolve(self.model.field)
+        entry = FIELDS.lookup(self.model.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         for name in self.train.parameters:
             if name == "feed_forward":
                 if self.model.feed_forward is None:
@@ -1126,6 +1160,23 @@ def config_from_dict(
         config = config.model_copy(update={"name": default_name})
     config._smoke_run = bool(smoke)
     return config
+
+
+def import_fields(config):
+    """The config validated again with the `module:Class` it names imported (the checks that
+    need the class: its parameters, placements, state), or the config itself if it names no
+    import path. Called by `run_experiment` only, after the config validated without imports.
+    Refused when TRANSFORMER_FLOWS_NO_IMPORTS is set."""
+    model = getattr(config, "model", None)
+    if model is None or not FIELDS.is_import_path(getattr(model, "field", None)):
+        return config
+    try:
+        with allow_imports():
+            validated = type(config).model_validate(config.resolved())
+    except ValidationError as err:
+        raise ConfigError(_explain(err, config.resolved())) from None
+    validated._smoke_run = config.smoke_run
+    return validated
 
 
 def _location(loc: Sequence) -> str:
