@@ -2,14 +2,17 @@
 cannot blow up, a non-finite solve is a failure, and config migration never drops a key.
 Each test is named by what it protects."""
 
+import os
 import textwrap
 
+import numpy as np
 import pytest
 import yaml
 
 from transformer_flows.cli import main
 from transformer_flows.experiment import (
     ConfigError,
+    RunDirectory,
     config_from_dict,
     import_fields,
     load_dataset,
@@ -122,3 +125,242 @@ def test_plot_and_summarize_never_import_a_stored_field_name(finished, evil, tmp
     assert main(["summarize", str(copy), "--times", "1.0", "--betas", "4.0"]) == 0
     capsys.readouterr()
     assert list((tmp_path / "figures").glob("*.png")) and not evil.exists()
+
+
+# --- a run touches only its own files ----------------------------------------------------
+
+
+def test_a_run_never_deletes_a_users_files_that_look_like_temporaries(tmp_path):
+    out = tmp_path / "mine"
+    run = RunDirectory(out)
+    with run.lock():
+        run.claim("a: 1\n", "f" * 64)
+    notes, data = out / "notes", out / "chunks" / "g"
+    notes.mkdir()
+    data.mkdir(parents=True)
+    keep = [
+        notes / "draft.tmp1",
+        notes / "table.csv.tmp-42-deadbeef",
+        data / "table.csv.tmp-42-deadbeef",
+        out / "table.csv.tmp-42-deadbeef",
+    ]
+    for path in keep:
+        path.write_text("keep")
+    ours = [out / "dataset.nc.tmp-7-0123abcd", data / "chunk_00001.nc.tmp-7-0123abcd"]
+    for path in ours:
+        path.write_bytes(b"half")
+    with run.lock():
+        assert sorted(run.remove_temporaries()) == sorted(ours)
+    assert all(path.read_text() == "keep" for path in keep)
+
+
+def test_a_nonempty_foreign_out_is_refused_unless_asked(tmp_path, capsys):
+    from transformer_flows.experiment import StoreError, allow_nonempty_out
+
+    out = tmp_path / "home"
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "draft.tmp1").write_text("keep")
+    (out / "thesis.tex").write_text("keep")
+    run = RunDirectory(out)
+    with pytest.raises(StoreError, match="--allow-nonempty-out.*nothing there is deleted"):
+        with run.lock():
+            run.claim("a: 1\n", "f" * 64)
+    assert not (out / "config.yaml").exists()
+    with allow_nonempty_out(), run.lock():
+        run.claim("a: 1\n", "f" * 64)
+        run.remove_temporaries()
+    assert (out / "notes" / "draft.tmp1").read_text() == "keep"
+    # The command line: refused with exit 2 and the flag named.
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw()))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep")
+    assert main(["run", str(config), "--out", str(other), "--no-figures"]) == 2
+    assert "--allow-nonempty-out" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["thesis.tex"]  # untouched
+
+
+@pytest.mark.parametrize("name", [".lock", "config.yaml", "dataset.nc", "chunks"])
+def test_symlinked_control_files_are_refused_never_followed(tmp_path, name):
+    from transformer_flows.experiment import StoreError
+
+    target = tmp_path / "precious"
+    target.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(target)
+    run = RunDirectory(out)
+    with pytest.raises(StoreError, match="symbolic link"):
+        with run.lock():
+            run.claim("a: 1\n", "f" * 64)
+            run.write_dataset(_dataset())
+            run.read_chunk("chunks/g/chunk_00000.nc", "f" * 64)
+    assert target.read_text() == "precious" and (out / name).is_symlink()
+
+
+def test_a_fifo_lock_file_is_refused_without_blocking(tmp_path):
+    from transformer_flows.experiment import StoreError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / ".lock")
+    with pytest.raises(StoreError, match="not a regular file"):
+        with RunDirectory(out).lock():
+            pass
+
+
+def _dataset():
+    import xarray as xr
+
+    return xr.Dataset({"a": ("combo", np.arange(2.0))}, coords={"combo": np.arange(2)})
+
+
+# --- non-finite is failure, everywhere ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overflow():
+    """The issue's repro: USA at β = 1000, NormalizedEuler dt0 = 0.1, float32 (e^{1000}
+    overflows). One start, four save times."""
+    import jax
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    x0 = tf.sample_sphere(jax.random.key(0), 8, 2, dtype=jnp.float32)
+    ts = jnp.linspace(0.0, 4.0, 5, dtype=jnp.float32)
+    return tf.UnnormalizedSelfAttention(1000.0), x0, ts
+
+
+def test_an_overflowing_fixed_step_solve_is_a_failure_not_a_result(overflow):
+    import equinox as eqx
+
+    import transformer_flows as tf
+
+    field, x0, ts = overflow
+    trajectory = tf.solve(field, x0, ts, solver=tf.NormalizedEuler(), dt0=0.1, throw=False)
+    assert not np.all(np.isfinite(trajectory.xs))  # the states did overflow
+    assert not bool(trajectory.succeeded) and trajectory.result == tf.RESULTS.overflow
+    with pytest.raises(eqx.EquinoxRuntimeError):
+        tf.solve(field, x0, ts, solver=tf.NormalizedEuler(), dt0=0.1)
+    assert "time_rescaled=True" in tf.RESULTS.overflow._enumeration[tf.RESULTS.overflow]
+    # The cure the message names: the rescaled time τ = e^{β} t keeps the states finite.
+    rescaled = tf.UnnormalizedSelfAttention(1000.0, time_rescaled=True)
+    fine = tf.solve(rescaled, x0, ts, solver=tf.NormalizedEuler(), dt0=0.1)
+    assert bool(fine.succeeded) and np.allclose(np.linalg.norm(fine.xs, axis=-1), 1, atol=1e-5)
+
+
+def test_an_overflowing_observation_is_a_failure_even_as_a_count(overflow):
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    field, x0, ts = overflow
+    counted = tf.solve(
+        field,
+        x0,
+        ts,
+        solver=tf.NormalizedEuler(),
+        dt0=0.1,
+        throw=False,
+        observe=lambda x: jnp.sum(x[:, 0] > 0),  # an integer count of NaN states is 0
+    )
+    assert not bool(counted.succeeded)
+
+
+def test_an_overflowing_noisy_solve_is_a_failure(overflow):
+    import jax
+
+    import transformer_flows as tf
+
+    field, x0, ts = overflow
+    noisy = tf.solve(
+        field,
+        x0,
+        ts,
+        dt0=0.1,
+        noise=tf.IndependentNoise(10.0),
+        key=jax.random.key(1),
+        throw=False,
+    )
+    assert not bool(noisy.succeeded)
+
+
+def test_solve_batch_counts_an_overflowing_system_as_failed():
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    x0s = tf.sample_sphere(jax.random.key(0), 8, 2, dtype=jnp.float32).reshape(1, 8, 2)
+    x0s = jnp.concatenate([x0s, jnp.full_like(x0s, jnp.nan)])  # NaN rows: refused
+    ts = jnp.linspace(0.0, 1.0, 3, dtype=jnp.float32)
+    with pytest.raises(ValueError, match="x0s"):
+        tf.solve_batch(tf.SelfAttention(1.0), x0s, ts)
+    # Finite start, overflowing field: β = 1e30 makes the logits inf.
+    batch = tf.solve_batch(
+        tf.UnnormalizedSelfAttention(1e30), x0s[:1], ts, throw=False, max_steps=64
+    )
+    assert not bool(batch.succeeded[0])
+    with pytest.raises(eqx.EquinoxRuntimeError):
+        tf.solve_batch(tf.UnnormalizedSelfAttention(1e30), x0s[:1], ts, max_steps=64)
+
+
+def test_a_sweep_masks_and_counts_overflowing_solves_and_exits_3(tmp_path, capsys):
+    raw = tiny_raw(
+        model__field="USA",
+        sweep={"beta": [1.0, 1000.0], "starts": 2, "seed": 3},
+        solver={"name": "normalized_euler", "dt": 0.1},
+    )
+    config = tmp_path / "overflow.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-figures", "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert "2 of 4 solves failed: 2 overflowed (NaN or inf states)" in err
+    assert "time_rescaled" in err and "float64" in err
+    dataset, _ = load_dataset(out)
+    usa = dataset.squeeze()
+    ok = usa["succeeded"].values.astype(bool)
+    assert ok.tolist() == [[True, True], [False, False]]  # β = 1 fine, β = 1000 failed
+    assert np.all(usa["cluster_count"].values[~ok] == -1)
+    assert np.all(np.isnan(usa["clustered_fraction"].values[~ok]))
+    assert dataset.attrs["failed_solves"] == 2
+
+
+def test_mean_field_refuses_what_is_not_a_density():
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    equation = tf.MeanFieldCircle(1.0, model="USA", kappa=10.0, modes=8)
+    ts = jnp.asarray([0.0, 0.1])
+    uniform = jnp.full(16, 1 / (2 * jnp.pi))
+    for bad, why in [
+        (-uniform, "min -0.159"),
+        (jnp.zeros(16), "mass 0"),
+        (uniform.at[3].set(jnp.nan), "non-finite"),
+        (2 * uniform, "mass 2"),
+    ]:
+        with pytest.raises(ValueError, match=f"density0.*{why}"):
+            tf.solve_mean_field(equation, bad, ts)
+    solution = tf.solve_mean_field(equation, uniform, ts)
+    assert bool(solution.succeeded)
+    np.testing.assert_allclose(solution.order_parameter, 0.0, atol=1e-12)
+
+
+def test_mean_field_honours_throw_when_max_steps_is_hit():
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    equation = tf.MeanFieldCircle(1.0, model="USA", kappa=1.0, modes=8)
+    density = (1 + 0.5 * jnp.cos(equation.theta)) / (2 * jnp.pi)
+    ts = jnp.asarray([0.0, 50.0])
+    with pytest.raises(eqx.EquinoxRuntimeError, match="maximum number of solver steps"):
+        tf.solve_mean_field(equation, density, ts, max_steps=4)
+    failed = tf.solve_mean_field(equation, density, ts, max_steps=4, throw=False)
+    assert not bool(failed.succeeded)

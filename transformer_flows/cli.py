@@ -12,6 +12,7 @@ pretrained checkpoint ends with its message (what to download, where) and exit s
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,6 +42,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not use the persistent compilation cache (~/.cache/transformer-flows, or "
         "$XDG_CACHE_HOME/transformer-flows; TRANSFORMER_FLOWS_NO_CACHE=1 also turns it off)",
+    )
+    parser.add_argument(
+        "--allow-nonempty-out",
+        action="store_true",
+        help="claim a non-empty --out that holds no run of transformer-flows (refused "
+        "otherwise); nothing there is deleted",
     )
     parser.add_argument(
         "--no-imports",
@@ -111,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     import jax
 
-    from .experiment import SolveFailures, draw_figures, load_config, run_experiment
+    from .experiment import (
+        SolveFailures,
+        allow_nonempty_out,
+        draw_figures,
+        load_config,
+        run_experiment,
+    )
 
     if args.no_imports:
         os.environ["TRANSFORMER_FLOWS_NO_IMPORTS"] = "1"
@@ -125,7 +138,10 @@ def _run(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     started = time.perf_counter()
     try:
-        result = run_experiment(config, args.out, progress=not args.no_progress)
+        with contextlib.ExitStack() as stack:
+            if args.allow_nonempty_out:
+                stack.enter_context(allow_nonempty_out())
+            result = run_experiment(config, args.out, progress=not args.no_progress)
     except SolveFailures as failures:
         print(f"transformer-flows {args.command}: {failures}", file=sys.stderr)
         return EXIT_FAILED_SOLVES

@@ -61,6 +61,7 @@ from ._store import (
     RunDirectory as RunDirectory,
     StoreError as StoreError,
     StoreWarning as StoreWarning,
+    allow_nonempty_out as allow_nonempty_out,
     fingerprint as fingerprint,
 )
 from ._summarize import (

@@ -167,15 +167,32 @@ def run_sweep(
         run.write_dataset(dataset)
     failed = int(dataset.attrs["failed_solves"])
     if failed and not config.solver.allow_failures:
-        raise SolveFailures(
-            f"{failed} of {dataset.attrs['total_solves']} solves failed (e.g. "
-            f"solver.max_steps={config.solver.max_steps} reached)."
-            " They are masked in the dataset (NaN; -1 with `succeeded` = False for counts). "
-            "Fix: raise solver.max_steps or loosen the tolerances, or set "
-            "solver.allow_failures=true to accept a dataset with masked entries.",
-            dataset,
-        )
+        raise SolveFailures(_failure_message(config, dataset), dataset)
     return dataset
+
+
+def _failure_message(config: SimulationConfig, dataset: xr.Dataset) -> str:
+    """How many solves failed and why: `max_steps` reached, or an overflow (NaN or inf states
+    before the step budget ran out), with the fix of each."""
+    failed = ~dataset["succeeded"].values.astype(bool)
+    at_budget = dataset["num_steps"].values >= config.solver.max_steps
+    exhausted, overflowed = int((failed & at_budget).sum()), int((failed & ~at_budget).sum())
+    reasons, fixes = [], []
+    if exhausted:
+        reasons.append(f"{exhausted} reached solver.max_steps={config.solver.max_steps}")
+        fixes.append("raise solver.max_steps or loosen the tolerances")
+    if overflowed:
+        reasons.append(f"{overflowed} overflowed (NaN or inf states)")
+        fixes.append(
+            "for the overflow, a smaller solver.dt or tighter tolerances, precision=float64, "
+            "or model.params.time_rescaled=true (USA at large beta)"
+        )
+    return (
+        f"{int(failed.sum())} of {dataset.attrs['total_solves']} solves failed: "
+        f"{'; '.join(reasons)}. They are masked in the dataset (NaN; -1 with `succeeded` = "
+        f"False for counts). Fix: {'; '.join(fixes)}; or set solver.allow_failures=true to "
+        "accept a dataset with masked entries."
+    )
 
 
 def _chunk_name(plan: Plan, shape: Shape, chunk: int) -> str:
