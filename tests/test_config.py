@@ -294,7 +294,7 @@ def test_bad_files(tmp_path):
 
 def test_legacy_keys_are_migrated():
     """Configs written before the shared vocabulary still load, to the same experiment."""
-    old = minimal(solver={"method": "adaptive", "scheme": "bosh3", "dt": 0.1, "rtol": 1e-4})
+    old = minimal(solver={"method": "adaptive", "scheme": "bosh3", "rtol": 1e-4})
     assert (
         config_from_dict(old).solver
         == config_from_dict(minimal(solver={"name": "bosh3", "rtol": 1e-4})).solver

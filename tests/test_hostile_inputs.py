@@ -15,9 +15,14 @@ from transformer_flows.experiment import (
     RunDirectory,
     config_from_dict,
     import_fields,
+    load_config,
     load_dataset,
     run_sweep,
 )
+
+from helpers import FIT_CONFIGS
+
+FIT_CONFIG = FIT_CONFIGS[0]
 
 # A module whose import leaves a mark: reading data must never run it.
 EVIL = textwrap.dedent(
@@ -364,3 +369,63 @@ def test_mean_field_honours_throw_when_max_steps_is_hit():
         tf.solve_mean_field(equation, density, ts, max_steps=4)
     failed = tf.solve_mean_field(equation, density, ts, max_steps=4, throw=False)
     assert not bool(failed.succeeded)
+
+
+# --- YAML cannot blow up -----------------------------------------------------------------
+
+LAUGHS = """
+a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+"""
+
+
+def test_yaml_aliases_are_refused_with_their_line(tmp_path, capsys):
+    base = yaml.safe_dump(tiny_raw())
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(base + "smoke:\n  x: &a [1, 2]\n  y: *a\n")
+    with pytest.raises(ConfigError, match=r"line \d+: the alias \*a is refused"):
+        load_config(laughs)
+    laughs.write_text(base + "model:\n  params:" + LAUGHS.replace("\n", "\n    "))
+    assert main(["run", str(laughs), "--out", str(tmp_path / "out")]) == 2
+    assert "anchors and aliases are not allowed" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="alias"):
+        config_from_dict(tiny_raw(), ["model.params={a: &x 1, b: *x}"])
+
+
+def test_free_form_sections_are_size_capped():
+    big = {f"k{i}": i for i in range(2000)}
+    for section in ("model__params", "model__placement_params", "smoke"):
+        with pytest.raises(ConfigError, match="more than 1000 values"):
+            config_from_dict(tiny_raw(**{section: big}))
+    # Shared references (possible from Python, not YAML) are counted, never expanded.
+    laughs = ["lol"] * 10
+    for _ in range(8):
+        laughs = [laughs] * 10
+    with pytest.raises(ConfigError, match="more than 1000 values"):
+        config_from_dict(tiny_raw(smoke={"x": laughs}))
+
+
+# --- config migration never drops a key silently -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "solver, refusal",
+    [
+        ({"name": "tsit5", "method": "normalized_euler", "dt": 0.1}, "both name a solver"),
+        ({"method": "normalized_euler", "scheme": "tsit5"}, "disagree"),
+        ({"method": "adaptive", "scheme": "bosh3", "dt": 0.1}, "dt = 0.1 would be ignored"),
+    ],
+)
+def test_a_solver_migration_never_drops_a_key(solver, refusal):
+    with pytest.raises(ConfigError, match=refusal):
+        config_from_dict(tiny_raw(solver=solver))
+
+
+def test_a_fit_migration_never_drops_a_key():
+    raw = yaml.safe_load(FIT_CONFIG.read_text())
+    raw["flow"] = {**raw["flow"], "solver": "bosh3"}
+    raw["solver"] = {**raw.get("solver", {}), "name": "tsit5"}
+    with pytest.raises(ConfigError, match="flow.solver = 'bosh3'.*disagree"):
+        config_from_dict(raw)
+    assert load_config(FIT_CONFIG).experiment == "fit"

@@ -378,15 +378,16 @@ def provenance(config, compute_seconds: float, commit: str) -> dict:
 
 def load_dataset(out: str | Path) -> tuple[xr.Dataset, object]:
     """The dataset of a finished run in `out` and the config it was made with."""
-    import yaml
+    from ._yaml import load_yaml
 
     dataset = RunDirectory(out).read_dataset()
     try:
-        raw = yaml.safe_load(dataset.attrs["config"])
-    except (KeyError, yaml.YAMLError) as err:
+        raw = load_yaml(str(dataset.attrs["config"]), "its stored config")
+    except (KeyError, ValueError) as err:
         raise ConfigError(
             f"{str(out)!r}: its dataset carries no readable config ({err}); rerun it."
         ) from None
-    config = config_from_dict(raw, default_name=raw.get("name") or "experiment")
+    name = raw.get("name") if isinstance(raw, dict) else None
+    config = config_from_dict(raw, default_name=name if isinstance(name, str) else "experiment")
     config._smoke_run = bool(dataset.attrs.get("smoke", 0))
     return dataset, config

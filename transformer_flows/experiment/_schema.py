@@ -44,6 +44,7 @@ from ._registry import (
     imports_allowed,
     refuse_if_imports_refused,
 )
+from ._yaml import MAX_YAML_BYTES, bounded_free_form, load_yaml
 
 
 class ConfigError(ValueError):
@@ -182,13 +183,30 @@ class SolverConfig(_Section):
     @classmethod
     def _migrate(cls, raw: Any) -> Any:
         # Before issue 9: `method: adaptive` + `scheme: tsit5`, or `method: normalized_euler`.
+        # A migration never drops a key silently: what it cannot carry over is refused.
         if isinstance(raw, Mapping) and ("method" in raw or "scheme" in raw):
             raw = dict(raw)
             method, scheme = raw.pop("method", None), raw.pop("scheme", None)
-            if "name" not in raw:
-                raw["name"] = scheme or ("tsit5" if method in (None, "adaptive") else method)
-            if raw.get("name") in SOLVERS and SOLVERS[raw["name"]].adaptive:
-                raw.pop("dt", None)  # the old schema kept an unused dt for adaptive runs
+            old = {k: v for k, v in (("method", method), ("scheme", scheme)) if v is not None}
+            if "name" in raw:
+                raise ValueError(
+                    f"solver.name = {raw['name']!r} and the old keys {old} both name a solver; "
+                    f"keep only solver.name (e.g. solver.name={scheme or method})"
+                )
+            if scheme is not None and method not in (None, "adaptive"):
+                raise ValueError(
+                    f"solver.method = {method!r} (a fixed-step solver) and solver.scheme = "
+                    f"{scheme!r} (an adaptive one) disagree; write solver.name=<one of them>"
+                )
+            raw["name"] = scheme or ("tsit5" if method in (None, "adaptive") else method)
+            name = raw["name"]
+            if name in SOLVERS and SOLVERS[name].adaptive and raw.get("dt") is not None:
+                raise ValueError(
+                    f"solver.dt = {raw['dt']!r} would be ignored: the old keys {old} mean the "
+                    f"adaptive solver {name!r}, which chooses its own steps. Fix: remove "
+                    f"solver.dt, or ask for a fixed step with solver.name=normalized_euler and "
+                    "solver.dt"
+                )
         return raw
 
     @model_validator(mode="after")
@@ -235,7 +253,7 @@ class _Experiment(_Section):
     precision: Precision = "float64"
     figures: Annotated[list[str], BeforeValidator(_as_list), _registered(FIGURES)] = []
     plot: PlotConfig = PlotConfig()
-    smoke: dict[str, Any] = Field(
+    smoke: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="key.path: value overrides applied by --smoke (toy size)"
     )
     _smoke_run: bool = PrivateAttr(False)
@@ -299,7 +317,7 @@ class ModelConfig(_Section):
     field: FieldName = Field(
         "SA", description="registered field (SA, USA, Kuramoto) or module:Class"
     )
-    params: dict[str, Any] = Field(
+    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
     )
     n: ShapeList
@@ -327,7 +345,7 @@ class ModelConfig(_Section):
         description="normalisation placement(s) (post_ln: the field itself; pre_ln, peri_ln, "
         "ngpt, mix_ln, no_norm); a list is one more axis of the sweep",
     )
-    placement_params: dict[str, Any] = Field(
+    placement_params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
     )
 
@@ -689,7 +707,9 @@ class FitModelConfig(_Section):
     layers, low rank), or any field `module:Class` built from `params`."""
 
     field: FieldName = Field("SA", description="registered field or module:Class")
-    params: dict[str, Any] = Field({}, description="constructor parameters, e.g. {beta: 1.0}")
+    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
+        {}, description="constructor parameters, e.g. {beta: 1.0}"
+    )
     d: Annotated[Integer, Field(ge=2)]
     heads: PositiveInteger | None = None
     layers: PositiveInteger | None = None
@@ -835,14 +855,18 @@ class FitConfig(_Experiment):
             if moved:
                 raw = dict(raw)
                 solver = dict(raw.get("solver") or {})
-                if "solver" in moved:
-                    solver.setdefault("name", moved.pop("solver"))
-                if "dt0" in moved:
-                    dt = moved.pop("dt0")
-                    if dt is not None:
-                        solver.setdefault("dt", dt)
-                for key, value in moved.items():
-                    solver.setdefault(key, value)
+                renamed = {"solver": "name", "dt0": "dt"}
+                for old_key, value in moved.items():
+                    key = renamed.get(old_key, old_key)
+                    if old_key == "dt0" and value is None:
+                        continue
+                    if key in solver and solver[key] != value:
+                        # A migration never drops a key silently.
+                        raise ValueError(
+                            f"flow.{old_key} = {value!r} (the old place) and solver.{key} = "
+                            f"{solver[key]!r} disagree; keep only solver.{key}"
+                        )
+                    solver[key] = value
                 raw["flow"], raw["solver"] = flow, solver
         return raw
 
@@ -1116,9 +1140,16 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, smoke: bool 
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (or is not a file).")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError(
+                f"config file {str(path)!r} is {path.stat().st_size} bytes; configs are "
+                f"limited to {MAX_YAML_BYTES}"
+            )
+        raw = load_yaml(path.read_text(), f"config file {str(path)!r}")
+    except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return config_from_dict(raw, overrides, smoke=smoke, default_name=path.stem)
 
 
@@ -1146,6 +1177,10 @@ def config_from_dict(
             "config key `smoke`: must map key paths to values, e.g. {sweep.starts: 4}, got "
             f"{smoke_overrides!r}."
         )
+    try:
+        bounded_free_form(smoke_overrides)
+    except ValueError as err:
+        raise ConfigError(f"config key `smoke`: {err}.") from None
     if smoke:
         raw = apply_overrides(
             raw, [f"{key}={json.dumps(value)}" for key, value in smoke_overrides.items()], kind
