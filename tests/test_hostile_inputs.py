@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from transformer_flows.cli import main
 from transformer_flows.experiment import (
@@ -429,3 +430,223 @@ def test_a_fit_migration_never_drops_a_key():
     with pytest.raises(ConfigError, match="flow.solver = 'bosh3'.*disagree"):
         config_from_dict(raw)
     assert load_config(FIT_CONFIG).experiment == "fit"
+
+
+# --- properties (hypothesis): random configs, field parameters, damage ---------------------
+# Small max_examples, no deadline, and no compilation per example: the config properties
+# compile nothing, the solve property reuses one jitted program, the damage property one
+# sweep program.
+
+
+PROPERTY = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+HOSTILE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", "x", "nan", "-inf", "1e999", "[]", "{}", "SA", "tsit5", "a:b"]),
+    st.lists(st.integers(-3, 10), max_size=3),
+)
+OVERRIDE_KEYS = [
+    "model.n",
+    "model.d",
+    "model.field",
+    "model.weights",
+    "model.heads",
+    "model.layers",
+    "model.initial",
+    "model.placement",
+    "model.params.gain",
+    "sweep.beta",
+    "sweep.starts",
+    "sweep.seed",
+    "sweep.chunk_size",
+    "sweep.memory_budget_mb",
+    "sweep.tolerance",
+    "time.t1",
+    "time.num",
+    "solver.name",
+    "solver.dt",
+    "solver.rtol",
+    "solver.max_steps",
+    "precision",
+    "observables.delta",
+    "observables.names",
+    "figures",
+    "name",
+    "bogus.key",
+]
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.sampled_from(OVERRIDE_KEYS), HOSTILE_VALUES), max_size=3))
+def test_random_overrides_are_valid_or_refused_at_their_key(overrides):
+    """A valid result plans (the sweep it would run) and round-trips; an invalid one is a
+    ConfigError naming one of the keys (never another exception, never a traceback)."""
+    from transformer_flows.experiment._plan import plan_sweep
+
+    texts = [
+        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+        for key, value in overrides
+    ]
+    texts = [text.removesuffix("\n...").removesuffix(" ...") for text in texts]
+    try:
+        config = config_from_dict(tiny_raw(), texts)
+    except ConfigError as err:
+        message = str(err)
+        named = {key.split(".")[0] for key, _ in overrides} | {key for key, _ in overrides}
+        assert "Traceback" not in message
+        assert any(part in message for part in named) or "override" in message, message
+        return
+    plan_sweep(config)
+    again = config_from_dict(config.resolved())
+    assert again.numerics() == config.numerics()
+
+
+@pytest.fixture(scope="module")
+def jitted_solve():
+    """One compiled program: SA(beta) from x0 (4, 2), float64, NormalizedEuler dt0 = 0.25."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    ts = jnp.linspace(0.0, 1.0, 3)
+
+    @eqx.filter_jit
+    def run(beta, x0):
+        return tf.solve(
+            tf.SelfAttention(beta), x0, ts, solver=tf.NormalizedEuler(), dt0=0.25, throw=False
+        )
+
+    return run
+
+
+@PROPERTY
+@given(
+    beta=st.floats(allow_nan=True, allow_infinity=True),
+    x0=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=8, max_size=8),
+)
+def test_random_field_parameters_give_a_named_refusal_or_finite_states_on_the_sphere(
+    jitted_solve, beta, x0
+):
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    points = np.asarray(x0).reshape(4, 2)
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(points, axis=1, keepdims=True)
+        points = np.where(norms > 0, points / norms, points)  # on the sphere where possible
+    try:
+        trajectory = jitted_solve(jnp.asarray(beta), jnp.asarray(points))
+    except (ValueError, eqx.EquinoxRuntimeError) as err:
+        assert "beta" in str(err) or "x0" in str(err) or "`x`" in str(err), str(err)
+        return
+    if bool(trajectory.succeeded):
+        xs = np.asarray(trajectory.xs)
+        assert np.all(np.isfinite(xs))
+        np.testing.assert_allclose(np.linalg.norm(xs, axis=-1), 1.0, atol=1e-12)
+    else:
+        assert trajectory.result == tf.RESULTS.overflow
+
+
+@PROPERTY
+@given(shape=st.lists(st.integers(0, 3), max_size=3), dtype=st.sampled_from(["int32", "bool"]))
+def test_wrong_shapes_and_dtypes_of_x0_are_refused_before_compiling(shape, dtype):
+    import transformer_flows as tf
+
+    x0 = np.ones(shape, dtype=dtype)
+    if x0.ndim == 2 and 0 not in x0.shape and dtype == "int32":
+        x0 = x0.astype(np.float64) / np.sqrt(x0.shape[1])  # a valid start: not this property
+        return
+    with pytest.raises(ValueError, match="x0"):
+        tf.solve(tf.SelfAttention(1.0), x0, [0.0, 1.0])
+
+
+DAMAGE = st.sampled_from(
+    [
+        "truncate_chunk",
+        "delete_chunk",
+        "garbage_chunk",
+        "symlink_chunk",
+        "foreign_file_in_chunks",
+        "foreign_folder",
+        "delete_config",
+        "truncate_config",
+        "garbage_dataset",
+        "symlink_lock",
+        "fifo_config",
+    ]
+)
+
+
+@PROPERTY
+@given(damages=st.lists(DAMAGE, min_size=1, max_size=3, unique=True))
+def test_damage_to_a_run_directory_is_recomputed_or_refused_never_trusted(finished, damages):
+    """Whatever the damage, rerunning the same config either rebuilds the same numbers or is
+    refused (StoreError); files the run did not write survive, links are never followed."""
+    import shutil
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import xarray as xr
+
+    from transformer_flows.experiment import StoreError, StoreWarning
+
+    config = config_from_dict(tiny_raw(figures=["phase_diagram"]))
+    reference = load_dataset(finished)[0]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "out"
+        shutil.copytree(finished, out, symlinks=True)
+        precious = Path(folder) / "precious"
+        precious.write_text("precious")
+        chunk = sorted(out.glob("chunks/*/chunk_*.nc"))[0]
+        kept = []
+        for damage in damages:
+            if damage == "truncate_chunk" and chunk.is_file() and not chunk.is_symlink():
+                chunk.write_bytes(chunk.read_bytes()[:100])
+            elif damage == "delete_chunk" and chunk.exists() and not chunk.is_symlink():
+                chunk.unlink()
+            elif damage == "garbage_chunk" and not chunk.is_symlink():
+                chunk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"x" * 500)
+            elif damage == "symlink_chunk":
+                chunk.unlink(missing_ok=True)
+                chunk.symlink_to(precious)
+            elif damage == "foreign_file_in_chunks":
+                kept.append(chunk.parent / "notes.tmp1")
+            elif damage == "foreign_folder":
+                kept.append(out / "mine" / "draft.nc.tmp-1-0123abcd")
+            elif damage == "delete_config":
+                (out / "config.yaml").unlink(missing_ok=True)
+            elif damage == "truncate_config" and (out / "config.yaml").is_file():
+                (out / "config.yaml").write_text("# fingerprint: ")
+            elif damage == "garbage_dataset":
+                (out / "dataset.nc").write_bytes(b"not a dataset")
+            elif damage == "symlink_lock":
+                (out / ".lock").unlink()
+                (out / ".lock").symlink_to(precious)
+            elif damage == "fifo_config":
+                (out / "config.yaml").unlink(missing_ok=True)
+                os.mkfifo(out / "config.yaml")
+        for path in kept:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("keep")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StoreWarning)
+                rebuilt = run_sweep(config, out, progress=False)
+        except StoreError as err:
+            assert str(out) in str(err)
+        else:
+            for name in ("succeeded", "clustered_fraction", "cluster_count"):
+                xr.testing.assert_identical(rebuilt[name], reference[name])
+        assert precious.read_text() == "precious"
+        assert all(path.read_text() == "keep" for path in kept)
