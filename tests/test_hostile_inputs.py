@@ -650,3 +650,34 @@ def test_damage_to_a_run_directory_is_recomputed_or_refused_never_trusted(finish
                 xr.testing.assert_identical(rebuilt[name], reference[name])
         assert precious.read_text() == "precious"
         assert all(path.read_text() == "keep" for path in kept)
+
+
+# --- found by the hostile pass (experiments/hostile_pass.py) -------------------------------
+
+
+def test_solve_options_must_be_scalars_named_in_the_refusal():
+    """A ValueError from `solve` itself (or, under the tests' runtime type checks, a type
+    error naming the same argument)."""
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    x0 = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
+    for name, value in (("dt0", []), ("dt0", [0.1, 0.2]), ("rtol", []), ("atol", [1e-6] * 2)):
+        extra = {"solver": tf.NormalizedEuler()} if name == "dt0" else {}
+        with pytest.raises((ValueError, TypeError), match=name):
+            tf.solve(tf.SelfAttention(1.0), x0, jnp.asarray([0.0, 1.0]), **{name: value, **extra})
+
+
+def test_observables_refuse_no_tokens_and_a_delta_that_is_not_a_number():
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+
+    x0 = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
+    for function in (tf.mean_cosine, tf.mean_radius, tf.gram, tf.order_parameter):
+        with pytest.raises(ValueError, match="at least one token"):
+            function(jnp.zeros((0, 2)))
+    for function in (tf.count_clusters, tf.clustered_fraction):
+        with pytest.raises((ValueError, TypeError), match="delta"):
+            function(x0, "a")

@@ -153,12 +153,11 @@ def solve(
     # Checked as given (before the cast), then cast to the dtype of the solve. Under vmap a
     # batch of tolerances is one traced array: the check then covers every entry.
     rtol, atol = (
-        check_positive(as_float_array(v, name), name)
-        for name, v in (("rtol", rtol), ("atol", atol))
+        check_positive(_scalar(v, name), name) for name, v in (("rtol", rtol), ("atol", atol))
     )
     tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
     if dt0 is not None:
-        dt0 = jnp.asarray(check_positive(as_float_array(dt0, "dt0"), "dt0"), x0.dtype)
+        dt0 = jnp.asarray(check_positive(_scalar(dt0, "dt0"), "dt0"), x0.dtype)
     return _solve(
         field,
         x0,
@@ -401,6 +400,17 @@ def _check_field(field):
         return check_finite(leaf, f"field{key}", BETA_FIX if key == ".beta" else _WEIGHT_FIX)
 
     return jax.tree_util.tree_map_with_path(check, field)
+
+
+def _scalar(value, name: str):
+    """`value` as a float array of shape () (per call: `jax.vmap` maps a batch of them)."""
+    array = as_float_array(value, name)
+    if array.ndim != 0:
+        raise ValueError(
+            f"`{name}` must be a scalar, got shape {array.shape}; to sweep it, `jax.vmap` "
+            "over `solve`."
+        )
+    return array
 
 
 def _check_values(field, x0, ts, sphere: bool):
