@@ -681,3 +681,24 @@ def test_observables_refuse_no_tokens_and_a_delta_that_is_not_a_number():
     for function in (tf.count_clusters, tf.clustered_fraction):
         with pytest.raises((ValueError, TypeError), match="delta"):
             function(x0, "a")
+
+
+def test_a_fit_with_a_nan_beta_is_a_failure_exit_3(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 9: a fit whose trained β is NaN is reported as diverged (metrics null,
+    exit status 3), never as a fitted number."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import transformer_flows as tf
+    import transformer_flows.experiment as experiment
+    from transformer_flows.experiment._fit_run import _diverged
+
+    trained = eqx.tree_at(lambda f: f.beta, tf.SelfAttention(1.0), jnp.asarray(jnp.nan))
+    assert _diverged(trained, np.asarray([1.0, 0.5]))
+    assert _diverged(tf.SelfAttention(jnp.asarray(1.0)), np.asarray([1.0, np.inf]))
+    assert not _diverged(tf.SelfAttention(jnp.asarray(1.0)), np.asarray([1.0, 0.5]))
+    metrics = {"train_loss": None, "headline": "accuracy", "accuracy": None}
+    metrics.update(accuracy_before=0.5, steps=3, train_seconds=1.0, wall_seconds=1.0)
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: {**metrics, "diverged": True})
+    assert main(["fit", str(FIT_CONFIG), "--out", str(tmp_path / "fit")]) == 3
+    assert "the fit diverged" in capsys.readouterr().err

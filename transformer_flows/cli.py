@@ -7,7 +7,8 @@
     transformer-flows schema          (JSON Schema of the configs, for editors)
 
 Bad input (configs, overrides, output directories) ends with a message naming the key or path
-and the fix, exit status 2, and no traceback; failed solves end with exit status 3; a missing
+and the fix, exit status 2, and no traceback; failed solves (and a diverged fit: NaN or inf
+parameters) end with exit status 3; a missing
 pretrained checkpoint ends with its message (what to download, where) and exit status 4.
 """
 
@@ -164,6 +165,15 @@ def _run(args: argparse.Namespace) -> int:
             "wall_seconds",
         )
         print(json.dumps({key: result[key] for key in keys}, indent=2))
+        if result.get("diverged"):
+            print(
+                f"transformer-flows {args.command}: the fit diverged: a trained parameter (e.g. "
+                f"beta) or the last loss is NaN or inf ({args.out / 'metrics.json'} records "
+                "them as null). Fix: a smaller train.learning_rate, train.clip_norm, "
+                "precision=float64, or a smaller model.init_scale.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED_SOLVES
         return 0
     failed = int(result.attrs.get("failed_solves", 0))
     note = f", {failed} failed solves masked" if failed else ""
