@@ -310,6 +310,12 @@ def test_solve_batch_counts_an_overflowing_system_as_failed():
         tf.UnnormalizedSelfAttention(1e30), x0s[:1], ts, throw=False, max_steps=64
     )
     assert not bool(batch.succeeded[0])
+    # A solve that reaches t1 with an observable that is NaN (log of a negative number) is
+    # a failure too, not a measurement.
+    observed = tf.solve_batch(
+        tf.SelfAttention(1.0), x0s[:1], ts, throw=False, observe=lambda x: jnp.log(x[0, 0] - 2)
+    )
+    assert int(observed.num_steps[0]) < 64 and not bool(observed.succeeded[0])
     with pytest.raises(eqx.EquinoxRuntimeError):
         tf.solve_batch(tf.UnnormalizedSelfAttention(1e30), x0s[:1], ts, max_steps=64)
 

@@ -254,7 +254,13 @@ def _solve_batch(
 
     def observation(y):
         y = normalize(y)
-        return y if observe is None else jax.vmap(observe)(y)
+        if observe is None:
+            return y
+        # Observables never see an overflowed state (a placeholder point instead), and a NaN
+        # beside the observation marks it: `succeeded` reads it (counts of NaN are finite).
+        finite = jnp.all(jnp.isfinite(y), axis=(-2, -1))
+        safe = jnp.where(finite[:, None, None], y, jnp.zeros_like(y).at[..., 0].set(1))
+        return jax.vmap(observe)(safe), jnp.where(finite, 0, jnp.nan).astype(y.dtype)
 
     def as_float(v):
         # Integer observables (cluster counts) are kept in the state's float dtype.
@@ -372,7 +378,9 @@ def _solve_batch(
     buffers = final["buffers"]
     if observe is not None:
         observed_dtypes = jax.eval_shape(observe, x0s[0])
-        observed = jax.tree_util.tree_map(lambda b, s: b.astype(s.dtype), buffers, observed_dtypes)
+        observed = jax.tree_util.tree_map(
+            lambda b, s: b.astype(s.dtype), buffers[0], observed_dtypes
+        )
         xs = None
     else:
         observed, xs = None, buffers
