@@ -15,6 +15,7 @@ from transformer_flows.experiment import (
     FitConfig,
     SimulationConfig,
     config_from_dict,
+    import_fields,
     json_schema,
     load_config,
 )
@@ -293,7 +294,7 @@ def test_bad_files(tmp_path):
 
 def test_legacy_keys_are_migrated():
     """Configs written before the shared vocabulary still load, to the same experiment."""
-    old = minimal(solver={"method": "adaptive", "scheme": "bosh3", "dt": 0.1, "rtol": 1e-4})
+    old = minimal(solver={"method": "adaptive", "scheme": "bosh3", "rtol": 1e-4})
     assert (
         config_from_dict(old).solver
         == config_from_dict(minimal(solver={"name": "bosh3", "rtol": 1e-4})).solver
@@ -320,10 +321,16 @@ def test_legacy_keys_are_migrated():
 
 def test_import_path_fields_are_resolved_and_checked():
     assert FIELDS.resolve("transformer_flows:SelfAttention").cls is FIELDS["SA"].cls
+    # Reading a config checks an import path's form only; run_experiment imports it
+    # (import_fields), after everything else validated.
+    missing = config_from_dict(minimal(model={"n": 4, "d": 2, "field": "no_such_module:Field"}))
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
-        config_from_dict(minimal(model={"n": 4, "d": 2, "field": "no_such_module:Field"}))
+        import_fields(missing)
+    not_a_field = config_from_dict(
+        minimal(model={"n": 4, "d": 2, "field": "transformer_flows:solve"})
+    )
     with pytest.raises(ConfigError, match="is not a field class"):
-        config_from_dict(minimal(model={"n": 4, "d": 2, "field": "transformer_flows:solve"}))
+        import_fields(not_a_field)
 
 
 def test_json_schema_lists_every_kind_and_registered_name():

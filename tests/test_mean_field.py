@@ -100,5 +100,8 @@ def test_bad_input():
         tf.solve_mean_field(equation, jnp.ones(10), jnp.asarray([0.0, 1.0]))
     with pytest.raises(ValueError, match="IMEX"):
         tf.solve_mean_field(
-            equation, jnp.ones(32), jnp.asarray([0.0, 1.0]), solver=diffrax.KenCarp4()
+            equation,
+            jnp.full(32, 1 / (2 * jnp.pi)),  # a density: ones(32) has mass 2π (refused)
+            jnp.asarray([0.0, 1.0]),
+            solver=diffrax.KenCarp4(),
         )

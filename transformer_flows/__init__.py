@@ -132,7 +132,7 @@ from ._sharding import (
     shard_tokens as shard_tokens,
     sharded_map as sharded_map,
 )
-from ._solve import Trajectory as Trajectory, solve as solve
+from ._solve import RESULTS as RESULTS, Trajectory as Trajectory, solve as solve
 from ._solve_batch import BatchTrajectory as BatchTrajectory, solve_batch as solve_batch
 from ._solver._fixed_step import (
     RK4 as RK4,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._results import RESULTS, finite_result
 from ._validation import as_float_array, check_condition, is_concrete
 
 _MODELS = ("SA", "USA")
@@ -177,7 +178,12 @@ class MeanFieldSolution(eqx.Module):
     order_parameter: Float[Array, " times"]
     resolution: Float[Array, " times"]
     stats: dict
-    result: diffrax.RESULTS
+    result: RESULTS
+
+    @property
+    def succeeded(self):
+        """Whether the solve reached the last save time with finite states."""
+        return self.result == RESULTS.successful
 
 
 def solve_mean_field(
@@ -190,6 +196,7 @@ def solve_mean_field(
     atol: float = 1e-9,
     dt0: float | None = None,
     max_steps: int = 100_000,
+    throw: bool = True,
 ) -> MeanFieldSolution:
     """Integrate the mean-field equation from `density0` (a probability density w.r.t. dθ,
     sampled on `equation.theta`) and return it at the save times `ts` (starting from t = 0).
@@ -199,6 +206,11 @@ def solve_mean_field(
     diffusion's stiffness κ^{-1} M² stays modest for the M and κ one can resolve (M = 96,
     κ = 200: 46). IMEX solvers (KenCarp, Sil3) are refused for now (see the error). jit, vmap
     and grad go through (over the density, β and κ).
+
+    `density0` must be a probability density: finite, >= 0 and of mass ∫ρ dθ = 1 (the
+    trapezoid sum 2π·mean(density0), to 1e-4); anything else is refused (a ValueError now, an
+    equinox runtime error under jit). `throw`: raise if the solve fails (`max_steps` reached,
+    or a saved state is NaN or inf); with throw=False read `.result` / `.succeeded`.
     """
     density0 = as_float_array(density0, "density0")
     size = 2 * equation.modes
@@ -207,6 +219,7 @@ def solve_mean_field(
             f"`density0` must be sampled on `equation.theta` (shape ({size},) for "
             f"modes={equation.modes}), got shape {density0.shape}."
         )
+    density0 = _checked_density(density0)
     ts = as_float_array(ts, "ts")
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-d array of times, got shape {ts.shape}.")
@@ -242,9 +255,9 @@ def solve_mean_field(
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
-        throw=False,
+        throw=throw,
     )
-    states = solution.ys
+    result, states = finite_result(solution.result, solution.ys, throw)
     density = jax.vmap(equation.to_density)(states)
     power = states[:, 0] ** 2 + states[:, 1] ** 2
     top = power[:, 3 * equation.modes // 4 :].sum(axis=1) / power.sum(axis=1)
@@ -257,5 +270,24 @@ def solve_mean_field(
         order_parameter=order,
         resolution=top,
         stats=solution.stats,
-        result=solution.result,
+        result=result,
+    )
+
+
+def _checked_density(density0: Array) -> Array:
+    """`density0` if it is a probability density on the grid (finite, >= 0, mass 1)."""
+    mass = 2 * jnp.pi * jnp.mean(density0)
+    shown = ""
+    if is_concrete(density0):
+        values = np.asarray(density0)
+        shown = (
+            f" Got min {values.min():.6g}, mass {2 * np.pi * values.mean():.6g}"
+            f"{' and non-finite values' if not np.all(np.isfinite(values)) else ''}."
+        )
+    return check_condition(
+        density0,
+        ~(jnp.all(jnp.isfinite(density0)) & jnp.all(density0 >= 0) & (jnp.abs(mass - 1) <= 1e-4)),
+        "`density0` must be a probability density w.r.t. dθ on `equation.theta`: finite, >= 0 "
+        "and of mass 2π·mean(density0) = 1 (to 1e-4). Fix: clip negative values and divide by "
+        f"2π·mean(density0), e.g. the uniform density is jnp.full(2 * modes, 1 / (2π)).{shown}",
     )

@@ -30,6 +30,8 @@ def _check_configuration(x, name: str = "x") -> None:
             f"`{name}` must be points of shape (n, d) or circle angles of shape (n,), got "
             f"shape {shape}. For a batch of configurations, `jax.vmap` the observable."
         )
+    if shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one token, got shape {shape}.")
 
 
 def _as_points(x: Configuration) -> Float[Array, "n d"]:
@@ -52,6 +54,8 @@ def _checked_delta(delta, dtype) -> Float[Array, ""]:
         "got {}; the paper uses delta=1e-3."
     )
     known = _known(delta)
+    if known is not None and known.dtype.kind not in "biuf":
+        raise ValueError(message.format(repr(delta)))
     shape = np.shape(known) if known is not None else jnp.shape(delta)
     if shape != ():
         raise ValueError(f"`delta` must be a scalar, got shape {shape}; `jax.vmap` over δ instead.")
@@ -165,6 +169,8 @@ def order_parameter(
             f"`theta` must be angles of shape (n,) or points on the circle of shape (n, 2), "
             f"got shape {shape}."
         )
+    if shape[0] == 0:
+        raise ValueError(f"`theta` must hold at least one token, got shape {shape}.")
     known = _known(k)
     if known is not None and (
         known.ndim != 0 or not float(known) == round(float(known)) or float(known) < 1

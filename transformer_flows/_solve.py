@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
 from ._field._self_attention import BETA_FIX
 from ._noise import AbstractNoise, NoiseTerm
+from ._results import RESULTS, finite_result
 from ._solver._fixed_step import (
     AbstractFixedStepSolver,
     GeodesicEuler,
@@ -38,18 +39,20 @@ class Trajectory(eqx.Module):
     - `xs`: states at `ts`, (T, n, d) points or (T, n) angles; None when `observe` was given.
     - `observed`: `observe(x)` at each save time (leading axis T), or None.
     - `stats`: solver statistics (`num_steps`, `num_accepted_steps`, `num_rejected_steps`, ...).
-    - `result`: a `diffrax.RESULTS` code; `succeeded` tells whether it is `successful`.
+    - `result`: a `RESULTS` code (diffrax's, and `overflow`: a saved state or observable
+      is NaN or inf); `succeeded` tells whether it is `successful`. A non-finite solve never
+      succeeds.
     """
 
     ts: Float[Array, " times"]
     xs: Array | None
     observed: PyTree | None
     stats: dict[str, Array | int]  # diffrax also reports `max_steps` as a Python int
-    result: diffrax.RESULTS
+    result: RESULTS
 
     @property
     def succeeded(self):
-        return self.result == diffrax.RESULTS.successful
+        return self.result == RESULTS.successful
 
 
 def solve(
@@ -101,7 +104,8 @@ def solve(
     - `observe`: save `observe(x)` instead of full states (long sweeps need not store
       trajectories); `x` is on the sphere.
     - `stepsize_controller`: override the default PID/constant controller.
-    - `throw`: raise if the solve fails (e.g. `max_steps` reached); else check `.result`.
+    - `throw`: raise if the solve fails (`max_steps` reached, or a saved state or observable
+      is NaN or inf: an overflow); else check `.result` / `.succeeded`.
     - `noise`: None (an ODE), or a noise for sphere fields, `IndependentNoise(kappa)` or
       `CommonNoise(sigma)`, or their sum `IndependentNoise(kappa) + CommonNoise(sigma)`: the
       Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW, projected
@@ -149,12 +153,11 @@ def solve(
     # Checked as given (before the cast), then cast to the dtype of the solve. Under vmap a
     # batch of tolerances is one traced array: the check then covers every entry.
     rtol, atol = (
-        check_positive(as_float_array(v, name), name)
-        for name, v in (("rtol", rtol), ("atol", atol))
+        check_positive(_scalar(v, name), name) for name, v in (("rtol", rtol), ("atol", atol))
     )
     tolerances = jnp.asarray(rtol, x0.dtype), jnp.asarray(atol, x0.dtype)
     if dt0 is not None:
-        dt0 = jnp.asarray(check_positive(as_float_array(dt0, "dt0"), "dt0"), x0.dtype)
+        dt0 = jnp.asarray(check_positive(_scalar(dt0, "dt0"), "dt0"), x0.dtype)
     return _solve(
         field,
         x0,
@@ -399,6 +402,17 @@ def _check_field(field):
     return jax.tree_util.tree_map_with_path(check, field)
 
 
+def _scalar(value, name: str):
+    """`value` as a float array of shape () (per call: `jax.vmap` maps a batch of them)."""
+    array = as_float_array(value, name)
+    if array.ndim != 0:
+        raise ValueError(
+            f"`{name}` must be a scalar, got shape {array.shape}; to sweep it, `jax.vmap` "
+            "over `solve`."
+        )
+    return array
+
+
 def _check_values(field, x0, ts, sphere: bool):
     """Value checks: raised now when the values are concrete, else at run time under jit.
     Returns the checked (field, x0, ts): under jit the checks live only in these values."""
@@ -464,10 +478,14 @@ def _solve(
         observed_shapes = jax.eval_shape(observe, x0)
 
         def observe_as_float(t, y, args):
-            return jax.tree_util.tree_map(
+            y, finite = _finite_or_placeholder(y, angles=isinstance(field, AbstractAngleField))
+            observed = jax.tree_util.tree_map(
                 lambda v: v if jnp.issubdtype(v.dtype, jnp.inexact) else v.astype(x0.dtype),
                 observe(on_sphere(y)),
             )
+            # 0, or NaN where the state itself is not finite (an integer count of NaN states
+            # is finite): the overflow check below reads it.
+            return observed, jnp.where(finite, 0, jnp.nan).astype(x0.dtype)
 
         saveat = _save_at(ts, observe_as_float)
     elif isinstance(adjoint, diffrax.BacksolveAdjoint):
@@ -507,16 +525,28 @@ def _solve(
     if observe_inside:
         xs = None
         observed = jax.tree_util.tree_map(
-            lambda v, shape: v.astype(shape.dtype), solution.ys, observed_shapes
+            lambda v, shape: v.astype(shape.dtype), solution.ys[0], observed_shapes
         )
     else:
         xs = jax.vmap(on_sphere)(solution.ys)
         observed = None
         if observe is not None:
-            xs, observed = None, jax.vmap(observe)(xs)
-    return Trajectory(
-        ts=ts, xs=xs, observed=observed, stats=dict(solution.stats), result=solution.result
-    )
+            angles = isinstance(field, AbstractAngleField)
+            safe = jax.vmap(lambda x: _finite_or_placeholder(x, angles=angles)[0])(xs)
+            xs, observed = None, jax.vmap(observe)(safe)  # solution.ys keeps the states
+    # The raw saves: the states, or (observed inside) the observations saved as floats and a
+    # NaN where the state was not finite.
+    result, (_, xs, observed) = finite_result(solution.result, (solution.ys, xs, observed), throw)
+    return Trajectory(ts=ts, xs=xs, observed=observed, stats=dict(solution.stats), result=result)
+
+
+def _finite_or_placeholder(y, *, angles: bool):
+    """(y, True) if `y` is finite, else (a valid placeholder state, False): observables never
+    see an overflowed state (their own checks would raise on it; the solve is marked
+    `RESULTS.overflow` instead)."""
+    finite = jnp.all(jnp.isfinite(y))
+    placeholder = jnp.zeros_like(y) if angles else jnp.zeros_like(y).at[..., 0].set(1)
+    return jnp.where(finite, y, placeholder), finite
 
 
 def _save_at(ts, fn) -> diffrax.SaveAt:

@@ -10,6 +10,7 @@ either: BENCHMARKS.md, issue 12 item 1); it is meant for accelerators, where few
 kernels per step matter, and that is not yet measured.
 """
 
+import functools
 from collections.abc import Callable
 
 import diffrax
@@ -59,7 +60,8 @@ class BatchTrajectory(eqx.Module):
     - `xs`: states (B, T, n, d) on the sphere; None when `observe` was given.
     - `observed`: `observe(x)` of each system at each save time, leading axes (B, T), or None.
     - `num_steps`, `num_accepted_steps`, `num_rejected_steps`: per system, shape (B,).
-    - `succeeded`: per system, True when it reached `ts[-1]` within `max_steps`.
+    - `succeeded`: per system, True when it reached `ts[-1]` within `max_steps` with finite
+      saved states (or observations): an overflow (NaN, inf) is a failure.
     """
 
     ts: Float[Array, " times"]
@@ -113,8 +115,8 @@ def solve_batch(
       shortened to end on the next save time, which is then hit exactly; more steps).
     - `observe`: save `observe(x)` of each system's (n, d) state instead of the state.
     - `max_steps`: bound on each system's steps (accepted and rejected).
-    - `throw`: raise (an equinox runtime error) if a system did not reach `ts[-1]`; else
-      read `succeeded`.
+    - `throw`: raise (an equinox runtime error) if a system did not reach `ts[-1]` or
+      overflowed (a saved state or observation is NaN or inf); else read `succeeded`.
     - `args`: passed to the field.
 
     Not supported (a ValueError says what to use instead): Euclidean and angle fields, fields
@@ -198,8 +200,10 @@ def solve_batch(
         result = eqx.error_if(
             result,
             ~jnp.all(result.succeeded),
-            "`solve_batch`: some systems did not reach ts[-1] within `max_steps`; raise "
-            "`max_steps`, loosen rtol/atol, or pass throw=False and read `succeeded`.",
+            "`solve_batch`: some systems did not reach ts[-1] within `max_steps` or "
+            "overflowed (a NaN or inf state); raise `max_steps`, loosen rtol/atol, use float64 "
+            "(or time_rescaled=True for UnnormalizedSelfAttention at large beta), or pass "
+            "throw=False and read `succeeded`.",
         )
     return result
 
@@ -250,7 +254,13 @@ def _solve_batch(
 
     def observation(y):
         y = normalize(y)
-        return y if observe is None else jax.vmap(observe)(y)
+        if observe is None:
+            return y
+        # Observables never see an overflowed state (a placeholder point instead), and a NaN
+        # beside the observation marks it: `succeeded` reads it (counts of NaN are finite).
+        finite = jnp.all(jnp.isfinite(y), axis=(-2, -1))
+        safe = jnp.where(finite[:, None, None], y, jnp.zeros_like(y).at[..., 0].set(1))
+        return jax.vmap(observe)(safe), jnp.where(finite, 0, jnp.nan).astype(y.dtype)
 
     def as_float(v):
         # Integer observables (cluster counts) are kept in the state's float dtype.
@@ -368,7 +378,9 @@ def _solve_batch(
     buffers = final["buffers"]
     if observe is not None:
         observed_dtypes = jax.eval_shape(observe, x0s[0])
-        observed = jax.tree_util.tree_map(lambda b, s: b.astype(s.dtype), buffers, observed_dtypes)
+        observed = jax.tree_util.tree_map(
+            lambda b, s: b.astype(s.dtype), buffers[0], observed_dtypes
+        )
         xs = None
     else:
         observed, xs = None, buffers
@@ -379,8 +391,20 @@ def _solve_batch(
         num_steps=final["steps"],
         num_accepted_steps=final["accepted"],
         num_rejected_steps=final["steps"] - final["accepted"],
-        succeeded=final["done"] & (final["index"] == num_ts),
+        # A system whose saved states or observations (raw buffers: counts saved as floats)
+        # hold NaN or inf overflowed: a failure, never a result.
+        succeeded=final["done"] & (final["index"] == num_ts) & _finite_per_system(buffers),
     )
+
+
+def _finite_per_system(buffers) -> Array:
+    """Per system (axis 0), whether every inexact leaf of `buffers` is finite."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+        for leaf in jax.tree_util.tree_leaves(buffers)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return functools.reduce(jnp.logical_and, flags)
 
 
 def _save_interpolated(

@@ -7,13 +7,16 @@
     transformer-flows schema          (JSON Schema of the configs, for editors)
 
 Bad input (configs, overrides, output directories) ends with a message naming the key or path
-and the fix, exit status 2, and no traceback; failed solves end with exit status 3; a missing
+and the fix, exit status 2, and no traceback; failed solves (and a diverged fit: NaN or inf
+parameters) end with exit status 3; a missing
 pretrained checkpoint ends with its message (what to download, where) and exit status 4.
 """
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +43,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not use the persistent compilation cache (~/.cache/transformer-flows, or "
         "$XDG_CACHE_HOME/transformer-flows; TRANSFORMER_FLOWS_NO_CACHE=1 also turns it off)",
+    )
+    parser.add_argument(
+        "--allow-nonempty-out",
+        action="store_true",
+        help="claim a non-empty --out that holds no run of transformer-flows (refused "
+        "otherwise); nothing there is deleted",
+    )
+    parser.add_argument(
+        "--no-imports",
+        action="store_true",
+        help="refuse configs that name code (`model.field: module:Class`); same as "
+        "TRANSFORMER_FLOWS_NO_IMPORTS=1 (for shared machines and services)",
     )
     parser.add_argument(
         "overrides",
@@ -115,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     import jax
 
-    from .experiment import SolveFailures, draw_figures, load_config, run_experiment
+    from .experiment import (
+        SolveFailures,
+        allow_nonempty_out,
+        draw_figures,
+        load_config,
+        run_experiment,
+    )
 
+    if args.no_imports:
+        os.environ["TRANSFORMER_FLOWS_NO_IMPORTS"] = "1"
     config = load_config(args.config, args.overrides, smoke=args.smoke)
     if config.experiment not in args.kinds:
         raise ValueError(
@@ -127,7 +150,10 @@ def _run(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     started = time.perf_counter()
     try:
-        result = run_experiment(config, args.out, progress=not args.no_progress)
+        with contextlib.ExitStack() as stack:
+            if args.allow_nonempty_out:
+                stack.enter_context(allow_nonempty_out())
+            result = run_experiment(config, args.out, progress=not args.no_progress)
     except SolveFailures as failures:
         print(f"transformer-flows {args.command}: {failures}", file=sys.stderr)
         return EXIT_FAILED_SOLVES
@@ -150,6 +176,15 @@ def _run(args: argparse.Namespace) -> int:
             "wall_seconds",
         )
         print(json.dumps({key: result[key] for key in keys}, indent=2))
+        if result.get("diverged"):
+            print(
+                f"transformer-flows {args.command}: the fit diverged: a trained parameter (e.g. "
+                f"beta) or the last loss is NaN or inf ({args.out / 'metrics.json'} records "
+                "them as null). Fix: a smaller train.learning_rate, train.clip_norm, "
+                "precision=float64, or a smaller model.init_scale.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED_SOLVES
         return 0
     failed = int(result.attrs.get("failed_solves", 0))
     note = f", {failed} failed solves masked" if failed else ""

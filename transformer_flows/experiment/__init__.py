@@ -35,6 +35,7 @@ from ._registry import (
     SolverEntry as SolverEntry,
     TaskEntry as TaskEntry,
     WeightsEntry as WeightsEntry,
+    allow_imports as allow_imports,
     import_object as import_object,
 )
 from ._run import (
@@ -52,6 +53,7 @@ from ._schema import (
     SimulationConfig as SimulationConfig,
     TheoryConfig as TheoryConfig,
     config_from_dict as config_from_dict,
+    import_fields as import_fields,
     json_schema as json_schema,
     load_config as load_config,
 )
@@ -59,6 +61,7 @@ from ._store import (
     RunDirectory as RunDirectory,
     StoreError as StoreError,
     StoreWarning as StoreWarning,
+    allow_nonempty_out as allow_nonempty_out,
     fingerprint as fingerprint,
 )
 from ._summarize import (

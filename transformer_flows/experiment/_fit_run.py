@@ -31,6 +31,9 @@ def load_fitted_model(config: FitConfig, path: str | Path):
 
 def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Fit as configured into `out` and return the metrics (also in `out/metrics.json`)."""
+    from ._schema import import_fields
+
+    config = import_fields(config)
     run = RunDirectory(out)
     with run.lock():
         run.claim(config.to_yaml(), fingerprint(config.numerics()))
@@ -84,6 +87,8 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
             {k: _finite(v) if k != "step" else v for k, v in e.items()} for e in result.evaluations
         ],
         "loss_history": [_finite(v) for v in history],
+        # Non-finite parameters (e.g. a NaN β) or final loss: a failed fit, never a result.
+        "diverged": _diverged(result.model, history),
     }
     if isinstance(task, TargetMeasure):
         metrics["heldout_mmd2_noise_floor"] = task.noise_floor(jax.random.key(1), train.eval_size)
@@ -95,6 +100,13 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
             fitted, task, flow, example_key, f"{name} fitting", run.out / f"trajectories_{name}.png"
         )
     return metrics
+
+
+def _diverged(model, history) -> bool:
+    """Whether a trained parameter or the last loss is NaN or inf."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))]
+    finite = all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in leaves)
+    return not finite or (len(history) > 0 and not np.isfinite(history[-1]))
 
 
 def _finite(value) -> float | None:

@@ -5,10 +5,10 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from ._schema import ConfigError, TaskConfig, _model_in
+from ._yaml import load_yaml
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -25,9 +25,9 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
             f"{key.strip()}=null to restore the default."
         )
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"override {text!r}: the value {raw!r} is not valid YAML.") from None
+        value = load_yaml(raw, f"override {text!r}: the value")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return tuple(part.strip() for part in key.split(".")), value
 
 

@@ -87,7 +87,7 @@ def _subtitle(dataset: xr.Dataset, config) -> str:
 
 def _theory_model(config) -> str | None:
     """The `theory` model of the config's field (Q = K = V = I), or None if it has none."""
-    return FIELDS.resolve(config.model.field).theory_model
+    return FIELDS.theory_model(config.model.field)
 
 
 def _valid(part: xr.Dataset, name: str) -> xr.DataArray:

@@ -7,10 +7,19 @@ Built-in entries are registered in `_builtins.py` through the same calls a user 
     FIELDS.register("Scaled", FieldEntry(ScaledAttention))
 
 `model.field` also takes an import path `module:Class` (resolved by `FIELDS.resolve`).
+
+Trust model (docs/security.md): a config may name code, but reading one never imports it.
+Validation sees an import path as a name only (`FIELDS.lookup` returns None for it) unless it
+runs inside `allow_imports()`, which `run_experiment` enters after everything else validated.
+`TRANSFORMER_FLOWS_NO_IMPORTS=1` refuses import paths altogether (shared machines, services).
 """
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
+import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, Literal, TypeVar
 
@@ -61,9 +70,49 @@ class Registry(Generic[Entry]):
             ) from None
 
 
+NO_IMPORTS_VARIABLE = "TRANSFORMER_FLOWS_NO_IMPORTS"
+# `module.sub:Name`: dotted identifiers, one colon, one identifier.
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+_IMPORTS_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "transformer_flows_imports_allowed", default=False
+)
+
+
+def imports_refused() -> bool:
+    """Whether `TRANSFORMER_FLOWS_NO_IMPORTS` is set (to anything but '', '0', 'false', 'no')."""
+    value = os.environ.get(NO_IMPORTS_VARIABLE, "").strip().lower()
+    return value not in ("", "0", "false", "no")
+
+
+def refuse_if_imports_refused(path: str, where: str = "model.field") -> None:
+    if imports_refused():
+        raise ValueError(
+            f"{where}: {path!r} is an import path, and {NO_IMPORTS_VARIABLE} is set, so "
+            "configs may not name code here. Fix: use a registered name "
+            f"({FIELDS.names()}), or unset {NO_IMPORTS_VARIABLE} on a machine where the "
+            "config's author is trusted."
+        )
+
+
+@contextlib.contextmanager
+def allow_imports() -> Iterator[None]:
+    """Within the block, validators may import the `module:Class` a config names (`run`,
+    `fit` enter it after the config validated without imports)."""
+    token = _IMPORTS_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _IMPORTS_ALLOWED.reset(token)
+
+
+def imports_allowed() -> bool:
+    return _IMPORTS_ALLOWED.get()
+
+
 def import_object(path: str) -> Any:
     """`"package.module:Name"` → the object (the module must be importable, e.g. on
-    PYTHONPATH)."""
+    PYTHONPATH). Refused when `TRANSFORMER_FLOWS_NO_IMPORTS` is set."""
+    refuse_if_imports_refused(path, "import path")
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"an import path looks like `module:Class`, got {path!r}.")
@@ -121,6 +170,22 @@ class FieldEntry:
 
 
 class FieldRegistry(Registry[FieldEntry]):
+    def is_import_path(self, name: object) -> bool:
+        """A `module:Class` string that is not a registered name."""
+        return isinstance(name, str) and ":" in name and name not in self
+
+    def lookup(self, name: str) -> FieldEntry | None:
+        """The entry of a registered name; for an import path, its entry inside
+        `allow_imports()` and None outside (reading a config never imports)."""
+        if self.is_import_path(name) and not imports_allowed():
+            return None
+        return self.resolve(name)
+
+    def theory_model(self, name: str) -> str | None:
+        """The theory model of a registered field; None for anything else (never imports:
+        `plot` and `summarize` read stored names only)."""
+        return self[name].theory_model if name in self else None
+
     def resolve(self, name: str) -> FieldEntry:
         """A registered name, or an import path `module:Class` of a field class."""
         if isinstance(name, str) and ":" in name and name not in self:

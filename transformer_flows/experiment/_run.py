@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 
 from ._plan import Plan, Shape, plan_sweep
 from ._registry import OBSERVABLES
-from ._schema import ConfigError, SimulationConfig, TheoryConfig, config_from_dict
+from ._schema import (
+    ConfigError,
+    SimulationConfig,
+    TheoryConfig,
+    config_from_dict,
+    import_fields,
+)
 from ._store import RunDirectory, chunk_path, fingerprint
 
 # Integer observables (cluster counts) of a failed solve hold this value; `succeeded` says
@@ -42,7 +48,11 @@ def run_experiment(
     on_chunk: Callable[[int], None] | None = None,
 ) -> xr.Dataset | dict:
     """Run a validated config into directory `out`: a sweep, theory or pretrained-model dataset
-    (returned), or a fit (its metrics are returned)."""
+    (returned), or a fit (its metrics are returned).
+
+    A `model.field` given as an import path `module:Class` is imported here, and only here,
+    after the rest of the config validated (refused under TRANSFORMER_FLOWS_NO_IMPORTS)."""
+    config = import_fields(config)
     if config.experiment == "theory":
         return run_theory(config, out)
     if config.experiment == "fit":
@@ -99,6 +109,7 @@ def run_sweep(
         )
     from ._program import chunk_inputs, program
 
+    config = import_fields(config)
     plan = plan_sweep(config)
     numerics = config.numerics()
     commit = git_commit()  # the code this call runs (a later checkout may differ)
@@ -156,15 +167,32 @@ def run_sweep(
         run.write_dataset(dataset)
     failed = int(dataset.attrs["failed_solves"])
     if failed and not config.solver.allow_failures:
-        raise SolveFailures(
-            f"{failed} of {dataset.attrs['total_solves']} solves failed (e.g. "
-            f"solver.max_steps={config.solver.max_steps} reached)."
-            " They are masked in the dataset (NaN; -1 with `succeeded` = False for counts). "
-            "Fix: raise solver.max_steps or loosen the tolerances, or set "
-            "solver.allow_failures=true to accept a dataset with masked entries.",
-            dataset,
-        )
+        raise SolveFailures(_failure_message(config, dataset), dataset)
     return dataset
+
+
+def _failure_message(config: SimulationConfig, dataset: xr.Dataset) -> str:
+    """How many solves failed and why: `max_steps` reached, or an overflow (NaN or inf states
+    before the step budget ran out), with the fix of each."""
+    failed = ~dataset["succeeded"].values.astype(bool)
+    at_budget = dataset["num_steps"].values >= config.solver.max_steps
+    exhausted, overflowed = int((failed & at_budget).sum()), int((failed & ~at_budget).sum())
+    reasons, fixes = [], []
+    if exhausted:
+        reasons.append(f"{exhausted} reached solver.max_steps={config.solver.max_steps}")
+        fixes.append("raise solver.max_steps or loosen the tolerances")
+    if overflowed:
+        reasons.append(f"{overflowed} overflowed (NaN or inf states)")
+        fixes.append(
+            "for the overflow, a smaller solver.dt or tighter tolerances, precision=float64, "
+            "or model.params.time_rescaled=true (USA at large beta)"
+        )
+    return (
+        f"{int(failed.sum())} of {dataset.attrs['total_solves']} solves failed: "
+        f"{'; '.join(reasons)}. They are masked in the dataset (NaN; -1 with `succeeded` = "
+        f"False for counts). Fix: {'; '.join(fixes)}; or set solver.allow_failures=true to "
+        "accept a dataset with masked entries."
+    )
 
 
 def _chunk_name(plan: Plan, shape: Shape, chunk: int) -> str:
@@ -350,15 +378,16 @@ def provenance(config, compute_seconds: float, commit: str) -> dict:
 
 def load_dataset(out: str | Path) -> tuple[xr.Dataset, object]:
     """The dataset of a finished run in `out` and the config it was made with."""
-    import yaml
+    from ._yaml import load_yaml
 
     dataset = RunDirectory(out).read_dataset()
     try:
-        raw = yaml.safe_load(dataset.attrs["config"])
-    except (KeyError, yaml.YAMLError) as err:
+        raw = load_yaml(str(dataset.attrs["config"]), "its stored config")
+    except (KeyError, ValueError) as err:
         raise ConfigError(
             f"{str(out)!r}: its dataset carries no readable config ({err}); rerun it."
         ) from None
-    config = config_from_dict(raw, default_name=raw.get("name") or "experiment")
+    name = raw.get("name") if isinstance(raw, dict) else None
+    config = config_from_dict(raw, default_name=name if isinstance(name, str) else "experiment")
     config._smoke_run = bool(dataset.attrs.get("smoke", 0))
     return dataset, config

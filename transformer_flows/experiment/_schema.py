@@ -31,7 +31,20 @@ from pydantic import (
     model_validator,
 )
 
-from ._registry import FIELDS, FIGURES, OBSERVABLES, PLACEMENTS, SOLVERS, TASKS, WEIGHTS
+from ._registry import (
+    FIELDS,
+    FIGURES,
+    IMPORT_PATH,
+    OBSERVABLES,
+    PLACEMENTS,
+    SOLVERS,
+    TASKS,
+    WEIGHTS,
+    allow_imports,
+    imports_allowed,
+    refuse_if_imports_refused,
+)
+from ._yaml import MAX_YAML_BYTES, bounded_free_form, load_yaml
 
 
 class ConfigError(ValueError):
@@ -123,7 +136,20 @@ def _registered(registry) -> AfterValidator:
 
 
 def _resolvable_field(name: str) -> str:
-    FIELDS.resolve(name)  # a registered name or an importable `module:Class`
+    """A registered name, or an import path `module:Class`: checked for its form only (and
+    refused under TRANSFORMER_FLOWS_NO_IMPORTS); imported only inside `allow_imports()`, i.e.
+    by `run_experiment` after the rest of the config validated (data is never code)."""
+    if FIELDS.is_import_path(name):
+        if not IMPORT_PATH.match(name):
+            raise ValueError(
+                f"{name!r} is neither a registered field ({FIELDS.names()}) nor an import "
+                "path `package.module:Class`"
+            )
+        refuse_if_imports_refused(name, "field")
+        if imports_allowed():
+            FIELDS.resolve(name)
+        return name
+    FIELDS[name]  # unknown names: the error lists the registered ones
     return name
 
 
@@ -157,13 +183,30 @@ class SolverConfig(_Section):
     @classmethod
     def _migrate(cls, raw: Any) -> Any:
         # Before issue 9: `method: adaptive` + `scheme: tsit5`, or `method: normalized_euler`.
+        # A migration never drops a key silently: what it cannot carry over is refused.
         if isinstance(raw, Mapping) and ("method" in raw or "scheme" in raw):
             raw = dict(raw)
             method, scheme = raw.pop("method", None), raw.pop("scheme", None)
-            if "name" not in raw:
-                raw["name"] = scheme or ("tsit5" if method in (None, "adaptive") else method)
-            if raw.get("name") in SOLVERS and SOLVERS[raw["name"]].adaptive:
-                raw.pop("dt", None)  # the old schema kept an unused dt for adaptive runs
+            old = {k: v for k, v in (("method", method), ("scheme", scheme)) if v is not None}
+            if "name" in raw:
+                raise ValueError(
+                    f"solver.name = {raw['name']!r} and the old keys {old} both name a solver; "
+                    f"keep only solver.name (e.g. solver.name={scheme or method})"
+                )
+            if scheme is not None and method not in (None, "adaptive"):
+                raise ValueError(
+                    f"solver.method = {method!r} (a fixed-step solver) and solver.scheme = "
+                    f"{scheme!r} (an adaptive one) disagree; write solver.name=<one of them>"
+                )
+            raw["name"] = scheme or ("tsit5" if method in (None, "adaptive") else method)
+            name = raw["name"]
+            if name in SOLVERS and SOLVERS[name].adaptive and raw.get("dt") is not None:
+                raise ValueError(
+                    f"solver.dt = {raw['dt']!r} would be ignored: the old keys {old} mean the "
+                    f"adaptive solver {name!r}, which chooses its own steps. Fix: remove "
+                    f"solver.dt, or ask for a fixed step with solver.name=normalized_euler and "
+                    "solver.dt"
+                )
         return raw
 
     @model_validator(mode="after")
@@ -210,7 +253,7 @@ class _Experiment(_Section):
     precision: Precision = "float64"
     figures: Annotated[list[str], BeforeValidator(_as_list), _registered(FIGURES)] = []
     plot: PlotConfig = PlotConfig()
-    smoke: dict[str, Any] = Field(
+    smoke: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="key.path: value overrides applied by --smoke (toy size)"
     )
     _smoke_run: bool = PrivateAttr(False)
@@ -274,7 +317,7 @@ class ModelConfig(_Section):
     field: FieldName = Field(
         "SA", description="registered field (SA, USA, Kuramoto) or module:Class"
     )
-    params: dict[str, Any] = Field(
+    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
     )
     n: ShapeList
@@ -302,7 +345,7 @@ class ModelConfig(_Section):
         description="normalisation placement(s) (post_ln: the field itself; pre_ln, peri_ln, "
         "ngpt, mix_ln, no_norm); a list is one more axis of the sweep",
     )
-    placement_params: dict[str, Any] = Field(
+    placement_params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
     )
 
@@ -325,7 +368,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _placements(self):
-        entry = FIELDS.resolve(self.field)
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
         if wrapped and entry.state != "points":
             raise ValueError(
@@ -363,7 +408,9 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _field_accepts(self):
-        entry = FIELDS.resolve(self.field)
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         parameters = entry.parameters()
         for name in self.params:
             if name not in parameters:
@@ -484,9 +531,10 @@ class SimulationConfig(_Experiment):
     @model_validator(mode="after")
     def _cross_checks(self):
         model, names = self.model, self.observables.names
-        entry = FIELDS.resolve(model.field)
+        # None for an import path: its checks run in run_experiment, after importing it.
+        entry = FIELDS.lookup(model.field)
         negative = [beta for beta in self.sweep.beta if beta < 0]
-        if negative and entry.theory_model is not None:
+        if negative and entry is not None and entry.theory_model is not None:
             raise ValueError(
                 f"sweep.beta: β < 0 ({negative}, the repulsive softmax) is outside the theory "
                 f"curves (Γ∞,δ, ℓ*(β), defined for β >= 0) that figures and summaries draw for "
@@ -515,8 +563,8 @@ class SimulationConfig(_Experiment):
                     f"observable {name!r} is defined for d = {observable.d}: needs model.d = "
                     f"{observable.d}, got {model.d}"
                 )
-        parameters = entry.parameters()
-        for name in self.sweep.params:
+        parameters = entry.parameters() if entry is not None else {}
+        for name in self.sweep.params if entry is not None else ():
             if name not in parameters:
                 raise ValueError(
                     f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
@@ -531,7 +579,7 @@ class SimulationConfig(_Experiment):
             _try_build(
                 entry, {**model.params, name: self.sweep.params[name][0]}, f"sweep.params.{name}"
             )
-        if entry.state == "angles" and SOLVERS[self.solver.name].points_only:
+        if entry is not None and entry.state == "angles" and SOLVERS[self.solver.name].points_only:
             points = [name for name in SOLVERS if not SOLVERS[name].points_only]
             raise ValueError(
                 f"solver.name: {self.solver.name!r} steps points on a sphere; field "
@@ -659,7 +707,9 @@ class FitModelConfig(_Section):
     layers, low rank), or any field `module:Class` built from `params`."""
 
     field: FieldName = Field("SA", description="registered field or module:Class")
-    params: dict[str, Any] = Field({}, description="constructor parameters, e.g. {beta: 1.0}")
+    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
+        {}, description="constructor parameters, e.g. {beta: 1.0}"
+    )
     d: Annotated[Integer, Field(ge=2)]
     heads: PositiveInteger | None = None
     layers: PositiveInteger | None = None
@@ -701,7 +751,9 @@ class FitModelConfig(_Section):
 
     @model_validator(mode="after")
     def _checks(self):
-        entry = FIELDS.resolve(self.field)
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         parameters = entry.parameters()
         for name in self.params:
             if name not in parameters or name in ("Q", "K", "V"):
@@ -803,20 +855,26 @@ class FitConfig(_Experiment):
             if moved:
                 raw = dict(raw)
                 solver = dict(raw.get("solver") or {})
-                if "solver" in moved:
-                    solver.setdefault("name", moved.pop("solver"))
-                if "dt0" in moved:
-                    dt = moved.pop("dt0")
-                    if dt is not None:
-                        solver.setdefault("dt", dt)
-                for key, value in moved.items():
-                    solver.setdefault(key, value)
+                renamed = {"solver": "name", "dt0": "dt"}
+                for old_key, value in moved.items():
+                    key = renamed.get(old_key, old_key)
+                    if old_key == "dt0" and value is None:
+                        continue
+                    if key in solver and solver[key] != value:
+                        # A migration never drops a key silently.
+                        raise ValueError(
+                            f"flow.{old_key} = {value!r} (the old place) and solver.{key} = "
+                            f"{solver[key]!r} disagree; keep only solver.{key}"
+                        )
+                    solver[key] = value
                 raw["flow"], raw["solver"] = flow, solver
         return raw
 
     @model_validator(mode="after")
     def _parameters(self):
-        entry = FIELDS.resolve(self.model.field)
+        entry = FIELDS.lookup(self.model.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
         for name in self.train.parameters:
             if name == "feed_forward":
                 if self.model.feed_forward is None:
@@ -1082,9 +1140,16 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, smoke: bool 
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (or is not a file).")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError(
+                f"config file {str(path)!r} is {path.stat().st_size} bytes; configs are "
+                f"limited to {MAX_YAML_BYTES}"
+            )
+        raw = load_yaml(path.read_text(), f"config file {str(path)!r}")
+    except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return config_from_dict(raw, overrides, smoke=smoke, default_name=path.stem)
 
 
@@ -1112,6 +1177,10 @@ def config_from_dict(
             "config key `smoke`: must map key paths to values, e.g. {sweep.starts: 4}, got "
             f"{smoke_overrides!r}."
         )
+    try:
+        bounded_free_form(smoke_overrides)
+    except ValueError as err:
+        raise ConfigError(f"config key `smoke`: {err}.") from None
     if smoke:
         raw = apply_overrides(
             raw, [f"{key}={json.dumps(value)}" for key, value in smoke_overrides.items()], kind
@@ -1126,6 +1195,23 @@ def config_from_dict(
         config = config.model_copy(update={"name": default_name})
     config._smoke_run = bool(smoke)
     return config
+
+
+def import_fields(config):
+    """The config validated again with the `module:Class` it names imported (the checks that
+    need the class: its parameters, placements, state), or the config itself if it names no
+    import path. Called by `run_experiment` only, after the config validated without imports.
+    Refused when TRANSFORMER_FLOWS_NO_IMPORTS is set."""
+    model = getattr(config, "model", None)
+    if model is None or not FIELDS.is_import_path(getattr(model, "field", None)):
+        return config
+    try:
+        with allow_imports():
+            validated = type(config).model_validate(config.resolved())
+    except ValidationError as err:
+        raise ConfigError(_explain(err, config.resolved())) from None
+    validated._smoke_run = config.smoke_run
+    return validated
 
 
 def _location(loc: Sequence) -> str:

@@ -23,7 +23,18 @@ runners ask it (STYLE.md §8.3). Layout of an output directory OUT (the `--out` 
 - Every file is written to a temporary `<name>.tmp-<pid>-<8 hex digits>` in its own folder,
   flushed, fsynced and renamed over its final name (`atomic_write`), so a final name only ever
   holds a whole file. Temporaries left by killed writers are removed by
-  `RunDirectory.remove_temporaries` under the lock (no live writer can own one then).
+  `RunDirectory.remove_temporaries` under the lock (no live writer can own one then): only in
+  the folders a run writes (OUT itself and OUT/chunks/<group>), only for the names it writes
+  there, and only regular files. A user's `OUT/notes/draft.tmp1` is never touched.
+
+A run touches only its own files (docs/security.md):
+
+- A non-empty OUT that holds no run of this library (no `config.yaml`, and entries other than
+  the ones a run writes) is refused: `claim` names what it found. `allow_nonempty_out()` (the
+  command line's `--allow-nonempty-out`) claims it anyway; nothing there is deleted.
+- Control files (`.lock`, `config.yaml`, chunks, `dataset.nc`) and the folders above them in
+  OUT are opened without following symbolic links: a symlinked or non-regular one is refused
+  with StoreError (never followed, never deleted).
 
 Storage format: netCDF-4 through h5netcdf (HDF5 via h5py): one self-contained file per chunk,
 so a chunk is committed by one rename. HDF5 checksums its metadata, so a truncated or
@@ -31,6 +42,7 @@ overwritten header is detected; raw array bytes carry no checksum.
 """
 
 import contextlib
+import contextvars
 import datetime
 import errno
 import fcntl
@@ -41,6 +53,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -64,7 +77,31 @@ NUM_COMBOS_ATTR = "num_combos"
 _STORE_ATTRS = (FINGERPRINT_ATTR, COMPLETE_ATTR, NUM_COMBOS_ATTR)
 
 # `<name>.tmp-<pid>-<8 hex>`; `<name>.tmp<pid>` is what earlier versions wrote.
-_TEMPORARY = re.compile(r"\.tmp(-\d+-[0-9a-f]{8}|\d+)$")
+_TEMPORARY = re.compile(r"^(?P<name>.+)\.tmp(-\d+-[0-9a-f]{8}|\d+)$")
+# The names a run writes in OUT itself and in OUT/chunks/<group> (their temporaries, and only
+# theirs, are removed; a non-empty OUT holding only these is a run of this library).
+_RUN_NAMES = re.compile(
+    r"^(config\.yaml|dataset\.nc|\.lock|chunks|params\.eqx|checkpoint\.eqx|metrics\.json"
+    r"|[\w.+-]+\.png|[\w.+-]+\.gif|[\w.+-]+\.mp4)$"
+)
+_CHUNK_NAME = re.compile(r"^chunk_\d{5,}\.nc$")
+_ALLOW_NONEMPTY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "transformer_flows_allow_nonempty_out", default=False
+)
+# Open control files without following a symbolic link, and without blocking on a FIFO.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+@contextlib.contextmanager
+def allow_nonempty_out() -> Iterator[None]:
+    """Within the block, a run may claim a non-empty --out that holds no run of this library
+    (the command line's `--allow-nonempty-out`). Its files are left alone."""
+    token = _ALLOW_NONEMPTY.set(True)
+    try:
+        yield
+    finally:
+        _ALLOW_NONEMPTY.reset(token)
+
 
 # What opening a damaged HDF5/netCDF file raises: h5py reports a bad superblock or a truncated
 # file as OSError, a failed metadata checksum as KeyError (h5py maps HDF5 errors onto builtin
@@ -301,14 +338,28 @@ class RunDirectory:
                 f"{self!r} already holds the lock on --out {str(self.out)!r}; take it once "
                 "(`with run.lock():`) around all the work."
             )
+        if self.out.is_dir() and not os.path.lexists(self.out / LOCK_FILE):
+            self._refuse_foreign()  # before creating anything in a folder that is not ours
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP or (self.out / LOCK_FILE).is_symlink():
+                raise StoreError(
+                    f"{str(self.out / LOCK_FILE)!r} is a symbolic link; the lock file is never "
+                    "followed (its target would be overwritten). Remove the link, or use "
+                    "another --out."
+                ) from None
             raise StoreError(
                 f"cannot create the lock file in --out {str(self.out)!r} ({err.strerror}); "
                 "pass a directory you can write to."
             ) from err
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise StoreError(
+                f"{str(self.out / LOCK_FILE)!r} is not a regular file; remove it (a run "
+                "creates its own lock file), or use another --out."
+            )
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -354,8 +405,10 @@ class RunDirectory:
         atomically. If config.yaml was deleted, the chunks' own fingerprints still keep other
         configs' chunks out."""
         self._require_lock("claim")
-        path = self.out / CONFIG_FILE
-        if path.exists():
+        path = self._path(CONFIG_FILE)
+        if not path.exists():
+            self._refuse_foreign()
+        else:
             previous = _header_fingerprint(path)
             if previous != config_fingerprint:
                 recorded = f"fingerprint {previous[:12]}…" if previous else "no fingerprint line"
@@ -366,21 +419,53 @@ class RunDirectory:
                 )
         atomic_write_text(path, f"{FINGERPRINT_HEADER}{config_fingerprint}\n{config_text}")
 
+    def _refuse_foreign(self) -> None:
+        """Refuse a non-empty `out` holding files a run does not write (unless allowed)."""
+        if _ALLOW_NONEMPTY.get() or os.path.lexists(self.out / CONFIG_FILE):
+            return
+        foreign = sorted(
+            name
+            for name in os.listdir(self.out)
+            if not _RUN_NAMES.match(name)
+            and not (_TEMPORARY.match(name) and _RUN_NAMES.match(_TEMPORARY.match(name)["name"]))
+        )
+        if foreign:
+            shown = ", ".join(repr(name) for name in foreign[:3])
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise StoreError(
+                f"--out {str(self.out)!r} is not empty and holds no run of transformer-flows "
+                f"(no {CONFIG_FILE}; found {shown}{more}). A run writes only its own files, "
+                "but it will not take over a folder it did not create: use a new or empty "
+                "--out, or pass --allow-nonempty-out (Python: `with allow_nonempty_out():`) "
+                "to claim it anyway (nothing there is deleted)."
+            )
+
     def config_fingerprint(self) -> str | None:
         """The fingerprint recorded in `out/config.yaml` (None if the file or line is absent)."""
-        path = self.out / CONFIG_FILE
+        path = self._path(CONFIG_FILE)
         return _header_fingerprint(path) if path.exists() else None
 
     def remove_temporaries(self) -> list[Path]:
-        """Delete temporaries (`*.tmp-<pid>-<hex>`) left anywhere in `out` by killed writers.
+        """Delete the temporaries (`<name>.tmp-<pid>-<hex>`) that killed writers of a run left:
+        only in `out` itself and in `out/chunks/<group>/`, only for names a run writes there
+        (config.yaml, dataset.nc, figures, fit files; chunk_#####.nc), only regular files.
 
         Safe only under the lock, which keeps every live writer of this directory out."""
         self._require_lock("remove_temporaries")
+        folders = [(self.out, _RUN_NAMES)]
+        chunks = self.out / CHUNKS_DIR
+        if _is_real_directory(chunks):
+            folders += [
+                (chunks / group, _CHUNK_NAME)
+                for group in sorted(os.listdir(chunks))
+                if _is_real_directory(chunks / group)
+            ]
         removed = []
-        for folder, _, names in os.walk(self.out):
-            for name in names:
-                if _TEMPORARY.search(name):
-                    path = Path(folder, name)
+        for folder, finals in folders:
+            for name in sorted(os.listdir(folder)):
+                match = _TEMPORARY.match(name)
+                path = folder / name
+                if match and finals.match(match["name"]) and _is_regular(path):
                     path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
@@ -388,12 +473,30 @@ class RunDirectory:
     # ------------------------------------------------------------------------------- chunks
 
     def _path(self, relative_path: str | os.PathLike) -> Path:
+        """`out/relative_path`, refused (StoreError) if it or a folder between it and `out`
+        is a symbolic link, or if it exists and is not a regular file."""
         relative = PurePosixPath(relative_path)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise ValueError(
                 f"{relative_path!r} must be a path relative to --out {str(self.out)!r}, "
                 "without '..' (e.g. chunk_path(group, index))."
             )
+        path = self.out
+        for depth, part in enumerate(relative.parts, start=1):
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            last = depth == len(relative.parts)
+            expected = stat.S_ISREG(mode) if last else stat.S_ISDIR(mode)
+            if stat.S_ISLNK(mode) or not expected:
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else "of an unexpected kind"
+                raise StoreError(
+                    f"{str(path)!r} in --out {str(self.out)!r} is {kind}; a run reads and "
+                    "writes only its own regular files and folders there and never follows a "
+                    "link. Remove it (the run recreates what it needs), or use another --out."
+                )
         return self.out.joinpath(*relative.parts)
 
     def write_chunk(
@@ -537,9 +640,24 @@ def _read_holder(descriptor: int) -> str:
         return "pid unknown: the holder has not written its details yet"
 
 
+def _is_real_directory(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _header_fingerprint(path: Path) -> str | None:
-    with open(path, encoding="utf-8", errors="replace") as file:
-        first = file.readline().rstrip("\n")
+    descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(descriptor, encoding="utf-8", errors="replace") as file:
+        first = file.readline(4096).rstrip("\n")
     if first.startswith(FINGERPRINT_HEADER):
         return first[len(FINGERPRINT_HEADER) :].strip() or None
     return None

@@ -99,7 +99,7 @@ def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float =
     excluded from the mean over starts) with its 95% bootstrap interval over starts, and the
     β of Γ∞,δ (theory, Q = K = V = I, for fields with a `theory_model`) at that time."""
     rows = []
-    model = FIELDS.resolve(config.model.field).theory_model
+    model = FIELDS.theory_model(config.model.field)
     betas = dataset["beta"].values
     fine_betas = np.linspace(betas.min(), betas.max(), 2000)
     for labels, part in _panels(dataset):
