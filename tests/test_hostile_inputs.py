@@ -105,6 +105,8 @@ def test_no_imports_switch_refuses_import_paths(evil, tmp_path, monkeypatch, cap
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-imports"]) == 2
     assert "TRANSFORMER_FLOWS_NO_IMPORTS" in capsys.readouterr().err
     assert not evil.exists() and not (tmp_path / "out").exists()
+    # The flag holds for that command only (main runs in-process here, as in notebooks).
+    assert "TRANSFORMER_FLOWS_NO_IMPORTS" not in os.environ
     monkeypatch.setenv("TRANSFORMER_FLOWS_NO_IMPORTS", "1")
     with pytest.raises(ConfigError, match="model.field.*import path"):
         config_from_dict(tiny_raw(model__field="evilmod:Field"))

@@ -127,7 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _imports_refused(refused: bool):
+    """`--no-imports` for this command only: `main` may be called in-process (tests,
+    notebooks), and a switch left in os.environ would refuse the next config's import paths."""
+    if not refused:
+        yield
+        return
+    saved = os.environ.get("TRANSFORMER_FLOWS_NO_IMPORTS")
+    os.environ["TRANSFORMER_FLOWS_NO_IMPORTS"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TRANSFORMER_FLOWS_NO_IMPORTS", None)
+        else:
+            os.environ["TRANSFORMER_FLOWS_NO_IMPORTS"] = saved
+
+
 def _run(args: argparse.Namespace) -> int:
+    with _imports_refused(args.no_imports):
+        return _run_config(args)
+
+
+def _run_config(args: argparse.Namespace) -> int:
     import jax
 
     from .experiment import (
@@ -138,8 +161,6 @@ def _run(args: argparse.Namespace) -> int:
         run_experiment,
     )
 
-    if args.no_imports:
-        os.environ["TRANSFORMER_FLOWS_NO_IMPORTS"] = "1"
     config = load_config(args.config, args.overrides, smoke=args.smoke)
     if config.experiment not in args.kinds:
         raise ValueError(
