@@ -354,3 +354,139 @@ def test_tokens_ignore_shipped_padding_and_batches_are_masked(tmp_path, tiny_che
         bert.hidden_states(ids, mask=mask.astype(int))
     with pytest.raises(ValueError, match="non-empty list of strings"):
         bert.tokenize_batch(TEXT)
+
+
+# --- The faithful fields (issue 18) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_faithful_map_is_the_real_model(family, tiny_checkpoints, models):
+    """On the tiny random models as loaded (LayerNorm gains and shifts, every bias, uncentred
+    outputs: every approximation present), the discrete map of the faithful fields equals
+    transformers' hidden states to float32 rounding, GPT-2's final LayerNorm included; with
+    every switch off (`faithful=()`) it is GLPR's map, which is far from the real layers. A
+    right-padded text with its key mask gives the unpadded text's states on its tokens."""
+    model = models[family]
+    ids = model.tokenize(TEXT)
+    reference = reference_hidden_states(tiny_checkpoints[family], ids)
+    faithful = model.discrete_map_states(ids, faithful=True)
+    assert np.all(relative_errors(faithful, reference) <= 1e-5)
+    glpr = model.discrete_map_states(ids)
+    assert relative_errors(model.discrete_map_states(ids, faithful=()), glpr).max() <= 1e-5
+    assert relative_errors(glpr, reference)[1:].min() > 0.1
+    n = ids.shape[0]
+    padded = np.concatenate([ids, np.full(5, ids[1], dtype=ids.dtype)])
+    mask = np.arange(n + 5) < n
+    states = model.discrete_map_states(padded, faithful=True, key_mask=mask)
+    assert relative_errors(states[:, :n], faithful).max() <= 1e-5
+    if not model.causal:  # the padded keys matter without the mask: the check is not vacuous
+        unmasked = model.discrete_map_states(padded, faithful=True)
+        assert relative_errors(unmasked[:, :n], faithful)[1:].min() > 1e-3
+
+
+def test_faithful_fields_carry_every_piece(models):
+    bert, albert, gpt2 = models["bert"], models["albert"], models["gpt2"]
+    field = bert.layer_fields(faithful=True)
+    assert isinstance(field, tf.TransformerBlock)
+    attention, feed_forward = field.attention, field.feed_forward
+    assert isinstance(attention, tf.PostLN) and isinstance(feed_forward, tf.PostLN)
+    assert attention.field.q_bias.shape == (3, 4, 8) and attention.field.k_bias.shape == (3, 4, 8)
+    assert attention.field.out_bias.shape == (3, 32) and feed_forward.field.out_bias.shape == (
+        3,
+        32,
+    )
+    np.testing.assert_allclose(attention.field.Q, bert.layers["wq"])  # model units: no √D
+    # Layer l reads its state through the LayerNorm that closed layer l - 1 (the embedding
+    # LayerNorm for l = 0); the feed-forward through the layer's first LayerNorm.
+    np.testing.assert_allclose(attention.norm.gain[0], bert.embeddings["ln_g"])
+    np.testing.assert_allclose(attention.norm.gain[2], bert.layers["ln2_g"][1])
+    np.testing.assert_allclose(feed_forward.norm.shift[1], bert.layers["ln1_b"][1])
+    assert attention.norm.eps == 1e-12 and attention.norm.centre
+    np.testing.assert_allclose(field.jump_times(), [1.0, 2.0])
+    # One idealisation switched: the query bias gone, the rest kept.
+    names = [n for n in tf.pretrained.applicable(bert) if n in tf.pretrained.APPROXIMATIONS]
+    partial = bert.layer_fields(faithful=[n for n in names if n != "query_bias"])
+    assert partial.attention.field.q_bias is None and partial.attention.field.k_bias is not None
+    # ALBERT's shared layer: constant weights, per-layer LayerNorms (identity read at l = 0).
+    shared = albert.layer_fields(num_layers=6, faithful=True)
+    assert shared.attention.field.layer_duration is None
+    assert shared.attention.norm.gain.shape == (6, 32)
+    np.testing.assert_allclose(shared.attention.norm.gain[0], 1.0)
+    # GPT-2: Pre-LN with the LayerNorm's centring and ε; γ folded into the weights.
+    block = gpt2.layer_fields(faithful=True)
+    assert isinstance(block, tf.pretrained.SequentialBlock)
+    norm = block.parts[0].norm
+    assert norm.gain is None and norm.eps == 1e-5 and norm.centre
+    np.testing.assert_allclose(
+        block.parts[0].field.Q, gpt2.layers["wq"] * gpt2.layers["ln1_g"][:, None, None, :]
+    )
+    for bad, match in (("query_bias", "collection"), (["dropout"], "unknown pieces")):
+        with pytest.raises(ValueError, match=match):
+            bert.layer_fields(faithful=bad)
+    ids = bert.tokenize(TEXT)
+    with pytest.raises(ValueError, match="faithful=True"):
+        bert.discrete_map_states(ids, substeps=2)
+    with pytest.raises(ValueError, match="key_mask"):
+        bert.discrete_map_states(ids, faithful=True, key_mask=np.ones(3, bool))
+    with pytest.raises(ValueError, match="real tokens first"):
+        bert.discrete_map_states(ids, faithful=True, key_mask=np.arange(ids.shape[0]) > 0)
+
+
+def test_albert_faithful_beyond_the_trained_depth(models):
+    """ALBERT's shared layer run to 6 layers: the faithful map is our forward (itself equal to
+    transformers' ALBERT with 6 layers, tested above)."""
+    model = models["albert"]
+    ids = model.tokenize(TEXT)
+    errors = relative_errors(
+        model.discrete_map_states(ids, num_layers=6, faithful=True),
+        model.hidden_states(ids, num_layers=6),
+    )
+    assert np.all(errors <= 1e-5), errors
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_faithful_flow_is_the_limit_of_the_sub_stepped_layers(family, models):
+    """The faithful flow is the continuous limit of the real layers: each layer as k residual
+    steps of h = 1/k of its field (k = 1 the real layer) converges to the flow at first order
+    (the error halves with h); the direction errors too."""
+    model = models[family]
+    ids = model.tokenize(TEXT)
+    result = tf.pretrained.continuum_errors(model, ids, substeps=(8, 16), rtol=1e-8, atol=1e-8)
+    for name in ("relative", "direction"):
+        coarse, fine = result[name][:, 1:]
+        assert np.all((fine / coarse > 0.4) & (fine / coarse < 0.6)), (name, coarse, fine)
+        assert np.all(np.abs(result["order"][name][1:] - 1) < 0.3), result["order"]
+    one = model.discrete_map_states(ids, faithful=True, substeps=1, final_norm=False)
+    np.testing.assert_allclose(
+        one, model.hidden_states(ids, final_norm=False), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_statistics_separate_radius_and_direction(models):
+    """`direction_errors` sees only directions: a rescaled state has direction error 0 and a
+    relative error of the rescaling; `idealization_errors` switches one idealisation at a time
+    on the real model ("none" rounding, "all" GLPR's map); `three_way_errors` gives both."""
+    model = models["bert"]
+    ids = model.tokenize(TEXT)
+    states = np.asarray(model.hidden_states(ids))
+    scaled = states * np.linspace(1, 2, states.shape[1])[None, :, None]
+    assert np.all(tf.pretrained.direction_errors(scaled, states) < 1e-12)
+    assert np.all(tf.pretrained.relative_errors(scaled, states) > 0.1)
+    rotated = states.copy()
+    rotated[..., [0, 1]] = rotated[..., [1, 0]]
+    assert np.all(tf.pretrained.direction_errors(rotated, states) > 0)
+    errors = tf.pretrained.idealization_errors(model, ids)
+    assert set(errors) == {"none", "all"} | {
+        n for n in tf.pretrained.applicable(model) if n in tf.pretrained.APPROXIMATIONS
+    }
+    assert max(errors["none"]["relative"].max(), errors["none"]["direction"].max()) <= 1e-5
+    glpr = model.discrete_map_states(ids, final_norm=False)
+    np.testing.assert_allclose(
+        errors["all"]["relative"], tf.pretrained.relative_errors(glpr, states), rtol=1e-6
+    )
+    assert errors["query_bias"]["direction"][1:].min() > 1e-3
+    three = tf.pretrained.three_way_errors(
+        model, ids, num_layers=1, faithful=True, rtol=1e-7, atol=1e-7
+    )
+    assert three["map_vs_real"]["relative"].max() <= 1e-5
+    assert three["flow_vs_map"]["direction"][1] > 0.01

@@ -41,6 +41,7 @@ from ._field._feed_forward import (
 from ._field._gated_feed_forward import GatedFeedForward as GatedFeedForward
 from ._field._hardmax import HardmaxAttention as HardmaxAttention
 from ._field._kuramoto import Kuramoto as Kuramoto
+from ._field._layer_norm import LayerNorm as LayerNorm, PostLN as PostLN
 from ._field._placements import (
     NGPT as NGPT,
     MixLN as MixLN,

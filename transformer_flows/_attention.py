@@ -14,8 +14,9 @@ evaluated is an option object (as in diffrax: options are modules, not string fl
   threshold², blockwise above; fused on GPU for float16/bfloat16 softmax attention.
 
 Which keys a query sees and how token positions enter the scores is an `AttentionMask`
-(causal, sliding window, ALiBi bias, log-length scaling of β); every method honours it, and
-the blockwise method skips key blocks the mask removes entirely.
+(causal, sliding window, key padding, ALiBi bias, log-length scaling of β); every method
+honours it, and the blockwise method skips key blocks the causal or windowed mask removes
+entirely.
 """
 
 import abc
@@ -28,8 +29,9 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import Particles
 from ._validation import as_float_array, check_finite
 
-# Per-head weights: None (identity) or a stack over heads.
+# Per-head weights: None (identity) or a stack over heads; per-head biases likewise.
 HeadWeights = Float[Array, "heads k d"] | None
+HeadBiases = Float[Array, "heads k"] | None
 
 
 class AbstractAttentionMethod(eqx.Module):
@@ -82,6 +84,20 @@ def inner_products(queries: Float[Array, "nq k"], keys: Float[Array, "nk k"]) ->
     return sum(products[1:], start=products[0])
 
 
+def as_key_mask(value) -> Bool[Array, " n"] | None:
+    """Converter for a key-padding mask: None (every key) or a 1-D boolean array, True on the
+    real tokens (an array leaf: a batch of padded texts vmaps over it)."""
+    if value is None:
+        return None
+    mask = jnp.asarray(value)
+    if mask.dtype != jnp.bool_ or mask.ndim != 1:
+        raise ValueError(
+            f"`key_mask` must be a 1-D boolean array (True on the real tokens, False on "
+            f"padding), got dtype {mask.dtype} and shape {mask.shape}."
+        )
+    return mask
+
+
 def as_alibi(value) -> Float[Array, ""] | None:
     """Converter for the ALiBi slope λ: None (no bias) or a finite real scalar (checked now, or
     at run time when traced); an array leaf, so sweeps and gradients can vary it."""
@@ -104,17 +120,23 @@ class AttentionMask(eqx.Module):
     - `causal`: j <= i;
     - `window=w`: |i - j| < w (with `causal`: i - w < j <= i; without it the symmetric
       window of local attention);
+    - `key_mask` (n,) booleans: key_mask[j] (padding: the keys of a padded batch that are no
+      token of the text get no weight; the padded rows themselves still attend, to the real
+      keys, and are to be ignored by the caller);
 
     and its scores are s_ij = β_i <q_i, k_j> - λ|i - j|/n (`alibi=λ`; with `causal`
     |i - j| = i - j, the ALiBi bias; without it the symmetric bias of bidirectional ALiBi),
     where β_i = β, or β·log n_i with `length_scaling="log"`, n_i the number of keys query i
-    attends to. Every query attends to itself, so no row is empty.
+    attends to. Without `key_mask` every query attends to itself, so no row is empty; with
+    it, a row is empty only if the mask removes every key it would see (right padding with at
+    least one real token never does).
     """
 
     causal: bool = eqx.field(default=False, static=True)
     window: int | None = eqx.field(default=None, static=True)
     alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi)
     length_scaling: str | None = eqx.field(default=None, static=True)
+    key_mask: Bool[Array, " n"] | None = eqx.field(default=None, converter=as_key_mask)
 
     def __check_init__(self):
         if not isinstance(self.causal, bool):
@@ -141,20 +163,46 @@ class AttentionMask(eqx.Module):
     @property
     def restricts(self) -> bool:
         """Some keys are removed for some queries."""
+        return self.causal or self.window is not None or self.key_mask is not None
+
+    @property
+    def by_position(self) -> bool:
+        """Which keys are removed depends on positions only (causal, window): whole key
+        blocks can be skipped by their indices."""
         return self.causal or self.window is not None
 
     def allowed(self, i: Int[Array, "a 1"], j: Int[Array, "1 b"]) -> Bool[Array, "a b"] | None:
-        """Whether query i attends to key j (None: every key)."""
+        """Whether query i attends to key j (None: every key). Key positions j beyond the
+        mask (the padding of blockwise evaluation) count as removed by `key_mask`."""
         ok = None
         if self.causal:
             ok = j <= i
         if self.window is not None:
             near = jnp.abs(i - j) < self.window
             ok = near if ok is None else ok & near
+        if self.key_mask is not None:
+            real = self.key_mask.at[j].get(mode="fill", fill_value=False)
+            real = jnp.broadcast_to(real, (i.shape[0], j.shape[1]))
+            ok = real if ok is None else ok & real
         return ok
 
     def counts(self, i: Int[Array, " a"], n: int) -> Int[Array, " a"]:
         """n_i, the number of keys query i attends to (>= 1; also for padding rows i >= n)."""
+        if self.key_mask is not None:
+            # Real keys in the range [lo, hi] that the position mask leaves: a cumulative sum.
+            real = jnp.concatenate(
+                [jnp.zeros(1, jnp.int32), jnp.cumsum(self.key_mask.astype(jnp.int32))]
+            )
+            lo = jnp.zeros_like(i)
+            hi = jnp.full_like(i, n - 1)
+            if self.causal:
+                hi = jnp.minimum(i, n - 1)
+            if self.window is not None:
+                lo = jnp.maximum(i - (self.window - 1), 0)
+                if not self.causal:
+                    hi = jnp.minimum(i + (self.window - 1), n - 1)
+            count = real[jnp.clip(hi, -1, n - 1) + 1] - real[jnp.clip(lo, 0, n)]
+            return jnp.maximum(count, 1)
         if self.window is None:
             count = i + 1 if self.causal else jnp.full_like(i, n)
         else:
@@ -211,8 +259,9 @@ def _weights(
     if allowed is None:
         return _normalise_scores(scores, normalized, log_shift)
     if normalized:
-        # Every row keeps its diagonal, so the row maximum is finite; masked entries get
-        # weight exp(-inf) = 0 and, through `where`, a zero gradient.
+        # Every row keeps its diagonal (or, with a key mask, a real key), so the row maximum
+        # is finite; masked entries get weight exp(-inf) = 0 and, through `where`, a zero
+        # gradient.
         return jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
     # `where` inside too: e^{s} of a masked entry may overflow, and inf·0 would be NaN.
     weights = jnp.where(allowed, jnp.exp(jnp.where(allowed, scores, 0) - log_shift), 0)
@@ -256,7 +305,7 @@ def _blockwise(
     keys_blocked = _pad_rows(keys, key_block).reshape(key_blocks, key_block, -1)
     values_blocked = _pad_rows(values, key_block).reshape(key_blocks, key_block, -1)
     dtype = jnp.result_type(queries, values)
-    skipping = skip and mask.restricts
+    skipping = skip and mask.by_position
 
     def one_query_block(block) -> Float[Array, "bq d"]:
         q, first = block
@@ -385,11 +434,13 @@ class FusedAttention(AbstractAttentionMethod):
         window = None
         if mask.window is not None:
             window = (mask.window - 1, 0 if mask.causal else mask.window - 1)
+        keep = None if mask.key_mask is None else mask.key_mask[None, None, None, :]
         out = jax.nn.dot_product_attention(
             layout(mask.scale_queries(queries, beta, n)),
             layout(keys),
             layout(values),
             bias=bias,
+            mask=keep,
             scale=1.0,
             is_causal=mask.causal,
             local_window_size=window,
@@ -432,6 +483,12 @@ def _num_heads(*weights: Array | None) -> int | None:
     return sizes.pop() if sizes else None
 
 
+def _project(x, w, bias):
+    """x Wᵀ + b (rows), W None the identity and b None zero."""
+    out = x if w is None else x @ w.T
+    return out if bias is None else out + bias[None, :]
+
+
 def attention_weights(
     x: Particles,
     beta: Float[Array, ""],
@@ -441,24 +498,25 @@ def attention_weights(
     normalized: bool,
     log_shift: Float[Array, ""] | float = 0.0,
     mask: AttentionMask | None = None,
+    q_bias: HeadBiases = None,
+    k_bias: HeadBiases = None,
 ) -> Float[Array, "heads n n"]:
     """Attention matrices A^h_ij, one per head (always dense: the output is n × n).
 
-    `normalized=True`: A^h_ij = softmax_j(β<Q_h x_i, K_h x_j>) (row-stochastic, SA).
-    `normalized=False`: A^h_ij = exp(β<Q_h x_i, K_h x_j> - log_shift) / n (USA).
+    `normalized=True`: A^h_ij = softmax_j(β<Q_h x_i + q_h, K_h x_j + k_h>) (row-stochastic,
+    SA). `normalized=False`: A^h_ij = exp(β<Q_h x_i + q_h, K_h x_j + k_h> - log_shift) / n
+    (USA). `q_bias`, `k_bias` (heads, k): the query and key biases q_h, k_h (None: zero).
     `mask`: see `AttentionMask`; masked entries are exactly 0.
     """
     mask = NO_MASK if mask is None else mask
 
-    def head(q, k):
-        qx = x if q is None else x @ q.T
-        kx = x if k is None else x @ k.T
-        scaled = mask.scale_queries(qx, beta, x.shape[0])
-        return _weights(scaled, kx, mask, normalized, log_shift)
+    def head(q, k, qb, kb):
+        scaled = mask.scale_queries(_project(x, q, qb), beta, x.shape[0])
+        return _weights(scaled, _project(x, k, kb), mask, normalized, log_shift)
 
-    if _num_heads(Q, K) is None:
-        return head(None, None)[None]
-    return jax.vmap(head)(Q, K)
+    if _num_heads(Q, K, q_bias, k_bias) is None:
+        return head(None, None, None, None)[None]
+    return jax.vmap(head)(Q, K, q_bias, k_bias)
 
 
 def attend(
@@ -473,12 +531,16 @@ def attend(
     method: AbstractAttentionMethod = AutoAttention(),
     keys: Float[Array, "nk d"] | None = None,
     mask: AttentionMask | None = None,
+    q_bias: HeadBiases = None,
+    k_bias: HeadBiases = None,
 ) -> Particles:
     """Σ_h Σ_j A^h_ij V_h x_j (heads summed, eq. 2.7), before tangent projection.
 
     `keys`: the tokens x_j summed over (default `x`); a subset of queries against all keys is
     how token-sharded evaluation splits the work. `method`: see the module docstring.
-    `mask`: causal / window / ALiBi / log-length scaling (`AttentionMask`), token i = row i.
+    `mask`: causal / window / key padding / ALiBi / log-length scaling (`AttentionMask`),
+    token i = row i. `q_bias`, `k_bias` (heads, k): query and key biases, the scores then
+    β<Q_h x_i + q_h, K_h x_j + k_h> (`attention_weights`).
     """
     if not isinstance(method, AbstractAttentionMethod):
         raise ValueError(
@@ -495,10 +557,10 @@ def attend(
         )
     keys = x if keys is None else keys
 
-    def head(q, k, v):
+    def head(q, k, v, qb, kb):
         mixed = method.mix(
-            x if q is None else x @ q.T,
-            keys if k is None else keys @ k.T,
+            _project(x, q, qb),
+            _project(keys, k, kb),
             keys,
             beta=beta,
             normalized=normalized,
@@ -507,6 +569,6 @@ def attend(
         )
         return mixed if v is None else mixed @ v.T
 
-    if _num_heads(Q, K, V) is None:
-        return head(None, None, None)
-    return jnp.sum(jax.vmap(head)(Q, K, V), axis=0)
+    if _num_heads(Q, K, V, q_bias, k_bias) is None:
+        return head(None, None, None, None, None)
+    return jnp.sum(jax.vmap(head)(Q, K, V, q_bias, k_bias), axis=0)

@@ -148,6 +148,11 @@ class TokenSharded(AbstractSphereField):
                 "from the keys and carries no token positions, so masked fields are not "
                 "sharded: solve the field unsharded."
             )
+        if self.field.has_biases:
+            raise ValueError(
+                "`field` has query, key or output biases, which token sharding does not "
+                "evaluate; solve the field unsharded."
+            )
         _single_axis(self.mesh, "mesh")
 
     def jump_times(self):

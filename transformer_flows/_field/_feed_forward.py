@@ -41,13 +41,15 @@ def _required_array(name: str):
 
 class FeedForward(AbstractSphereField):
     """The feed-forward term of GLPR (2.8) as a field on (S^{d-1})^n, token by token:
-    ẋ_i = P^⊥_{x_i}( w(t) σ(a(t) x_i + b(t)) ).
+    ẋ_i = P^⊥_{x_i}( w(t) σ(a(t) x_i + b(t)) + c(t) ).
 
     **Arguments:**
     - `w`: (d, m) output weights; `a`: (m, d) input weights; `b`: (m,) bias, or None (zero).
       m is the hidden width (GLPR take m = d; practitioners' MLPs use m = 4d). With
       `layer_duration` set, each carries a leading layer axis L: w (L, d, m), a (L, m, d),
       b (L, m), layer l acting on [l·layer_duration, (l+1)·layer_duration) (as `SelfAttention`).
+    - `out_bias`: c, (d,) (or (L, d)), the output bias of a real model's feed-forward, or None
+      (GLPR's term has none).
     - `activation`: σ, applied componentwise: a name among `ACTIVATIONS` ("relu", "gelu",
       "silu", "tanh", "sigmoid", "identity"; a name keeps configs and saved models
       serialisable) or any callable R^m → R^m (static: a new callable recompiles).
@@ -61,6 +63,9 @@ class FeedForward(AbstractSphereField):
     b: Array | None = eqx.field(default=None, converter=optional_float_array("b"))
     activation: str | Callable = eqx.field(default="relu", static=True, kw_only=True)
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
+    out_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("out_bias"), kw_only=True
+    )
 
     def __check_init__(self):
         if isinstance(self.activation, str):
@@ -75,6 +80,14 @@ class FeedForward(AbstractSphereField):
                 f"{self.activation!r}."
             )
         _check_feed_forward_weights(self.w, self.a, self.b, self.layer_duration)
+        if self.out_bias is not None:
+            expected = self.w.shape[:-1]
+            if self.out_bias.shape != expected:
+                raise ValueError(
+                    f"`out_bias` must have shape {expected} (one entry per output coordinate"
+                    f"{', per layer' if self.layer_duration is not None else ''}), got "
+                    f"{self.out_bias.shape}."
+                )
 
     @property
     def sigma(self) -> Callable:
@@ -104,6 +117,13 @@ class FeedForward(AbstractSphereField):
             return self.w, self.a, self.b
         return self.w[index], self.a[index], None if self.b is None else self.b[index]
 
+    def out_bias_at(self, t) -> Array | None:
+        """c acting at time t (None: zero)."""
+        index = layer_index(t, self.layer_duration, self.num_layers)
+        if index is None or self.out_bias is None:
+            return self.out_bias
+        return self.out_bias[index]
+
     def jump_times(self) -> Float[Array, " jumps"] | None:
         return layer_jump_times(self.layer_duration, self.num_layers)
 
@@ -121,7 +141,9 @@ class FeedForward(AbstractSphereField):
         pre = x @ a.T  # (n, m)
         if b is not None:
             pre = pre + b[None, :]
-        return self.sigma(pre) @ w.T
+        out = self.sigma(pre) @ w.T
+        c = self.out_bias_at(t)
+        return out if c is None else out + c[None, :]
 
 
 class TransformerBlock(AbstractSphereField):

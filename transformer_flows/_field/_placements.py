@@ -27,6 +27,7 @@ from .._custom_types import Particles
 from .._sphere import normalize, project_tangent
 from .._validation import as_float_array, check_positive, is_concrete
 from ._base import AbstractEuclideanField, AbstractSphereField
+from ._layer_norm import LayerNorm, merged_jump_times
 
 
 def _check_wrapped(field, placement: str) -> None:
@@ -75,25 +76,47 @@ class PreLN(AbstractEuclideanField):
     """Pre-LN (GPT-2, LLaMA): x ← x + h·Attn(LN(x)), state in R^d. Limit ẋ_i = A_i(θ), so
     ṙ_i = <θ_i, A_i> and θ̇_i = r_i^{-1} P^⊥_{θ_i} A_i. Solve with `solve(PreLN(field), x0, ts)`
     (x0 of shape (n, d), no zero rows) or, layer by layer, `solver=ResidualLayers(), dt0=h`.
+
+    `norm`: None (LN x = x/|x|, the directions θ) or a general `LayerNorm` (centring, γ, β,
+    ε; per-layer with `layer_duration`): then x ← x + h·Attn(LN x) with the attention read at
+    LN(x) = γ ⊙ N(x) + β itself, in the units of a real model (norm ≈ √d), and the limit is
+    ẋ_i = A_i(LN x). A real Pre-LN layer (GPT-2) is exactly this with its own weights; its γ
+    and β can also be folded into the attention weights and biases (docs/pretrained.md).
     """
 
     field: AbstractSphereField
+    norm: LayerNorm | None = None
 
     def __check_init__(self):
         _check_wrapped(self.field, "PreLN")
+        if self.norm is not None and not isinstance(self.norm, LayerNorm):
+            raise ValueError(
+                f"`norm` must be None (x/|x|) or a LayerNorm(gain, shift, eps, centre), got "
+                f"{self.norm!r}."
+            )
+
+    def _read(self, t, x: Particles) -> Particles:
+        if self.norm is None:
+            return directions(x, "PreLN")
+        return self.norm(t, x)
 
     def __call__(self, t, x: Particles, args: PyTree = None) -> Particles:
-        return self.field.drift(t, directions(x, "PreLN"), args)
+        return self.field.drift(t, self._read(t, x), args)
 
     def residual_layer(self, t, x: Particles, h, args: PyTree = None) -> Particles:
-        return x + h * self.field.drift(t, directions(x, "PreLN"), args)
+        return x + h * self.field.drift(t, self._read(t, x), args)
 
     def jump_times(self) -> Float[Array, " jumps"] | None:
-        return self.field.jump_times()
+        if self.norm is None:
+            return self.field.jump_times()
+        return merged_jump_times(self.field, self.norm)
 
     def check_state(self, x) -> None:
         self.field.check_state(x)
-        _refuse_zero_rows(x, "PreLN")
+        if self.norm is not None:
+            self.norm.check_state(x)
+        if self.norm is None or self.norm.eps == 0:
+            _refuse_zero_rows(x, "PreLN")
 
 
 class PeriLN(AbstractEuclideanField):

@@ -4,13 +4,14 @@ import abc
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Bool, Float, PyTree
 
 from .._attention import (
     AbstractAttentionMethod,
     AttentionMask,
     AutoAttention,
     as_alibi,
+    as_key_mask,
     attend,
     attention_weights,
 )
@@ -49,10 +50,19 @@ class AbstractAttentionField(AbstractSphereField):
     - With `layer_duration` set, a leading layer axis L: layer l acts on
       [l·layer_duration, (l+1)·layer_duration), the last layer for all later times.
 
+    Biases (None: zero; with `layer_duration`, a leading layer axis L too):
+    - `q_bias`, `k_bias`: (k,), heads (H, k): the scores become β<Q_h x_i + q_h, K_h x_j + k_h>
+      (the query and key biases of a real model's attention); each needs its Q or K.
+    - `out_bias`: (d,): a constant c added to the attention term, Σ_h Σ_j A^h_ij V_h x_j + c.
+      For softmax attention (rows summing to 1) this is a real model's value and output
+      biases, c = Σ_h W_O^h b_V^h + b_O.
+
     Masks (token i is row i of x; see `AttentionMask`): `causal` (query i sees keys j <= i),
-    `window=w` (|i - j| < w), `alibi=λ` (score bias -λ|i - j|/n, an array leaf: sweepable
-    and differentiable), `length_scaling="log"` (query i uses β·log n_i, n_i the number of
-    keys it sees). Under a mask USA divides by n_i instead of n.
+    `window=w` (|i - j| < w), `key_mask` (n,) booleans (only the keys j with key_mask[j]:
+    the real tokens of a padded sequence, an array leaf that vmaps over a batch), `alibi=λ`
+    (score bias -λ|i - j|/n, an array leaf: sweepable and differentiable),
+    `length_scaling="log"` (query i uses β·log n_i, n_i the number of keys it sees). Under a
+    mask USA divides by n_i instead of n.
     """
 
     beta: eqx.AbstractVar[Float[Array, ""]]
@@ -65,9 +75,12 @@ class AbstractAttentionField(AbstractSphereField):
     window: eqx.AbstractVar[int | None]
     alibi: eqx.AbstractVar[Float[Array, ""] | None]
     length_scaling: eqx.AbstractVar[str | None]
+    # Optional in subclasses (SinkhornAttention has none): `q_bias`, `k_bias`, `out_bias`,
+    # `key_mask`, read through `_optional`.
 
     def __check_init__(self):
         _check_weights(self.Q, self.K, self.V, self.layer_duration)
+        _check_biases(self)
         self.mask  # noqa: B018  (builds the mask, whose checks name the bad option)
         if not isinstance(self.attention, AbstractAttentionMethod):
             raise ValueError(
@@ -78,7 +91,16 @@ class AbstractAttentionField(AbstractSphereField):
     @property
     def mask(self) -> AttentionMask:
         """The token-position options as one `AttentionMask`."""
-        return AttentionMask(self.causal, self.window, self.alibi, self.length_scaling)
+        return AttentionMask(
+            self.causal, self.window, self.alibi, self.length_scaling, self._optional("key_mask")
+        )
+
+    def _optional(self, name: str):
+        return getattr(self, name, None)
+
+    @property
+    def has_biases(self) -> bool:
+        return any(self._optional(b) is not None for b in ("q_bias", "k_bias", "out_bias"))
 
     @property
     def num_layers(self) -> int | None:
@@ -109,6 +131,23 @@ class AbstractAttentionField(AbstractSphereField):
 
         return select(self.Q), select(self.K), select(self.V)
 
+    def biases_at(self, t) -> tuple[Array | None, Array | None, Array | None]:
+        """(q_bias, k_bias, out_bias) acting at time t, the first two with a head axis."""
+        index = layer_index(t, self.layer_duration, self.num_layers)
+
+        def select(b, heads: bool):
+            if b is None:
+                return None
+            if index is not None:
+                b = b[index]
+            return b[None] if heads and b.ndim == 1 else b
+
+        return (
+            select(self._optional("q_bias"), True),
+            select(self._optional("k_bias"), True),
+            select(self._optional("out_bias"), False),
+        )
+
     def check_state(self, x) -> None:
         check_points(x, type(self).__name__)
         if self.dim is not None and x.shape[1] != self.dim:
@@ -116,18 +155,34 @@ class AbstractAttentionField(AbstractSphereField):
                 f"`x0` has dimension d={x.shape[1]} but the weights Q, K, V act on "
                 f"d={self.dim}; pass tokens of shape (n, {self.dim})."
             )
+        key_mask = self._optional("key_mask")
+        if key_mask is not None and key_mask.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"`key_mask` has {key_mask.shape[0]} entries but `x0` has "
+                f"{x.shape[0]} tokens; give one entry per token (True on the real ones)."
+            )
 
     def attention_matrix(self, t, x: Particles) -> Float[Array, "heads n n"]:
         """The attention matrices A^h(t) (one per head) at configuration `x`."""
         Q, K, _ = self.weights_at(t)
+        q_bias, k_bias, _ = self.biases_at(t)
         normalized, log_shift = self._normalization()
         return attention_weights(
-            x, self.beta, Q, K, normalized=normalized, log_shift=log_shift, mask=self.mask
+            x,
+            self.beta,
+            Q,
+            K,
+            normalized=normalized,
+            log_shift=log_shift,
+            mask=self.mask,
+            q_bias=q_bias,
+            k_bias=k_bias,
         )
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         normalized, log_shift = self._normalization()
-        return attend(
+        q_bias, k_bias, out_bias = self.biases_at(t)
+        mixed = attend(
             x,
             self.beta,
             *self.weights_at(t),
@@ -135,7 +190,10 @@ class AbstractAttentionField(AbstractSphereField):
             log_shift=log_shift,
             method=self.attention,
             mask=self.mask,
+            q_bias=q_bias,
+            k_bias=k_bias,
         )
+        return mixed if out_bias is None else mixed + out_bias[None, :]
 
     @abc.abstractmethod
     def _normalization(self) -> tuple[bool, Float[Array, ""] | float]:
@@ -153,8 +211,10 @@ class SelfAttention(AbstractAttentionField):
       piecewise-constantly in time (Q(t), K(t), V(t) of (2.3)).
     - `attention`: how the sum over tokens is evaluated (`AutoAttention()`: dense for small
       n, blockwise above 2048 tokens; or `DenseAttention()`, `BlockwiseAttention(block)`).
-    - `causal`, `window`, `alibi`, `length_scaling`: masks (see `AbstractAttentionField`);
-      causal is ẋ_i = P^⊥_{x_i}(Σ_{j<=i} softmax_j(β<Qx_i, Kx_j>) V x_j), Karagodin et al.
+    - `causal`, `window`, `key_mask`, `alibi`, `length_scaling`: masks (see
+      `AbstractAttentionField`); causal is ẋ_i = P^⊥_{x_i}(Σ_{j<=i} softmax_j(β<Qx_i, Kx_j>)
+      V x_j), Karagodin et al.
+    - `q_bias`, `k_bias`, `out_bias`: a real model's biases (see `AbstractAttentionField`).
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -167,6 +227,18 @@ class SelfAttention(AbstractAttentionField):
     window: int | None = eqx.field(default=None, static=True, kw_only=True)
     alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi, kw_only=True)
     length_scaling: str | None = eqx.field(default=None, static=True, kw_only=True)
+    q_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("q_bias"), kw_only=True
+    )
+    k_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("k_bias"), kw_only=True
+    )
+    out_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("out_bias"), kw_only=True
+    )
+    key_mask: Bool[Array, " n"] | None = eqx.field(
+        default=None, converter=as_key_mask, kw_only=True
+    )
 
     def _normalization(self):
         return True, 0.0
@@ -194,6 +266,18 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     window: int | None = eqx.field(default=None, static=True, kw_only=True)
     alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi, kw_only=True)
     length_scaling: str | None = eqx.field(default=None, static=True, kw_only=True)
+    q_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("q_bias"), kw_only=True
+    )
+    k_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("k_bias"), kw_only=True
+    )
+    out_bias: Array | None = eqx.field(
+        default=None, converter=optional_float_array("out_bias"), kw_only=True
+    )
+    key_mask: Bool[Array, " n"] | None = eqx.field(
+        default=None, converter=as_key_mask, kw_only=True
+    )
     time_rescaled: bool = eqx.field(default=False, static=True, kw_only=True)
 
     def __check_init__(self):
@@ -206,6 +290,37 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
 
     def _normalization(self):
         return False, (jnp.abs(self.beta) if self.time_rescaled else 0.0)
+
+
+def _check_biases(field) -> None:
+    """Bias shapes against the weights: q_bias/k_bias the shape of Q/K without its last
+    axis, out_bias (d,) (with the layer axis when `layer_duration` is set)."""
+    layered = field.layer_duration is not None
+    for name, weight_name in (("q_bias", "Q"), ("k_bias", "K")):
+        bias, weight = getattr(field, name, None), getattr(field, weight_name)
+        if bias is None:
+            continue
+        if weight is None:
+            raise ValueError(
+                f"`{name}` was given but `{weight_name}` is None (the identity); pass "
+                f"`{weight_name}` too (e.g. the identity matrix with a head axis)."
+            )
+        if bias.shape != weight.shape[:-1]:
+            raise ValueError(
+                f"`{name}` must have shape {weight.shape[:-1]} (the shape of `{weight_name}` "
+                f"{weight.shape} without its last axis), got {bias.shape}."
+            )
+    out_bias = getattr(field, "out_bias", None)
+    if out_bias is not None:
+        dim = field.dim
+        lead = (field.num_layers,) if layered else ()
+        expected = "(L, d)" if layered else "(d,)"
+        if out_bias.ndim != len(lead) + 1 or (dim is not None and out_bias.shape != (*lead, dim)):
+            raise ValueError(
+                f"`out_bias` must have shape {expected}"
+                + ("" if dim is None else f" = {(*lead, dim)}")
+                + f", got {out_bias.shape}."
+            )
 
 
 def _check_weights(Q, K, V, layer_duration) -> None:

@@ -259,25 +259,73 @@ class PretrainedTransformer(eqx.Module):
         num_layers = self.check_num_layers(num_layers)
         return _hidden_states(self, ids, mask, num_layers, bool(final_norm))
 
-    def layer_fields(self, *, num_layers: int | None = None):
-        """Our fields with the checkpoint's weights: `TransformerBlock(SelfAttention(...),
-        FeedForward(...))` (Post-LN: BERT, ALBERT) or `SequentialBlock((PreLN(SelfAttention(
-        ..., causal=True)), PreLN(FeedForward(...))))` (Pre-LN: GPT-2), heads with β = 1/√k,
-        the output projection folded into V, layer l acting on [l, l+1) (`layer_duration=1`),
-        ALBERT's shared layer constant in time. Sphere states are the real states divided by
-        √D (docs/pretrained.md, "The mapping")."""
-        return _fields.layer_fields(self, self.check_num_layers(num_layers))
+    def _faithful_pieces(self, faithful):
+        """The pieces the faithful builder keeps (None: GLPR's map). LLaMA's fields drop
+        nothing (RMSNorm gains folded, exact), so its default fields are already faithful."""
+        keep = _fields.resolve_faithful(faithful)
+        return None if self.family == "llama" else keep
+
+    def layer_fields(self, *, num_layers: int | None = None, faithful=False, key_mask=None):
+        """Our fields with the checkpoint's weights.
+
+        `faithful=False` (GLPR's map): `TransformerBlock(SelfAttention(...), FeedForward(...))`
+        (Post-LN: BERT, ALBERT) or `SequentialBlock((PreLN(SelfAttention(..., causal=True)),
+        PreLN(FeedForward(...))))` (Pre-LN: GPT-2), heads with β = 1/√k, the output
+        projection folded into V, layer l acting on [l, l+1) (`layer_duration=1`), ALBERT's
+        shared layer constant in time. Sphere states are the real states divided by √D
+        (docs/pretrained.md, "The mapping").
+
+        `faithful=True`: the exact layers, `TransformerBlock(PostLN(SelfAttention(..., biases),
+        LayerNorm(γ, β, ε)), PostLN(FeedForward(..., biases), LayerNorm(...)))` (Post-LN) or
+        `SequentialBlock((PreLN(SelfAttention(...), norm=LayerNorm(ε)), PreLN(FeedForward(...),
+        norm=...)))` (Pre-LN, γ and β folded into the weights); a collection of names from
+        `tf.pretrained.APPROXIMATIONS`/`EXACT` keeps those pieces and puts the others in
+        GLPR's form (docs/pretrained.md, "The faithful fields"). `key_mask` (n,) booleans:
+        the real tokens of a right-padded sequence (padded keys get no weight)."""
+        depth = self.check_num_layers(num_layers)
+        keep = self._faithful_pieces(faithful)
+        key_mask = _check_key_mask(key_mask)
+        if keep is None:
+            return _fields.layer_fields(self, depth, key_mask)
+        return _fields.faithful_fields(self, depth, keep, key_mask)
 
     def discrete_map_states(
-        self, token_ids, *, num_layers: int | None = None, final_norm: bool = True
+        self,
+        token_ids,
+        *,
+        num_layers: int | None = None,
+        final_norm: bool = True,
+        faithful=False,
+        key_mask=None,
+        substeps: int = 1,
     ) -> Float[Array, "layers_plus_1 n D"]:
-        """The discrete layer map of `layer_fields`: from the real embeddings output (its
-        direction for Post-LN), each layer the field's `residual_layer` with h = 1; in the
-        units of `hidden_states` (Post-LN states times √D). `final_norm`: GPT-2's ln_f as the
-        map models it (√D·x/|x|) at the trained depth, as `hidden_states` does."""
+        """The discrete layer map of `layer_fields`: each layer the field's `residual_layer`
+        with h = 1, in the units of `hidden_states`.
+
+        `faithful=False` (GLPR's map): from the real embeddings output (its direction for
+        Post-LN; Post-LN states times √D). `final_norm`: GPT-2's ln_f as the map models it
+        (√D·x/|x|) at the trained depth, as `hidden_states` does.
+        `faithful=True`: the exact layers, equal to `hidden_states` to float32 rounding; or a
+        collection of the pieces kept (see `layer_fields`). `substeps=k` (faithful only): each
+        layer as k residual steps of h = 1/k of its field (k = 1 is the layer itself; k → ∞
+        the flow). `key_mask` (n,): the real tokens of a right-padded sequence; their states
+        equal those of the unpadded sequence."""
         ids = self.check_token_ids(token_ids)
         num_layers = self.check_num_layers(num_layers)
-        return _discrete_map_states(self, ids, num_layers, bool(final_norm))
+        keep = self._faithful_pieces(faithful)
+        key_mask = _check_key_mask(key_mask, ids)
+        if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
+            raise ValueError(f"`substeps` must be an integer >= 1, got {substeps!r}.")
+        if keep is None:
+            if substeps != 1:
+                raise ValueError(
+                    "`substeps` sub-steps the faithful fields; pass faithful=True (or use "
+                    "`tf.solve(model.layer_fields(), ..., solver=tf.ResidualLayers(), dt0=h)`)."
+                )
+            return _discrete_map_states(self, ids, num_layers, bool(final_norm), key_mask)
+        return _faithful_map_states(
+            self, ids, num_layers, bool(final_norm), keep, key_mask, substeps
+        )
 
     def flow_states(
         self,
@@ -287,6 +335,8 @@ class PretrainedTransformer(eqx.Module):
         num_layers: int | None = None,
         solver=None,
         final_norm: bool = True,
+        faithful=False,
+        key_mask=None,
         **solve_options,
     ) -> Float[Array, "times n D"]:
         """The continuous flow of `layer_fields` (`tf.solve`, per-layer weights piecewise
@@ -294,24 +344,37 @@ class PretrainedTransformer(eqx.Module):
         embeddings, saved at `times` (>= 0, increasing; the solve starts at t = 0), in the
         units of `hidden_states`. Up to the trained depth, except for ALBERT's shared layer.
 
+        `faithful`: the fields' kind, as in `layer_fields`; `faithful=True` is the
+        continuous-time flow of the real model, the limit of its layers sub-stepped
+        (`discrete_map_states(..., faithful=True, substeps=k)`, k → ∞). Its states are read
+        out through the LayerNorm that closed the last completed layer (Post-LN).
         `solver`: a diffrax solver for `tf.solve` (default its `Renormalized(Tsit5())`);
         `solve_options`: more keywords for `tf.solve` (rtol, atol, max_steps, ...).
-        `final_norm`: GPT-2's states at t = L pass through the map's ln_f (√D·x/|x|).
+        `final_norm`: GPT-2's states at t = L pass through the map's ln_f (√D·x/|x|; the real
+        ln_f when faithful). `key_mask` (n,): the real tokens of a right-padded sequence.
         """
         from .._solve import solve
 
         ids = self.check_token_ids(token_ids)
         times, prepend = self._check_times(times, num_layers)
         depth = self.check_num_layers(num_layers)
-        field = self.layer_fields(num_layers=depth)
-        x0 = _fields.start(self, _embeddings(self, ids))
+        keep = self._faithful_pieces(faithful)
+        key_mask = _check_key_mask(key_mask, ids)
+        field = self.layer_fields(num_layers=depth, faithful=faithful, key_mask=key_mask)
+        if keep is None:
+            x0 = _fields.start(self, _embeddings(self, ids))
+        else:
+            x0 = _fields.faithful_start(self, ids, keep, flow=True)
         ts = jnp.asarray(times, dtype=x0.dtype)
         if prepend:
             ts = jnp.concatenate([jnp.zeros(1, dtype=x0.dtype), ts])
         states = solve(field, x0, ts, solver=solver, **solve_options).xs
-        states = _fields.to_model_units(self, states[1:] if prepend else states)
+        states, ts = (states[1:], ts[1:]) if prepend else (states, ts)
+        if keep is not None:
+            return _fields.faithful_readout(self, states, ts, keep, depth, bool(final_norm))
+        states = _fields.to_model_units(self, states)
         if final_norm and "final_g" in self.embeddings and depth == self.num_layers:
-            at_end = (ts[1:] if prepend else ts) == depth
+            at_end = ts == depth
             read_out = _fields.mapped_final_norm(self, states)
             states = jnp.where(at_end[:, None, None], read_out, states)
         return states
@@ -362,8 +425,39 @@ def _hidden_states(model: PretrainedTransformer, ids, mask, num_layers: int, fin
 
 
 @eqx.filter_jit
-def _discrete_map_states(model: PretrainedTransformer, ids, num_layers: int, final_norm: bool):
-    return _fields.discrete_map(model, _embeddings(model, ids), num_layers, final_norm)
+def _discrete_map_states(
+    model: PretrainedTransformer, ids, num_layers: int, final_norm: bool, key_mask=None
+):
+    return _fields.discrete_map(model, _embeddings(model, ids), num_layers, final_norm, key_mask)
+
+
+@eqx.filter_jit
+def _faithful_map_states(
+    model: PretrainedTransformer, ids, num_layers, final_norm, keep, key_mask, substeps
+):
+    return _fields.faithful_map(model, ids, num_layers, final_norm, keep, key_mask, substeps)
+
+
+def _check_key_mask(key_mask, ids=None):
+    """None, or 1-D booleans (one per token of `ids`), True on the real tokens: first, at
+    least one (right padding)."""
+    if key_mask is None:
+        return None
+    mask = jnp.asarray(key_mask)
+    if mask.dtype != jnp.bool_ or mask.ndim != 1 or (ids is not None and mask.shape != ids.shape):
+        expected = "" if ids is None else f" of shape {ids.shape}"
+        raise ValueError(
+            f"`key_mask` must be 1-D booleans{expected} (True on the real tokens), got "
+            f"{mask.dtype} of shape {mask.shape}."
+        )
+    if is_concrete(mask):
+        values = np.asarray(mask)
+        if not values[0] or np.any(values[1:] & ~values[:-1]):
+            raise ValueError(
+                "`key_mask` must mark the real tokens first and the padding after them (right "
+                "padding, at least one real token)."
+            )
+    return mask
 
 
 def _embeddings(model: PretrainedTransformer, ids) -> Array:
