@@ -29,6 +29,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
+from _figure_output import write_figure  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
@@ -139,11 +140,7 @@ def report(rows, args) -> None:
     ax.set_ylabel("local Lipschitz constant ‖Df(X)‖₂")
     ax.set_title(f"one attention layer, A = V = I, β = 1, d = {args.d}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    print("wrote", args.out)
+    write_figure(fig, args.out, rows)
 
 
 if __name__ == "__main__":

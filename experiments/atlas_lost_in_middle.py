@@ -16,7 +16,6 @@ E[∂θ_N(t)/∂θ_j(0) · cos k(θ_N(t) − θ_j(0))], the sensitivities by `ja
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
+from _figure_output import write_figure  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
 from transformer_flows import theory  # noqa: E402
@@ -202,11 +202,7 @@ def main() -> None:
     ax.set_title(f"causal ALiBi on the circle, β = {args.beta:g}, λ = {args.lam:g}, M = {args.M:g}"
                  f" (lines: kinetic limit)", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    args.out.with_suffix(".json").write_text(json.dumps(dict(t_crit=t_crit, rows=rows), indent=1))
-    print("wrote", args.out)
+    write_figure(fig, args.out, dict(t_crit=t_crit, rows=rows))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ bootstrap over seeds). Writes JSON and a PNG.
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
+from _figure_output import write_figure  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import transformer_flows as tf  # noqa: E402
@@ -148,12 +148,8 @@ def main() -> None:
     ax.set_ylabel("error against the Gaussian mean-field limit")
     ax.set_title(f"n i.i.d. N(m, Σ) tokens, d = {D}, β = {BETA:g}, random Q, K, V (95 % CI)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
     out["ns"], out["flow_ns"] = args.ns, args.flow_ns
-    args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    print("wrote", args.out)
+    write_figure(fig, args.out, out)
 
 
 if __name__ == "__main__":

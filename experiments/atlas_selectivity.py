@@ -10,7 +10,6 @@ Prints a markdown table with 95 % intervals, writes JSON and a PNG.
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from _figure_output import write_figure  # noqa: E402
 
 from transformer_flows import theory  # noqa: E402
 
@@ -80,11 +80,7 @@ def main() -> None:
         ax.set_ylabel("mean largest attention weight")
         ax.set_title(f"S^{d - 1}: fixed query, n uniform keys (95 % CI)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    print("wrote", args.out)
+    write_figure(fig, args.out, rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ measurements are experiments/atlas_*.py."""
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -21,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _experiment(name):
+    # The scripts import their sibling helpers (experiments/_figure_output.py) as `python
+    # experiments/x.py` would: with their own folder first on sys.path.
+    if str(ROOT / "experiments") not in sys.path:
+        sys.path.insert(0, str(ROOT / "experiments"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
