@@ -103,7 +103,10 @@ def _site_path(repo_path: str) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- lists after paragraphs
+# ---------------------------------------------------------------- GitHub-like Markdown
+
+# HTML tags that the pages may mean as HTML; any other `<letter...` is text.
+_HTML_TAGS = "a|abbr|b|br|code|del|details|div|em|i|img|kbd|p|s|span|strong|sub|summary|sup|u"
 
 _LIST_ITEM = re.compile(r"^(?:[-*+] |1[.)] )")
 _NOT_PARAGRAPH = re.compile(r"^(?:\s|[-*+] |\d+[.)] |\||#|>|$)")
@@ -126,17 +129,30 @@ def separate_lists(lines: list[str]) -> list[str]:
 
 
 def _markdown_extension():
+    """Two differences from GitHub that would garble the pages: lists after a paragraph line
+    (`separate_lists`), and inner products written `<x_i, x_j>` or placeholders such as
+    `<name>`, which Python-Markdown takes for HTML tags and drops from the page (GitHub shows
+    them: they are not valid tags). Such a `<` becomes text; code spans, code blocks, autolinks
+    `<https://...>` and the tags in `_HTML_TAGS` are left alone."""
     from markdown.extensions import Extension
+    from markdown.inlinepatterns import InlineProcessor
     from markdown.preprocessors import Preprocessor
 
     class _Separate(Preprocessor):
         def run(self, lines: list[str]) -> list[str]:
             return separate_lists(lines)
 
+    class _LessThan(InlineProcessor):
+        def handleMatch(self, match, data):  # noqa: N802 (Markdown's API)
+            return "<", match.start(0), match.end(0)  # text, escaped on output
+
     class _Extension(Extension):
         def extendMarkdown(self, md) -> None:  # noqa: N802 (Markdown's API)
             # After the fenced-code preprocessors (priority 25+), so code is left alone.
             md.preprocessors.register(_Separate(md), "list_after_paragraph", 5)
+            # After code spans and autolinks (120), before raw inline HTML (90).
+            pattern = rf"<(?=/?[A-Za-z])(?!/?(?:{_HTML_TAGS})[\s>/])"
+            md.inlinePatterns.register(_LessThan(pattern, md), "less_than_as_text", 95)
 
     return _Extension()
 
@@ -223,22 +239,33 @@ def _shipped_configs() -> list[str]:
     configs = sorted((ROOT / "configs").glob("*.yaml"))
     if not configs:
         return []
+    import yaml
+
     lines = [
         "## Shipped configs",
         "",
-        "The repository's `configs/` directory (each file's first comment line):",
+        "The repository's `configs/` directory (each file's `description`, else its first",
+        "comment):",
         "",
-        "| file | what |",
-        "| --- | --- |",
+        "| file | kind | what |",
+        "| --- | --- | --- |",
     ]
     for path in configs:
-        first = ""
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("#") and not line.startswith("# yaml-language-server"):
-                first = line.lstrip("# ").strip()
-                break
-        lines.append(f"| `configs/{path.name}` | {_cell(first)} |")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = raw if isinstance(raw, dict) else {}
+        description = _one_line(raw.get("description") or _first_comment(path))
+        if len(description) > 240:
+            description = description[:240].rsplit(" ", 1)[0] + " …"
+        kind = raw.get("experiment", "simulation")
+        lines.append(f"| `configs/{path.name}` | {_cell(str(kind))} | {_cell(description)} |")
     return lines + [""]
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#") and "yaml-language-server" not in line:
+            return line.lstrip("#").strip()
+    return ""
 
 
 def _rows(node: dict, defs: dict, prefix: str, seen: tuple[str, ...]) -> list[str]:
@@ -349,7 +376,7 @@ def _one_line(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text for a table cell: pipes escaped, and braces outside code spans escaped too (attr_list
+    """Text for a table cell: pipes escaped; outside code spans braces escaped too (attr_list
     would read a trailing `{...}` as attributes and drop it)."""
     parts = text.replace("|", "\\|").split("`")
     for i in range(0, len(parts), 2):

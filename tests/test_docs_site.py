@@ -103,6 +103,21 @@ def test_lists_may_follow_a_paragraph():
     assert separate(unchanged) == unchanged
 
 
+def test_markdown_reads_as_on_github():
+    """Inner products and placeholders in angle brackets stay on the page (Python-Markdown
+    would take them for HTML tags and drop them); code, autolinks and real tags are kept."""
+    markdown = pytest.importorskip("markdown", reason="pip install -e '.[docs]' (make test does)")
+    md = markdown.Markdown(extensions=[_hooks()._markdown_extension()])
+    page = md.convert(
+        "e^{β<x,y>} and <x_i, x_j> in `<q,k>`, <https://example.org>, a<sub>2</sub>, "
+        "DIR/<name>.png\n**Arguments:**\n- `x`: a point."
+    )
+    assert "e^{β&lt;x,y&gt;} and &lt;x_i, x_j&gt; in <code>&lt;q,k&gt;</code>" in page
+    assert '<a href="https://example.org">' in page and "a<sub>2</sub>" in page
+    assert "DIR/&lt;name&gt;.png" in page
+    assert "<li><code>x</code>: a point.</li>" in page
+
+
 # ------------------------------------------------------------------ the build
 
 
