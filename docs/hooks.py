@@ -45,7 +45,39 @@ _FENCE = re.compile(r"^(```|~~~)")
 def on_config(config: Any) -> Any:
     # The same Markdown extension object reaches mkdocstrings, which shares this list.
     config.markdown_extensions.append(_markdown_extension())
+    _add_new_guides(config.nav or [])
     return config
+
+
+def _add_new_guides(nav: list) -> None:
+    """Append every docs/*.md that the nav does not list to its "Guides" section, titled by
+    its first heading, so that a guide added on another branch is on the site without an edit
+    of mkdocs.yml (pages in subdirectories must be listed: --strict reports them)."""
+    listed: set[str] = set()
+
+    def collect(items: Any) -> None:
+        for item in items if isinstance(items, list) else [items]:
+            if isinstance(item, dict):
+                for value in item.values():
+                    collect(value)
+            elif isinstance(item, str):
+                listed.add(item)
+
+    collect(nav)
+    guides = next((e["Guides"] for e in nav if isinstance(e, dict) and "Guides" in e), None)
+    if guides is None:
+        return
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        if path.name not in listed and path.name not in ROOT_PAGES.values():
+            title = next(
+                (
+                    line[2:].strip()
+                    for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.startswith("# ")
+                ),
+                path.stem,
+            )
+            guides.append({title: path.name})
 
 
 def on_files(files: Any, config: Any) -> Any:

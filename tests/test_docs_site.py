@@ -103,6 +103,18 @@ def test_lists_may_follow_a_paragraph():
     assert separate(unchanged) == unchanged
 
 
+def test_unlisted_guides_join_the_nav():
+    """A docs/*.md missing from mkdocs.yml's nav is appended to "Guides" under its title."""
+    nav = [{"Home": "index.md"}, {"Guides": [{"Maths": "mathematics.md"}]}]
+    _hooks()._add_new_guides(nav)
+    guides = nav[1]["Guides"]
+    assert guides[0] == {"Maths": "mathematics.md"}
+    assert {"A tour of the library": "tour.md"} in guides
+    assert not any("index.md" in entry.values() for entry in guides)
+    pages = {name for entry in guides for name in entry.values()}
+    assert pages == {p.name for p in (ROOT / "docs").glob("*.md")}
+
+
 def test_markdown_reads_as_on_github():
     """Inner products and placeholders in angle brackets stay on the page (Python-Markdown
     would take them for HTML tags and drop them); code, autolinks and real tags are kept."""
