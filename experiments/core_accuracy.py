@@ -1,4 +1,4 @@
-"""Accuracy of the core engine, in float64: the numbers quoted in the README and closing notes.
+"""Accuracy of the core engine, in float64: the numbers quoted in docs/tour.md and closing notes.
 
 - equiangular error: max |⟨x_i, x_j⟩ − γ_β(t)| over pairs and save times, orthonormal start,
   against `theory.equiangular_cosine` ((6.9)/(6.10), itself checked against scipy to ~1e-11),
