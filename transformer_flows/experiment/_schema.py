@@ -8,10 +8,11 @@ solvers, weight ensembles, observables, figures, fit tasks) are checked against 
 registries of `_registry.py`; they become objects in `_build.py` only.
 """
 
+import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,6 +54,61 @@ class ConfigError(ValueError):
 
 
 # --- value types ---------------------------------------------------------------------------
+#
+# Each type validates what the loader accepts (YAML scalars, lists, ranges) into one normal
+# form. Its JSON Schema (`transformer-flows schema`) describes the accepted input, not the
+# normal form: `_Accepts` rewrites the schema of the normal form into the input's. Bounds sit
+# before the normalising validator, on the float/int itself, so pydantic writes them as the
+# standard keywords `minimum`, `exclusiveMinimum`, ... (a bound placed after a validator leaks
+# into the JSON Schema under its pydantic name, `ge`, `gt`, ...).
+
+# What `float(...)` accepts and is finite: YAML 1.1 reads "1e-3" (no dot) as a string.
+NUMBER_STRING = (
+    r"^\s*[+-]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?\s*$"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Accepts:
+    """JSON Schema of the input forms: `forms(schema)` maps the JSON Schema of the normal form
+    to that of everything the validator before it accepts."""
+
+    forms: Callable[[dict], dict]
+
+    def __get_pydantic_json_schema__(self, core_schema, handler) -> dict:
+        return self.forms(handler(core_schema))
+
+
+def _number_forms(schema: dict) -> dict:
+    """A number, or a string that `float` reads (YAML 1.1 reads 1e-3 as a string)."""
+    return {"anyOf": [schema, {"type": "string", "pattern": NUMBER_STRING}]}
+
+
+def _one_or_list(schema: dict) -> dict:
+    """One value stands for a list of one."""
+    return {"anyOf": [schema["items"], schema]}
+
+
+_RANGE = {
+    "type": "object",
+    "title": "range",
+    "description": "inclusive linspace(start, stop, num)",
+    "properties": {
+        "start": {**_number_forms({"type": "number"}), "description": "first value"},
+        "stop": {
+            **_number_forms({"type": "number"}),
+            "description": "last value (> start when num > 1)",
+        },
+        "num": {"type": "integer", "minimum": 1, "description": "number of values (>= 1)"},
+    },
+    "required": ["start", "stop", "num"],
+    "additionalProperties": False,
+}
+
+
+def _grid_forms(schema: dict) -> dict:
+    """One number, a list of numbers, or {start, stop, num} (inclusive linspace)."""
+    return {"anyOf": [schema["items"], schema, _RANGE]}
 
 
 def _number(value: Any) -> Any:
@@ -79,18 +135,37 @@ def _as_list(value: Any) -> Any:
     return [value]
 
 
-Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
-PositiveNumber = Annotated[Number, Field(gt=0)]
-NonNegativeNumber = Annotated[Number, Field(ge=0)]
-Integer = Annotated[int, Strict(), BeforeValidator(_integer)]
-PositiveInteger = Annotated[Integer, Field(ge=1)]
-NonNegativeInteger = Annotated[Integer, Field(ge=0)]
+def _number_type(**bounds) -> Any:
+    """A finite number (or a numeric string) within `bounds` (gt, ge, lt, le)."""
+    return Annotated[
+        float,
+        Field(allow_inf_nan=False, **bounds),
+        BeforeValidator(_number),
+        _Accepts(_number_forms),
+    ]
+
+
+def _integer_type(**bounds) -> Any:
+    """An integer (not a boolean, not a float) within `bounds` (ge, le)."""
+    return Annotated[int, Strict(), Field(**bounds), BeforeValidator(_integer)]
+
+
+def _listed(item: Any, *, min_length: int = 1) -> Any:
+    """A list of `item` (at least `min_length`), or one `item` standing for a list of one."""
+    length = (Field(min_length=min_length),) if min_length else ()
+    return Annotated[(list[item], *length, BeforeValidator(_as_list), _Accepts(_one_or_list))]
+
+
+Number = _number_type()
+PositiveNumber = _number_type(gt=0)
+NonNegativeNumber = _number_type(ge=0)
+Integer = _integer_type()
+PositiveInteger = _integer_type(ge=1)
+NonNegativeInteger = _integer_type(ge=0)
 # jax.random.key takes a signed 64-bit seed.
-Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
+Seed = _integer_type(ge=0, le=2**63 - 1)
 Precision = Literal["float64", "float32"]
-ShapeList = Annotated[
-    list[Annotated[Integer, Field(ge=2)]], BeforeValidator(_as_list), Field(min_length=1)
-]
+ShapeList = _listed(_integer_type(ge=2))
 
 
 def _grid(value: Any) -> Any:
@@ -117,7 +192,7 @@ def _unique(values: list) -> list:
     return values
 
 
-Grid = Annotated[list[Number], BeforeValidator(_grid), Field(min_length=1)]
+Grid = Annotated[list[Number], Field(min_length=1), BeforeValidator(_grid), _Accepts(_grid_forms)]
 
 
 def _registered(registry) -> AfterValidator:
@@ -174,7 +249,9 @@ class SolverConfig(_Section):
     rtol: PositiveNumber = Field(1e-6, description="relative tolerance (adaptive solvers)")
     atol: PositiveNumber = Field(1e-6, description="absolute tolerance (adaptive solvers)")
     dt: PositiveNumber | None = Field(None, description="the step of fixed-step solvers")
-    max_steps: PositiveInteger = 16_384
+    max_steps: PositiveInteger = Field(
+        16_384, description="most solver steps per solve; a solve that needs more fails (masked)"
+    )
     allow_failures: bool = Field(
         False, description="finish with exit status 0 although some solves failed (masked)"
     )
@@ -234,10 +311,18 @@ class SolverConfig(_Section):
 
 
 class PlotConfig(_Section):
-    snapshot_times: Grid | None = None
-    movie_frames: PositiveInteger = 60
-    max_panels_per_row: PositiveInteger = 3
-    example_start: NonNegativeInteger = 0
+    """Presentation only (a rerun may change it and still resume)."""
+
+    snapshot_times: Grid | None = Field(
+        None,
+        description="times (>= 0) of the snapshot panels (circle_snapshots); null: first, "
+        "middle and last save time",
+    )
+    movie_frames: PositiveInteger = Field(60, description="frames of the movie figure")
+    max_panels_per_row: PositiveInteger = Field(3, description="panels per row of a figure")
+    example_start: NonNegativeInteger = Field(
+        0, description="index of the random start drawn in the per-start figures"
+    )
 
     @field_validator("snapshot_times")
     @classmethod
@@ -249,10 +334,14 @@ class PlotConfig(_Section):
 
 class _Experiment(_Section):
     name: str | None = Field(None, description="label of the run (default: the file's stem)")
-    description: str = ""
-    precision: Precision = "float64"
-    figures: Annotated[list[str], BeforeValidator(_as_list), _registered(FIGURES)] = []
-    plot: PlotConfig = PlotConfig()
+    description: str = Field("", description="free text about the run (saved with it)")
+    precision: Precision = Field(
+        "float64", description="float dtype of the states and the solve: float64 or float32"
+    )
+    figures: Annotated[_listed(str, min_length=0), _registered(FIGURES)] = Field(
+        [], description="registered figures to draw after the run (one name or a list)"
+    )
+    plot: PlotConfig = Field(PlotConfig(), description="figure options (presentation only)")
     smoke: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="key.path: value overrides applied by --smoke (toy size)"
     )
@@ -320,27 +409,28 @@ class ModelConfig(_Section):
     params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
     )
-    n: ShapeList
-    d: ShapeList
-    weights: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(WEIGHTS)
-    ] = ["identity"]
+    n: ShapeList = Field(
+        description="tokens n >= 2: one number or a list (each value compiles its own program)"
+    )
+    d: ShapeList = Field(
+        description="token dimension d >= 2 (tokens on the sphere S^{d-1}): one number or a "
+        "list (each value compiles its own program)"
+    )
+    weights: Annotated[_listed(str), _registered(WEIGHTS)] = Field(
+        ["identity"],
+        description="identity (Q = K = V = I) or random ensembles query_key:value drawn per "
+        "start; a list is one more axis of the sweep",
+    )
     heads: PositiveInteger | None = Field(None, description="H heads of random weights (H, d, d)")
     layers: PositiveInteger | None = Field(
         None, description="L per-layer random weights, piecewise constant over [0, t1]"
     )
-    initial: Annotated[
-        list[Literal["sphere", "hemisphere", "orthonormal"]],
-        BeforeValidator(_as_list),
-        Field(min_length=1),
-    ] = Field(
+    initial: _listed(Literal["sphere", "hemisphere", "orthonormal"]) = Field(
         ["sphere"],
         description="start(s): uniform on the sphere, on a hemisphere, or a random orthonormal "
         "frame (d >= n); a list is one more axis of the sweep",
     )
-    placement: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(PLACEMENTS)
-    ] = Field(
+    placement: Annotated[_listed(str), _registered(PLACEMENTS)] = Field(
         ["post_ln"],
         description="normalisation placement(s) (post_ln: the field itself; pre_ln, peri_ln, "
         "ngpt, mix_ln, no_norm); a list is one more axis of the sweep",
@@ -467,14 +557,25 @@ def _try_build(entry, params: dict, where: str) -> None:
 class SweepConfig(_Section):
     """The axes swept in one vmapped program: β, random starts, tolerances, parameters."""
 
-    beta: Grid
-    starts: PositiveInteger
-    seed: Seed = 0
-    tolerance: Annotated[list[PositiveNumber], BeforeValidator(_as_list)] | None = Field(
+    beta: Grid = Field(
+        description="inverse temperature β of the attention: one number, a list, or {start, "
+        "stop, num} (inclusive linspace); each value once"
+    )
+    starts: PositiveInteger = Field(
+        description="random initial configurations per β (the same starts and weight draws "
+        "for every β: common random numbers)"
+    )
+    seed: Seed = Field(0, description="seed of the starts and weight draws (0 <= seed < 2^63)")
+    tolerance: _listed(PositiveNumber, min_length=0) | None = Field(
         None, description="rtol = atol axis of an adaptive solver"
     )
-    chunk_size: PositiveInteger | Literal["auto"] = "auto"
-    memory_budget_mb: PositiveNumber = 256.0
+    chunk_size: PositiveInteger | Literal["auto"] = Field(
+        "auto",
+        description="solves per vmapped call; auto: sized from memory_budget_mb per shape",
+    )
+    memory_budget_mb: PositiveNumber = Field(
+        256.0, description="memory per chunk in MB, sizes chunk_size=auto"
+    )
     params: dict[str, Grid] = Field(
         {}, description="axes over scalar field parameters, e.g. {gain: [0.5, 2.0]}"
     )
@@ -502,8 +603,10 @@ class SweepConfig(_Section):
 
 
 class TimeConfig(_Section):
-    t1: PositiveNumber
-    num: Annotated[Integer, Field(ge=2)]
+    """Save times linspace(0, t1, num)."""
+
+    t1: PositiveNumber = Field(description="final time of the flow (> 0)")
+    num: _integer_type(ge=2) = Field(description="save times, evenly spaced on [0, t1] (>= 2)")
 
     @property
     def times(self) -> np.ndarray:
@@ -511,22 +614,30 @@ class TimeConfig(_Section):
 
 
 class ObservablesConfig(_Section):
-    names: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(OBSERVABLES)
-    ] = ["clustered_fraction"]
-    delta: Annotated[PositiveNumber, Field(lt=2)] = 1e-3
-    harmonic: PositiveInteger = 1
+    """Statistics saved at every save time (registered observables)."""
+
+    names: Annotated[_listed(str), _registered(OBSERVABLES)] = Field(
+        ["clustered_fraction"], description="registered observables (one name or a list)"
+    )
+    delta: _number_type(gt=0, lt=2) = Field(
+        1e-3, description="clustering threshold δ: tokens i, j are close if <x_i, x_j> >= 1 - δ"
+    )
+    harmonic: PositiveInteger = Field(
+        1, description="harmonic k of order_parameter |mean_j e^{i k θ_j}| (d = 2)"
+    )
 
 
 class SimulationConfig(_Experiment):
     """Particles integrated by `solve` over a grid of β, starts, weights, shapes, parameters."""
 
     experiment: Literal["simulation"] = "simulation"
-    model: ModelConfig
-    sweep: SweepConfig
-    time: TimeConfig
-    solver: SolverConfig = SolverConfig()
-    observables: ObservablesConfig = ObservablesConfig()
+    model: ModelConfig = Field(description="the vector field and the shapes n, d")
+    sweep: SweepConfig = Field(description="the axes of the sweep: β, starts, parameters")
+    time: TimeConfig = Field(description="save times linspace(0, t1, num)")
+    solver: SolverConfig = Field(SolverConfig(), description="how the flow is integrated")
+    observables: ObservablesConfig = Field(
+        ObservablesConfig(), description="statistics saved at every save time"
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -647,14 +758,22 @@ class LongContextSection(_Section):
 
 
 class TheorySection(_Section):
-    n: Annotated[Integer, Field(ge=2)] = 32
-    d: ShapeList = [2]
-    delta: PositiveNumber = 1e-3
-    beta: Grid = Field(default_factory=lambda: _grid({"start": 0.0, "stop": 9.0, "num": 91}))
-    tau: Grid = Field(
-        default_factory=lambda: _grid({"start": -3.14159, "stop": 3.14159, "num": 801})
+    """The grids of the theory curves (docs/mathematics.md)."""
+
+    n: _integer_type(ge=2) = Field(32, description="tokens n (>= 2)")
+    d: ShapeList = Field([2], description="dimensions d (>= 2): one number or a list")
+    delta: PositiveNumber = Field(
+        1e-3, description="clustering threshold δ of the curves Γ∞,δ (> 0)"
     )
-    t1: PositiveNumber = 30.0
+    beta: Grid = Field(
+        default_factory=lambda: _grid({"start": 0.0, "stop": 9.0, "num": 91}),
+        description="β grid: a number, a list or {start, stop, num}; default linspace(0, 9, 91)",
+    )
+    tau: Grid = Field(
+        default_factory=lambda: _grid({"start": -3.14159, "stop": 3.14159, "num": 801}),
+        description="angle grid τ of the landscape figure (radians); default linspace(-π, π, 801)",
+    )
+    t1: PositiveNumber = Field(30.0, description="final time of the theory curves (> 0)")
     long_context: LongContextSection | None = Field(
         None, description="one attention layer at β = γ log n (figure long_context)"
     )
@@ -664,7 +783,7 @@ class TheoryConfig(_Experiment):
     """Curves of `transformer_flows.theory` on grids (Figs. 2 and 6)."""
 
     experiment: Literal["theory"]
-    theory: TheorySection = TheorySection()
+    theory: TheorySection = Field(TheorySection(), description="the grids of the curves")
 
     @model_validator(mode="after")
     def _long_context_figure(self):
@@ -710,11 +829,20 @@ class FitModelConfig(_Section):
     params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="constructor parameters, e.g. {beta: 1.0}"
     )
-    d: Annotated[Integer, Field(ge=2)]
-    heads: PositiveInteger | None = None
-    layers: PositiveInteger | None = None
-    rank: PositiveInteger | None = None
-    init_scale: PositiveNumber = 1.0
+    d: _integer_type(ge=2) = Field(description="token dimension d (>= 2)")
+    heads: PositiveInteger | None = Field(
+        None, description="H heads: weights (H, d, d), summed; null: one head"
+    )
+    layers: PositiveInteger | None = Field(
+        None,
+        description="L layers of weights, piecewise constant over [0, flow.horizon]; null: one",
+    )
+    rank: PositiveInteger | None = Field(
+        None, description="low-rank factors W = A Bᵀ of rank r <= d; null: full matrices"
+    )
+    init_scale: PositiveNumber = Field(
+        1.0, description="random weights have entries N(0, init_scale²/d)"
+    )
     identity: list[Literal["Q", "K", "V"]] = Field(
         [], description="weights kept at the identity (not trainable)"
     )
@@ -783,7 +911,7 @@ class TaskConfig(BaseModel):
     saved config holds them with their defaults filled in)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    kind: str
+    kind: str = Field(description="a registered fit task: labeled, partition, measure")
 
     @model_validator(mode="before")
     @classmethod
@@ -812,36 +940,64 @@ class TaskConfig(BaseModel):
 
 
 class TrainConfig(_Section):
-    parameters: list[str] = ["Q", "K", "V", "beta"]
-    steps: NonNegativeInteger
-    batch_size: PositiveInteger = 16
-    optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: PositiveNumber
-    schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
-    warmup_steps: NonNegativeInteger = 0
+    """The optimisation (optax): steps, batches, optimiser, schedule, evaluation."""
+
+    parameters: list[str] = Field(
+        ["Q", "K", "V", "beta"],
+        description="parameters of the field that train (feed_forward: w, a, b of "
+        "model.feed_forward)",
+    )
+    steps: NonNegativeInteger = Field(description="optimizer steps (0: evaluate and plot only)")
+    batch_size: PositiveInteger = Field(16, description="random inputs per step")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam or sgd")
+    learning_rate: PositiveNumber = Field(description="peak learning rate (> 0)")
+    schedule: Literal["constant", "cosine", "warmup_cosine"] = Field(
+        "constant",
+        description="constant, cosine (decay over steps) or warmup_cosine (needs warmup_steps)",
+    )
+    warmup_steps: NonNegativeInteger = Field(0, description="linear warm-up steps (warmup_cosine)")
     clip_norm: PositiveNumber | None = Field(None, description="global-norm clipping (> 0)")
-    eval_every: NonNegativeInteger = 0
-    eval_size: PositiveInteger = 64
-    checkpoint_every: NonNegativeInteger = 0
+    eval_every: NonNegativeInteger = Field(
+        0, description="held-out evaluation every k steps (always at 0 and at the end)"
+    )
+    eval_size: PositiveInteger = Field(64, description="held-out inputs per evaluation")
+    checkpoint_every: NonNegativeInteger = Field(
+        0, description="write checkpoint.eqx every k steps (0: only at the end)"
+    )
 
 
 class FlowConfig(_Section):
-    horizon: PositiveNumber
-    adjoint: Literal["recursive_checkpoint", "backsolve"] = "recursive_checkpoint"
-    checkpoints: PositiveInteger | None = None
+    """The flow differentiated by the fit: its final time and its adjoint."""
+
+    horizon: PositiveNumber = Field(description="final time T of the flow (> 0)")
+    adjoint: Literal["recursive_checkpoint", "backsolve"] = Field(
+        "recursive_checkpoint",
+        description="recursive_checkpoint (discretise-then-differentiate) or backsolve "
+        "(continuous adjoint, O(1) memory; not with fixed-step sphere solvers)",
+    )
+    checkpoints: PositiveInteger | None = Field(
+        None, description="RecursiveCheckpointAdjoint(checkpoints=...); null: diffrax's default"
+    )
 
 
 class FitConfig(_Experiment):
     """Fit Q, K, V and/or β by differentiating through the flow."""
 
     experiment: Literal["fit"]
-    seed: Seed = 0
-    precision: Precision = "float32"
-    model: FitModelConfig
-    task: TaskConfig
-    train: TrainConfig
-    flow: FlowConfig
-    solver: SolverConfig = SolverConfig(rtol=1e-4, atol=1e-4, max_steps=4096)
+    seed: Seed = Field(
+        0, description="seed of the initial weights, training batches, held-out inputs, task points"
+    )
+    precision: Precision = Field(
+        "float32", description="float dtype of the weights and the solve: float32 or float64"
+    )
+    model: FitModelConfig = Field(description="the trained model")
+    task: TaskConfig = Field(description="what the flow must do: kind and that task's keys")
+    train: TrainConfig = Field(description="the optimisation")
+    flow: FlowConfig = Field(description="the flow's final time and adjoint")
+    solver: SolverConfig = Field(
+        SolverConfig(rtol=1e-4, atol=1e-4, max_steps=4096),
+        description="how the flow is integrated",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -932,7 +1088,7 @@ class PretrainedFlowSection(_Section):
 
 
 class PretrainedHistogramSection(_Section):
-    bins: Annotated[Integer, Field(ge=2, le=10_000)] = Field(
+    bins: _integer_type(ge=2, le=10_000) = Field(
         40, description="equal bins of <θ_i, θ_j> on [-1, 1] (density over pairs i < j)"
     )
 
@@ -940,12 +1096,12 @@ class PretrainedHistogramSection(_Section):
 class PretrainedPlotConfig(_Section):
     """Presentation only (a rerun may change it and still resume)."""
 
-    histogram_layers: Annotated[list[NonNegativeNumber], BeforeValidator(_as_list)] | None = Field(
+    histogram_layers: _listed(NonNegativeNumber, min_length=0) | None = Field(
         None,
         description="layers (flow times) with a histogram panel; null: 0, 1 and quarters of "
         "the depth",
     )
-    max_panels_per_row: PositiveInteger = 4
+    max_panels_per_row: PositiveInteger = Field(4, description="panels per row of a figure")
 
     @field_validator("histogram_layers")
     @classmethod
@@ -958,39 +1114,43 @@ class PretrainedConfig(_Experiment):
     the discrete layer map of our fields with the same weights and the continuous flow."""
 
     experiment: Literal["pretrained"]
-    precision: Precision = "float32"
+    precision: Precision = Field(
+        "float32", description="float dtype of the forward and the flow: float32 or float64"
+    )
     checkpoint: str = Field(
         description="directory of a Hugging Face-style checkpoint (config.json, "
         "model.safetensors, tokenizer.json)",
         min_length=1,
     )
-    texts: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] | None = Field(
-        None, description="input texts (or text_file)"
-    )
+    texts: _listed(str) | None = Field(None, description="input texts (or text_file)")
     text_file: str | None = Field(
         None, description="UTF-8 file of input texts, one per non-empty line (or texts)"
     )
-    max_tokens: Annotated[Integer, Field(ge=2)] | None = Field(
+    max_tokens: _integer_type(ge=2) | None = Field(
         None, description="keep the first max_tokens tokens of each text; null: all"
     )
     layers: PositiveInteger | None = Field(
         None, description="layers to run; null: the model's depth (ALBERT may go beyond)"
     )
-    compare: Annotated[
-        list[Literal["model", "discrete_map", "flow"]],
-        BeforeValidator(_as_list),
-        Field(min_length=1),
-    ] = Field(list(PRETRAINED_SOURCES), description="which of model, discrete_map, flow")
-    statistics: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(OBSERVABLES)
-    ] = Field(list(HIDDEN_STATISTICS), description="registered scalar observables")
-    delta: Annotated[PositiveNumber, Field(lt=2)] = Field(
+    compare: _listed(Literal["model", "discrete_map", "flow"]) = Field(
+        list(PRETRAINED_SOURCES), description="which of model, discrete_map, flow"
+    )
+    statistics: Annotated[_listed(str), _registered(OBSERVABLES)] = Field(
+        list(HIDDEN_STATISTICS), description="registered scalar observables"
+    )
+    delta: _number_type(gt=0, lt=2) = Field(
         1e-3, description="cluster_count and clustered_fraction: <θ_i, θ_j> >= 1 - delta"
     )
     beta: Number = Field(1.0, description="β of the energy statistic")
-    histogram: PretrainedHistogramSection = PretrainedHistogramSection()
-    flow: PretrainedFlowSection = PretrainedFlowSection()
-    plot: PretrainedPlotConfig = PretrainedPlotConfig()
+    histogram: PretrainedHistogramSection = Field(
+        PretrainedHistogramSection(), description="histograms of <θ_i, θ_j> per layer"
+    )
+    flow: PretrainedFlowSection = Field(
+        PretrainedFlowSection(), description="the continuous flow and its tail"
+    )
+    plot: PretrainedPlotConfig = Field(
+        PretrainedPlotConfig(), description="figure options (presentation only)"
+    )
 
     @field_validator("texts")
     @classmethod
@@ -1087,6 +1247,8 @@ def json_schema() -> dict:
         schema["$defs"].update(part.pop("$defs", {}))
         part["properties"]["experiment"] = {
             "const": kind,
+            "description": f"the experiment kind: {', '.join(KINDS)}"
+            + (" (may be left out for a simulation)" if kind == "simulation" else ""),
             **({"default": kind} if kind == "simulation" else {}),
         }
         schema["$defs"][model.__name__] = part
@@ -1101,7 +1263,33 @@ def json_schema() -> dict:
         "tasks": TASKS.names(),
     }
     schema["x-registered-names"] = registries
+    _say_defaults(schema["$defs"])
     return schema
+
+
+def _say_defaults(node: Any) -> None:
+    """End the description of every property that has a short default with that default, so
+    editors that show only the description show it too (sections: their keys say theirs)."""
+    if isinstance(node, list):
+        for item in node:
+            _say_defaults(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for name, value in node.items():
+        if name in ("default", "const", "enum", "examples"):
+            continue
+        if name == "properties":
+            for prop in value.values():
+                default = json.dumps(prop.get("default"), ensure_ascii=False)
+                if (
+                    "default" in prop
+                    and "default" not in prop.get("description", "default").lower()
+                    and not (isinstance(prop["default"], dict) and prop["default"])
+                    and len(default) <= 60
+                ):
+                    prop["description"] = f"{prop['description'].rstrip('.')}. Default: {default}."
+        _say_defaults(value)
 
 
 def _name_hints(definitions: dict) -> None:
@@ -1110,24 +1298,45 @@ def _name_hints(definitions: dict) -> None:
     field_name = {"anyOf": [{"enum": FIELDS.names()}, {"type": "string", "pattern": r"^\S+:\w+$"}]}
     for model in ("ModelConfig", "FitModelConfig"):
         definitions[model]["properties"]["field"].update(field_name)
-    definitions["SolverConfig"]["properties"]["name"]["enum"] = SOLVERS.names()
-    definitions["ModelConfig"]["properties"]["weights"]["items"]["enum"] = WEIGHTS.names()
-    definitions["ObservablesConfig"]["properties"]["names"]["items"]["enum"] = OBSERVABLES.names()
-    definitions["PretrainedConfig"]["properties"]["statistics"]["items"]["enum"] = [
-        name for name in OBSERVABLES if not OBSERVABLES[name].dims and OBSERVABLES[name].d is None
-    ]
+    properties = {name: definitions[name]["properties"] for name in definitions}
+    _enum(properties["SolverConfig"]["name"], SOLVERS.names())
+    _enum(properties["ModelConfig"]["weights"], WEIGHTS.names())
+    _enum(properties["ModelConfig"]["placement"], PLACEMENTS.names())
+    _enum(properties["ObservablesConfig"]["names"], OBSERVABLES.names())
+    _enum(
+        properties["PretrainedConfig"]["statistics"],
+        [
+            name
+            for name in OBSERVABLES
+            if not OBSERVABLES[name].dims and OBSERVABLES[name].d is None
+        ],
+    )
     for kind, model in KINDS.items():
         figures = [name for name in FIGURES if FIGURES[name].experiment == kind]
-        definitions[model.__name__]["properties"]["figures"]["items"]["enum"] = figures
+        _enum(properties[model.__name__]["figures"], figures)
     tasks = []
     for kind in TASKS:
         part = TASKS[kind].schema.model_json_schema(ref_template="#/$defs/{model}")
         definitions.update(part.pop("$defs", {}))
-        part["properties"] = {"kind": {"const": kind}, **part["properties"]}
+        part["properties"] = {
+            "kind": {"const": kind, "description": f"the task: {TASKS[kind].description}"},
+            **part["properties"],
+        }
         part["required"] = ["kind", *part.get("required", [])]
         part["title"] = f"task {kind}"
         tasks.append(part)
     definitions["TaskConfig"] = {"title": "TaskConfig", "oneOf": tasks}
+
+
+def _enum(schema: dict, names: list[str]) -> None:
+    """Restrict every string in `schema` (one name, or each name of a list) to `names`."""
+    if schema.get("type") == "string":
+        schema["enum"] = list(names)
+    for key in ("anyOf", "oneOf"):
+        for part in schema.get(key, ()):
+            _enum(part, names)
+    if isinstance(schema.get("items"), dict):
+        _enum(schema["items"], names)
 
 
 # --- reading configs -----------------------------------------------------------------------
