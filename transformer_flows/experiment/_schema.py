@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from ._errors import ConfigError
+from ._overrides import _model_in, apply_overrides
 from ._registry import (
     FIELDS,
     FIGURES,
@@ -46,12 +48,6 @@ from ._registry import (
     refuse_if_imports_refused,
 )
 from ._yaml import MAX_YAML_BYTES, bounded_free_form, load_yaml
-
-
-class ConfigError(ValueError):
-    """A config value is missing, of the wrong type, or not among the allowed values. The
-    message names the key path, the value, what is allowed and the fix."""
-
 
 # --- value types ---------------------------------------------------------------------------
 #
@@ -1371,8 +1367,6 @@ def config_from_dict(
 ):
     """Validate a config mapping (after `smoke:` and `key=value` overrides) into a
     `SimulationConfig`, `TheoryConfig` or `FitConfig`."""
-    from ._overrides import apply_overrides
-
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"a config must be a YAML mapping at the top level, got {raw!r}. Fix: start from "
@@ -1519,14 +1513,3 @@ def _allowed_keys(raw: Mapping, loc: Sequence) -> list[str]:
         if model is None:
             return []
     return sorted(model.model_fields)
-
-
-def _model_in(annotation) -> type[BaseModel] | None:
-    """The pydantic model class inside an annotation (X, X | None, Annotated[X, ...])."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(argument)
-        if found is not None:
-            return found
-    return None
