@@ -290,3 +290,30 @@ def _reads_as_number(text: str) -> bool:
 )
 def test_number_string_pattern_is_what_float_reads(text):
     assert bool(re.search(NUMBER_STRING, text)) == _reads_as_number(text)
+
+
+def _old_fit():
+    fit = copy.deepcopy(FIT)
+    fit["model"] = {"kind": "sa", "dim": 3, "beta": 1.0}
+    fit["flow"] = {"horizon": 5.0, "solver": "tsit5", "rtol": 1e-3, "dt0": None, "max_steps": 99}
+    fit.pop("solver")
+    return fit
+
+
+@pytest.mark.parametrize(
+    "config",
+    [_with(BASE, "solver", {"method": "adaptive", "scheme": "bosh3"}), _old_fit()],
+    ids=["old_solver", "old_fit"],
+)
+def test_configs_written_before_issue_9_validate_with_deprecated_keys(config, schema, validator):
+    config_from_dict(config)
+    assert not _errors(validator, config)
+    solver = schema["$defs"]["SolverConfig"]["properties"]
+    assert solver["method"]["deprecated"] and not solver["name"].get("deprecated")
+
+
+def test_a_fit_model_needs_d_or_the_old_dim(validator):
+    fit = _with(FIT, "model", {"field": "SA", "params": {"beta": 1.0}})
+    with pytest.raises(ConfigError):
+        config_from_dict(fit)
+    assert _errors(validator, fit)

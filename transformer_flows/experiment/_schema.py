@@ -1259,8 +1259,50 @@ def json_schema() -> dict:
         "tasks": TASKS.names(),
     }
     schema["x-registered-names"] = registries
+    _old_keys(schema["$defs"])
     _say_defaults(schema["$defs"])
     return schema
+
+
+# Keys of configs written before issue 9, which the loader still reads (the `_migrate`
+# validators move them to the new keys): in the schema as `deprecated`, so such configs
+# validate and editors flag the keys.
+_NUMBER = _number_forms({"type": "number"})
+_OLD_KEYS = {
+    "SolverConfig": {
+        "method": ({"type": "string"}, "adaptive (with scheme) or a fixed-step solver: use name"),
+        "scheme": ({"type": "string"}, "the adaptive solver of method: adaptive: use name"),
+    },
+    "FitModelConfig": {
+        "kind": ({"type": "string"}, "sa or usa (or a field): use field"),
+        "dim": ({"type": "integer", "minimum": 2}, "the token dimension: use d"),
+        "beta": (_NUMBER, "β: use params.beta"),
+    },
+    "FlowConfig": {
+        "solver": ({"type": "string"}, "use solver.name"),
+        "dt0": ({"anyOf": [_NUMBER, {"type": "null"}]}, "use solver.dt"),
+        "rtol": (_NUMBER, "use solver.rtol"),
+        "atol": (_NUMBER, "use solver.atol"),
+        "max_steps": ({"type": "integer", "minimum": 1}, "use solver.max_steps"),
+    },
+}
+
+
+def _old_keys(definitions: dict) -> None:
+    for model, keys in _OLD_KEYS.items():
+        part = definitions[model]
+        for key, (schema, text) in keys.items():
+            part["properties"][key] = {
+                **schema,
+                "deprecated": True,
+                "description": f"old key (configs before issue 9), read as the new one: {text}",
+            }
+    # `d` or the old `dim`.
+    model = definitions["FitModelConfig"]
+    model["required"].remove("d")
+    if not model["required"]:
+        del model["required"]
+    model["anyOf"] = [{"required": ["d"]}, {"required": ["dim"]}]
 
 
 def _say_defaults(node: Any) -> None:
