@@ -181,9 +181,19 @@ ACCEPTED = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value"), ACCEPTED, ids=lambda x: repr(x)[:30])
-def test_every_loader_form_validates(path, value, validator):
-    config = _with(BASE, path, value)
+FIT_ACCEPTED = [
+    ("task.spread", "1e-1"),  # a task's plain pydantic float reads numeric strings too
+    ("task.anchors", {"random": 2, "seed": 1}),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "value"),
+    [(BASE, *case) for case in ACCEPTED] + [(FIT, *case) for case in FIT_ACCEPTED],
+    ids=lambda x: x if isinstance(x, str) else repr(x)[:30],
+)
+def test_every_loader_form_validates(base, path, value, validator):
+    config = _with(base, path, value)
     config_from_dict(config)  # the loader accepts it ...
     assert not _errors(validator, config)  # ... and so does the schema
 

@@ -1354,7 +1354,10 @@ def _name_hints(definitions: dict) -> None:
         _enum(properties[model.__name__]["figures"], figures)
     tasks = []
     for kind in TASKS:
-        part = TASKS[kind].schema.model_json_schema(ref_template="#/$defs/{model}")
+        # A task's schema is plain pydantic, whose floats also take numeric strings.
+        part = _numeric_strings(
+            TASKS[kind].schema.model_json_schema(ref_template="#/$defs/{model}")
+        )
         definitions.update(part.pop("$defs", {}))
         part["properties"] = {
             "kind": {"const": kind, "description": f"the task: {TASKS[kind].description}"},
@@ -1364,6 +1367,26 @@ def _name_hints(definitions: dict) -> None:
         part["title"] = f"task {kind}"
         tasks.append(part)
     definitions["TaskConfig"] = {"title": "TaskConfig", "oneOf": tasks}
+
+
+_ANNOTATIONS = ("title", "description", "default", "deprecated", "examples")
+
+
+def _numeric_strings(node: Any) -> Any:
+    """`node` with every number schema widened to a number or a string that `float` reads
+    (the loader reads "1e-3", a string in YAML 1.1, as a number)."""
+    if isinstance(node, list):
+        return [_numeric_strings(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "number":
+        inner = {k: v for k, v in node.items() if k not in _ANNOTATIONS}
+        outer = {k: v for k, v in node.items() if k in _ANNOTATIONS}
+        return {**_number_forms(inner), **outer}
+    return {
+        key: value if key in ("default", "const", "enum", "examples") else _numeric_strings(value)
+        for key, value in node.items()
+    }
 
 
 def _enum(schema: dict, names: list[str]) -> None:
