@@ -238,6 +238,14 @@ REFUSED = [
     (BASE, "modle", {}),
     (BASE, "figures", ["landscape"]),  # a theory figure
     (BASE, "plot.movie_frames", 0),
+    # repeated values (uniqueItems)
+    (BASE, "model.n", [8, 8]),
+    (BASE, "model.initial", ["sphere", "sphere"]),
+    (BASE, "model.weights", ["identity", "identity"]),
+    (BASE, "sweep.beta", [1, 1.0]),
+    (BASE, "sweep.tolerance", [1e-4, 1e-4]),
+    (BASE, "observables.names", ["energy", "energy"]),
+    (BASE, "figures", ["phase_diagram", "phase_diagram"]),
     (FIT, "train.steps", -1),
     (FIT, "train.learning_rate", 0),
     (FIT, "train.optimizer", "lbfgs"),

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from annotated_types import GroupedMetadata
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -191,7 +192,22 @@ def _unique(values: list) -> list:
 Grid = Annotated[list[Number], Field(min_length=1), BeforeValidator(_grid), _Accepts(_grid_forms)]
 
 
-def _registered(registry) -> AfterValidator:
+class _Distinct:
+    """JSON Schema of a list whose validator refuses repeated values (`_unique`): uniqueItems
+    on its list form."""
+
+    def __get_pydantic_json_schema__(self, core_schema, handler) -> dict:
+        schema = handler(core_schema)
+        for part in (schema, *schema.get("anyOf", ())):
+            if part.get("type") == "array":
+                part["uniqueItems"] = True
+        return schema
+
+
+_DISTINCT = _Distinct()
+
+
+def _registered(registry) -> GroupedMetadata:
     """A name of `registry`, or a list of them (each registered, each once); the error lists
     the registered names."""
 
@@ -203,7 +219,17 @@ def _registered(registry) -> AfterValidator:
             registry[name]
         return _unique(value)
 
-    return AfterValidator(check)
+    return _Group((AfterValidator(check), _DISTINCT))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group(GroupedMetadata):
+    """Several Annotated metadata as one (pydantic unpacks it)."""
+
+    parts: tuple
+
+    def __iter__(self):
+        return iter(self.parts)
 
 
 def _resolvable_field(name: str) -> str:
@@ -405,10 +431,10 @@ class ModelConfig(_Section):
     params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
     )
-    n: ShapeList = Field(
+    n: Annotated[ShapeList, _DISTINCT] = Field(
         description="tokens n >= 2: one number or a list (each value compiles its own program)"
     )
-    d: ShapeList = Field(
+    d: Annotated[ShapeList, _DISTINCT] = Field(
         description="token dimension d >= 2 (tokens on the sphere S^{d-1}): one number or a "
         "list (each value compiles its own program)"
     )
@@ -421,7 +447,7 @@ class ModelConfig(_Section):
     layers: PositiveInteger | None = Field(
         None, description="L per-layer random weights, piecewise constant over [0, t1]"
     )
-    initial: _listed(Literal["sphere", "hemisphere", "orthonormal"]) = Field(
+    initial: Annotated[_listed(Literal["sphere", "hemisphere", "orthonormal"]), _DISTINCT] = Field(
         ["sphere"],
         description="start(s): uniform on the sphere, on a hemisphere, or a random orthonormal "
         "frame (d >= n); a list is one more axis of the sweep",
@@ -553,7 +579,7 @@ def _try_build(entry, params: dict, where: str) -> None:
 class SweepConfig(_Section):
     """The axes swept in one vmapped program: β, random starts, tolerances, parameters."""
 
-    beta: Grid = Field(
+    beta: Annotated[Grid, _DISTINCT] = Field(
         description="inverse temperature β of the attention: one number, a list, or {start, "
         "stop, num} (inclusive linspace); each value once"
     )
@@ -562,7 +588,7 @@ class SweepConfig(_Section):
         "for every β: common random numbers)"
     )
     seed: Seed = Field(0, description="seed of the starts and weight draws (0 <= seed < 2^63)")
-    tolerance: _listed(PositiveNumber, min_length=0) | None = Field(
+    tolerance: Annotated[_listed(PositiveNumber, min_length=0), _DISTINCT] | None = Field(
         None, description="rtol = atol axis of an adaptive solver"
     )
     chunk_size: PositiveInteger | Literal["auto"] = Field(
@@ -572,7 +598,7 @@ class SweepConfig(_Section):
     memory_budget_mb: PositiveNumber = Field(
         256.0, description="memory per chunk in MB, sizes chunk_size=auto"
     )
-    params: dict[str, Grid] = Field(
+    params: dict[str, Annotated[Grid, _DISTINCT]] = Field(
         {}, description="axes over scalar field parameters, e.g. {gain: [0.5, 2.0]}"
     )
 
@@ -718,8 +744,10 @@ class LongContextSection(_Section):
     """One attention layer at β = γ log n on equiangular tokens (`theory.long_context_*`):
     the output cosine against n for each ρ and γ = ratio × γ_c(ρ), γ_c = 1/(1 - ρ)."""
 
-    rho: Grid = Field([0.5], description="input cosines, each in (0, 1)")
-    gamma_ratio: Grid = Field([0.5, 1.0, 1.5], description="γ / γ_c(ρ), each >= 0")
+    rho: Annotated[Grid, _DISTINCT] = Field([0.5], description="input cosines, each in (0, 1)")
+    gamma_ratio: Annotated[Grid, _DISTINCT] = Field(
+        [0.5, 1.0, 1.5], description="γ / γ_c(ρ), each >= 0"
+    )
     log10_n: Grid = Field(
         default_factory=lambda: _grid({"start": 0.5, "stop": 12.0, "num": 116}),
         description="token counts n = round(10^value), each >= 2",
@@ -1092,7 +1120,7 @@ class PretrainedHistogramSection(_Section):
 class PretrainedPlotConfig(_Section):
     """Presentation only (a rerun may change it and still resume)."""
 
-    histogram_layers: _listed(NonNegativeNumber, min_length=0) | None = Field(
+    histogram_layers: Annotated[_listed(NonNegativeNumber, min_length=0), _DISTINCT] | None = Field(
         None,
         description="layers (flow times) with a histogram panel; null: 0, 1 and quarters of "
         "the depth",
@@ -1128,7 +1156,7 @@ class PretrainedConfig(_Experiment):
     layers: PositiveInteger | None = Field(
         None, description="layers to run; null: the model's depth (ALBERT may go beyond)"
     )
-    compare: _listed(Literal["model", "discrete_map", "flow"]) = Field(
+    compare: Annotated[_listed(Literal["model", "discrete_map", "flow"]), _DISTINCT] = Field(
         list(PRETRAINED_SOURCES), description="which of model, discrete_map, flow"
     )
     statistics: Annotated[_listed(str), _registered(OBSERVABLES)] = Field(
