@@ -337,11 +337,15 @@ class _TaskSchema(BaseModel):
 class RandomPoints(_TaskSchema):
     """k Gaussian directions drawn with `seed` (normalised by the task)."""
 
-    random: int = Field(ge=1)
-    seed: int = Field(0, ge=0, lt=2**63)
+    random: int = Field(ge=1, description="k: how many random directions")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the directions")
 
 
 Points = list[list[float]] | RandomPoints
+_POINTS = (
+    "a list of d-dimensional points (normalised by the task), or {random: k, seed: s}: k "
+    "Gaussian directions"
+)
 
 
 def _points(value: Any, name: str, d: int, seed: int) -> np.ndarray:
@@ -358,34 +362,46 @@ def _points(value: Any, name: str, d: int, seed: int) -> np.ndarray:
 
 class LabeledSchema(_TaskSchema):
     n: int = Field(ge=2, description="tokens per input")
-    anchors: Points
-    spread: float | None = Field(None, gt=0, description="None: uniform tokens; caps otherwise")
-    targets: Points
+    anchors: Points = Field(description=f"label anchors: {_POINTS}")
+    spread: float | None = Field(
+        None,
+        gt=0,
+        description="null: uniform tokens labelled by the nearest anchor; s > 0: caps "
+        "normalize(a_c + s g) around the anchors",
+    )
+    targets: Points = Field(description=f"one target per label: {_POINTS}")
 
 
 class PartitionSchema(_TaskSchema):
-    n: int = Field(ge=2)
-    anchors: Points
-    spread: float | None = Field(None, gt=0)
+    n: int = Field(ge=2, description="tokens per input")
+    anchors: Points = Field(description=f"label anchors: {_POINTS}")
+    spread: float | None = Field(
+        None,
+        gt=0,
+        description="null: uniform tokens labelled by the nearest anchor; s > 0: caps "
+        "normalize(a_c + s g) around the anchors",
+    )
     margin: float = Field(ge=-1, le=1, description="different labels: cosine below this")
     delta: float = Field(gt=0, lt=2, description="components of <x_i, x_j> >= 1 - delta")
 
 
 class CapSchema(_TaskSchema):
-    means: Points
-    spread: float = Field(ge=0)
+    means: Points = Field(description=f"centres of the caps of the mixture: {_POINTS}")
+    spread: float = Field(ge=0, description="cap spread s >= 0: normalize(mean + s g)")
 
 
 class PairSchema(_TaskSchema):
-    source: CapSchema
-    target: CapSchema
+    source: CapSchema = Field(description="the source measure: a mixture of caps")
+    target: CapSchema = Field(description="the measure the source must be sent to")
 
 
 class MeasureSchema(_TaskSchema):
-    n: int = Field(ge=2)
-    pairs: list[PairSchema] = Field(min_length=1)
-    num_target_samples: int | None = Field(None, ge=1)
-    kappa: float = Field(4.0, gt=0)
+    n: int = Field(ge=2, description="source samples per input")
+    pairs: list[PairSchema] = Field(min_length=1, description="source/target measure pairs")
+    num_target_samples: int | None = Field(
+        None, ge=1, description="fresh target samples per input (the MMD compares them); null: n"
+    )
+    kappa: float = Field(4.0, gt=0, description="MMD kernel exp(κ(<x, y> - 1)), κ > 0")
 
 
 def _inputs(spec, d, seed):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._schema import ConfigError, TaskConfig, _model_in
+from ._errors import ConfigError
 from ._yaml import load_yaml
 
 
@@ -38,13 +38,24 @@ _FREE = object()
 def _child(model, part: str):
     """What `part` is under `model`: the model class of a section, `_FREE`, or None (a value).
     KeyError if the schema has no such key there."""
-    if model is _FREE or model is TaskConfig:  # a task's keys depend on its kind
-        return _FREE
+    if model is _FREE or model.model_config.get("extra") == "allow":
+        return _FREE  # a section open to any key (a fit task: its keys depend on its kind)
     annotation = model.model_fields[part].annotation
     section = _model_in(annotation)
     if section is not None:
         return section
     return _FREE if _holds_dict(annotation) else None
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model class inside an annotation (X, X | None, Annotated[X, ...])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _holds_dict(annotation) -> bool:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .._hidden_statistics import cosine_histogram
 from .._sphere import normalize
 from ._build import solver_of
+from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES, ObservableContext
 from ._schema import ConfigError, PretrainedConfig
 from ._store import RunDirectory, chunk_path, fingerprint
@@ -204,8 +205,6 @@ def run_pretrained(
     over pairs i < j on fixed bins of [-1, 1]), `num_tokens` and `input_text` (text). NaN where
     a source has no state: the model and the discrete map at the flow's tail times.
     """
-    from ._run import git_commit, provenance
-
     texts = config.read_texts()
     if model is None:
         from ..pretrained import load_pretrained

@@ -2,10 +2,6 @@
 verified), theory datasets, and fits (`_fit_run`). Failed solves are masked and counted."""
 
 import dataclasses
-import datetime
-import importlib.metadata
-import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +12,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from ._plan import Plan, Shape, plan_sweep
+from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES
 from ._schema import (
     ConfigError,
@@ -313,67 +310,6 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
     dataset.attrs["failed_solves"] = failed
     dataset.attrs["total_solves"] = int(dataset["succeeded"].size)
     return dataset
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for name in (
-        "transformer-flows",
-        "jax",
-        "jaxlib",
-        "diffrax",
-        "equinox",
-        "numpy",
-        "xarray",
-        "h5netcdf",
-        "h5py",
-        "pydantic",
-    ):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def git_commit() -> str:
-    """The commit of the package's checkout, with '+dirty' for uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
-def provenance(config, compute_seconds: float, commit: str) -> dict:
-    attrs = {
-        "name": config.name,
-        "config": config.to_yaml(),
-        "fingerprint": fingerprint(config.numerics()),
-        "versions": json.dumps(_versions()),
-        "git_commit": commit,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "compute_seconds": compute_seconds,
-        "smoke": int(config.smoke_run),
-    }
-    if getattr(config, "solver", None) is not None:
-        attrs["solver"] = f"{config.solver.describe()}, {config.precision}"
-    return attrs
 
 
 def load_dataset(out: str | Path) -> tuple[xr.Dataset, object]:

@@ -9,1049 +9,75 @@ registries of `_registry.py`; they become objects in `_build.py` only.
 """
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import numpy as np
-import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    Strict,
     ValidationError,
-    field_validator,
-    model_serializer,
-    model_validator,
 )
 
+from ._errors import ConfigError
+from ._overrides import _model_in, apply_overrides
 from ._registry import (
     FIELDS,
     FIGURES,
-    IMPORT_PATH,
     OBSERVABLES,
     PLACEMENTS,
     SOLVERS,
     TASKS,
     WEIGHTS,
     allow_imports,
-    imports_allowed,
-    refuse_if_imports_refused,
+)
+from ._schema_core import (
+    NUMBER_STRING as NUMBER_STRING,
+    FieldName as FieldName,
+    Grid as Grid,
+    Integer as Integer,
+    NonNegativeInteger as NonNegativeInteger,
+    NonNegativeNumber as NonNegativeNumber,
+    Number as Number,
+    PlotConfig as PlotConfig,
+    PositiveInteger as PositiveInteger,
+    PositiveNumber as PositiveNumber,
+    Precision as Precision,
+    Seed as Seed,
+    ShapeList as ShapeList,
+    SolverConfig as SolverConfig,
+    _Experiment,
+    _location,
+    _number_forms,
+)
+from ._schema_fit import (
+    FeedForwardConfig as FeedForwardConfig,
+    FitConfig as FitConfig,
+    FitModelConfig as FitModelConfig,
+    FlowConfig as FlowConfig,
+    TaskConfig as TaskConfig,
+    TrainConfig as TrainConfig,
+)
+from ._schema_pretrained import (
+    HIDDEN_STATISTICS as HIDDEN_STATISTICS,
+    PRETRAINED_SOURCES as PRETRAINED_SOURCES,
+    PretrainedConfig as PretrainedConfig,
+    PretrainedFlowSection as PretrainedFlowSection,
+    PretrainedHistogramSection as PretrainedHistogramSection,
+    PretrainedPlotConfig as PretrainedPlotConfig,
+)
+from ._schema_simulation import (
+    ModelConfig as ModelConfig,
+    ObservablesConfig as ObservablesConfig,
+    SimulationConfig as SimulationConfig,
+    SweepConfig as SweepConfig,
+    TimeConfig as TimeConfig,
+)
+from ._schema_theory import (
+    LongContextSection as LongContextSection,
+    TheoryConfig as TheoryConfig,
+    TheorySection as TheorySection,
 )
 from ._yaml import MAX_YAML_BYTES, bounded_free_form, load_yaml
-
-
-class ConfigError(ValueError):
-    """A config value is missing, of the wrong type, or not among the allowed values. The
-    message names the key path, the value, what is allowed and the fix."""
-
-
-# --- value types ---------------------------------------------------------------------------
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not a boolean")
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string.
-            return float(value)
-        except ValueError:
-            raise ValueError(f"must be a number, got the string {value!r}") from None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _integer(value: Any) -> Any:
-    return value.item() if isinstance(value, np.integer) else value
-
-
-def _as_list(value: Any) -> Any:
-    """One value stands for a list of one."""
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
-PositiveNumber = Annotated[Number, Field(gt=0)]
-NonNegativeNumber = Annotated[Number, Field(ge=0)]
-Integer = Annotated[int, Strict(), BeforeValidator(_integer)]
-PositiveInteger = Annotated[Integer, Field(ge=1)]
-NonNegativeInteger = Annotated[Integer, Field(ge=0)]
-# jax.random.key takes a signed 64-bit seed.
-Seed = Annotated[Integer, Field(ge=0, le=2**63 - 1)]
-Precision = Literal["float64", "float32"]
-ShapeList = Annotated[
-    list[Annotated[Integer, Field(ge=2)]], BeforeValidator(_as_list), Field(min_length=1)
-]
-
-
-def _grid(value: Any) -> Any:
-    """A list of numbers, one number, or {start, stop, num} (inclusive linspace)."""
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"start", "stop", "num"}
-        if unknown or not {"start", "stop", "num"} <= set(value):
-            raise ValueError(
-                "a grid mapping has exactly the keys start, stop, num (inclusive linspace), "
-                f"got {sorted(value)}"
-            )
-        start, stop, num = _number(value["start"]), _number(value["stop"]), value["num"]
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"grid `num` must be an integer >= 1, got {num!r}")
-        if num > 1 and not stop > start:
-            raise ValueError(f"grid `stop` must be > start={start} when num > 1, got {stop}")
-        return [float(v) for v in np.linspace(start, stop, num)]
-    return _as_list(value)
-
-
-def _unique(values: list) -> list:
-    if len(set(values)) != len(values):
-        raise ValueError(f"has repeated values {values}; list each once")
-    return values
-
-
-Grid = Annotated[list[Number], BeforeValidator(_grid), Field(min_length=1)]
-
-
-def _registered(registry) -> AfterValidator:
-    """A name of `registry`, or a list of them (each registered, each once); the error lists
-    the registered names."""
-
-    def check(value):
-        if isinstance(value, str):
-            registry[value]
-            return value
-        for name in value:
-            registry[name]
-        return _unique(value)
-
-    return AfterValidator(check)
-
-
-def _resolvable_field(name: str) -> str:
-    """A registered name, or an import path `module:Class`: checked for its form only (and
-    refused under TRANSFORMER_FLOWS_NO_IMPORTS); imported only inside `allow_imports()`, i.e.
-    by `run_experiment` after the rest of the config validated (data is never code)."""
-    if FIELDS.is_import_path(name):
-        if not IMPORT_PATH.match(name):
-            raise ValueError(
-                f"{name!r} is neither a registered field ({FIELDS.names()}) nor an import "
-                "path `package.module:Class`"
-            )
-        refuse_if_imports_refused(name, "field")
-        if imports_allowed():
-            FIELDS.resolve(name)
-        return name
-    FIELDS[name]  # unknown names: the error lists the registered ones
-    return name
-
-
-FieldName = Annotated[str, AfterValidator(_resolvable_field)]
-
-
-class _Section(BaseModel):
-    """Unknown keys are errors; instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- shared vocabulary ---------------------------------------------------------------------
-
-
-class SolverConfig(_Section):
-    """How the flow is integrated: a registered solver (`SOLVERS`) and its options."""
-
-    name: Annotated[str, _registered(SOLVERS)] = Field(
-        "tsit5", description="registered solver, e.g. tsit5, normalized_euler"
-    )
-    rtol: PositiveNumber = Field(1e-6, description="relative tolerance (adaptive solvers)")
-    atol: PositiveNumber = Field(1e-6, description="absolute tolerance (adaptive solvers)")
-    dt: PositiveNumber | None = Field(None, description="the step of fixed-step solvers")
-    max_steps: PositiveInteger = 16_384
-    allow_failures: bool = Field(
-        False, description="finish with exit status 0 although some solves failed (masked)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _migrate(cls, raw: Any) -> Any:
-        # Before issue 9: `method: adaptive` + `scheme: tsit5`, or `method: normalized_euler`.
-        # A migration never drops a key silently: what it cannot carry over is refused.
-        if isinstance(raw, Mapping) and ("method" in raw or "scheme" in raw):
-            raw = dict(raw)
-            method, scheme = raw.pop("method", None), raw.pop("scheme", None)
-            old = {k: v for k, v in (("method", method), ("scheme", scheme)) if v is not None}
-            if "name" in raw:
-                raise ValueError(
-                    f"solver.name = {raw['name']!r} and the old keys {old} both name a solver; "
-                    f"keep only solver.name (e.g. solver.name={scheme or method})"
-                )
-            if scheme is not None and method not in (None, "adaptive"):
-                raise ValueError(
-                    f"solver.method = {method!r} (a fixed-step solver) and solver.scheme = "
-                    f"{scheme!r} (an adaptive one) disagree; write solver.name=<one of them>"
-                )
-            raw["name"] = scheme or ("tsit5" if method in (None, "adaptive") else method)
-            name = raw["name"]
-            if name in SOLVERS and SOLVERS[name].adaptive and raw.get("dt") is not None:
-                raise ValueError(
-                    f"solver.dt = {raw['dt']!r} would be ignored: the old keys {old} mean the "
-                    f"adaptive solver {name!r}, which chooses its own steps. Fix: remove "
-                    f"solver.dt, or ask for a fixed step with solver.name=normalized_euler and "
-                    "solver.dt"
-                )
-        return raw
-
-    @model_validator(mode="after")
-    def _step(self) -> "SolverConfig":
-        if SOLVERS[self.name].adaptive:
-            if self.dt is not None:
-                raise ValueError(
-                    f"`dt` is the step of fixed-step solvers; {self.name!r} chooses its own "
-                    "steps from rtol/atol: remove solver.dt (override: solver.dt=null)"
-                )
-        elif self.dt is None:
-            raise ValueError(
-                f"solver {self.name!r} has a fixed step: set solver.dt, e.g. solver.dt=0.1"
-            )
-        return self
-
-    @property
-    def adaptive(self) -> bool:
-        return SOLVERS[self.name].adaptive
-
-    def describe(self) -> str:
-        if self.adaptive:
-            return f"Renormalized({self.name}) adaptive PID, rtol={self.rtol:g}, atol={self.atol:g}"
-        return f"{self.name} fixed step dt={self.dt:g}"
-
-
-class PlotConfig(_Section):
-    snapshot_times: Grid | None = None
-    movie_frames: PositiveInteger = 60
-    max_panels_per_row: PositiveInteger = 3
-    example_start: NonNegativeInteger = 0
-
-    @field_validator("snapshot_times")
-    @classmethod
-    def _nonnegative(cls, values):
-        if values is not None and min(values) < 0:
-            raise ValueError(f"save times are >= 0, got {values}")
-        return values
-
-
-class _Experiment(_Section):
-    name: str | None = Field(None, description="label of the run (default: the file's stem)")
-    description: str = ""
-    precision: Precision = "float64"
-    figures: Annotated[list[str], BeforeValidator(_as_list), _registered(FIGURES)] = []
-    plot: PlotConfig = PlotConfig()
-    smoke: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
-        {}, description="key.path: value overrides applied by --smoke (toy size)"
-    )
-    _smoke_run: bool = PrivateAttr(False)
-
-    @property
-    def smoke_run(self) -> bool:
-        """Whether the `smoke:` overrides were applied (a toy-size run)."""
-        return self._smoke_run
-
-    @field_validator("name")
-    @classmethod
-    def _file_name(cls, name):
-        if name is not None and (not name or "/" in name or "\\" in name or name in (".", "..")):
-            raise ValueError(
-                f"the name labels output files, so it cannot be empty or hold '/' or '\\', "
-                f"got {name!r}"
-            )
-        return name
-
-    @model_validator(mode="after")
-    def _figure_kinds(self):
-        for figure in self.figures:
-            if FIGURES[figure].experiment != self.experiment:
-                allowed = [f for f in FIGURES if FIGURES[f].experiment == self.experiment]
-                raise ValueError(
-                    f"figure {figure!r} draws {FIGURES[figure].experiment} runs; a "
-                    f"{self.experiment} experiment draws {allowed}"
-                )
-        return self
-
-    def numerics(self) -> dict:
-        """The resolved config without the parts that do not change the numbers (a rerun
-        may change those and still resume)."""
-        # `solver.allow_failures` decides the exit status, not the numbers.
-        return self.model_dump(
-            mode="json",
-            exclude={
-                "name": True,
-                "description": True,
-                "figures": True,
-                "plot": True,
-                "smoke": True,
-                "solver": {"allow_failures"},
-            },
-        )
-
-    def resolved(self) -> dict:
-        """The resolved config (defaults filled in), as saved with the output."""
-        return self.model_dump(mode="json")
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.resolved(), sort_keys=False, allow_unicode=True)
-
-
-# --- simulation sweeps ---------------------------------------------------------------------
-
-
-class ModelConfig(_Section):
-    """The vector field and the shapes it is integrated at."""
-
-    field: FieldName = Field(
-        "SA", description="registered field (SA, USA, Kuramoto) or module:Class"
-    )
-    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
-        {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
-    )
-    n: ShapeList
-    d: ShapeList
-    weights: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(WEIGHTS)
-    ] = ["identity"]
-    heads: PositiveInteger | None = Field(None, description="H heads of random weights (H, d, d)")
-    layers: PositiveInteger | None = Field(
-        None, description="L per-layer random weights, piecewise constant over [0, t1]"
-    )
-    initial: Annotated[
-        list[Literal["sphere", "hemisphere", "orthonormal"]],
-        BeforeValidator(_as_list),
-        Field(min_length=1),
-    ] = Field(
-        ["sphere"],
-        description="start(s): uniform on the sphere, on a hemisphere, or a random orthonormal "
-        "frame (d >= n); a list is one more axis of the sweep",
-    )
-    placement: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(PLACEMENTS)
-    ] = Field(
-        ["post_ln"],
-        description="normalisation placement(s) (post_ln: the field itself; pre_ln, peri_ln, "
-        "ngpt, mix_ln, no_norm); a list is one more axis of the sweep",
-    )
-    placement_params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
-        {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
-    )
-
-    @field_validator("n", "d", "initial")
-    @classmethod
-    def _unique_shapes(cls, values):
-        return _unique(values)
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler):
-        # Configs written before placements existed keep their saved form (and fingerprint).
-        data = handler(self)
-        if data.get("placement") == ["post_ln"]:
-            data.pop("placement")
-        if data.get("placement_params") == {}:
-            data.pop("placement_params")
-        if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
-            data["initial"] = data["initial"][0]
-        return data
-
-    @model_validator(mode="after")
-    def _placements(self):
-        entry = FIELDS.lookup(self.field)
-        if entry is None:  # an import path: checked by run_experiment, after importing it
-            return self
-        wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
-        if wrapped and entry.state != "points":
-            raise ValueError(
-                f"placement: {wrapped} wrap a sphere field; {self.field!r} moves angles"
-            )
-        allowed = {name for p in self.placement for name in PLACEMENTS[p].parameters}
-        for name in self.placement_params:
-            if name not in allowed:
-                raise ValueError(
-                    f"placement_params.{name}: not a parameter of the placements "
-                    f"{self.placement}; allowed: {sorted(allowed)}"
-                )
-        for name in wrapped:
-            placement = PLACEMENTS[name]
-            params = {k: v for k, v in self.placement_params.items() if k in placement.parameters}
-            if name == "mix_ln" and self.layers and "layer_duration" not in params:
-                # The sweep gives the field per-layer weights of duration t1/layers.
-                if not 0 <= params.get("post_ln_layers", 0) <= self.layers:
-                    raise ValueError(
-                        f"placement_params.post_ln_layers: must lie in [0, model.layers = "
-                        f"{self.layers}], got {params.get('post_ln_layers')!r}"
-                    )
-                params = {**params, "layer_duration": 1.0}
-            try:
-                field = entry.cls(**{"beta": 1.0, **self.params})
-                placement.wrap(field, **params)
-            except Exception as err:  # the placement's own message names the parameter
-                raise ValueError(f"placement_params: {name} refuses {params}: {err}") from None
-        if "orthonormal" in self.initial and max(self.n) > min(self.d):
-            raise ValueError(
-                f"initial: 'orthonormal' needs d >= n for every shape, got n = {self.n}, "
-                f"d = {self.d}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _field_accepts(self):
-        entry = FIELDS.lookup(self.field)
-        if entry is None:  # an import path: checked by run_experiment, after importing it
-            return self
-        parameters = entry.parameters()
-        for name in self.params:
-            if name not in parameters:
-                raise ValueError(
-                    f"params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
-                    f"parameters are {sorted(parameters)}"
-                )
-            if name in ("beta", "Q", "K", "V"):
-                raise ValueError(
-                    f"params.{name}: {name} is set by the sweep (sweep.beta, model.weights), "
-                    "not under model.params"
-                )
-        if "beta" not in parameters:
-            raise ValueError(f"field {self.field!r} has no parameter `beta`, which sweep.beta sets")
-        _try_build(entry, self.params, "params")
-        random = [w for w in self.weights if WEIGHTS[w].draw is not None]
-        if random and not entry.takes_weights:
-            raise ValueError(
-                f"weights {random} need a field with Q, K, V; {entry.cls.__name__} has none: "
-                "use weights=identity"
-            )
-        if not entry.random_values:
-            bad = [w for w in random if WEIGHTS[w].random_values]
-            if bad:
-                raise ValueError(
-                    f"field {self.field!r} is defined with V = I here "
-                    "(docs/mathematics.md, USA); use a `query_key:identity` ensemble or field SA"
-                    f", got weights {bad}"
-                )
-        if (self.heads or self.layers) and not random:
-            raise ValueError(
-                "model.heads and model.layers stack random weights; identity weights have "
-                "none (H identity heads act as one head with V = H·I): draw random weights, "
-                "e.g. model.weights=ginibre:identity"
-            )
-        if entry.state == "angles" and self.d != [2]:
-            raise ValueError(
-                f"field {self.field!r} moves angles on the circle: needs model.d = 2, got {self.d}"
-            )
-        return self
-
-
-def _try_build(entry, params: dict, where: str) -> None:
-    """Build the field once with these parameters (β = 1), so a bad parameter value is refused
-    when the config is read, not after compiling."""
-    try:
-        entry.cls(**{"beta": 1.0, **params})
-    except Exception as err:  # the field's own message names the parameter
-        raise ValueError(
-            f"{where}: {entry.cls.__name__}(beta=1.0, **{params}) is refused: {err}"
-        ) from None
-
-
-class SweepConfig(_Section):
-    """The axes swept in one vmapped program: β, random starts, tolerances, parameters."""
-
-    beta: Grid
-    starts: PositiveInteger
-    seed: Seed = 0
-    tolerance: Annotated[list[PositiveNumber], BeforeValidator(_as_list)] | None = Field(
-        None, description="rtol = atol axis of an adaptive solver"
-    )
-    chunk_size: PositiveInteger | Literal["auto"] = "auto"
-    memory_budget_mb: PositiveNumber = 256.0
-    params: dict[str, Grid] = Field(
-        {}, description="axes over scalar field parameters, e.g. {gain: [0.5, 2.0]}"
-    )
-
-    @field_validator("beta")
-    @classmethod
-    def _beta(cls, values):
-        # β < 0 (repulsive softmax) is valid for the fields; fields whose figures and
-        # summaries draw theory curves refuse it in SimulationConfig's cross-checks.
-        return _unique(values)
-
-    @field_validator("tolerance")
-    @classmethod
-    def _tolerance(cls, values):
-        return None if values is None else _unique(values)
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, params):
-        for name, values in params.items():
-            _unique(values)
-            if name in ("beta", "start", "rtol", "time", "n", "d", "weights"):
-                raise ValueError(f"params.{name}: {name!r} is a dimension of the sweep already")
-        return params
-
-
-class TimeConfig(_Section):
-    t1: PositiveNumber
-    num: Annotated[Integer, Field(ge=2)]
-
-    @property
-    def times(self) -> np.ndarray:
-        return np.linspace(0.0, self.t1, self.num)
-
-
-class ObservablesConfig(_Section):
-    names: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(OBSERVABLES)
-    ] = ["clustered_fraction"]
-    delta: Annotated[PositiveNumber, Field(lt=2)] = 1e-3
-    harmonic: PositiveInteger = 1
-
-
-class SimulationConfig(_Experiment):
-    """Particles integrated by `solve` over a grid of β, starts, weights, shapes, parameters."""
-
-    experiment: Literal["simulation"] = "simulation"
-    model: ModelConfig
-    sweep: SweepConfig
-    time: TimeConfig
-    solver: SolverConfig = SolverConfig()
-    observables: ObservablesConfig = ObservablesConfig()
-
-    @model_validator(mode="after")
-    def _cross_checks(self):
-        model, names = self.model, self.observables.names
-        # None for an import path: its checks run in run_experiment, after importing it.
-        entry = FIELDS.lookup(model.field)
-        negative = [beta for beta in self.sweep.beta if beta < 0]
-        if negative and entry is not None and entry.theory_model is not None:
-            raise ValueError(
-                f"sweep.beta: β < 0 ({negative}, the repulsive softmax) is outside the theory "
-                f"curves (Γ∞,δ, ℓ*(β), defined for β >= 0) that figures and summaries draw for "
-                f"field {model.field!r}: sweep β >= 0 here, or register the class without a "
-                "theory_model, e.g. FIELDS.register('SA_repulsive', FieldEntry(SelfAttention))"
-            )
-        for figure in self.figures:
-            needs = FIGURES[figure]
-            for needed in needs.observables:
-                if needed not in names:
-                    raise ValueError(
-                        f"figure {figure!r} needs observable {needed!r}: add it to "
-                        f"observables.names {names}"
-                    )
-            if needs.d is not None and model.d != [needs.d]:
-                raise ValueError(f"figure {figure!r} needs model.d = {needs.d}, got {model.d}")
-        for name in names:
-            observable = OBSERVABLES[name]
-            if observable.per_shape and (len(model.n) > 1 or len(model.d) > 1):
-                raise ValueError(
-                    f"observable {name!r} changes shape with n and d: use one model.n and one "
-                    "model.d with it"
-                )
-            if observable.d is not None and model.d != [observable.d]:
-                raise ValueError(
-                    f"observable {name!r} is defined for d = {observable.d}: needs model.d = "
-                    f"{observable.d}, got {model.d}"
-                )
-        parameters = entry.parameters() if entry is not None else {}
-        for name in self.sweep.params if entry is not None else ():
-            if name not in parameters:
-                raise ValueError(
-                    f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
-                    f"parameters are {sorted(parameters)}"
-                )
-            if entry.is_static(name) or name in ("Q", "K", "V"):
-                raise ValueError(
-                    f"sweep.params.{name}: {name!r} is not a scalar array parameter of "
-                    f"{entry.cls.__name__} (static fields are fixed at compile time): set it "
-                    "under model.params instead"
-                )
-            _try_build(
-                entry, {**model.params, name: self.sweep.params[name][0]}, f"sweep.params.{name}"
-            )
-        if entry is not None and entry.state == "angles" and SOLVERS[self.solver.name].points_only:
-            points = [name for name in SOLVERS if not SOLVERS[name].points_only]
-            raise ValueError(
-                f"solver.name: {self.solver.name!r} steps points on a sphere; field "
-                f"{model.field!r} moves angles: choose one of {points}"
-            )
-        if self.sweep.tolerance is not None and not self.solver.adaptive:
-            raise ValueError(
-                f"sweep.tolerance is an axis of adaptive solvers; {self.solver.name!r} has a "
-                "fixed step: set sweep.tolerance=null"
-            )
-        if not self.solver.adaptive:
-            steps = math.ceil(self.time.t1 / self.solver.dt - 1e-9)
-            if steps > self.solver.max_steps:
-                raise ValueError(
-                    f"the fixed step dt={self.solver.dt} needs {steps} steps to reach "
-                    f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
-                )
-        return self
-
-    @property
-    def times(self) -> np.ndarray:
-        return self.time.times
-
-
-# --- theory figures ------------------------------------------------------------------------
-
-
-class LongContextSection(_Section):
-    """One attention layer at β = γ log n on equiangular tokens (`theory.long_context_*`):
-    the output cosine against n for each ρ and γ = ratio × γ_c(ρ), γ_c = 1/(1 - ρ)."""
-
-    rho: Grid = Field([0.5], description="input cosines, each in (0, 1)")
-    gamma_ratio: Grid = Field([0.5, 1.0, 1.5], description="γ / γ_c(ρ), each >= 0")
-    log10_n: Grid = Field(
-        default_factory=lambda: _grid({"start": 0.5, "stop": 12.0, "num": 116}),
-        description="token counts n = round(10^value), each >= 2",
-    )
-    residual: NonNegativeNumber = Field(0.0, description="r in u_i = A_i + r y_i")
-
-    @field_validator("rho")
-    @classmethod
-    def _open_unit(cls, rho):
-        if not all(0 < value < 1 for value in rho):
-            raise ValueError(f"every rho must lie in (0, 1), got {rho}")
-        return _unique(rho)
-
-    @field_validator("gamma_ratio")
-    @classmethod
-    def _nonnegative(cls, ratios):
-        if not all(value >= 0 for value in ratios):
-            raise ValueError(f"every gamma_ratio must be >= 0, got {ratios}")
-        return _unique(ratios)
-
-    @field_validator("log10_n")
-    @classmethod
-    def _token_counts(cls, values):
-        if not all(math.log10(2) - 1e-12 <= value <= 15 for value in values):
-            raise ValueError(f"every log10_n must lie in [log10(2), 15] (n >= 2), got {values}")
-        return values
-
-    @property
-    def token_counts(self) -> np.ndarray:
-        """n = round(10^log10_n), each once, increasing."""
-        return np.unique(np.maximum(np.round(10.0 ** np.asarray(self.log10_n)), 2)).astype(int)
-
-
-class TheorySection(_Section):
-    n: Annotated[Integer, Field(ge=2)] = 32
-    d: ShapeList = [2]
-    delta: PositiveNumber = 1e-3
-    beta: Grid = Field(default_factory=lambda: _grid({"start": 0.0, "stop": 9.0, "num": 91}))
-    tau: Grid = Field(
-        default_factory=lambda: _grid({"start": -3.14159, "stop": 3.14159, "num": 801})
-    )
-    t1: PositiveNumber = 30.0
-    long_context: LongContextSection | None = Field(
-        None, description="one attention layer at β = γ log n (figure long_context)"
-    )
-
-
-class TheoryConfig(_Experiment):
-    """Curves of `transformer_flows.theory` on grids (Figs. 2 and 6)."""
-
-    experiment: Literal["theory"]
-    theory: TheorySection = TheorySection()
-
-    @model_validator(mode="after")
-    def _long_context_figure(self):
-        if "long_context" in self.figures and self.theory.long_context is None:
-            raise ValueError(
-                "figure long_context needs a theory.long_context section, e.g. "
-                "theory: {long_context: {rho: [0.5]}}"
-            )
-        return self
-
-
-# --- fits ----------------------------------------------------------------------------------
-
-
-def _activation_name(value: Any) -> Any:
-    from .._field._feed_forward import ACTIVATIONS
-
-    if value not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {value!r}; choose among {sorted(ACTIVATIONS)}")
-    return value
-
-
-class FeedForwardConfig(_Section):
-    """A trainable feed-forward term w σ(a x + b) beside the attention (a `TransformerBlock`),
-    per layer when `model.layers` is set. Initial weights (seeded by `seed`): a and b entries
-    N(0, 1) (so (a x)_k ~ N(0, 1) for unit x), w entries N(0, init_scale²/width)."""
-
-    width: PositiveInteger | None = Field(None, description="hidden width m (null: d)")
-    activation: Annotated[str, AfterValidator(_activation_name)] = Field(
-        "tanh", description="relu | gelu | silu | tanh | sigmoid | identity"
-    )
-    init_scale: NonNegativeNumber = Field(
-        1.0, description="w entries N(0, init_scale²/width); 0 starts at pure attention"
-    )
-    bias: bool = Field(True, description="a bias b (false: b = 0, not trained)")
-
-
-class FitModelConfig(_Section):
-    """The trained model: a registered attention field with random Gaussian weights (heads,
-    layers, low rank), or any field `module:Class` built from `params`."""
-
-    field: FieldName = Field("SA", description="registered field or module:Class")
-    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
-        {}, description="constructor parameters, e.g. {beta: 1.0}"
-    )
-    d: Annotated[Integer, Field(ge=2)]
-    heads: PositiveInteger | None = None
-    layers: PositiveInteger | None = None
-    rank: PositiveInteger | None = None
-    init_scale: PositiveNumber = 1.0
-    identity: list[Literal["Q", "K", "V"]] = Field(
-        [], description="weights kept at the identity (not trainable)"
-    )
-    start_at_identity: list[Literal["Q", "K", "V"]] = Field(
-        [], description="weights initialised to the identity (trainable)"
-    )
-    feed_forward: FeedForwardConfig | None = Field(
-        None, description="a trainable feed-forward term (train it as `feed_forward`)"
-    )
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler):
-        # Fit configs written before feed-forward terms existed keep their saved form (and
-        # fingerprint), so their output directories still resume.
-        data = handler(self)
-        if data.get("feed_forward") is None:
-            data.pop("feed_forward", None)
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _migrate(cls, raw: Any) -> Any:
-        # Before issue 9: `kind: sa|usa`, `dim`, `beta` beside the other keys.
-        if isinstance(raw, Mapping) and {"kind", "dim", "beta"} & set(raw):
-            raw = dict(raw)
-            if "kind" in raw:
-                raw["field"] = {"sa": "SA", "usa": "USA"}.get(raw["kind"], raw["kind"])
-                del raw["kind"]
-            if "dim" in raw:
-                raw["d"] = raw.pop("dim")
-            if "beta" in raw:
-                raw["params"] = {"beta": raw.pop("beta"), **dict(raw.get("params") or {})}
-        return raw
-
-    @model_validator(mode="after")
-    def _checks(self):
-        entry = FIELDS.lookup(self.field)
-        if entry is None:  # an import path: checked by run_experiment, after importing it
-            return self
-        parameters = entry.parameters()
-        for name in self.params:
-            if name not in parameters or name in ("Q", "K", "V"):
-                raise ValueError(
-                    f"params.{name}: not a parameter of {entry.cls.__name__} set here; its "
-                    f"parameters are {sorted(set(parameters) - {'Q', 'K', 'V'})}"
-                )
-        if entry.state != "points":
-            raise ValueError(f"fits move points on the sphere; {self.field!r} moves angles")
-        if not entry.takes_weights and (self.heads or self.layers or self.rank):
-            raise ValueError(
-                f"heads/layers/rank shape the Q, K, V of attention fields; "
-                f"{entry.cls.__name__} has none"
-            )
-        if self.rank is not None and self.rank > self.d:
-            raise ValueError(f"rank {self.rank} exceeds d = {self.d}")
-        if self.feed_forward is not None and not entry.takes_weights:
-            raise ValueError(
-                f"feed_forward: a feed-forward term is added to attention fields (SA, USA); "
-                f"{entry.cls.__name__} is not one (remove `feed_forward`)"
-            )
-        return self
-
-
-class TaskConfig(BaseModel):
-    """`kind`: a registered fit task (`TASKS`); the other keys are that task's schema (the
-    saved config holds them with their defaults filled in)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    kind: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _task_keys(cls, raw: Any) -> Any:
-        if not isinstance(raw, Mapping) or "kind" not in raw:
-            return raw
-        rest = {key: value for key, value in raw.items() if key != "kind"}
-        try:
-            entry = TASKS[raw["kind"]]
-        except ValueError as err:
-            raise ValueError(f"kind: {err}") from None
-        try:
-            spec = entry.schema.model_validate(rest)
-        except ValidationError as err:
-            first, *others = err.errors(include_url=False)
-            message = first["msg"].removeprefix("Value error, ")
-            more = f" (and {len(others)} more errors)" if others else ""
-            raise ValueError(
-                f"{_location(first['loc'])}: {message} for task kind {raw['kind']!r}{more}"
-            ) from None
-        return {"kind": raw["kind"], **spec.model_dump(mode="json")}
-
-    def spec(self):
-        """The validated task keys (an instance of the task's schema)."""
-        return TASKS[self.kind].schema.model_validate(self.model_extra or {})
-
-
-class TrainConfig(_Section):
-    parameters: list[str] = ["Q", "K", "V", "beta"]
-    steps: NonNegativeInteger
-    batch_size: PositiveInteger = 16
-    optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: PositiveNumber
-    schedule: Literal["constant", "cosine", "warmup_cosine"] = "constant"
-    warmup_steps: NonNegativeInteger = 0
-    clip_norm: PositiveNumber | None = Field(None, description="global-norm clipping (> 0)")
-    eval_every: NonNegativeInteger = 0
-    eval_size: PositiveInteger = 64
-    checkpoint_every: NonNegativeInteger = 0
-
-
-class FlowConfig(_Section):
-    horizon: PositiveNumber
-    adjoint: Literal["recursive_checkpoint", "backsolve"] = "recursive_checkpoint"
-    checkpoints: PositiveInteger | None = None
-
-
-class FitConfig(_Experiment):
-    """Fit Q, K, V and/or β by differentiating through the flow."""
-
-    experiment: Literal["fit"]
-    seed: Seed = 0
-    precision: Precision = "float32"
-    model: FitModelConfig
-    task: TaskConfig
-    train: TrainConfig
-    flow: FlowConfig
-    solver: SolverConfig = SolverConfig(rtol=1e-4, atol=1e-4, max_steps=4096)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _migrate(cls, raw: Any) -> Any:
-        # Before issue 9 the solver options sat in `flow` (solver, dt0, rtol, atol, max_steps).
-        if isinstance(raw, Mapping) and isinstance(raw.get("flow"), Mapping):
-            flow = dict(raw["flow"])
-            moved = {
-                k: flow.pop(k) for k in ("solver", "dt0", "rtol", "atol", "max_steps") if k in flow
-            }
-            if moved:
-                raw = dict(raw)
-                solver = dict(raw.get("solver") or {})
-                renamed = {"solver": "name", "dt0": "dt"}
-                for old_key, value in moved.items():
-                    key = renamed.get(old_key, old_key)
-                    if old_key == "dt0" and value is None:
-                        continue
-                    if key in solver and solver[key] != value:
-                        # A migration never drops a key silently.
-                        raise ValueError(
-                            f"flow.{old_key} = {value!r} (the old place) and solver.{key} = "
-                            f"{solver[key]!r} disagree; keep only solver.{key}"
-                        )
-                    solver[key] = value
-                raw["flow"], raw["solver"] = flow, solver
-        return raw
-
-    @model_validator(mode="after")
-    def _parameters(self):
-        entry = FIELDS.lookup(self.model.field)
-        if entry is None:  # an import path: checked by run_experiment, after importing it
-            return self
-        for name in self.train.parameters:
-            if name == "feed_forward":
-                if self.model.feed_forward is None:
-                    raise ValueError(
-                        "train.parameters: 'feed_forward' needs a feed-forward term; set "
-                        "model.feed_forward (e.g. {width: 8, activation: tanh})"
-                    )
-                continue
-            if name not in entry.parameters():
-                raise ValueError(
-                    f"train.parameters: {name!r} is not a parameter of {entry.cls.__name__}; "
-                    f"choose among {sorted(entry.parameters())}"
-                )
-            if name in self.model.identity:
-                raise ValueError(
-                    f"train.parameters: {name!r} is kept at the identity (model.identity) and "
-                    "cannot be trained; use model.start_at_identity to train it from I"
-                )
-        if self.train.schedule == "warmup_cosine" and self.train.warmup_steps < 1:
-            raise ValueError("schedule warmup_cosine needs train.warmup_steps >= 1")
-        return self
-
-
-# --- pretrained models ---------------------------------------------------------------------
-
-# What a `pretrained` experiment compares: the model's own hidden states (our JAX forward), the
-# discrete layer map of our fields with the same weights, and the continuous flow.
-PRETRAINED_SOURCES = ("model", "discrete_map", "flow")
-# The default `statistics`: every built-in observable that is a scalar for any d (a fixed list,
-# so observables registered later do not change the fingerprint of existing configs).
-HIDDEN_STATISTICS = (
-    "mean_cosine",
-    "centred_cosine",
-    "effective_rank",
-    "cluster_count",
-    "clustered_fraction",
-    "energy",
-    "mean_radius",
-)
-
-
-class PretrainedFlowSection(_Section):
-    """The continuous flow (layer l on [l, l + 1)) is saved at t = 0, 1, …, layers, where it
-    meets the discrete layers; `t_max` adds `tail_num` more save times, geometrically spaced
-    up to t_max, with the last (shared) layer's weights: ALBERT's t → ∞."""
-
-    t_max: PositiveNumber | None = Field(
-        None, description="flow further to this time (ALBERT, shared layer); null: no tail"
-    )
-    tail_num: PositiveInteger = Field(16, description="save times of the tail")
-    solver: SolverConfig = Field(
-        SolverConfig(rtol=1e-5, atol=1e-5),
-        description="how the flow is integrated (tf.solve); float32 states: tolerances >= 1e-6",
-    )
-
-
-class PretrainedHistogramSection(_Section):
-    bins: Annotated[Integer, Field(ge=2, le=10_000)] = Field(
-        40, description="equal bins of <θ_i, θ_j> on [-1, 1] (density over pairs i < j)"
-    )
-
-
-class PretrainedPlotConfig(_Section):
-    """Presentation only (a rerun may change it and still resume)."""
-
-    histogram_layers: Annotated[list[NonNegativeNumber], BeforeValidator(_as_list)] | None = Field(
-        None,
-        description="layers (flow times) with a histogram panel; null: 0, 1 and quarters of "
-        "the depth",
-    )
-    max_panels_per_row: PositiveInteger = 4
-
-    @field_validator("histogram_layers")
-    @classmethod
-    def _unique_layers(cls, values):
-        return None if values is None else _unique(values)
-
-
-class PretrainedConfig(_Experiment):
-    """Hidden-state statistics per layer of a local pretrained checkpoint, for its own layers,
-    the discrete layer map of our fields with the same weights and the continuous flow."""
-
-    experiment: Literal["pretrained"]
-    precision: Precision = "float32"
-    checkpoint: str = Field(
-        description="directory of a Hugging Face-style checkpoint (config.json, "
-        "model.safetensors, tokenizer.json)",
-        min_length=1,
-    )
-    texts: Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)] | None = Field(
-        None, description="input texts (or text_file)"
-    )
-    text_file: str | None = Field(
-        None, description="UTF-8 file of input texts, one per non-empty line (or texts)"
-    )
-    max_tokens: Annotated[Integer, Field(ge=2)] | None = Field(
-        None, description="keep the first max_tokens tokens of each text; null: all"
-    )
-    layers: PositiveInteger | None = Field(
-        None, description="layers to run; null: the model's depth (ALBERT may go beyond)"
-    )
-    compare: Annotated[
-        list[Literal["model", "discrete_map", "flow"]],
-        BeforeValidator(_as_list),
-        Field(min_length=1),
-    ] = Field(list(PRETRAINED_SOURCES), description="which of model, discrete_map, flow")
-    statistics: Annotated[
-        list[str], BeforeValidator(_as_list), Field(min_length=1), _registered(OBSERVABLES)
-    ] = Field(list(HIDDEN_STATISTICS), description="registered scalar observables")
-    delta: Annotated[PositiveNumber, Field(lt=2)] = Field(
-        1e-3, description="cluster_count and clustered_fraction: <θ_i, θ_j> >= 1 - delta"
-    )
-    beta: Number = Field(1.0, description="β of the energy statistic")
-    histogram: PretrainedHistogramSection = PretrainedHistogramSection()
-    flow: PretrainedFlowSection = PretrainedFlowSection()
-    plot: PretrainedPlotConfig = PretrainedPlotConfig()
-
-    @field_validator("texts")
-    @classmethod
-    def _nonempty_texts(cls, texts):
-        if texts is not None and any(not text.strip() for text in texts):
-            raise ValueError("every text must hold some non-blank characters")
-        return texts
-
-    @field_validator("compare")
-    @classmethod
-    def _unique_sources(cls, values):
-        return _unique(values)
-
-    @model_validator(mode="after")
-    def _pretrained_checks(self):
-        if (self.texts is None) == (self.text_file is None):
-            raise ValueError(
-                "texts: give the input texts either as `texts` (a list) or as `text_file` (one "
-                f"text per line), not {'both' if self.texts else 'neither'}"
-            )
-        for name in self.statistics:
-            entry = OBSERVABLES[name]
-            if entry.dims or entry.d is not None or entry.per_shape:
-                scalar = [
-                    n
-                    for n in OBSERVABLES
-                    if not OBSERVABLES[n].dims
-                    and OBSERVABLES[n].d is None
-                    and not OBSERVABLES[n].per_shape
-                ]
-                raise ValueError(
-                    f"statistics: {name!r} is not a scalar statistic of states of any "
-                    f"dimension; choose among {scalar}"
-                )
-        if self.flow.t_max is not None:
-            if "flow" not in self.compare:
-                raise ValueError("flow.t_max: the flow's tail needs 'flow' in `compare`")
-            if self.layers is not None and self.flow.t_max <= self.layers:
-                raise ValueError(
-                    f"flow.t_max: the tail goes beyond the last layer, so t_max must exceed "
-                    f"layers = {self.layers}, got {self.flow.t_max}"
-                )
-        return self
-
-    def read_texts(self) -> list[str]:
-        """The input texts: `texts`, or the non-empty lines of `text_file`."""
-        if self.texts is not None:
-            return list(self.texts)
-        path = Path(self.text_file)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"config key `text_file`: cannot read {str(path)!r} ({err}). Fix: point "
-                "text_file at a UTF-8 file with one text per line, or give `texts`."
-            ) from None
-        texts = [line.strip() for line in lines if line.strip()]
-        if not texts:
-            raise ConfigError(f"config key `text_file`: {str(path)!r} holds no text.")
-        return texts
-
 
 # --- the tagged union ----------------------------------------------------------------------
 
@@ -1087,6 +113,8 @@ def json_schema() -> dict:
         schema["$defs"].update(part.pop("$defs", {}))
         part["properties"]["experiment"] = {
             "const": kind,
+            "description": f"the experiment kind: {', '.join(KINDS)}"
+            + (" (may be left out for a simulation)" if kind == "simulation" else ""),
             **({"default": kind} if kind == "simulation" else {}),
         }
         schema["$defs"][model.__name__] = part
@@ -1101,7 +129,75 @@ def json_schema() -> dict:
         "tasks": TASKS.names(),
     }
     schema["x-registered-names"] = registries
+    _old_keys(schema["$defs"])
+    _say_defaults(schema["$defs"])
     return schema
+
+
+# Keys of configs written before issue 9, which the loader still reads (the `_migrate`
+# validators move them to the new keys): in the schema as `deprecated`, so such configs
+# validate and editors flag the keys.
+_NUMBER = _number_forms({"type": "number"})
+_OLD_KEYS = {
+    "SolverConfig": {
+        "method": ({"type": "string"}, "adaptive (with scheme) or a fixed-step solver: use name"),
+        "scheme": ({"type": "string"}, "the adaptive solver of method: adaptive: use name"),
+    },
+    "FitModelConfig": {
+        "kind": ({"type": "string"}, "sa or usa (or a field): use field"),
+        "dim": ({"type": "integer", "minimum": 2}, "the token dimension: use d"),
+        "beta": (_NUMBER, "β: use params.beta"),
+    },
+    "FlowConfig": {
+        "solver": ({"type": "string"}, "use solver.name"),
+        "dt0": ({"anyOf": [_NUMBER, {"type": "null"}]}, "use solver.dt"),
+        "rtol": (_NUMBER, "use solver.rtol"),
+        "atol": (_NUMBER, "use solver.atol"),
+        "max_steps": ({"type": "integer", "minimum": 1}, "use solver.max_steps"),
+    },
+}
+
+
+def _old_keys(definitions: dict) -> None:
+    for model, keys in _OLD_KEYS.items():
+        part = definitions[model]
+        for key, (schema, text) in keys.items():
+            part["properties"][key] = {
+                **schema,
+                "deprecated": True,
+                "description": f"old key (configs before issue 9), read as the new one: {text}",
+            }
+    # `d` or the old `dim`.
+    model = definitions["FitModelConfig"]
+    model["required"].remove("d")
+    if not model["required"]:
+        del model["required"]
+    model["anyOf"] = [{"required": ["d"]}, {"required": ["dim"]}]
+
+
+def _say_defaults(node: Any) -> None:
+    """End the description of every property that has a short default with that default, so
+    editors that show only the description show it too (sections: their keys say theirs)."""
+    if isinstance(node, list):
+        for item in node:
+            _say_defaults(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for name, value in node.items():
+        if name in ("default", "const", "enum", "examples"):
+            continue
+        if name == "properties":
+            for prop in value.values():
+                default = json.dumps(prop.get("default"), ensure_ascii=False)
+                if (
+                    "default" in prop
+                    and "default" not in prop.get("description", "default").lower()
+                    and not (isinstance(prop["default"], dict) and prop["default"])
+                    and len(default) <= 60
+                ):
+                    prop["description"] = f"{prop['description'].rstrip('.')}. Default: {default}."
+        _say_defaults(value)
 
 
 def _name_hints(definitions: dict) -> None:
@@ -1110,24 +206,68 @@ def _name_hints(definitions: dict) -> None:
     field_name = {"anyOf": [{"enum": FIELDS.names()}, {"type": "string", "pattern": r"^\S+:\w+$"}]}
     for model in ("ModelConfig", "FitModelConfig"):
         definitions[model]["properties"]["field"].update(field_name)
-    definitions["SolverConfig"]["properties"]["name"]["enum"] = SOLVERS.names()
-    definitions["ModelConfig"]["properties"]["weights"]["items"]["enum"] = WEIGHTS.names()
-    definitions["ObservablesConfig"]["properties"]["names"]["items"]["enum"] = OBSERVABLES.names()
-    definitions["PretrainedConfig"]["properties"]["statistics"]["items"]["enum"] = [
-        name for name in OBSERVABLES if not OBSERVABLES[name].dims and OBSERVABLES[name].d is None
-    ]
+    properties = {name: definitions[name]["properties"] for name in definitions}
+    _enum(properties["SolverConfig"]["name"], SOLVERS.names())
+    _enum(properties["ModelConfig"]["weights"], WEIGHTS.names())
+    _enum(properties["ModelConfig"]["placement"], PLACEMENTS.names())
+    _enum(properties["ObservablesConfig"]["names"], OBSERVABLES.names())
+    _enum(
+        properties["PretrainedConfig"]["statistics"],
+        [
+            name
+            for name in OBSERVABLES
+            if not OBSERVABLES[name].dims and OBSERVABLES[name].d is None
+        ],
+    )
     for kind, model in KINDS.items():
         figures = [name for name in FIGURES if FIGURES[name].experiment == kind]
-        definitions[model.__name__]["properties"]["figures"]["items"]["enum"] = figures
+        _enum(properties[model.__name__]["figures"], figures)
     tasks = []
     for kind in TASKS:
-        part = TASKS[kind].schema.model_json_schema(ref_template="#/$defs/{model}")
+        # A task's schema is plain pydantic, whose floats also take numeric strings.
+        part = _numeric_strings(
+            TASKS[kind].schema.model_json_schema(ref_template="#/$defs/{model}")
+        )
         definitions.update(part.pop("$defs", {}))
-        part["properties"] = {"kind": {"const": kind}, **part["properties"]}
+        part["properties"] = {
+            "kind": {"const": kind, "description": f"the task: {TASKS[kind].description}"},
+            **part["properties"],
+        }
         part["required"] = ["kind", *part.get("required", [])]
         part["title"] = f"task {kind}"
         tasks.append(part)
     definitions["TaskConfig"] = {"title": "TaskConfig", "oneOf": tasks}
+
+
+_ANNOTATIONS = ("title", "description", "default", "deprecated", "examples")
+
+
+def _numeric_strings(node: Any) -> Any:
+    """`node` with every number schema widened to a number or a string that `float` reads
+    (the loader reads "1e-3", a string in YAML 1.1, as a number)."""
+    if isinstance(node, list):
+        return [_numeric_strings(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "number":
+        inner = {k: v for k, v in node.items() if k not in _ANNOTATIONS}
+        outer = {k: v for k, v in node.items() if k in _ANNOTATIONS}
+        return {**_number_forms(inner), **outer}
+    return {
+        key: value if key in ("default", "const", "enum", "examples") else _numeric_strings(value)
+        for key, value in node.items()
+    }
+
+
+def _enum(schema: dict, names: list[str]) -> None:
+    """Restrict every string in `schema` (one name, or each name of a list) to `names`."""
+    if schema.get("type") == "string":
+        schema["enum"] = list(names)
+    for key in ("anyOf", "oneOf"):
+        for part in schema.get(key, ()):
+            _enum(part, names)
+    if isinstance(schema.get("items"), dict):
+        _enum(schema["items"], names)
 
 
 # --- reading configs -----------------------------------------------------------------------
@@ -1162,8 +302,6 @@ def config_from_dict(
 ):
     """Validate a config mapping (after `smoke:` and `key=value` overrides) into a
     `SimulationConfig`, `TheoryConfig` or `FitConfig`."""
-    from ._overrides import apply_overrides
-
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"a config must be a YAML mapping at the top level, got {raw!r}. Fix: start from "
@@ -1212,20 +350,6 @@ def import_fields(config):
         raise ConfigError(_explain(err, config.resolved())) from None
     validated._smoke_run = config.smoke_run
     return validated
-
-
-def _location(loc: Sequence) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif str(part).startswith(("function-", "lax-", "json-", "literal[")) or part in (
-            "list[...]",
-        ):
-            continue
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "<top level>"
 
 
 def _explain(error: ValidationError, raw: Mapping) -> str:
@@ -1310,14 +434,3 @@ def _allowed_keys(raw: Mapping, loc: Sequence) -> list[str]:
         if model is None:
             return []
     return sorted(model.model_fields)
-
-
-def _model_in(annotation) -> type[BaseModel] | None:
-    """The pydantic model class inside an annotation (X, X | None, Annotated[X, ...])."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(argument)
-        if found is not None:
-            return found
-    return None

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _families
-
 # The checkpoint GLPR's Fig. 1 uses (arXiv:2312.10794): the default named by download hints.
 DEFAULT_HUB_ID = "albert/albert-xlarge-v2"
 
@@ -702,15 +700,15 @@ def _check_count(read, pattern: str, expected: int, key: str) -> None:
 
 
 def convert(config: dict, tensors: dict[str, _Entry], directory: Path, *, key_names=None) -> dict:
-    """The family's weights in the shared layout and the settings the forward needs. `config`
-    is validated (`validate_config`); every tensor's shape is checked against it from the
-    headers (the embeddings and the layer count before any data is read). `key_names`: the
-    config keys as a family read into BERT's layout spells them, for the messages; a
-    `type_vocab_size` of None means no token-type embeddings (DistilBERT)."""
+    """BERT's, ALBERT's or GPT-2's weights in the shared layout and the settings the forward
+    needs (the other families: `_families.convert`, which reads some of them into BERT's
+    layout through this function). `config` is validated (`validate_config`); every tensor's
+    shape is checked against it from the headers (the embeddings and the layer count before
+    any data is read). `key_names`: the config keys as a family read into BERT's layout spells
+    them, for the messages; a `type_vocab_size` of None means no token-type embeddings
+    (DistilBERT)."""
     c = config
     family = c["model_type"]
-    if family in _families.CONVERTERS:  # RoBERTa, DistilBERT, LLaMA
-        return _families.CONVERTERS[family](config, tensors, directory)
     read = _Reader(tensors, directory, directory / "config.json", key_names)
     if family == "gpt2":
         d, heads, num_layers = c["n_embd"], c["n_head"], c["n_layer"]

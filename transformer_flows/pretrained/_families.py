@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _checkpoint
+from ._checkpoint import CheckpointError, _check_count, _Reader
+
 # Families read into another's layout and run by its forward and map.
 LAYOUT_FAMILY = {"roberta": "bert", "distilbert": "bert"}
 
@@ -46,8 +49,6 @@ _DISTILBERT_KEYS = {
 
 def _renamed(tensors: dict, rename) -> dict:
     """`tensors` under the names `rename` gives; two tensors of one name are refused."""
-    from ._checkpoint import CheckpointError
-
     renamed = {}
     for name, entry in tensors.items():
         new = rename(name)
@@ -68,9 +69,9 @@ def _strip(tensors: dict, prefix: str) -> dict:
 def convert_roberta(config: dict, tensors: dict, directory: Path) -> dict:
     """BERT's conversion; the position table from row pad_token_id + 1 on (validate_config
     checked that it has rows there)."""
-    from ._checkpoint import convert
-
-    converted = convert(config | {"model_type": "bert"}, _strip(tensors, "roberta."), directory)
+    converted = _checkpoint.convert(
+        config | {"model_type": "bert"}, _strip(tensors, "roberta."), directory
+    )
     pad = config["pad_token_id"]
     converted["embeddings"]["position"] = converted["embeddings"]["position"][pad + 1 :]
     return converted
@@ -91,8 +92,6 @@ def _distilbert_name(name: str) -> str:
 def convert_distilbert(config: dict, tensors: dict, directory: Path) -> dict:
     """Renamed into BERT's layout and converted as BERT with DistilBERT's keys, its fixed
     LayerNorm ε = 1e-12 and no token-type embeddings."""
-    from ._checkpoint import convert
-
     renamed = _renamed(_strip(tensors, "distilbert."), _distilbert_name)
     bert_config = {
         "model_type": "bert",
@@ -102,14 +101,12 @@ def convert_distilbert(config: dict, tensors: dict, directory: Path) -> dict:
         "layer_norm_eps": 1e-12,
         "hidden_act": config["activation"],
     } | {ours: config[theirs] for ours, theirs in _DISTILBERT_KEYS.items()}
-    return convert(bert_config, renamed, directory, key_names=_DISTILBERT_KEYS)
+    return _checkpoint.convert(bert_config, renamed, directory, key_names=_DISTILBERT_KEYS)
 
 
 def convert_llama(config: dict, tensors: dict, directory: Path) -> dict:
     """LLaMA's layout (module docstring); every tensor's shape checked against the config
     before any data is read (the embeddings and the layer count first)."""
-    from ._checkpoint import _check_count, _Reader
-
     c = config
     read = _Reader(_strip(tensors, "model."), directory, directory / "config.json")
     d, m, num_layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
@@ -180,3 +177,12 @@ CONVERTERS = {
     "distilbert": convert_distilbert,
     "llama": convert_llama,
 }
+
+
+def convert(config: dict, tensors: dict, directory: Path) -> dict:
+    """Any family's weights in the shared layout and the settings the forward needs:
+    RoBERTa, DistilBERT and LLaMA here, BERT, ALBERT and GPT-2 in `_checkpoint.convert`."""
+    family = config["model_type"]
+    if family in CONVERTERS:
+        return CONVERTERS[family](config, tensors, directory)
+    return _checkpoint.convert(config, tensors, directory)

@@ -36,57 +36,16 @@ from collections.abc import Collection
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float
 
-from .._custom_types import Particles
-from .._field._base import AbstractEuclideanField
 from .._field._feed_forward import FeedForward, TransformerBlock
 from .._field._layer_norm import LayerNorm, PostLN
 from .._field._placements import PreLN
 from .._field._self_attention import SelfAttention
 from .._sphere import normalize
 from . import _forward, _llama
-
-
-class SequentialBlock(AbstractEuclideanField):
-    """Euclidean fields applied one after the other in the discrete layer and summed in the
-    continuous limit: the Pre-LN Transformer block of GPT-2,
-    `SequentialBlock((PreLN(attention), PreLN(feed_forward)))`, whose layer is
-        y = x + h·A(LN x),   x' = y + h·F(LN y),
-    (`TransformerBlock`'s Lie–Trotter composition, for states in R^d) and whose h → 0 limit
-    is ẋ = A(θ) + F(θ). `PreLN(TransformerBlock(attention, feed_forward))` has the same limit
-    but the parallel layer x' = x + h(A(LN x) + F(LN x)).
-    """
-
-    parts: tuple[AbstractEuclideanField, ...]
-
-    def __check_init__(self):
-        if not isinstance(self.parts, tuple) or not self.parts:
-            raise ValueError(f"`parts` must be a non-empty tuple of fields, got {self.parts!r}.")
-        for part in self.parts:
-            if not isinstance(part, AbstractEuclideanField):
-                raise ValueError(
-                    f"`parts` must be Euclidean fields such as PreLN(SelfAttention(...)), got "
-                    f"{type(part).__name__}."
-                )
-
-    def __call__(self, t, x: Particles, args: PyTree = None) -> Particles:
-        velocities = [part(t, x, args) for part in self.parts]
-        return sum(velocities[1:], start=velocities[0])
-
-    def residual_layer(self, t, x: Particles, h, args: PyTree = None) -> Particles:
-        for part in self.parts:
-            x = part.residual_layer(t, x, h, args)
-        return x
-
-    def jump_times(self) -> Float[Array, " jumps"] | None:
-        from .._field._layer_norm import merged_jump_times
-
-        return merged_jump_times(*self.parts)
-
-    def check_state(self, x) -> None:
-        for part in self.parts:
-            part.check_state(x)
+from ._pieces import APPROXIMATIONS, EXACT
+from ._sequential import SequentialBlock
 
 
 def radius(model) -> float:
@@ -205,8 +164,6 @@ def discrete_map(model, x0, num_layers: int, final_norm: bool, key_mask=None):
 
 def pieces() -> tuple[str, ...]:
     """Every switch of the faithful builder: the approximations and the exact pieces."""
-    from ._approximations import APPROXIMATIONS, EXACT
-
     return tuple(APPROXIMATIONS) + tuple(EXACT)
 
 
@@ -215,8 +172,6 @@ def resolve_faithful(faithful) -> frozenset[str] | None:
     names from `APPROXIMATIONS` (those pieces kept, the others in GLPR's form). The `EXACT`
     pieces (key bias, feed-forward inner bias), which GLPR's map keeps too, are always kept, so
     that `faithful=()` is GLPR's map itself."""
-    from ._approximations import EXACT
-
     if faithful is False or faithful is None:
         return None
     if faithful is True:

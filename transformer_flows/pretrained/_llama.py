@@ -22,6 +22,7 @@ from .._field._gated_feed_forward import GatedFeedForward
 from .._field._rms_norm import PreRMSNorm
 from .._field._rotary import RotarySelfAttention, apply_rotary
 from . import _forward
+from ._sequential import SequentialBlock
 
 
 def rms_norm(x: Float[Array, "*batch D"], g, eps: float) -> Float[Array, "*batch D"]:
@@ -122,7 +123,5 @@ def layer_fields(model, num_layers: int):
         activation=_forward.activation(settings["activation"]),
         layer_duration=1.0,
     )
-    from ._fields import SequentialBlock
-
     eps = settings["eps"]
     return SequentialBlock((PreRMSNorm(attention, eps=eps), PreRMSNorm(feed_forward, eps=eps)))

@@ -11,7 +11,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._validation import is_concrete
 from . import _fields, _forward, _llama
-from ._checkpoint import DEFAULT_HUB_ID, convert, read_config, read_tensors, read_tokenizer
+from ._checkpoint import DEFAULT_HUB_ID, read_config, read_tensors, read_tokenizer
+from ._families import convert
 
 
 class _Tokenizer:

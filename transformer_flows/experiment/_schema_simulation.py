@@ -1,0 +1,345 @@
+"""The config schema of `simulation` sweeps: the model, the sweep's axes, the save times,
+the observables."""
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator, Field, field_validator, model_serializer, model_validator
+
+from ._registry import FIELDS, FIGURES, OBSERVABLES, PLACEMENTS, SOLVERS, WEIGHTS
+from ._schema_core import (
+    _DISTINCT,
+    FieldName,
+    Grid,
+    PositiveInteger,
+    PositiveNumber,
+    Seed,
+    ShapeList,
+    SolverConfig,
+    _Experiment,
+    _integer_type,
+    _listed,
+    _number_type,
+    _registered,
+    _Section,
+    _unique,
+)
+from ._yaml import bounded_free_form
+
+# --- simulation sweeps ---------------------------------------------------------------------
+
+
+class ModelConfig(_Section):
+    """The vector field and the shapes it is integrated at."""
+
+    field: FieldName = Field(
+        "SA", description="registered field (SA, USA, Kuramoto) or module:Class"
+    )
+    params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
+        {}, description="fixed constructor parameters of the field, e.g. {gain: 1.0}"
+    )
+    n: Annotated[ShapeList, _DISTINCT] = Field(
+        description="tokens n >= 2: one number or a list (each value compiles its own program)"
+    )
+    d: Annotated[ShapeList, _DISTINCT] = Field(
+        description="token dimension d >= 2 (tokens on the sphere S^{d-1}): one number or a "
+        "list (each value compiles its own program)"
+    )
+    weights: Annotated[_listed(str), _registered(WEIGHTS)] = Field(
+        ["identity"],
+        description="identity (Q = K = V = I) or random ensembles query_key:value drawn per "
+        "start; a list is one more axis of the sweep",
+    )
+    heads: PositiveInteger | None = Field(None, description="H heads of random weights (H, d, d)")
+    layers: PositiveInteger | None = Field(
+        None, description="L per-layer random weights, piecewise constant over [0, t1]"
+    )
+    initial: Annotated[_listed(Literal["sphere", "hemisphere", "orthonormal"]), _DISTINCT] = Field(
+        ["sphere"],
+        description="start(s): uniform on the sphere, on a hemisphere, or a random orthonormal "
+        "frame (d >= n); a list is one more axis of the sweep",
+    )
+    placement: Annotated[_listed(str), _registered(PLACEMENTS)] = Field(
+        ["post_ln"],
+        description="normalisation placement(s) (post_ln: the field itself; pre_ln, peri_ln, "
+        "ngpt, mix_ln, no_norm); a list is one more axis of the sweep",
+    )
+    placement_params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
+        {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
+    )
+
+    @field_validator("n", "d", "initial")
+    @classmethod
+    def _unique_shapes(cls, values):
+        return _unique(values)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # Configs written before placements existed keep their saved form (and fingerprint).
+        data = handler(self)
+        if data.get("placement") == ["post_ln"]:
+            data.pop("placement")
+        if data.get("placement_params") == {}:
+            data.pop("placement_params")
+        if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
+            data["initial"] = data["initial"][0]
+        return data
+
+    @model_validator(mode="after")
+    def _placements(self):
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
+        wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
+        if wrapped and entry.state != "points":
+            raise ValueError(
+                f"placement: {wrapped} wrap a sphere field; {self.field!r} moves angles"
+            )
+        allowed = {name for p in self.placement for name in PLACEMENTS[p].parameters}
+        for name in self.placement_params:
+            if name not in allowed:
+                raise ValueError(
+                    f"placement_params.{name}: not a parameter of the placements "
+                    f"{self.placement}; allowed: {sorted(allowed)}"
+                )
+        for name in wrapped:
+            placement = PLACEMENTS[name]
+            params = {k: v for k, v in self.placement_params.items() if k in placement.parameters}
+            if name == "mix_ln" and self.layers and "layer_duration" not in params:
+                # The sweep gives the field per-layer weights of duration t1/layers.
+                if not 0 <= params.get("post_ln_layers", 0) <= self.layers:
+                    raise ValueError(
+                        f"placement_params.post_ln_layers: must lie in [0, model.layers = "
+                        f"{self.layers}], got {params.get('post_ln_layers')!r}"
+                    )
+                params = {**params, "layer_duration": 1.0}
+            try:
+                field = entry.cls(**{"beta": 1.0, **self.params})
+                placement.wrap(field, **params)
+            except Exception as err:  # the placement's own message names the parameter
+                raise ValueError(f"placement_params: {name} refuses {params}: {err}") from None
+        if "orthonormal" in self.initial and max(self.n) > min(self.d):
+            raise ValueError(
+                f"initial: 'orthonormal' needs d >= n for every shape, got n = {self.n}, "
+                f"d = {self.d}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _field_accepts(self):
+        entry = FIELDS.lookup(self.field)
+        if entry is None:  # an import path: checked by run_experiment, after importing it
+            return self
+        parameters = entry.parameters()
+        for name in self.params:
+            if name not in parameters:
+                raise ValueError(
+                    f"params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
+                    f"parameters are {sorted(parameters)}"
+                )
+            if name in ("beta", "Q", "K", "V"):
+                raise ValueError(
+                    f"params.{name}: {name} is set by the sweep (sweep.beta, model.weights), "
+                    "not under model.params"
+                )
+        if "beta" not in parameters:
+            raise ValueError(f"field {self.field!r} has no parameter `beta`, which sweep.beta sets")
+        _try_build(entry, self.params, "params")
+        random = [w for w in self.weights if WEIGHTS[w].draw is not None]
+        if random and not entry.takes_weights:
+            raise ValueError(
+                f"weights {random} need a field with Q, K, V; {entry.cls.__name__} has none: "
+                "use weights=identity"
+            )
+        if not entry.random_values:
+            bad = [w for w in random if WEIGHTS[w].random_values]
+            if bad:
+                raise ValueError(
+                    f"field {self.field!r} is defined with V = I here "
+                    "(docs/mathematics.md, USA); use a `query_key:identity` ensemble or field SA"
+                    f", got weights {bad}"
+                )
+        if (self.heads or self.layers) and not random:
+            raise ValueError(
+                "model.heads and model.layers stack random weights; identity weights have "
+                "none (H identity heads act as one head with V = H·I): draw random weights, "
+                "e.g. model.weights=ginibre:identity"
+            )
+        if entry.state == "angles" and self.d != [2]:
+            raise ValueError(
+                f"field {self.field!r} moves angles on the circle: needs model.d = 2, got {self.d}"
+            )
+        return self
+
+
+def _try_build(entry, params: dict, where: str) -> None:
+    """Build the field once with these parameters (β = 1), so a bad parameter value is refused
+    when the config is read, not after compiling."""
+    try:
+        entry.cls(**{"beta": 1.0, **params})
+    except Exception as err:  # the field's own message names the parameter
+        raise ValueError(
+            f"{where}: {entry.cls.__name__}(beta=1.0, **{params}) is refused: {err}"
+        ) from None
+
+
+class SweepConfig(_Section):
+    """The axes swept in one vmapped program: β, random starts, tolerances, parameters."""
+
+    beta: Annotated[Grid, _DISTINCT] = Field(
+        description="inverse temperature β of the attention: one number, a list, or {start, "
+        "stop, num} (inclusive linspace); each value once"
+    )
+    starts: PositiveInteger = Field(
+        description="random initial configurations per β (the same starts and weight draws "
+        "for every β: common random numbers)"
+    )
+    seed: Seed = Field(0, description="seed of the starts and weight draws (0 <= seed < 2^63)")
+    tolerance: Annotated[_listed(PositiveNumber, min_length=0), _DISTINCT] | None = Field(
+        None, description="rtol = atol axis of an adaptive solver"
+    )
+    chunk_size: PositiveInteger | Literal["auto"] = Field(
+        "auto",
+        description="solves per vmapped call; auto: sized from memory_budget_mb per shape",
+    )
+    memory_budget_mb: PositiveNumber = Field(
+        256.0, description="memory per chunk in MB, sizes chunk_size=auto"
+    )
+    params: dict[str, Annotated[Grid, _DISTINCT]] = Field(
+        {}, description="axes over scalar field parameters, e.g. {gain: [0.5, 2.0]}"
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _beta(cls, values):
+        # β < 0 (repulsive softmax) is valid for the fields; fields whose figures and
+        # summaries draw theory curves refuse it in SimulationConfig's cross-checks.
+        return _unique(values)
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, values):
+        return None if values is None else _unique(values)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, params):
+        for name, values in params.items():
+            _unique(values)
+            if name in ("beta", "start", "rtol", "time", "n", "d", "weights"):
+                raise ValueError(f"params.{name}: {name!r} is a dimension of the sweep already")
+        return params
+
+
+class TimeConfig(_Section):
+    """Save times linspace(0, t1, num)."""
+
+    t1: PositiveNumber = Field(description="final time of the flow (> 0)")
+    num: _integer_type(ge=2) = Field(description="save times, evenly spaced on [0, t1] (>= 2)")
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.linspace(0.0, self.t1, self.num)
+
+
+class ObservablesConfig(_Section):
+    """Statistics saved at every save time (registered observables)."""
+
+    names: Annotated[_listed(str), _registered(OBSERVABLES)] = Field(
+        ["clustered_fraction"], description="registered observables (one name or a list)"
+    )
+    delta: _number_type(gt=0, lt=2) = Field(
+        1e-3, description="clustering threshold δ: tokens i, j are close if <x_i, x_j> >= 1 - δ"
+    )
+    harmonic: PositiveInteger = Field(
+        1, description="harmonic k of order_parameter |mean_j e^{i k θ_j}| (d = 2)"
+    )
+
+
+class SimulationConfig(_Experiment):
+    """Particles integrated by `solve` over a grid of β, starts, weights, shapes, parameters."""
+
+    experiment: Literal["simulation"] = "simulation"
+    model: ModelConfig = Field(description="the vector field and the shapes n, d")
+    sweep: SweepConfig = Field(description="the axes of the sweep: β, starts, parameters")
+    time: TimeConfig = Field(description="save times linspace(0, t1, num)")
+    solver: SolverConfig = Field(SolverConfig(), description="how the flow is integrated")
+    observables: ObservablesConfig = Field(
+        ObservablesConfig(), description="statistics saved at every save time"
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        model, names = self.model, self.observables.names
+        # None for an import path: its checks run in run_experiment, after importing it.
+        entry = FIELDS.lookup(model.field)
+        negative = [beta for beta in self.sweep.beta if beta < 0]
+        if negative and entry is not None and entry.theory_model is not None:
+            raise ValueError(
+                f"sweep.beta: β < 0 ({negative}, the repulsive softmax) is outside the theory "
+                f"curves (Γ∞,δ, ℓ*(β), defined for β >= 0) that figures and summaries draw for "
+                f"field {model.field!r}: sweep β >= 0 here, or register the class without a "
+                "theory_model, e.g. FIELDS.register('SA_repulsive', FieldEntry(SelfAttention))"
+            )
+        for figure in self.figures:
+            needs = FIGURES[figure]
+            for needed in needs.observables:
+                if needed not in names:
+                    raise ValueError(
+                        f"figure {figure!r} needs observable {needed!r}: add it to "
+                        f"observables.names {names}"
+                    )
+            if needs.d is not None and model.d != [needs.d]:
+                raise ValueError(f"figure {figure!r} needs model.d = {needs.d}, got {model.d}")
+        for name in names:
+            observable = OBSERVABLES[name]
+            if observable.per_shape and (len(model.n) > 1 or len(model.d) > 1):
+                raise ValueError(
+                    f"observable {name!r} changes shape with n and d: use one model.n and one "
+                    "model.d with it"
+                )
+            if observable.d is not None and model.d != [observable.d]:
+                raise ValueError(
+                    f"observable {name!r} is defined for d = {observable.d}: needs model.d = "
+                    f"{observable.d}, got {model.d}"
+                )
+        parameters = entry.parameters() if entry is not None else {}
+        for name in self.sweep.params if entry is not None else ():
+            if name not in parameters:
+                raise ValueError(
+                    f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
+                    f"parameters are {sorted(parameters)}"
+                )
+            if entry.is_static(name) or name in ("Q", "K", "V"):
+                raise ValueError(
+                    f"sweep.params.{name}: {name!r} is not a scalar array parameter of "
+                    f"{entry.cls.__name__} (static fields are fixed at compile time): set it "
+                    "under model.params instead"
+                )
+            _try_build(
+                entry, {**model.params, name: self.sweep.params[name][0]}, f"sweep.params.{name}"
+            )
+        if entry is not None and entry.state == "angles" and SOLVERS[self.solver.name].points_only:
+            points = [name for name in SOLVERS if not SOLVERS[name].points_only]
+            raise ValueError(
+                f"solver.name: {self.solver.name!r} steps points on a sphere; field "
+                f"{model.field!r} moves angles: choose one of {points}"
+            )
+        if self.sweep.tolerance is not None and not self.solver.adaptive:
+            raise ValueError(
+                f"sweep.tolerance is an axis of adaptive solvers; {self.solver.name!r} has a "
+                "fixed step: set sweep.tolerance=null"
+            )
+        if not self.solver.adaptive:
+            steps = math.ceil(self.time.t1 / self.solver.dt - 1e-9)
+            if steps > self.solver.max_steps:
+                raise ValueError(
+                    f"the fixed step dt={self.solver.dt} needs {steps} steps to reach "
+                    f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
+                )
+        return self
+
+    @property
+    def times(self) -> np.ndarray:
+        return self.time.times
