@@ -8,9 +8,12 @@ interact). Post-LN `random_transformer`, read-out wᵀ x̄^L/√D.
 
     python experiments/limits_training.py heads --out out/limits_training   (≈ 4 CPU min)
     python experiments/limits_training.py depth --out out/limits_training   (≈ 3 CPU min)
+    python experiments/limits_training.py trajectories --out out/limits_training   (≈ 1 CPU min)
 
 `heads`: across-head variance of the attention logits after training against N (α_A = 1, ½),
 H = 4, L = 2: of A_h(T) and of the learned part A_h(T) − A_h(0); loss curves across N.
+`trajectories`: the token trajectories through depth recorded at steps 0, 100 and 1000
+(N = 16, H = 4, L = 8): the mean token cosine and the distance travelled, layer by layer.
 `depth`: relative movement |W(T) − W(0)|_F/|W(0)|_F of the key/query weights against L
 (α_L = 1, ½), N = 8, H = 2. Slopes are least-squares log-log fits with 95% bootstrap intervals
 over seeds.
@@ -259,9 +262,55 @@ def depth_part(args, plt):
     return out, fig
 
 
+def trajectories_part(args, plt):
+    """Token trajectories through depth recorded during training (steps 0, 100, 1000): the mean
+    off-diagonal cosine of the tokens layer by layer, averaged over the inputs."""
+    steps = (0, 100, 1000)
+    heads, head_dim, depth = 4, 16, 8
+    transformer = tf.limits.random_transformer(
+        jax.random.key(100),
+        depth=depth,
+        heads=heads,
+        head_dim=head_dim,
+        alpha_A=1.0,
+        alpha_L=1.0,
+        dtype=jnp.float32,
+    )
+    model = tr.init_readout_model(jax.random.key(200), transformer)
+    x0, y = toy_task(jax.random.key(0), heads * head_dim)
+    lr = tr.sgd_learning_rate(
+        args.eta, heads=heads, head_dim=head_dim, depth=depth, gamma0=args.gamma0, alpha_L=1.0
+    )
+    result = tr.train_readout_model(
+        model, x0, y, gamma0=args.gamma0, learning_rate=lr, steps=steps[-1], record_steps=steps
+    )
+    cosine = jax.vmap(jax.vmap(tf.limits.mean_offdiagonal_cosine))  # (P, L + 1)
+    out = {"steps": list(steps), "loss": [float(result.losses[s]) for s in steps]}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for s in steps:
+        traj = result.trajectories[s]  # (P, L + 1, n, D)
+        per_layer = np.asarray(cosine(traj)).mean(0)
+        out[f"mean_cosine_step_{s}"] = per_layer.tolist()
+        axes[0].plot(per_layer, "o-", label=f"step {s} (loss {float(result.losses[s]):.3f})")
+    # How far the tokens travel through depth: mean over inputs and tokens of |x^l − x^0|.
+    for s in steps:
+        traj = np.asarray(result.trajectories[s])
+        travel = np.linalg.norm(traj - traj[:, :1], axis=-1).mean(axis=(0, 2))
+        out[f"mean_travel_step_{s}"] = travel.tolist()
+        axes[1].plot(travel, "o-", label=f"step {s}")
+    axes[0].set(xlabel="layer", ylabel="mean off-diagonal cosine (mean over inputs)")
+    axes[0].set_title(f"N = {head_dim}, H = {heads}, L = {depth}, α_A = α_L = 1", fontsize=10)
+    axes[1].set(xlabel="layer", ylabel="mean |x^l_i − x^0_i| (mean over inputs, tokens)")
+    axes[1].set_title("distance travelled through depth", fontsize=10)
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return out, fig
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("part", choices=["heads", "depth"])
+    parser.add_argument("part", choices=["heads", "depth", "trajectories"])
     parser.add_argument("--out", default="out/limits_training")
     parser.add_argument("--figures", default="docs/figures")
     parser.add_argument("--seeds", type=int, default=3)
@@ -279,7 +328,8 @@ def main():
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, fig = (heads_part if args.part == "heads" else depth_part)(args, plt)
+    parts = {"heads": heads_part, "depth": depth_part, "trajectories": trajectories_part}
+    results, fig = parts[args.part](args, plt)
     results["settings"] = vars(args)
     (out / f"{args.part}.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
