@@ -160,3 +160,108 @@ def test_training_centres_the_output_steps_by_the_gradient_and_records_trajector
         limits.train_readout_model(
             model, x0, y, gamma0=gamma0, learning_rate=lr, steps=3, record_steps=(5,)
         )
+
+
+def test_learning_rate_factors_are_the_authors_reparameterisation(getkey):
+    # The authors' query/key weights are W_a with W = s·W_a, s = N^{α_A−1} (their init std
+    # N^{1/2−α_A} behind N^{α_A−3/2}/√H); under Adam the read-out is w = √D w_a (μP). A step in
+    # W_a is, in W: SGD ΔW = s·(−lr ∂/∂W_a) = −lr s² ∂/∂W; Adam's first step
+    # ΔW = s·(−lr sign ∂/∂W_a) = −lr s sign ∂/∂W. Checked at α_A = ½ (s = 1/2) against the plain
+    # steps (`faithful=False`; the plain SGD step is −lr·∇, tested above), which share the
+    # compiled step: the factors are arrays, not constants.
+    head_dim = 4
+    transformer = limits.random_transformer(
+        getkey(), depth=1, heads=2, head_dim=head_dim, alpha_A=0.5, alpha_L=1.0
+    )
+    model = limits.init_readout_model(getkey(), transformer)
+    dim = transformer.weights.dim
+    x0 = _unit(jax.random.normal(getkey(), (3, 3, dim)))
+    y = jnp.array([0.5, -1.0, 2.0])
+    lr = 0.3
+    s_qk = head_dim ** (0.5 - 1.0)
+    steps = {}
+    for optimizer in ("sgd", "adam"):
+        for faithful in (True, False):
+            trained = limits.train_readout_model(
+                model,
+                x0,
+                y,
+                gamma0=0.5,
+                learning_rate=lr,
+                steps=1,
+                optimizer=optimizer,
+                faithful=faithful,
+            ).model
+            steps[optimizer, faithful] = jax.tree_util.tree_map(
+                lambda a, b: a - b,
+                eqx.filter(trained, eqx.is_inexact_array),
+                eqx.filter(model, eqx.is_inexact_array),
+            )
+    grad = jax.tree_util.tree_map(lambda d: -d / lr, steps["sgd", False])  # ∇loss
+    for optimizer in ("sgd", "adam"):
+        factors = limits.learning_rate_factors(model, optimizer)
+        s_out = 1.0 if optimizer == "sgd" else dim**0.5
+        for get, s in (
+            (lambda m: m.transformer.weights.query, s_qk),
+            (lambda m: m.transformer.weights.key, s_qk),
+            (lambda m: m.transformer.weights.value, 1.0),
+            (lambda m: m.transformer.weights.output, 1.0),
+            (lambda m: m.readout, s_out),
+        ):
+            g = get(grad)
+            step = -lr * (s**2 * g if optimizer == "sgd" else s * jnp.sign(g))
+            np.testing.assert_allclose(get(steps[optimizer, True]), step, atol=1e-12)
+            assert float(get(factors)) == pytest.approx(s**2 if optimizer == "sgd" else s)
+        # Plain Adam's first step is −lr·sign ∇ on every weight (bias-corrected m/√v, ε = 1e-20).
+        np.testing.assert_allclose(
+            steps["adam", False].transformer.weights.query,
+            -lr * jnp.sign(grad.transformer.weights.query),
+            atol=1e-12,
+        )
+    with pytest.raises(ValueError, match="`optimizer`"):
+        limits.learning_rate_factors(model, "lion")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_first_step_is_width_independent_only_under_the_mu_p_rate(optimizer, getkey):
+    # At fixed γ₀ the μP rates (SGD η·N·H·γ₀², Adam η/√(NH) with the read-out at √D times it)
+    # make a training step change the loss by an amount with a width-independent limit: the
+    # decrease of the N = 64 net is that of the N = 8 net to O(N^{−1/2}) fluctuations (seen:
+    # ratio 0.6–1.2 over 5 seeds). With the N = 8 rate at both widths, the wide net's decrease is
+    # 8 times smaller under SGD (the step is lr·|∇|², and |∇|² carries 1/(NH)) and √8 times
+    # larger under Adam (its step is lr·sign ∇, the change is summed over √(NH)-times more
+    # aligned weights). The loss curves (experiments/limits_training.py) follow from the steps.
+    key_t, key_r, key_x = getkey(), getkey(), getkey()
+    z = jax.random.normal(key_x, (4, 3, 3))
+    y = 2.0 * jnp.sum(_unit(z[:, 0]) * _unit(z[:, 1]), axis=-1)
+    eta = 0.3 if optimizer == "sgd" else 0.01  # small steps: the first-order regime
+    decrease = {}
+    for head_dim in (8, 64):
+        x0 = _unit(z @ jax.random.normal(jax.random.fold_in(key_x, 1), (2 * head_dim, 3)).T)
+        transformer = limits.random_transformer(
+            key_t, depth=1, heads=2, head_dim=head_dim, alpha_A=1.0, alpha_L=1.0
+        )
+        model = limits.init_readout_model(key_r, transformer)
+        for name, rate_dim in (("mup", head_dim), ("fixed", 8)):
+            if optimizer == "sgd":
+                lr = limits.sgd_learning_rate(
+                    eta, heads=2, head_dim=rate_dim, depth=1, gamma0=1.0, alpha_L=1.0
+                )
+            else:
+                lr = limits.adam_learning_rate(eta, heads=2, head_dim=rate_dim)
+            losses = limits.train_readout_model(
+                model, x0, y, gamma0=1.0, learning_rate=lr, steps=1, optimizer=optimizer
+            ).losses
+            decrease[name, head_dim] = float(losses[0] - losses[1])
+    assert decrease["mup", 8] > 1e-3 * float(jnp.mean(y**2))  # far above float64 rounding
+    mup = decrease["mup", 64] / decrease["mup", 8]
+    fixed = decrease["fixed", 64] / decrease["fixed", 8]
+    assert 0.4 < mup < 2.5
+    if optimizer == "sgd":
+        assert 0.1 < fixed / mup < 0.2  # 1/8
+    else:
+        assert 2.2 < fixed / mup < 3.3  # √8 = 2.83
+
+
+def _unit(x):
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)

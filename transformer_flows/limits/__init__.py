@@ -29,6 +29,7 @@ from ._training import (
     adam_learning_rate as adam_learning_rate,
     centred_output as centred_output,
     init_readout_model as init_readout_model,
+    learning_rate_factors as learning_rate_factors,
     sgd_learning_rate as sgd_learning_rate,
     train_readout_model as train_readout_model,
 )

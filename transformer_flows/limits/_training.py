@@ -5,6 +5,12 @@ Chaudhry and Pehlevan (arXiv:2405.15712), docs/limits_training.md:
   the trained output is centred, F_θ = (f_θ − f_θ₀)/γ₀, so F = 0 exactly at initialisation;
 - SGD's learning rate η·N·H·γ₀²·L^{2α_L−1} (`sgd_learning_rate`), Adam's η/√(NH)
   (`adam_learning_rate`);
+- the per-parameter factors on that rate (`learning_rate_factors`) that make training our weights
+  (all N(0, 1), fixed multipliers) the same dynamics as training the authors' weights, whose
+  initial variances and multipliers depend on α_A: their query/key weights are
+  W_a ~ N(0, N^{1−2α_A}) behind the multiplier N^{α_A−3/2}/√H (`Attention`, c = 3/2 − α_A, in
+  their train_vit_cifar.py), i.e. ours are W = N^{α_A−1} W_a; under Adam the read-out's rate is
+  √D times the others (μP for Adam: the 1/D read-out moves by η/D per step);
 - full-batch training on fixed inputs that records the token trajectories through depth (the L+1
   layer states of every input) at requested steps.
 """
@@ -71,11 +77,46 @@ class ReadoutModel(eqx.Module):
         )
 
 
+def _check_optimizer(optimizer) -> str:
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be 'sgd' or 'adam', got {optimizer!r}.")
+    return optimizer
+
+
 def init_readout_model(key: PRNGKeyArray, transformer: AbstractRandomTransformer) -> ReadoutModel:
-    """Attach an N(0, 1) read-out vector to `transformer`."""
+    """Attach an N(0, 1) read-out vector to `transformer` (μP: multiplier 1/D on the RMS-1
+    stream, for SGD and Adam alike; see `learning_rate_factors` for Adam's read-out rate)."""
     dtype = transformer.weights.query.dtype
     return ReadoutModel(
         transformer, jax.random.normal(key, (transformer.weights.dim,), dtype=dtype)
+    )
+
+
+def learning_rate_factors(model: ReadoutModel, optimizer: str = "sgd") -> ReadoutModel:
+    """Per-parameter factors on the learning rate (a pytree shaped like `model`'s arrays) under
+    which training our weights is training the authors' parameterisation (μP for Adam).
+
+    A weight written as W = s·W_a, trained in W_a, moves W by s² times the SGD step of W
+    (ΔW = s·ΔW_a, ∂/∂W_a = s ∂/∂W) and by s times the Adam step (Adam's step is blind to the
+    gradient's scale). The authors' query/key weights have s = N^{α_A−1} (their
+    `kif_qk` = N^{c−1/2}, multiplier N^{−c}/√H, c = 3/2 − α_A); every other weight has s = 1.
+    So the factors are N^{2α_A−2} on the query and key weights for SGD (1/N at α_A = ½: the
+    logit updates are then O(1) for both α_A) and N^{α_A−1} for Adam. Under Adam the read-out
+    also gets √D: with the base rate η/√D its step would be η/√D per entry, and the 1/D read-out
+    needs η (μP for Adam: an O(1) change of f per step). This is their read-out written as
+    s = √D behind 1/√D, with the μP initial variance 1/D (theirs is N(0, 1): the standard size,
+    under which a step changes f through the aligned features by O(√D·η), docs/limits_training.md).
+    Every other factor is 1."""
+    _check_optimizer(optimizer)
+    weights = model.transformer.weights
+    power = 2.0 if optimizer == "sgd" else 1.0
+    qk = float(weights.head_dim) ** (power * (weights.alpha_A - 1.0))
+    readout = 1.0 if optimizer == "sgd" else float(weights.dim) ** 0.5
+    ones = jax.tree_util.tree_map(lambda _: 1.0, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.tree_at(
+        lambda m: (m.transformer.weights.query, m.transformer.weights.key, m.readout),
+        ones,
+        (qk, qk, readout),
     )
 
 
@@ -90,7 +131,9 @@ def centred_output(
 
 
 # Module-level transformations, so that the compiled step below is reused across calls.
-_OPTIMIZERS = {"sgd": optax.identity(), "adam": optax.scale_by_adam()}
+# Adam with the authors' ε = 1e-20 (jax.example_libraries.optimizers.adam(lr, eps=1e-20)): μP
+# gradients are O(1/D) and a larger ε would damp them width-dependently.
+_OPTIMIZERS = {"sgd": optax.identity(), "adam": optax.scale_by_adam(eps=1e-20)}
 
 
 def _loss(params, static, model0, inputs, targets, gamma0):
@@ -100,10 +143,13 @@ def _loss(params, static, model0, inputs, targets, gamma0):
 
 
 @eqx.filter_jit
-def _step(params, state, static, model0, inputs, targets, gamma0, lr, opt):
+def _step(params, state, static, model0, inputs, targets, gamma0, lr, factors, opt):
     value, grad = jax.value_and_grad(_loss)(params, static, model0, inputs, targets, gamma0)
-    direction, state = opt.update(grad, state, params)
-    params = jax.tree_util.tree_map(lambda p, d: p - lr * d, params, direction)
+    # optax's Adam mixes its int32 step count with float decays, which strict dtype promotion
+    # (the test suite's setting) refuses; the promotion it needs is the standard one.
+    with jax.numpy_dtype_promotion("standard"):
+        direction, state = opt.update(grad, state, params)
+    params = jax.tree_util.tree_map(lambda p, d, f: p - lr * f * d, params, direction, factors)
     return params, state, value
 
 
@@ -132,12 +178,15 @@ def train_readout_model(
     steps: int,
     optimizer: str = "sgd",
     record_steps: tuple[int, ...] = (),
+    faithful: bool = True,
 ) -> TrainResult:
     """Full-batch training of the centred output on (inputs, targets), loss
     (1/P) Σ_p (F_θ(x_p) − y_p)², with SGD or Adam at `learning_rate` (take it from
     `sgd_learning_rate` / `adam_learning_rate`). Every parameter array of `model` is trained.
     The token trajectories of all inputs are recorded at each step in `record_steps`
-    (0 = before training, `steps` = after the last update)."""
+    (0 = before training, `steps` = after the last update). With `faithful` (the default) each
+    parameter's rate carries its `learning_rate_factors`, so that the run is the authors'
+    parameterisation; `faithful=False` uses `learning_rate` for every parameter."""
     gamma0 = _check_positive(gamma0, "gamma0")
     learning_rate = _check_positive(learning_rate, "learning_rate")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -151,10 +200,14 @@ def train_readout_model(
         raise ValueError(
             f"`inputs` has {inputs.shape[0]} sequences but `targets` has {targets.shape[0]}."
         )
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be 'sgd' or 'adam', got {optimizer!r}.")
-    opt = _OPTIMIZERS[optimizer]
+    opt = _OPTIMIZERS[_check_optimizer(optimizer)]
     params, static = eqx.partition(model, eqx.is_inexact_array)
+    factors = (
+        learning_rate_factors(model, optimizer)
+        if faithful
+        else jax.tree_util.tree_map(lambda _: 1.0, params)
+    )
+    factors = jax.tree_util.tree_map(lambda f: jnp.asarray(f, inputs.dtype), factors)
     lr = jnp.asarray(learning_rate, inputs.dtype)
     g0 = jnp.asarray(gamma0, inputs.dtype)
     state = opt.init(params)
@@ -163,8 +216,10 @@ def train_readout_model(
         if t in record_steps:
             trajectories[t] = _states(params, static, inputs)
         if t < steps:
-            params, state, value = _step(params, state, static, model, inputs, targets, g0, lr, opt)
+            params, state, value = _step(
+                params, state, static, model, inputs, targets, g0, lr, factors, opt
+            )
             losses.append(value)
     # The final loss from the compiled step (its update is discarded): no extra compile.
-    losses.append(_step(params, state, static, model, inputs, targets, g0, lr, opt)[2])
+    losses.append(_step(params, state, static, model, inputs, targets, g0, lr, factors, opt)[2])
     return TrainResult(jnp.stack(losses), eqx.combine(params, static), trajectories)
