@@ -26,7 +26,7 @@ _IMEX = (diffrax.KenCarp3, diffrax.KenCarp4, diffrax.KenCarp5, diffrax.Sil3)
 _FAILED = (
     "solve_mean_field did not reach the last save time (max_steps reached, or the step size "
     "underflowed). With noise, an explicit solver's step is limited by the diffusion's "
-    "stiffness κ^{-1}M² (its step is about 3κ/M²: 569 and 0.006 at κ = 1.8, M = 32), so a "
+    "stiffness κ^{-1}M² (its step is about 3κ/M²: 569 and 0.005 at κ = 1.8, M = 32), so a "
     "long horizon needs ~t·M²/(3κ) steps. Fix: solver=diffrax.KenCarp4() (IMEX: the diffusion "
     "implicit, exact in Fourier modes), or raise max_steps. With throw=False the saves not "
     "reached are NaN and `.result` says why."
