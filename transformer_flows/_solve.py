@@ -523,7 +523,7 @@ def _solve(
     progress_meter,
     noise,
     key,
-    stop_when,
+    stop_when=None,
 ) -> Trajectory:
     sphere = isinstance(field, AbstractSphereField)
     if stepsize_controller is None:
