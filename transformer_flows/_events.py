@@ -7,11 +7,15 @@ one from an observable and a level; `all_clustered` is the ready-made "every pai
 clustered" condition, i.e. `clustered_fraction(x, delta)` reaching 1.
 """
 
+import functools
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._observables import gram
 from ._validation import is_concrete
@@ -97,3 +101,66 @@ def all_clustered(delta: Float[ArrayLike, ""] = 1e-3) -> LevelCrossing:
     if not jnp.issubdtype(delta.dtype, jnp.floating):
         delta = delta.astype(float)
     return reaches(min_cosine, 1 - delta)
+
+
+class _BracketState(eqx.Module):
+    lower: Float[Array, ""]
+    upper: Float[Array, ""]
+    decreasing: Bool[Array, ""]
+
+
+class CrossingBisection(optx.AbstractRootFinder):
+    """Bisection on the step that saw a condition change sign (diffrax passes it as the
+    `lower`/`upper` options), stopping when the bracket is below `atol + rtol·|t|`.
+
+    Why not `optimistix.Newton` or `optimistix.Bisection`: Newton's steps, noise/slope, never
+    settle where a condition is flat and rounded (float32 near consensus hit its max_steps),
+    and it can cycle on a kink (the min over pairs switching pairs); `Bisection(flip="detect")`
+    refuses a bracket whose end value is exactly 0, which is what diffrax hands every system of
+    a vmapped batch that has *not* stopped (the function t_end − t): this one follows that
+    decreasing function to its root t_end exactly, so those systems end at `ts[-1]`."""
+
+    rtol: float
+    atol: float
+    norm: ClassVar[Callable] = jnp.abs
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags) -> _BracketState:
+        del y, aux_struct, tags
+        dtype = jax.tree_util.tree_leaves(f_struct)[0].dtype
+        lower = jnp.asarray(options["lower"], dtype)
+        upper = jnp.asarray(options["upper"], dtype)
+        lower_value, _ = _scalar(fn, lower, args)
+        upper_value, _ = _scalar(fn, upper, args)
+        return _BracketState(lower, upper, lower_value > upper_value)
+
+    def step(self, fn, y, args, options, state: _BracketState, tags):
+        del y, options, tags
+        middle = state.lower + 0.5 * (state.upper - state.lower)
+        value, aux = _scalar(fn, middle, args)
+        below = state.decreasing ^ (value < 0)  # the root lies above `middle`
+        lower = jnp.where(below, middle, state.lower)
+        upper = jnp.where(below, state.upper, middle)
+        state = _BracketState(lower, upper, state.decreasing)
+        return self._answer(state), state, aux
+
+    def terminate(self, fn, y, args, options, state: _BracketState, tags):
+        del fn, args, options, tags
+        width = state.upper - state.lower
+        return width <= self.atol + self.rtol * jnp.abs(y), optx.RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result) -> tuple[Any, Any, dict]:
+        return y, aux, {}
+
+    @staticmethod
+    def _answer(state: _BracketState):
+        """The upper end: never before the crossing (diffrax drops the saves after the answer),
+        and exactly t_end for a system that did not stop."""
+        return state.upper
+
+
+def _scalar(fn, t, args):
+    """diffrax's event function at t as one scalar: with several conditions it returns one
+    value per condition, all 0 but the one that fired (or all t_end − t when none did)."""
+    values, aux = fn(t, args)
+    leaves = jax.tree_util.tree_leaves(values)
+    return functools.reduce(jnp.add, leaves), aux

@@ -7,9 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._events import CrossingBisection
 from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
 from ._field._self_attention import BETA_FIX
 from ._noise import AbstractNoise, NoiseTerm
@@ -150,7 +150,7 @@ def solve(
     - `stop_when`: stop the solve when a condition holds (an event). Either a function
       `cond(t, x, args) -> real scalar` (x on the sphere for sphere fields), or a tuple/list
       of them: the solve stops at the first time one of them is >= 0, that is at its upward
-      zero crossing, root-found by `optimistix.Newton` on the solver's dense output (so
+      zero crossing, root-found by bisection on the solver's dense output (so
       exact to the solve's tolerance, not to the save grid), or at `ts[0]` when it already
       holds there. `tf.all_clustered(delta)` is the time at which `clustered_fraction`
       reaches 1; `tf.reaches(observable, level)` any other level. Or a `diffrax.Event`,
@@ -158,7 +158,8 @@ def solve(
       boolean conditions; its conditions get `(t, x, args, **kwargs)`, x on the sphere).
       The result holds `event_time`, `event_mask` and `stopped`; saves after the stop are
       NaN. Works under `jax.jit` and `jax.vmap` (each system stops at its own time). Not
-      with `noise` or `BacksolveAdjoint`.
+      with `noise` or `BacksolveAdjoint`; float32 tokens need `jax_enable_x64` off (a diffrax
+      type clash under x64).
 
     Bad values (NaN/inf in `x0`, `ts`, β or the field's weights, `x0` off the sphere,
     `ts` not increasing, `rtol`/`atol`/`dt0` <= 0) raise a `ValueError` naming the argument
@@ -190,6 +191,16 @@ def solve(
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
     field, x0, ts = _check_values(field, x0, ts, sphere)
+    root_found = stop_when is not None and (
+        not isinstance(stop_when, diffrax.Event) or stop_when.root_finder is not None
+    )
+    if root_found and jax.config.jax_enable_x64 and x0.dtype != jnp.float64:
+        raise ValueError(
+            f"`stop_when` on {x0.dtype.name} tokens needs jax_enable_x64 off: diffrax's event "
+            "root find mixes a float64 literal into the crossing's value under x64 (a type "
+            "error). Either solve in float64 (`x0.astype(jnp.float64)`) or in float32 with "
+            "x64 disabled."
+        )
     if stop_when is not None and not isinstance(stop_when, diffrax.Event):
         conditions = stop_when if isinstance(stop_when, (tuple, list)) else (stop_when,)
         for cond in conditions:
@@ -672,11 +683,10 @@ class _OnSphere(eqx.Module):
 
 
 def _root_tolerance(dtype) -> float:
-    """Tolerance of the crossing's Newton iteration (on t and on the condition's value):
-    1e-10 in float64, a few ulps in float32. Newton converges quadratically, so this costs a
-    step or two beyond the solver tolerance; the crossing is then as exact as the dense
-    output it is found on."""
-    return max(1e-10, 8 * float(jnp.finfo(dtype).eps))
+    """Tolerance of the crossing's bisection, on t (relative and absolute) and on the
+    condition's value: 1e-10 in float64, 32 ulps (4e-6) in float32, where the condition's
+    rounding noise (~1e-7 for a cosine) must stay below it."""
+    return max(1e-10, 32 * float(jnp.finfo(dtype).eps))
 
 
 def _event(stop_when, on_sphere, dtype) -> diffrax.Event:
@@ -690,7 +700,7 @@ def _event(stop_when, on_sphere, dtype) -> diffrax.Event:
         lambda cond: _OnSphere(cond, on_sphere, False), conditions, is_leaf=callable
     )
     tol = _root_tolerance(dtype)
-    return diffrax.Event(cond_fn, optx.Newton(rtol=tol, atol=tol), direction=True)
+    return diffrax.Event(cond_fn, CrossingBisection(rtol=tol, atol=tol), direction=True)
 
 
 def _stopped(solution, stop_when, ts, x0, args):
