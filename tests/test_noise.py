@@ -276,3 +276,38 @@ def test_errors_name_the_argument_and_the_fix(without_type_checker):
         tf.CommonNoise(-1.0)
     with pytest.raises(ValueError, match="`noises` must hold transformer_flows noises"):
         tf.NoiseSum((tf.CommonNoise(1.0), 2.0))
+
+
+SAVE_TS = jnp.array([0.0, 0.125, 0.375, 0.5, 0.875, 1.0])
+
+
+@jax.jit
+def _lone_tokens(keys):
+    """One token (its SA drift P_x x is 0: a Brownian motion on S^2, κ = 1e4) per key, steps
+    h = 1/4 on the Brownian tree's nodes, saves on and between steps."""
+
+    def one(key):
+        field, noise = tf.SelfAttention(1.0), tf.IndependentNoise(1e4)
+        x0 = jnp.zeros((1, 3)).at[0, 0].set(1.0)
+        return tf.solve(field, x0, SAVE_TS, noise=noise, key=key, dt0=0.25).xs[:, 0]
+
+    return jax.vmap(one)(keys)
+
+
+def test_saves_between_steps_have_the_interpolation_variance():
+    """A save at t = t_k + s h between steps is normalize((1-s) x_k + s x_{k+1}); for the
+    Brownian part its variance is t - s(1-s)h instead of t (docs/models.md). With κ = 1e4 the
+    curvature of the sphere is negligible, so 1 - <x(t), e_1>² ≈ |x_⊥|² has mean
+    (2/κ)(d-1)(t - s(1-s)h): the ratio to (2/κ)(d-1)t is 1 on steps and 1 - s(1-s)h/t
+    between them (0.5, 0.833 and 0.929 at t = 1/8, 3/8, 7/8; 4 standard errors)."""
+    xs = np.asarray(_lone_tokens(_keys(31, 8192)))
+    spread = 1 - xs[:, 1:, 0] ** 2
+    ts = np.asarray(SAVE_TS[1:])
+    s = (ts / 0.25) % 1
+    expected = 1 - s * (1 - s) * 0.25 / ts
+    scale = 4 / 1e4 * ts
+    ratio = spread.mean(0) / scale
+    se = spread.std(0) / np.sqrt(spread.shape[0]) / scale
+    np.testing.assert_allclose(expected, [0.5, 5 / 6, 1, 13 / 14, 1])
+    assert np.all(np.abs(ratio - expected) < 4 * se), (ratio, expected, se)
+    assert np.all(np.abs(ratio[[0, 1, 3]] - 1) > 4 * se[[0, 1, 3]])  # the effect is resolved

@@ -29,6 +29,12 @@ from ._ensembles import (
     random_weights as random_weights,
     wishart as wishart,
 )
+from ._events import (
+    LevelCrossing as LevelCrossing,
+    all_clustered as all_clustered,
+    min_cosine as min_cosine,
+    reaches as reaches,
+)
 from ._field._base import (
     AbstractAngleField as AbstractAngleField,
     AbstractEuclideanField as AbstractEuclideanField,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._events import CrossingBisection
 from ._field._base import AbstractAngleField, AbstractEuclideanField, AbstractSphereField
 from ._field._self_attention import BETA_FIX
 from ._noise import AbstractNoise, NoiseTerm
@@ -41,7 +42,16 @@ class Trajectory(eqx.Module):
     - `stats`: solver statistics (`num_steps`, `num_accepted_steps`, `num_rejected_steps`, ...).
     - `result`: a `RESULTS` code (diffrax's, and `overflow`: a saved state or observable
       is NaN or inf); `succeeded` tells whether it is `successful`. A non-finite solve never
-      succeeds.
+      succeeds. A solve stopped by `stop_when` succeeds (it did what was asked).
+    - `event_time`: with `stop_when`, the time the solve stopped: the root-found first time a
+      condition held, or `ts[-1]` when none did (then `stopped` is False); None without.
+    - `event_mask`: with `stop_when`, which condition stopped the solve: a boolean per
+      condition, in the structure of `stop_when` (one boolean for one condition; at most one
+      True); None without.
+
+    With `stop_when`, the saves after `event_time` are not results: their states and
+    observations are NaN (integer observables are then returned as floats, to hold the NaN),
+    and `saved` marks the saves that are.
     """
 
     ts: Float[Array, " times"]
@@ -49,10 +59,27 @@ class Trajectory(eqx.Module):
     observed: PyTree | None
     stats: dict[str, Array | int]  # diffrax also reports `max_steps` as a Python int
     result: RESULTS
+    event_time: Float[Array, ""] | None = None
+    event_mask: PyTree | None = None
 
     @property
     def succeeded(self):
         return self.result == RESULTS.successful
+
+    @property
+    def stopped(self):
+        """Whether a `stop_when` condition stopped the solve (False without `stop_when`)."""
+        if self.event_mask is None:
+            return jnp.zeros(jnp.shape(self.ts)[:-1], bool)
+        leaves = jax.tree_util.tree_leaves(self.event_mask)
+        return jnp.any(jnp.stack(leaves, axis=-1), axis=-1)
+
+    @property
+    def saved(self):
+        """Which saves hold results: `ts <= event_time` (all of them without `stop_when`)."""
+        if self.event_time is None:
+            return jnp.ones(jnp.shape(self.ts), bool)
+        return self.ts <= jnp.expand_dims(self.event_time, -1)
 
 
 def solve(
@@ -73,6 +100,7 @@ def solve(
     progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter(),
     noise: AbstractNoise | None = None,
     key: PRNGKeyArray | None = None,
+    stop_when: Callable | Sequence[Callable] | diffrax.Event | None = None,
 ) -> Trajectory:
     """Integrate `field` from `x0` at `ts[0]` and save at every time in `ts`.
 
@@ -119,6 +147,19 @@ def solve(
       step size, so steps dt0 = (ts[-1] - ts[0])/2^k land on its nodes exactly.
     - `key`: the PRNG key of the Brownian motion (`jax.random.key(0)`); the solve is a
       deterministic function of it, and `jax.vmap` over keys gives independent samples.
+    - `stop_when`: stop the solve when a condition holds (an event). Either a function
+      `cond(t, x, args) -> real scalar` (x on the sphere for sphere fields), or a tuple/list
+      of them: the solve stops at the first time one of them is >= 0, that is at its upward
+      zero crossing, root-found by bisection on the solver's dense output (so
+      exact to the solve's tolerance, not to the save grid), or at `ts[0]` when it already
+      holds there. `tf.all_clustered(delta)` is the time at which `clustered_fraction`
+      reaches 1; `tf.reaches(observable, level)` any other level. Or a `diffrax.Event`,
+      passed through with diffrax's semantics (its direction, its root finder or none,
+      boolean conditions; its conditions get `(t, x, args, **kwargs)`, x on the sphere).
+      The result holds `event_time`, `event_mask` and `stopped`; saves after the stop are
+      NaN. Works under `jax.jit` and `jax.vmap` (each system stops at its own time). Not
+      with `noise` or `BacksolveAdjoint`; float32 tokens need `jax_enable_x64` off (a diffrax
+      type clash under x64).
 
     Bad values (NaN/inf in `x0`, `ts`, β or the field's weights, `x0` off the sphere,
     `ts` not increasing, `rtol`/`atol`/`dt0` <= 0) raise a `ValueError` naming the argument
@@ -136,6 +177,7 @@ def solve(
     if noise is not None and solver is None:
         solver = diffrax.Heun()
     _check_noise(noise, key, field, solver, adjoint, dt0, sphere)
+    _check_stop_when(stop_when, noise, adjoint)
     angles = isinstance(field, AbstractAngleField)
     solver = _resolve_solver(solver, sphere, angles, type(field).__name__)
     adaptive = isinstance(solver, diffrax.AbstractAdaptiveSolver)
@@ -149,6 +191,20 @@ def solve(
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"`ts` must be a 1-d array of save times, got shape {ts.shape}.")
     field, x0, ts = _check_values(field, x0, ts, sphere)
+    root_found = stop_when is not None and (
+        not isinstance(stop_when, diffrax.Event) or stop_when.root_finder is not None
+    )
+    if root_found and jax.config.jax_enable_x64 and x0.dtype != jnp.float64:
+        raise ValueError(
+            f"`stop_when` on {x0.dtype.name} tokens needs jax_enable_x64 off: diffrax's event "
+            "root find mixes a float64 literal into the crossing's value under x64 (a type "
+            "error). Either solve in float64 (`x0.astype(jnp.float64)`) or in float32 with "
+            "x64 disabled."
+        )
+    if stop_when is not None and not isinstance(stop_when, diffrax.Event):
+        conditions = stop_when if isinstance(stop_when, (tuple, list)) else (stop_when,)
+        for cond in conditions:
+            _check_condition_value(jax.eval_shape(cond, ts[0], x0, args))
     solver = _prepare_for_adjoint(solver, adjoint)
     # Checked as given (before the cast), then cast to the dtype of the solve. Under vmap a
     # batch of tolerances is one traced array: the check then covers every entry.
@@ -174,7 +230,39 @@ def solve(
         progress_meter,
         noise,
         key,
+        stop_when,
     )
+
+
+def _check_stop_when(stop_when, noise, adjoint) -> None:
+    """Trace-time checks of `stop_when`: a diffrax `Event`, or one or more functions."""
+    if stop_when is None or isinstance(stop_when, diffrax.Event):
+        pass
+    elif callable(stop_when):
+        pass
+    elif (
+        isinstance(stop_when, (tuple, list))
+        and len(stop_when) > 0
+        and all(callable(cond) for cond in stop_when)
+    ):
+        pass
+    else:
+        raise ValueError(
+            f"`stop_when` must be a condition `cond(t, x, args) -> scalar` (the solve stops "
+            f"when it reaches 0 from below), e.g. tf.all_clustered(1e-3), a non-empty "
+            f"tuple of them, or a diffrax.Event; got {stop_when!r:.80}."
+        )
+    if stop_when is not None and noise is not None:
+        raise ValueError(
+            "`stop_when` is not supported with `noise` yet (the crossing of a noisy path "
+            "between steps is not defined by the step's interpolation); save finely and use "
+            "`first_crossing_time` on the saved statistic."
+        )
+    if stop_when is not None and isinstance(adjoint, diffrax.BacksolveAdjoint):
+        raise ValueError(
+            "`stop_when` is not supported with `adjoint=BacksolveAdjoint()`; use the default "
+            "RecursiveCheckpointAdjoint()."
+        )
 
 
 _DRIFT_ONLY_SOLVERS = (NormalizedEuler, ResidualLayers)
@@ -446,6 +534,7 @@ def _solve(
     progress_meter,
     noise,
     key,
+    stop_when=None,
 ) -> Trajectory:
     sphere = isinstance(field, AbstractSphereField)
     if stepsize_controller is None:
@@ -487,11 +576,12 @@ def _solve(
             # is finite): the overflow check below reads it.
             return observed, jnp.where(finite, 0, jnp.nan).astype(x0.dtype)
 
-        saveat = _save_at(ts, observe_as_float)
+        saveat = _save_at(ts, observe_as_float, stop_when is not None)
     elif isinstance(adjoint, diffrax.BacksolveAdjoint):
         saveat = _save_at(ts, None)
     else:
-        saveat = _save_at(ts, lambda t, y, args: on_sphere(y))
+        saveat = _save_at(ts, lambda t, y, args: on_sphere(y), stop_when is not None)
+    event = None if stop_when is None else _event(stop_when, on_sphere, x0.dtype)
     # Explicit ODE solves see the field through its radial extension (`_RadialExtension`):
     # the same field on the sphere, without the spurious stiff normal mode off it. Implicit
     # solvers keep the field as it is: they are not stability-limited, and that mode damps
@@ -521,12 +611,18 @@ def _solve(
         max_steps=max_steps,
         throw=throw,
         progress_meter=progress_meter,
+        event=event,
     )
+    event_time = event_mask = None
+    if event is not None:
+        solution, event_time, event_mask = _stopped(solution, stop_when, ts, on_sphere(x0), args)
     if observe_inside:
         xs = None
-        observed = jax.tree_util.tree_map(
-            lambda v, shape: v.astype(shape.dtype), solution.ys[0], observed_shapes
-        )
+        observed = solution.ys[0]
+        if event is None:  # with an event the masked saves are NaN: integers stay floats
+            observed = jax.tree_util.tree_map(
+                lambda v, shape: v.astype(shape.dtype), observed, observed_shapes
+            )
     else:
         xs = jax.vmap(on_sphere)(solution.ys)
         observed = None
@@ -536,8 +632,107 @@ def _solve(
             xs, observed = None, jax.vmap(observe)(safe)  # solution.ys keeps the states
     # The raw saves: the states, or (observed inside) the observations saved as floats and a
     # NaN where the state was not finite.
-    result, (_, xs, observed) = finite_result(solution.result, (solution.ys, xs, observed), throw)
-    return Trajectory(ts=ts, xs=xs, observed=observed, stats=dict(solution.stats), result=result)
+    saved = (solution.ys, xs, observed)
+    if event is None:
+        result, (_, xs, observed) = finite_result(solution.result, saved, throw)
+    else:
+        # An event is success; the saves after it are masked: checked as 0, returned as NaN.
+        keep = ts <= event_time
+        stopped = solution.result == diffrax.RESULTS.event_occurred
+        result = diffrax.RESULTS.where(stopped, diffrax.RESULTS.successful, solution.result)
+        result, saved = finite_result(result, _masked(saved, keep, 0), throw)
+        _, xs, observed = _masked(saved, keep, jnp.nan)
+    return Trajectory(
+        ts=ts,
+        xs=xs,
+        observed=observed,
+        stats=dict(solution.stats),
+        result=result,
+        event_time=event_time,
+        event_mask=event_mask,
+    )
+
+
+def _masked(saved, keep, fill):
+    """`saved` (leaves with the save times leading) with the inexact entries of the saves
+    where `keep` is False set to `fill`."""
+
+    def mask(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            return leaf
+        where = keep.reshape(keep.shape + (1,) * (leaf.ndim - 1))
+        return jnp.where(where, leaf, jnp.asarray(fill, leaf.dtype))
+
+    return jax.tree_util.tree_map(mask, saved)
+
+
+class _OnSphere(eqx.Module):
+    """A stopping condition evaluated on the state as the user sees it (on the sphere for
+    sphere fields: the dense output between steps is not), called the way diffrax calls
+    `Event.cond_fn` (keywords, and extra keywords that user conditions need not take)."""
+
+    cond: Callable
+    on_sphere: Callable
+    passthrough: bool = eqx.field(static=True)
+
+    def __call__(self, t, y, args, **kwargs):
+        x = self.on_sphere(y)
+        if self.passthrough:
+            return self.cond(t, x, args, **kwargs)
+        return self.cond(t, x, args)
+
+
+def _root_tolerance(dtype) -> float:
+    """Tolerance of the crossing's bisection, on t (relative and absolute) and on the
+    condition's value: 1e-10 in float64, 32 ulps (4e-6) in float32, where the condition's
+    rounding noise (~1e-7 for a cosine) must stay below it."""
+    return max(1e-10, 32 * float(jnp.finfo(dtype).eps))
+
+
+def _event(stop_when, on_sphere, dtype) -> diffrax.Event:
+    if isinstance(stop_when, diffrax.Event):
+        cond_fn = jax.tree_util.tree_map(
+            lambda cond: _OnSphere(cond, on_sphere, True), stop_when.cond_fn, is_leaf=callable
+        )
+        return diffrax.Event(cond_fn, stop_when.root_finder, stop_when.direction)
+    conditions = tuple(stop_when) if isinstance(stop_when, (tuple, list)) else stop_when
+    cond_fn = jax.tree_util.tree_map(
+        lambda cond: _OnSphere(cond, on_sphere, False), conditions, is_leaf=callable
+    )
+    tol = _root_tolerance(dtype)
+    return diffrax.Event(cond_fn, CrossingBisection(rtol=tol, atol=tol), direction=True)
+
+
+def _stopped(solution, stop_when, ts, x0, args):
+    """(solution with its saves at `ts` only, event time, event mask). Conditions given as
+    functions that already hold at ts[0] stop the solve there (diffrax fires on a sign change
+    only): the first of them in order is the event, and every later save is masked."""
+    event_time = solution.ts[1][0]
+    event_mask = solution.event_mask
+    if not isinstance(stop_when, diffrax.Event):
+        conditions = tuple(stop_when) if isinstance(stop_when, (tuple, list)) else (stop_when,)
+        at_start = [cond(ts[0], x0, args) >= 0 for cond in conditions]
+        first, before = [], jnp.asarray(False)
+        for held in at_start:
+            first.append(held & ~before)
+            before = before | held
+        masks = event_mask if isinstance(stop_when, (tuple, list)) else (event_mask,)
+        masks = [jnp.where(before, f, m) for f, m in zip(first, masks, strict=True)]
+        event_mask = type(stop_when)(masks) if isinstance(stop_when, (tuple, list)) else masks[0]
+        event_time = jnp.where(before, ts[0], event_time)
+    solution = eqx.tree_at(lambda s: (s.ts, s.ys), solution, (solution.ts[0], solution.ys[0]))
+    return solution, event_time, event_mask
+
+
+def _check_condition_value(value) -> None:
+    """Refuse a condition whose value (its `jax.eval_shape`) is not a real scalar."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"a `stop_when` condition must return a real scalar (the solve stops when it "
+            f"reaches 0 from below), got {value}; for a boolean condition pass "
+            "diffrax.Event(cond) (it stops at the end of the step where cond is True)."
+        )
 
 
 def _finite_or_placeholder(y, *, angles: bool):
@@ -549,13 +744,22 @@ def _finite_or_placeholder(y, *, angles: bool):
     return jnp.where(finite, y, placeholder), finite
 
 
-def _save_at(ts, fn) -> diffrax.SaveAt:
+def _save_at(ts, fn, event: bool = False) -> diffrax.SaveAt:
     """Save at `ts`. Two save times are the two ends of the solve: saved as the start and the
     last step's state (`t0=True, t1=True`) rather than by interpolating inside the last step,
     which leaves the save loop, its dense output and their derivatives out of the program
-    (fits solve over [0, T] and read x(T) only)."""
+    (fits solve over [0, T] and read x(T) only). With an event (which can end the solve
+    before ts[-1]) always at `ts`, and the end time as a second save."""
+    if event:
+        return diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=ts, fn=fn), diffrax.SubSaveAt(t1=True, fn=_time)]
+        )
     where = dict(t0=True, t1=True) if ts.shape[0] == 2 else dict(ts=ts)
     return diffrax.SaveAt(**where) if fn is None else diffrax.SaveAt(**where, fn=fn)
+
+
+def _time(t, y, args):
+    return t
 
 
 def _brownian_path(noise, solver, x0, ts, dt0, key) -> diffrax.VirtualBrownianTree:

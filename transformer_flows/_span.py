@@ -11,6 +11,7 @@ reduction composes with `jit`, `vmap` and `grad`.
 
 import dataclasses
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,7 +105,8 @@ def solve_in_span(
     when d > n (exact when V keeps that span invariant, e.g. V = None; see `reduce_to_span`).
 
     The returned `Trajectory` is in the original coordinates: `xs` has shape (T, n, d), and
-    `observe` (if given) sees points in R^d. With `observe_in_span=True`, `observe` gets the
+    `observe` and the conditions of `stop_when` (if given) see points in R^d. With
+    `observe_in_span=True`, `observe` and the conditions get the
     span coordinates (rows y_i = Uᵀx_i, shape (n, n)) instead, which skips the n·n·d map
     back at every save: correct for observables of inner products only (Gram matrix, energies,
     cluster fractions), since <y_i, y_j> = <x_i, x_j>. For d <= n this is `solve` unchanged.
@@ -119,7 +121,27 @@ def solve_in_span(
     observe = solve_kwargs.pop("observe", None)
     if observe is not None:
         solve_kwargs["observe"] = observe if observe_in_span else lambda y: observe(y @ basis.T)
+    stop_when = solve_kwargs.pop("stop_when", None)
+    if stop_when is not None:
+        solve_kwargs["stop_when"] = (
+            stop_when if observe_in_span else _conditions_in_original(stop_when, basis)
+        )
     trajectory = solve(reduce_to_span(field, basis, check=check), y0, ts, **solve_kwargs)
     if trajectory.xs is None:
         return trajectory
     return dataclasses.replace(trajectory, xs=trajectory.xs @ basis.T)
+
+
+def _conditions_in_original(stop_when, basis):
+    """`stop_when` (functions, a tuple/list of them, or a `diffrax.Event`) with every
+    condition reading the original coordinates x_i = U y_i instead of the span's y_i."""
+
+    def lift(cond):
+        return lambda t, y, args, **kwargs: cond(t, y @ basis.T, args, **kwargs)
+
+    if isinstance(stop_when, diffrax.Event):
+        cond_fn = jax.tree_util.tree_map(lift, stop_when.cond_fn, is_leaf=callable)
+        return diffrax.Event(cond_fn, stop_when.root_finder, stop_when.direction)
+    if isinstance(stop_when, (tuple, list)):
+        return type(stop_when)(lift(cond) for cond in stop_when)
+    return lift(stop_when)
