@@ -106,8 +106,11 @@ def solve_batch(
     a lane's system reaches `ts[-1]` (or `max_steps`), the lane takes the next system that has
     not started, so lanes idle (masked) only once the queue is empty, instead of every lane
     running the slowest system's steps. The observable is evaluated at the save times inside
-    the loop, so no trajectory is stored. Each system's steps and saves do not depend on
-    `lanes` or on which systems share the loop with it.
+    the loop, so no trajectory is stored. Each system's arithmetic does not depend on which
+    systems share the loop with it: in float64 the saves and step counts are bitwise those
+    of the lock-stepped batch (`lanes=B`). Another lane count is another compiled program,
+    and in float32 its rounding can differ (at 32 lanes, 8% of Fig. 3(a)'s systems took
+    one step more or fewer than at 2048; none at 64–256).
 
     **Arguments:**
     - `field`: a sphere field (`SelfAttention`, `UnnormalizedSelfAttention`, ...) without layer
