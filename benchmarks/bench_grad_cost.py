@@ -61,6 +61,14 @@ def settings():
         "RecursiveCheckpointAdjoint(checkpoints=16)": ({"adjoint": rca(checkpoints=16)}, 2),
         "RecursiveCheckpointAdjoint(checkpoints=32)": ({"adjoint": rca(checkpoints=32)}, 2),
         "RecursiveCheckpointAdjoint(), max_steps 64": ({"max_steps": 64}, 2),
+        "RecursiveCheckpointAdjoint(checkpoints=12), max_steps 64": (
+            {"adjoint": rca(checkpoints=12), "max_steps": 64},
+            2,
+        ),
+        "DirectAdjoint(), max_steps 16": (
+            {"adjoint": diffrax.DirectAdjoint(), "max_steps": 16},
+            2,
+        ),
         "DirectAdjoint(), max_steps 64": (
             {"adjoint": diffrax.DirectAdjoint(), "max_steps": 64},
             2,
@@ -109,6 +117,15 @@ def compile_seconds(fn, *args):
     return traced - began, time.perf_counter() - traced, time.process_time() - cpu, compiled
 
 
+def temp_mb(compiled) -> float:
+    """XLA's temporary buffer size of a compiled program (MB; nan where not reported)."""
+    compiled = getattr(compiled, "compiled", compiled)  # equinox's wrapper holds JAX's
+    try:
+        return compiled.memory_analysis().temp_size_in_bytes / 1e6
+    except (AttributeError, NotImplementedError):
+        return float("nan")
+
+
 def interleaved(forward, gradient, args, repeats):
     """Wall times of forward and gradient called alternately, the median of the per-pair
     ratios, and the ratio of the minimum CPU times (process time, all threads: steadier than
@@ -121,7 +138,7 @@ def interleaved(forward, gradient, args, repeats):
             times.append(time.perf_counter() - began)
             cpu.append(time.process_time() - began_cpu)
     pair = statistics.median(g / f for f, g in zip(t_f, t_g, strict=True))
-    return t_f, t_g, pair, min(c_g) / min(c_f)
+    return t_f, t_g, pair, min(c_g) / min(c_f), min(c_f), min(c_g)
 
 
 def main():
@@ -153,7 +170,7 @@ def main():
             gradient = eqx.filter_jit(eqx.filter_value_and_grad(loss), compiler_options=options)
             fl, fc, fcpu, forward = compile_seconds(forward, model, x0, labels)
             gl, gc, gcpu, gradient = compile_seconds(gradient, model, x0, labels)
-            t_f, t_g, pair, cpu_ratio = interleaved(
+            t_f, t_g, pair, cpu_ratio, cpu_f, cpu_g = interleaved(
                 forward, gradient, (model, x0, labels), args.repeats
             )
             g = flat_grad(gradient(model, x0, labels)[1])
@@ -169,6 +186,10 @@ def main():
                     "ratio_of_minima": min(t_g) / min(t_f),
                     "median_pair_ratio": pair,
                     "cpu_time_ratio_of_minima": cpu_ratio,
+                    "forward_cpu_ms_min": 1e3 * cpu_f,
+                    "grad_cpu_ms_min": 1e3 * cpu_g,
+                    "forward_temp_mb": temp_mb(forward),
+                    "grad_temp_mb": temp_mb(gradient),
                     "forward_compile_s": [round(fl, 2), round(fc, 2), round(fcpu, 2)],
                     "grad_compile_s": [round(gl, 2), round(gc, 2), round(gcpu, 2)],
                     "grad_error_vs_float64_same_tol": errors["discrete"],

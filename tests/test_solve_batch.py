@@ -22,10 +22,10 @@ def _fields(betas, dtype=jnp.float64):
 
 
 @eqx.filter_jit
-def _lean(betas, x0s, ts, tol, save="interpolate", method="tsit5"):
+def _lean(betas, x0s, ts, tol, save="interpolate", method="tsit5", lanes=None):
     return tf.solve_batch(
         _fields(betas, x0s.dtype), x0s, ts, batched_field=True, rtol=tol, atol=tol,
-        save=save, method=method,
+        save=save, method=method, lanes=lanes,
     )  # fmt: skip
 
 
@@ -66,6 +66,33 @@ def test_matches_diffrax_tsit5_step_for_step(betas):
     assert jnp.array_equal(out.num_steps, ref.stats["num_steps"])
     assert jnp.array_equal(out.num_accepted_steps, ref.stats["num_accepted_steps"])
     assert float(jnp.max(jnp.abs(jnp.linalg.norm(out.xs, axis=-1) - 1))) < 1e-14
+
+
+def test_work_queue_equals_lock_stepped_batch_and_diffrax():
+    # Six systems of very different stiffness (β from -3 to 20) through two lanes: each lane
+    # takes the next system when its own reaches t1. Every system's steps and saves are those
+    # of the lock-stepped batch (six lanes) bitwise, and diffrax's step for step; the two
+    # lanes compute fewer masked steps than six lanes running the slowest system's steps.
+    betas = jnp.asarray([0.5, 20.0, -3.0, 6.0, 1.0, -1.0])
+    x0s = _starts(7, 6, 3, 3)
+    tol = jnp.asarray(1e-6)
+    queued = _lean(betas, x0s, TS, tol, lanes=2)
+    locked = _lean(betas, x0s, TS, tol, lanes=6)
+    assert bool(queued.succeeded.all())
+    assert jnp.array_equal(queued.xs, locked.xs)
+    for key in ("num_steps", "num_accepted_steps", "num_rejected_steps"):
+        assert jnp.array_equal(getattr(queued, key), getattr(locked, key)), key
+    steps = np.asarray(queued.num_steps)
+    assert len(set(steps.tolist())) >= 3  # heterogeneous: the queue has something to balance
+    assert int(locked.num_lane_steps) == 6 * steps.max()
+    # Two lanes: at least the useful steps, at most one longest system beyond a balanced split.
+    assert steps.sum() <= int(queued.num_lane_steps) <= steps.sum() + 2 * steps.max()
+    assert int(queued.num_lane_steps) < int(locked.num_lane_steps)
+    for pair in range(3):  # the diffrax reference in the shape the tests above compiled
+        part = slice(2 * pair, 2 * pair + 2)
+        ref = _diffrax(betas[part], x0s[part], tol)
+        assert float(jnp.max(jnp.abs(queued.xs[part] - ref.xs))) < 1e-9
+        assert jnp.array_equal(queued.num_steps[part], ref.stats["num_steps"])
 
 
 def test_bosh3_and_clip_agree_with_diffrax_at_tolerance():
@@ -138,6 +165,7 @@ def test_refuses_unsupported_input():
         (dict(x0s=2 * x0s), "unit sphere"),
         (dict(rtol=0.0), "rtol"),
         (dict(max_steps=0), "max_steps"),
+        (dict(lanes=0), "lanes"),
         (dict(field=_fields([1.0, 2.0, 3.0]), batched_field=True), "batch size 2"),
         (dict(ts=jnp.asarray([0.0, 2.0, 1.0])), "increasing"),
         (dict(field=tf.SelfAttention(1.0, Q=jnp.eye(2)[None].repeat(2, 0), layer_duration=1.0)),
