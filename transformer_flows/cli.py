@@ -10,6 +10,8 @@ Bad input (configs, overrides, output directories) ends with a message naming th
 and the fix, exit status 2, and no traceback; failed solves (and a diverged fit: NaN or inf
 parameters) end with exit status 3; a missing
 pretrained checkpoint ends with its message (what to download, where) and exit status 4.
+Ctrl-C ends with one line, "interrupted: k/N chunks saved in DIR; rerun the same command to
+resume" (steps for a fit), and exit status 130.
 """
 
 import argparse
@@ -22,10 +24,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+DATASET = "dataset.nc"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_SOLVES = 3
 # A `pretrained` config whose checkpoint is not on this machine (`make figures` skips it).
 EXIT_MISSING_CHECKPOINT = 4
+# Ctrl-C (SIGINT), as shells report it: 128 + 2.
+EXIT_INTERRUPTED = 130
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +159,7 @@ def _run_config(args: argparse.Namespace) -> int:
     import jax
 
     from .experiment import (
+        FiguresInterrupted,
         SolveFailures,
         allow_nonempty_out,
         draw_figures,
@@ -214,8 +220,13 @@ def _run_config(args: argparse.Namespace) -> int:
         f"{result.attrs['compute_seconds']:.1f} s computing in all{note})"
     )
     if not args.no_figures:
-        for path in draw_figures(result, config, args.out):
-            print(f"{config.name}: figure {path}")
+        try:
+            for path in draw_figures(result, config, args.out):
+                print(f"{config.name}: figure {path}")
+        except KeyboardInterrupt:
+            raise FiguresInterrupted(
+                f"the dataset {DATASET}", args.out, f"`transformer-flows plot {args.out}`"
+            ) from None
     return 0
 
 
@@ -281,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         enable_compilation_cache(nan_checks=args.command == "run")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as stopped:
+        # Ctrl-C: one line (what is saved, how to resume), no traceback. Every file of a run is
+        # written to a temporary name and renamed, so nothing half-written is left behind.
+        print(str(stopped) or f"transformer-flows {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, OSError) as err:
         # ConfigError, StoreError (both ValueError), unreadable files: a message, no traceback.
         print(f"transformer-flows {args.command}: error: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@
 from . import _builtins as _builtins  # registers the built-in entries
 from ._build import build_field as build_field
 from ._fit_run import load_fitted_model as load_fitted_model, run_fit as run_fit
+from ._interrupt import FiguresInterrupted as FiguresInterrupted, RunInterrupted as RunInterrupted
 from ._overrides import apply_overrides as apply_overrides, parse_override as parse_override
 from ._plan import Plan as Plan, Shape as Shape, plan_sweep as plan_sweep
 from ._pretrained_run import run_pretrained as run_pretrained

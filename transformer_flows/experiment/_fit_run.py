@@ -13,9 +13,10 @@ import jax
 import numpy as np
 
 from .._field_models import as_field
-from .._fit import evaluate, fit, trainable_spec
+from .._fit import FitInterrupted, evaluate, fit, trainable_spec
 from .._losses import LabeledTargets, TargetMeasure
 from ._build import build_fit_model, build_flow, build_optimizer, build_task
+from ._interrupt import FiguresInterrupted, RunInterrupted
 from ._schema import FitConfig
 from ._store import RunDirectory, fingerprint
 
@@ -38,7 +39,10 @@ def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dic
     with run.lock():
         run.claim(config.to_yaml(), fingerprint(config.numerics()))
         run.remove_temporaries()
-        return _fit_into(config, run, progress)
+        try:
+            return _fit_into(config, run, progress)
+        except FitInterrupted as stopped:
+            raise RunInterrupted(stopped.step, stopped.num_steps, "steps", run.out) from None
 
 
 def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
@@ -93,12 +97,22 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
     if isinstance(task, TargetMeasure):
         metrics["heldout_mmd2_noise_floor"] = task.noise_floor(jax.random.key(1), train.eval_size)
     run.write_text(METRICS, json.dumps(metrics, indent=2, allow_nan=False))
-    _plot_loss(history, result.evaluations, task.headline, run.out / "loss.png")
-    example_key = jax.random.key(config.seed + 12345)
-    for name, fitted in (("before", model), ("after", result.model)):
-        _plot_trajectories(
-            fitted, task, flow, example_key, f"{name} fitting", run.out / f"trajectories_{name}.png"
-        )
+    try:
+        _plot_loss(history, result.evaluations, task.headline, run.out / "loss.png")
+        example_key = jax.random.key(config.seed + 12345)
+        for name, fitted in (("before", model), ("after", result.model)):
+            _plot_trajectories(
+                fitted,
+                task,
+                flow,
+                example_key,
+                f"{name} fitting",
+                run.out / f"trajectories_{name}.png",
+            )
+    except KeyboardInterrupt:
+        raise FiguresInterrupted(
+            f"the fit ({PARAMS}, {METRICS})", run.out, "rerunning the same command"
+        ) from None
     return metrics
 
 
