@@ -162,3 +162,22 @@ def test_style_files_are_data_and_dotted_names_import_nothing(tmp_path, monkeypa
         with figure_files(_Plot(style="missing.mplstyle")):
             pass
     assert np.isfinite(matplotlib.rcParams["lines.linewidth"])
+
+
+def test_plot_and_summarize_of_a_fit_directory_import_nothing(tmp_path, capsys):
+    from transformer_flows.cli import main
+
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    text = (SPHERE.parent / "fit_two_clusters.yaml").read_text()
+    (fit / "config.yaml").write_text(text)
+    for command in ("plot", "summarize"):
+        assert main([command, str(fit)]) == 2
+        assert "the fit has not finished" in capsys.readouterr().err
+    (fit / "metrics.json").write_text("{}")
+    (fit / "params.eqx").write_bytes(b"")
+    (fit / "config.yaml").write_text(text.replace("field: SA ", "field: evilmod:Field "))
+    for command in ("plot", "summarize"):
+        assert main([command, str(fit)]) == 2
+        assert "this fit names code (model.field: 'evilmod:Field')" in capsys.readouterr().err
+    assert "evilmod" not in sys.modules

@@ -18,6 +18,7 @@ from .._losses import TargetMeasure
 from ._build import build_fit_model, build_flow, build_optimizer, build_task
 from ._fit_plot import draw_fit_figures
 from ._interrupt import FiguresInterrupted, RunInterrupted
+from ._registry import FIELDS
 from ._schema import FitConfig
 from ._store import RunDirectory, fingerprint
 
@@ -147,6 +148,15 @@ def load_fit(out: str | Path) -> tuple[FitConfig, dict, object, object]:
         raise ConfigError(
             f"{str(out)!r}: {', '.join(missing)} does not exist: the fit has not finished. "
             "Fix: rerun its `transformer-flows fit` command (it resumes from checkpoint.eqx)."
+        )
+    field = config.model.field
+    if FIELDS.is_import_path(field):
+        raise ConfigError(
+            f"{str(out)!r}: this fit names code (model.field: {field!r}); redrawing or "
+            "summarizing it rebuilds its model, which would import that class, and reading a "
+            "run directory never imports anything. Fix: rerun its `transformer-flows fit` "
+            f"command (it imports the class, as you allowed when you ran it), or read "
+            f"{METRICS} directly."
         )
     metrics = json.loads((out / METRICS).read_text())
     return config, metrics, build_fit_model(config), load_fitted_model(config, out / PARAMS)
