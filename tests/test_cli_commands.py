@@ -176,8 +176,8 @@ def test_plot_and_summarize_of_a_fit_directory_import_nothing(tmp_path, capsys):
         assert "the fit has not finished" in capsys.readouterr().err
     (fit / "metrics.json").write_text("{}")
     (fit / "params.eqx").write_bytes(b"")
-    (fit / "config.yaml").write_text(text.replace("field: SA ", "field: evilmod:Field "))
+    (fit / "config.yaml").write_text(text.replace("field: SA ", "field: fitcodemod:Field "))
     for command in ("plot", "summarize"):
         assert main([command, str(fit)]) == 2
-        assert "this fit names code (model.field: 'evilmod:Field')" in capsys.readouterr().err
-    assert "evilmod" not in sys.modules
+        assert "this fit names code (model.field: 'fitcodemod:Field')" in capsys.readouterr().err
+    assert "fitcodemod" not in sys.modules

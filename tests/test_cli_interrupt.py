@@ -174,3 +174,22 @@ def test_fit_command_ctrl_c_is_one_line_and_130(tmp_path, monkeypatch, capsys):
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert err == f"interrupted: 3/300 steps saved in {out}; rerun the same command to resume\n"
+
+
+def test_reported_counts_at_the_interrupt(tmp_path):
+    from transformer_flows.experiment._interrupt import RunInterrupted, reported
+
+    on_disk = []
+    with pytest.raises(RunInterrupted) as stopped:
+        with reported(tmp_path, "texts") as saved:
+            saved.total, saved.recount = 5, lambda: len(on_disk)
+            on_disk += ["a", "b"]  # counted when the interrupt comes, not before
+            raise KeyboardInterrupt
+    assert (stopped.value.saved, stopped.value.total) == (2, 5)
+    assert str(stopped.value) == (
+        f"interrupted: 2/5 texts saved in {tmp_path}; rerun the same command to resume"
+    )
+    with pytest.raises(KeyboardInterrupt) as early:  # before any work was counted
+        with reported(tmp_path, "texts"):
+            raise KeyboardInterrupt
+    assert type(early.value) is KeyboardInterrupt

@@ -60,4 +60,6 @@ def reported(out: str | Path, unit: str):
     except RunInterrupted:
         raise
     except KeyboardInterrupt:
+        if not count.total:  # stopped before the work was counted: nothing to report
+            raise
         raise RunInterrupted(count.recount(), count.total, unit, out) from None
