@@ -243,11 +243,11 @@ def _run_config(args: argparse.Namespace) -> int:
 def _is_fit(out: Path) -> bool:
     """Whether `out` holds a fit (its config.yaml says `experiment: fit`); fits have no
     dataset.nc but params.eqx and metrics.json."""
-    from .experiment._yaml import load_yaml
+    from .experiment._yaml import MAX_YAML_BYTES, load_yaml
 
     path = out / "config.yaml"
-    if not path.is_file():
-        return False
+    if not path.is_file() or path.stat().st_size > MAX_YAML_BYTES:
+        return False  # the sweep reader reports what is wrong with such a directory
     raw = load_yaml(path.read_text(), f"{str(path)!r}")
     return isinstance(raw, dict) and raw.get("experiment") == "fit"
 

@@ -112,7 +112,7 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         )
     except KeyboardInterrupt:
         raise FiguresInterrupted(
-            f"the fit ({PARAMS}, {METRICS})", run.out, "rerunning the same command"
+            f"the fit ({PARAMS}, {METRICS})", run.out, f"`transformer-flows plot {run.out}`"
         ) from None
     return metrics
 
