@@ -181,3 +181,34 @@ def test_plot_and_summarize_of_a_fit_directory_import_nothing(tmp_path, capsys):
         assert main([command, str(fit)]) == 2
         assert "this fit names code (model.field: 'fitcodemod:Field')" in capsys.readouterr().err
     assert "fitcodemod" not in sys.modules
+
+
+def test_draw_figures_follows_the_plot_section(tmp_path):
+    """A real figure (Fig. 6's landscape, from a dataset built here with g(τ) of App. B) in
+    every configured format, at the configured dpi, under a library style."""
+    import xarray as xr
+
+    from transformer_flows.experiment import draw_figures
+
+    config = load_config(
+        SPHERE.parent / "figure6.yaml",
+        ["plot.format=[png, pdf, svg]", "plot.dpi=60", "plot.style=ggplot"],
+    )
+    tau, beta, d = np.linspace(-3, 3, 41), np.array([2.0, 6.0]), np.array([2])
+    b, t = beta[:, None], tau[None, :]
+    g = np.exp(b * np.cos(t)) * ((d[0] - 1) * np.cos(t) - b * np.sin(t) ** 2)
+    critical = np.arccos((-1 + np.sqrt(1 + 4 * beta**2)) / (2 * beta))  # β sin² τ* = cos τ*
+    dataset = xr.Dataset(
+        {
+            "landscape_g": (("d", "beta", "tau"), g[None]),
+            "critical_angle": (("d", "beta"), critical[None]),
+        },
+        coords={"d": d, "beta": beta, "tau": tau},
+    )
+    written = draw_figures(dataset, config, tmp_path)
+    assert [p.name for p in written] == [f"figure6_landscape.{s}" for s in ("png", "pdf", "svg")]
+    png = matplotlib.image.imread(written[0])
+    # The default config draws at dpi 90: the same figure is 90/60 times as wide.
+    (wide,) = draw_figures(dataset, load_config(SPHERE.parent / "figure6.yaml"), tmp_path / "w")
+    assert matplotlib.image.imread(wide).shape[1] / png.shape[1] == pytest.approx(90 / 60, rel=0.05)
+    assert b"<svg" in written[2].read_bytes()[:2000] and written[1].read_bytes()[:4] == b"%PDF"
