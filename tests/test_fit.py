@@ -10,6 +10,7 @@ import pathlib
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import numpy as np
 import optax
 import pytest
@@ -259,8 +260,7 @@ def test_fit_command_smoke_end_to_end(tmp_path, capsys):
         "metrics.json",
         "config.yaml",
         "loss.png",
-        "trajectories_before.png",
-        "trajectories_after.png",
+        "trajectories.png",  # one panel: before and after fitting
         "checkpoint.eqx",
     ):
         assert (out / name).is_file(), name
@@ -281,9 +281,31 @@ def test_fit_command_smoke_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     before = (out / "metrics.json").read_bytes()
     assert main([*argv, "train.learning_rate=0.5"]) == 2
-    assert "holds a run of a different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a run of a different config" in err
+    assert "It differs in: train.learning_rate: 0.05 → 0.5." in err
     assert (out / "metrics.json").read_bytes() == before
     assert main(argv) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["loss_history"] == metrics["loss_history"]
     assert again["evaluations"] == metrics["evaluations"]  # held-out scores survive a resume
+    # `summarize` and `plot` read a fit directory (it has no dataset.nc).
+    capsys.readouterr()
+    assert main(["summarize", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["heldout_accuracy"] == metrics["heldout_accuracy"]
+    assert summary["train_loss"] == metrics["train_loss"]
+    parameters = {row["parameter"]: row for row in summary["parameters"]}
+    assert parameters["beta"]["before"] == 1.0
+    assert parameters["beta"]["after"] == pytest.approx(metrics["beta"])
+    assert parameters["Q"]["after"] == pytest.approx(float(np.linalg.norm(np.asarray(model.Q))))
+    assert main(["summarize", str(out), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert f"heldout_accuracy: {metrics['heldout_accuracy']:.4g}" in table
+    redraw = tmp_path / "redraw"
+    assert main(["plot", str(out), "--figures-dir", str(redraw)]) == 0
+    assert sorted(p.name for p in redraw.iterdir()) == ["loss.png", "trajectories.png"]
+    # The same held-out input, model and flow: the redrawn panel is the one the fit drew.
+    assert np.array_equal(
+        plt.imread(redraw / "trajectories.png"), plt.imread(out / "trajectories.png")
+    )

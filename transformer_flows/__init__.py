@@ -70,6 +70,7 @@ from ._field_models import (
     as_field as as_field,
 )
 from ._fit import (
+    FitInterrupted as FitInterrupted,
     FitResult as FitResult,
     FlowOptions as FlowOptions,
     batch_loss as batch_loss,

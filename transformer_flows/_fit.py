@@ -13,6 +13,7 @@
   held-out evaluations included: they are saved beside the checkpoint).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,6 +40,7 @@ from ._field_models import (
     check_nonempty_weights,
 )
 from ._losses import AbstractTask
+from ._progress import compile_notice
 from ._solve import Trajectory, solve
 
 
@@ -198,6 +200,19 @@ class FitResult:
     first_step_seconds: float
 
 
+class FitInterrupted(KeyboardInterrupt):
+    """`fit` stopped by Ctrl-C (SIGINT): `step` of `num_steps` steps are in `checkpoint`
+    (0 and None without one). Calling `fit` again with the same `checkpoint` resumes there."""
+
+    def __init__(self, step: int, num_steps: int, checkpoint: pathlib.Path | None):
+        super().__init__(step, num_steps, checkpoint)
+        self.step, self.num_steps, self.checkpoint = step, num_steps, checkpoint
+
+    def __str__(self) -> str:
+        where = f"in {self.checkpoint}" if self.checkpoint is not None else "(no checkpoint=)"
+        return f"fit interrupted: {self.step}/{self.num_steps} steps saved {where}"
+
+
 def fit(
     model: PyTree,
     task: AbstractTask,
@@ -229,9 +244,11 @@ def fit(
       exists the run resumes from it, and it is rewritten atomically every
       `checkpoint_every` steps (0: only at the end), with the loss history and the
       evaluations beside it (see `save_checkpoint`).
-    - `progress`: a tqdm progress bar (stderr) with the current loss.
+    - `progress`: a tqdm progress bar (stderr) with the current loss; while the first step
+      (and the first held-out evaluation) compiles, it says so with the elapsed time.
 
-    **Returns:** a `FitResult`.
+    **Returns:** a `FitResult`. Ctrl-C raises `FitInterrupted` (a `KeyboardInterrupt`) with
+    the step saved in `checkpoint`.
     """
     for name, value, low in (
         ("num_steps", num_steps, 0),
@@ -275,9 +292,8 @@ def fit(
     def record_evaluation(at):
         evaluations.append({"step": at, **evaluate(model, task, flow, heldout_key, eval_size)})
 
-    if not evaluations or (scheduled(start) and evaluations[-1]["step"] != start):
-        record_evaluation(start)  # always one evaluation before training (a baseline)
     first_step_seconds = train_seconds = 0.0
+    saved_step = start if path is not None and path.exists() else 0
     with tqdm(
         total=num_steps,
         initial=start,
@@ -286,24 +302,35 @@ def fit(
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        for s in range(start, num_steps):
-            began = time.perf_counter()
-            model, opt_state, loss = step(model, opt_state, jax.random.fold_in(train_key, s))
-            losses.append(float(loss))  # blocks until the step is done
-            elapsed = time.perf_counter() - began
-            if s == start:
-                first_step_seconds = elapsed
-            else:
-                train_seconds += elapsed
-            done = s + 1
-            bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-            bar.update(1)
-            if scheduled(done):
-                record_evaluation(done)
-            if path is not None and (
-                done == num_steps or (checkpoint_every and done % checkpoint_every == 0)
-            ):
-                save_checkpoint(path, model, opt_state, done, np.asarray(losses), evaluations)
+        try:
+            if not evaluations or (scheduled(start) and evaluations[-1]["step"] != start):
+                with compile_notice(bar):  # the evaluation compiles the held-out solve
+                    record_evaluation(start)  # always one evaluation before training (a baseline)
+            for s in range(start, num_steps):
+                began = time.perf_counter()
+                step_key = jax.random.fold_in(train_key, s)
+                with compile_notice(bar) if s == start else contextlib.nullcontext():
+                    model, opt_state, loss = step(model, opt_state, step_key)
+                losses.append(float(loss))  # blocks until the step is done
+                elapsed = time.perf_counter() - began
+                if s == start:
+                    first_step_seconds = elapsed
+                else:
+                    train_seconds += elapsed
+                done = s + 1
+                bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+                bar.update(1)
+                if scheduled(done):
+                    record_evaluation(done)
+                if path is not None and (
+                    done == num_steps or (checkpoint_every and done % checkpoint_every == 0)
+                ):
+                    save_checkpoint(path, model, opt_state, done, np.asarray(losses), evaluations)
+                    saved_step = done
+        except FitInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise FitInterrupted(saved_step, num_steps, path) from None
     return FitResult(
         model, opt_state, np.asarray(losses), evaluations, train_seconds, first_step_seconds
     )

@@ -10,6 +10,8 @@ Bad input (configs, overrides, output directories) ends with a message naming th
 and the fix, exit status 2, and no traceback; failed solves (and a diverged fit: NaN or inf
 parameters) end with exit status 3; a missing
 pretrained checkpoint ends with its message (what to download, where) and exit status 4.
+Ctrl-C ends with one line, "interrupted: k/N chunks saved in DIR; rerun the same command to
+resume" (steps for a fit), and exit status 130.
 """
 
 import argparse
@@ -22,10 +24,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+DATASET = "dataset.nc"
 EXIT_BAD_INPUT = 2
 EXIT_FAILED_SOLVES = 3
 # A `pretrained` config whose checkpoint is not on this machine (`make figures` skips it).
 EXIT_MISSING_CHECKPOINT = 4
+# Ctrl-C (SIGINT), as shells report it: 128 + 2.
+EXIT_INTERRUPTED = 130
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -96,19 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="learn Q, K, V and/or β by differentiating through the flow",
         description="Run a fit config (experiment: fit) into DIR: params.eqx, metrics.json, "
-        "loss.png, trajectories_{before,after}.png; rerunning resumes from checkpoint.eqx.",
+        "the figures loss and trajectories (before/after); rerunning resumes from "
+        "checkpoint.eqx.",
     )
     _add_run_options(fit)
     fit.set_defaults(func=_run, kinds=("fit",))
     plot = commands.add_parser(
-        "plot", help="redraw the figures of DIR from its saved dataset (no simulation)"
+        "plot",
+        help="redraw the figures of DIR: a sweep's from its saved dataset (no simulation), a "
+        "fit's from metrics.json and params.eqx",
     )
     plot.add_argument("out", type=Path, metavar="DIR", help="directory of a finished run")
     plot.add_argument("--figures-dir", type=Path, default=None, help="write the figures here")
     plot.set_defaults(func=_plot)
     summarize = commands.add_parser(
         "summarize",
-        help="print 50%% levels vs Γ∞,δ and cluster-count statistics of DIR as JSON",
+        help="print the numbers of DIR: a sweep's 50%% levels vs Γ∞,δ and cluster-count "
+        "statistics; a fit's loss, held-out metric and parameters before and after",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     summarize.add_argument("out", type=Path, metavar="DIR", help="directory of a finished run")
@@ -121,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="β values for cluster-count statistics (nearest on the grid)",
     )
     summarize.add_argument("--level", type=float, default=0.5)
+    summarize.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json (strict, every digit) or table (aligned plain text, 4 significant digits)",
+    )
     summarize.set_defaults(func=_summarize)
     schema = commands.add_parser("schema", help="print the JSON Schema of configs (for editors)")
     schema.set_defaults(func=_schema)
@@ -154,6 +169,7 @@ def _run_config(args: argparse.Namespace) -> int:
     import jax
 
     from .experiment import (
+        FiguresInterrupted,
         SolveFailures,
         allow_nonempty_out,
         draw_figures,
@@ -214,14 +230,37 @@ def _run_config(args: argparse.Namespace) -> int:
         f"{result.attrs['compute_seconds']:.1f} s computing in all{note})"
     )
     if not args.no_figures:
-        for path in draw_figures(result, config, args.out):
-            print(f"{config.name}: figure {path}")
+        try:
+            for path in draw_figures(result, config, args.out):
+                print(f"{config.name}: figure {path}")
+        except KeyboardInterrupt:
+            raise FiguresInterrupted(
+                f"the dataset {DATASET}", args.out, f"`transformer-flows plot {args.out}`"
+            ) from None
     return 0
+
+
+def _is_fit(out: Path) -> bool:
+    """Whether `out` holds a fit (its config.yaml says `experiment: fit`); fits have no
+    dataset.nc but params.eqx and metrics.json."""
+    from .experiment._yaml import MAX_YAML_BYTES, load_yaml
+
+    path = out / "config.yaml"
+    if not path.is_file() or path.stat().st_size > MAX_YAML_BYTES:
+        return False  # the sweep reader reports what is wrong with such a directory
+    raw = load_yaml(path.read_text(), f"{str(path)!r}")
+    return isinstance(raw, dict) and raw.get("experiment") == "fit"
 
 
 def _plot(args: argparse.Namespace) -> int:
     from .experiment import draw_figures, load_dataset
 
+    if _is_fit(args.out):
+        from .experiment import redraw_fit
+
+        for path in redraw_fit(args.out, args.figures_dir):
+            print(f"fit: figure {path}")
+        return 0
     dataset, config = load_dataset(args.out)
     for path in draw_figures(dataset, config, args.figures_dir or args.out):
         print(f"{config.name}: figure {path}")
@@ -229,15 +268,24 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from .experiment import load_dataset, summary
+    from .experiment import load_dataset, summary, summary_table
 
-    dataset, config = load_dataset(args.out)
-    if config.experiment != "simulation":
-        raise ValueError(
-            f"{str(args.out)!r} holds a {config.experiment} run; nothing to summarize."
-        )
-    result = summary(dataset, config, args.times, args.betas, args.level)
-    print(json.dumps(_strict_json(result), indent=1, allow_nan=False))
+    if _is_fit(args.out):
+        from .experiment import fit_summary, load_fit
+
+        result = fit_summary(*load_fit(args.out))
+    else:
+        dataset, config = load_dataset(args.out)
+        if config.experiment != "simulation":
+            raise ValueError(
+                f"{str(args.out)!r} holds a {config.experiment} run; nothing to summarize."
+            )
+        result = summary(dataset, config, args.times, args.betas, args.level)
+    result = _strict_json(result)
+    if args.format == "table":
+        print(summary_table(result))
+    else:
+        print(json.dumps(result, indent=1, allow_nan=False))
     return 0
 
 
@@ -281,6 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         enable_compilation_cache(nan_checks=args.command == "run")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as stopped:
+        # Ctrl-C: one line (what is saved, how to resume), no traceback. Every file of a run is
+        # written to a temporary name and renamed, so nothing half-written is left behind.
+        print(str(stopped) or f"transformer-flows {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, OSError) as err:
         # ConfigError, StoreError (both ValueError), unreadable files: a message, no traceback.
         print(f"transformer-flows {args.command}: error: {err}", file=sys.stderr)

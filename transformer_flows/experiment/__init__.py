@@ -14,7 +14,14 @@
 
 from . import _builtins as _builtins  # registers the built-in entries
 from ._build import build_field as build_field
-from ._fit_run import load_fitted_model as load_fitted_model, run_fit as run_fit
+from ._fit_run import (
+    fit_summary as fit_summary,
+    load_fit as load_fit,
+    load_fitted_model as load_fitted_model,
+    redraw_fit as redraw_fit,
+    run_fit as run_fit,
+)
+from ._interrupt import FiguresInterrupted as FiguresInterrupted, RunInterrupted as RunInterrupted
 from ._overrides import apply_overrides as apply_overrides, parse_override as parse_override
 from ._plan import Plan as Plan, Shape as Shape, plan_sweep as plan_sweep
 from ._pretrained_run import run_pretrained as run_pretrained
@@ -68,6 +75,7 @@ from ._summarize import (
     crossing_interval as crossing_interval,
     level_crossing as level_crossing,
     summary as summary,
+    summary_table as summary_table,
 )
 
 

@@ -1,6 +1,6 @@
 """Running a `fit` config into its output directory: build (via `_build`), fit, and write
-`params.eqx`, `metrics.json`, `loss.png`, `trajectories_{before,after}.png`. The directory is
-locked and claimed like a sweep's: a changed config is refused, a rerun resumes from
+`params.eqx`, `metrics.json` and the figures `loss` and `trajectories` (`_fit_plot`). The
+directory is locked and claimed like a sweep's: a changed config is refused, a rerun resumes from
 `checkpoint.eqx`."""
 
 import io
@@ -13,9 +13,12 @@ import jax
 import numpy as np
 
 from .._field_models import as_field
-from .._fit import evaluate, fit, trainable_spec
-from .._losses import LabeledTargets, TargetMeasure
+from .._fit import FitInterrupted, evaluate, fit, trainable_spec
+from .._losses import TargetMeasure
 from ._build import build_fit_model, build_flow, build_optimizer, build_task
+from ._fit_plot import draw_fit_figures
+from ._interrupt import FiguresInterrupted, RunInterrupted
+from ._registry import FIELDS
 from ._schema import FitConfig
 from ._store import RunDirectory, fingerprint
 
@@ -38,7 +41,10 @@ def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dic
     with run.lock():
         run.claim(config.to_yaml(), fingerprint(config.numerics()))
         run.remove_temporaries()
-        return _fit_into(config, run, progress)
+        try:
+            return _fit_into(config, run, progress)
+        except FitInterrupted as stopped:
+            raise RunInterrupted(stopped.step, stopped.num_steps, "steps", run.out) from None
 
 
 def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
@@ -93,12 +99,21 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
     if isinstance(task, TargetMeasure):
         metrics["heldout_mmd2_noise_floor"] = task.noise_floor(jax.random.key(1), train.eval_size)
     run.write_text(METRICS, json.dumps(metrics, indent=2, allow_nan=False))
-    _plot_loss(history, result.evaluations, task.headline, run.out / "loss.png")
-    example_key = jax.random.key(config.seed + 12345)
-    for name, fitted in (("before", model), ("after", result.model)):
-        _plot_trajectories(
-            fitted, task, flow, example_key, f"{name} fitting", run.out / f"trajectories_{name}.png"
+    try:
+        draw_fit_figures(
+            metrics,
+            config,
+            run.out,
+            before=model,
+            after=result.model,
+            task=task,
+            flow=flow,
+            key=example_key(config),
         )
+    except KeyboardInterrupt:
+        raise FiguresInterrupted(
+            f"the fit ({PARAMS}, {METRICS})", run.out, f"`transformer-flows plot {run.out}`"
+        ) from None
     return metrics
 
 
@@ -115,53 +130,85 @@ def _finite(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _plot_loss(history, evaluations, headline, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(np.arange(1, len(history) + 1), history, lw=1)
-    scale = "log" if len(history) and np.all(history > 0) else "linear"
-    left.set(xlabel="step", ylabel="training loss", yscale=scale)
-    right.plot([e["step"] for e in evaluations], [e[headline] for e in evaluations], "o-")
-    right.set(xlabel="step", ylabel=headline)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def example_key(config: FitConfig):
+    """The key of the held-out input drawn in `trajectories` (the same for every redraw)."""
+    return jax.random.key(config.seed + 12345)
 
 
-def _plot_trajectories(model, task, flow, key, title, path, num_saves: int = 60) -> None:
-    """Token paths of one held-out input, coloured by label (targets as black stars, target
-    measure samples as grey dots); d > 3 is drawn in the top-3 principal directions."""
-    import matplotlib
+def load_fit(out: str | Path) -> tuple[FitConfig, dict, object, object]:
+    """The config, metrics, initial model and fitted model of a finished fit in `out`."""
+    from ._schema import ConfigError, load_config
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    out = Path(out)
+    config = load_config(out / "config.yaml")
+    if config.experiment != "fit":
+        raise ConfigError(f"{str(out)!r} holds a {config.experiment} run, not a fit.")
+    missing = [name for name in (METRICS, PARAMS) if not (out / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{str(out)!r}: {', '.join(missing)} does not exist: the fit has not finished. "
+            "Fix: rerun its `transformer-flows fit` command (it resumes from checkpoint.eqx)."
+        )
+    field = config.model.field
+    if FIELDS.is_import_path(field):
+        raise ConfigError(
+            f"{str(out)!r}: this fit names code (model.field: {field!r}); redrawing or "
+            "summarizing it rebuilds its model, which would import that class, and reading a "
+            "run directory never imports anything. Fix: rerun its `transformer-flows fit` "
+            f"command (it imports the class, as you allowed when you ran it), or read "
+            f"{METRICS} directly."
+        )
+    metrics = json.loads((out / METRICS).read_text())
+    return config, metrics, build_fit_model(config), load_fitted_model(config, out / PARAMS)
 
-    x0, aux = task.sample(key)
-    xs = np.asarray(flow.trajectory(as_field(model), x0, num_saves).xs)  # (T, n, d)
-    d = xs.shape[-1]
-    if d == 3:
-        basis = np.eye(3)
-    else:
-        flat = xs.reshape(-1, d)
-        basis = np.linalg.svd(flat - flat.mean(0), full_matrices=False)[2][:3].T
-    paths = xs @ basis
-    colours = np.asarray(aux) if not isinstance(task, TargetMeasure) else np.zeros(xs.shape[1])
-    fig = plt.figure(figsize=(5, 5))
-    ax = fig.add_subplot(projection="3d")
-    cmap = plt.get_cmap("tab10")
-    for i in range(paths.shape[1]):
-        ax.plot(*paths[:, i].T, color=cmap(int(colours[i]) % 10), lw=0.8, alpha=0.8)
-    ax.scatter(*paths[0].T, c=[cmap(int(c) % 10) for c in colours], s=8, marker="o")
-    ax.scatter(*paths[-1].T, c=[cmap(int(c) % 10) for c in colours], s=30, marker="D")
-    if isinstance(task, LabeledTargets):
-        ax.scatter(*(np.asarray(task.targets) @ basis).T, c="k", s=120, marker="*")
-    if isinstance(task, TargetMeasure):
-        ax.scatter(*(np.asarray(aux[1]) @ basis).T, c="0.5", s=6, marker=".")
-    ax.set_title(f"{title} (t = 0 to {flow.horizon:g})" + ("" if d == 3 else ", PCA to 3-d"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+def redraw_fit(out: str | Path, figures_dir: str | Path | None = None) -> list[Path]:
+    """Draw the figures of a finished fit in `out` again (into `figures_dir`, default `out`)."""
+    config, metrics, before, after = load_fit(out)
+    target = Path(figures_dir or out)
+    target.mkdir(parents=True, exist_ok=True)
+    return draw_fit_figures(
+        metrics,
+        config,
+        target,
+        before=before,
+        after=after,
+        task=build_task(config),
+        flow=build_flow(config),
+        key=example_key(config),
+    )
+
+
+def fit_summary(config: FitConfig, metrics: dict, before, after) -> dict:
+    """The numbers of a finished fit: loss, held-out metric before and after, and the
+    parameters (β; Frobenius norms of Q, K, V, None for the identity) before and after."""
+    headline = metrics["headline"]
+    result = {
+        "name": config.name,
+        "task": metrics["task"],
+        "steps": metrics["steps"],
+        "diverged": metrics["diverged"],
+        "train_loss_initial": metrics["train_loss_initial"],
+        "train_loss": metrics["train_loss"],
+        f"{headline}_before": metrics.get(f"{headline}_before"),
+        headline: metrics.get(headline),
+        "train_seconds": metrics["train_seconds"],
+    }
+    parameters = []
+    for name in ("beta", "Q", "K", "V"):
+        values = [_parameter(as_field(model), name) for model in (before, after)]
+        if values == [None, None] and name != "beta":
+            continue
+        parameters.append({"parameter": name, "before": values[0], "after": values[1]})
+    result["parameters"] = parameters
+    result["evaluations"] = metrics["evaluations"]
+    return result
+
+
+def _parameter(field, name: str) -> float | None:
+    """β, or the Frobenius norm of a weight (None: absent, i.e. the identity)."""
+    value = getattr(field, name, None)
+    if value is None:
+        return None
+    array = np.asarray(value)
+    return _finite(array if name == "beta" else np.linalg.norm(array.reshape(-1)))

@@ -1,7 +1,10 @@
 """`key.path=value` overrides of a config mapping, checked against the schema: the one
-override parser of every command (and of `smoke:` sections)."""
+override parser of every command (and of `smoke:` sections). The last key may carry indexes,
+`sweep.beta[2]=5.0` or `task.anchors[0][2]=1`, which replace one entry of a list written in
+the config (the form the config errors suggest)."""
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +32,43 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return tuple(part.strip() for part in key.split(".")), value
+
+
+_INDEXED = re.compile(r"^(?P<key>[^\[\]]+)(?P<indexes>(\[-?\d+\])+)$")
+
+
+def _split_indexes(text: str, part: str) -> tuple[str, list[int]]:
+    """'beta[2]' -> ('beta', [2]); 'beta' -> ('beta', []); malformed brackets: ConfigError."""
+    if "[" not in part and "]" not in part:
+        return part, []
+    match = _INDEXED.match(part)
+    if match is None:
+        raise ConfigError(
+            f"override {text!r}: {part!r} is not a key or key[index] (indexes are integers, "
+            "e.g. sweep.beta[2]=5.0)."
+        )
+    return match["key"].strip(), [int(i) for i in re.findall(r"-?\d+", match["indexes"])]
+
+
+def _set_entry(text: str, where: str, container, indexes: list[int], value) -> None:
+    """container[i0][i1]... = value, in place, for lists written in the config."""
+    for depth, index in enumerate(indexes):
+        shown = where + "".join(f"[{i}]" for i in indexes[:depth])
+        if not isinstance(container, list):
+            held = "is not set in the config" if container is None else f"holds {container!r}"
+            raise ConfigError(
+                f"override {text!r}: {shown!r} {held}, not a list; an index replaces one entry "
+                f"of a list written in the config. Fix: set it whole, e.g. {shown}=[...]."
+            )
+        if not -len(container) <= index < len(container):
+            raise ConfigError(
+                f"override {text!r}: index {index} is out of range for {shown!r}, a list of "
+                f"{len(container)} entries (indexes 0 to {len(container) - 1})."
+            )
+        if depth == len(indexes) - 1:
+            container[index] = value
+        else:
+            container = container[index]
 
 
 # Below a free-form mapping (model.params, sweep.params, smoke, a task's keys) any key goes.
@@ -65,6 +105,18 @@ def _holds_dict(annotation) -> bool:
     return any(_holds_dict(argument) for argument in getattr(annotation, "__args__", ()))
 
 
+def _indexed(text: str, path: tuple[str, ...]) -> tuple[tuple[str, ...], list[int]]:
+    """Split the indexes off the last key; an index on an earlier key is refused."""
+    parts = [_split_indexes(text, part) for part in path]
+    for key, indexes in parts[:-1]:
+        if indexes:
+            raise ConfigError(
+                f"override {text!r}: only the last key may carry an index ({key!r} does). Fix: "
+                "set that section's list whole."
+            )
+    return tuple(key for key, _ in parts), parts[-1][1]
+
+
 def apply_overrides(config: Mapping, overrides: Sequence[str], kind: type[BaseModel]) -> dict:
     """A copy of `config` with each `key.path=value` applied. Key paths are checked against
     the schema of `kind` (a typo fails, naming the keys allowed there); missing sections are
@@ -72,6 +124,7 @@ def apply_overrides(config: Mapping, overrides: Sequence[str], kind: type[BaseMo
     result = copy.deepcopy(dict(config))
     for text in overrides:
         path, value = parse_override(text)
+        path, indexes = _indexed(text, path)
         node: dict = result
         model = kind
         for depth, part in enumerate(path):
@@ -84,7 +137,14 @@ def apply_overrides(config: Mapping, overrides: Sequence[str], kind: type[BaseMo
                     f"{sorted(model.model_fields)}."
                 ) from None
             if depth == len(path) - 1:
-                if value is None:
+                if indexes:
+                    if value is None:
+                        raise ConfigError(
+                            f"override {text!r}: null cannot remove one entry of a list. Fix: "
+                            f"set the list whole, e.g. {where}=[...]."
+                        )
+                    _set_entry(text, where, node.get(part), indexes, value)
+                elif value is None:
                     node.pop(part, None)
                 else:
                     node[part] = value

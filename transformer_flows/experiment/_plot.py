@@ -1,6 +1,9 @@
 """Figures drawn from a sweep or theory dataset (matplotlib, Agg backend, no numerics here
 beyond averaging over starts and the theory overlays)."""
 
+import contextlib
+import contextvars
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -13,18 +16,47 @@ import xarray as xr  # noqa: E402
 
 from .. import theory  # noqa: E402
 from ._registry import FIELDS, FIGURES  # noqa: E402
+from ._store import atomic_write  # noqa: E402
+from ._style import style_params  # noqa: E402
 from ._summarize import INNER_DIMS  # noqa: E402
 
 DPI = 90
 
 
+@dataclasses.dataclass(frozen=True)
+class FigureFiles:
+    """How `save_figure` writes a figure: one file per format, at `dpi`."""
+
+    formats: tuple[str, ...] = ("png",)
+    dpi: int = DPI
+
+
+_FILES: contextvars.ContextVar[FigureFiles | None] = contextvars.ContextVar(
+    "transformer_flows_figure_files", default=None
+)
+
+
+@contextlib.contextmanager
+def figure_files(plot):
+    """Draw under the `plot.format`, `plot.dpi` and `plot.style` of a config's `plot:` section
+    (figures drawn inside are saved by `save_figure` accordingly)."""
+    token = _FILES.set(FigureFiles(tuple(plot.format), plot.dpi))
+    try:
+        with plt.style.context(style_params(plot.style)):
+            yield
+    finally:
+        _FILES.reset(token)
+
+
 def draw_figures(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
-    """Draw every figure listed in `config.figures` into `out`; returns the written files."""
+    """Draw every figure listed in `config.figures` into `out` in the formats, resolution and
+    style of `config.plot`; returns the written files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in config.figures:
-        written.extend(FIGURES[name].draw(dataset, config, out))
+    with figure_files(config.plot):
+        for name in config.figures:
+            written.extend(FIGURES[name].draw(dataset, config, out))
     return written
 
 
@@ -67,10 +99,25 @@ def _grid(count: int, per_row: int, size=(4.2, 3.4)):
     return fig, list(axes.flat[:count])
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def save_figure(fig, path: Path) -> list[Path]:
+    """Write `fig` as `path` with each configured suffix (see `figure_files`), each file
+    atomically (a Ctrl-C or crash leaves the previous file or none, never half a file), and
+    close it; returns the written paths."""
+    files = _FILES.get() or FigureFiles()
+    written = []
+    try:
+        for suffix in files.formats:
+            target = Path(path).with_suffix(f".{suffix}")
+            atomic_write(
+                target,
+                lambda f, suffix=suffix: fig.savefig(
+                    f, format=suffix, dpi=files.dpi, bbox_inches="tight"
+                ),
+            )
+            written.append(target)
+    finally:
+        plt.close(fig)
+    return written
 
 
 def _subtitle(dataset: xr.Dataset, config) -> str:
@@ -129,21 +176,23 @@ def phase_diagram(dataset, config, out):
             )
         if str(part["weights"].values) == "identity" and len(betas) > 1 and _theory_model(config):
             curve_t, curve_beta = phase_boundary_curve(config, int(part["n"]), times, betas)
-            ax.plot(curve_t, curve_beta, "k-", lw=1.6, label="Γ∞,δ (theory)")
+            ax.plot(curve_t, curve_beta, "k-", lw=1.6, label=r"$\Gamma_{\infty,\delta}$ (theory)")
         ax.set(
             title=title,
-            xlabel="t",
-            ylabel="β",
+            xlabel="$t$",
+            ylabel=r"$\beta$",
             xlim=(times.min(), times.max()),
             ylim=(betas.min(), betas.max()),
         )
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(loc="lower right", fontsize=7, frameon=True)
-    fig.colorbar(image, ax=axes, label=f"P(<x_i,x_j> ≥ 1−δ), δ = {config.observables.delta:g}")
+    delta = config.observables.delta
+    label = rf"$P(\langle x_i, x_j\rangle \geq 1-\delta)$, $\delta = {delta:g}$"
+    fig.colorbar(image, ax=axes, label=label)
     fig.suptitle(
         f"{config.name}: {_subtitle(dataset, config)}\ndashed: empirical 50% level", fontsize=9
     )
-    return [_save(fig, out / f"{config.name}_phase_diagram.png")]
+    return save_figure(fig, out / f"{config.name}_phase_diagram.png")
 
 
 def _snapshot_indices(dataset, config) -> list[int]:
@@ -176,7 +225,7 @@ def circle_snapshots(dataset, config, out):
             x = example["positions"].isel(time=index).values
             ax.plot(np.cos(circle), np.sin(circle), color="0.8", lw=1)
             ax.scatter(x[:, 0], x[:, 1], s=18, color="tab:red", zorder=3)
-            title = f"β = {beta:g}, t = {part['time'].values[index]:.1f}"
+            title = rf"$\beta = {beta:g}$, $t = {part['time'].values[index]:.1f}$"
             if "cluster_count" in example:
                 title += f"\n{int(example['cluster_count'].isel(time=index))} clusters"
             ax.set_title(title, fontsize=8)
@@ -187,7 +236,7 @@ def circle_snapshots(dataset, config, out):
         f"{_subtitle(dataset, config)}",
         fontsize=8,
     )
-    return [_save(fig, out / f"{config.name}_circle_snapshots.png")]
+    return save_figure(fig, out / f"{config.name}_circle_snapshots.png")
 
 
 def movie(dataset, config, out):
@@ -240,14 +289,18 @@ def energy(dataset, config, out):
             curves = normalized.sel(beta=beta).transpose("start", "time").values
             for curve in curves[:8]:
                 ax.plot(times, curve, color=color, lw=0.5, alpha=0.4)
-            ax.plot(times, np.nanmean(curves, 0), color=color, lw=2, label=f"β = {beta:g}")
-        ax.set(title=title, xlabel="t", ylabel="E_β(t) / E_β(consensus)")
+            ax.plot(times, np.nanmean(curves, 0), color=color, lw=2, label=rf"$\beta = {beta:g}$")
+        ax.set(
+            title=title,
+            xlabel="$t$",
+            ylabel=r"$E_\beta(t)\,/\,E_\beta(\mathrm{consensus})$",
+        )
         ax.legend(fontsize=7)
     fig.suptitle(
         f"{config.name}: energy (thin: single starts, thick: mean)\n{_subtitle(dataset, config)}",
         fontsize=8,
     )
-    return [_save(fig, out / f"{config.name}_energy.png")]
+    return save_figure(fig, out / f"{config.name}_energy.png")
 
 
 def cluster_staircase(dataset, config, out):
@@ -266,7 +319,9 @@ def cluster_staircase(dataset, config, out):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 low, median, high = np.nanpercentile(counts.values, [10, 50, 90], axis=0)
             axes[0].fill_between(times, low, high, color=color, alpha=0.2, step="post")
-            axes[0].step(times, median, where="post", color=color, lw=1.8, label=f"β = {beta:g}")
+            axes[0].step(
+                times, median, where="post", color=color, lw=1.8, label=rf"$\beta = {beta:g}$"
+            )
             if beta > 0 and _theory_model(config):
                 mode = int(theory.selected_mode(float(beta), d, _theory_model(config)))
                 axes[0].axhline(mode, color=color, ls=":", lw=1.2)
@@ -276,17 +331,17 @@ def cluster_staircase(dataset, config, out):
                 _valid(example, "cluster_count").values,
                 where="post",
                 color=color,
-                label=f"β = {beta:g}",
+                label=rf"$\beta = {beta:g}$",
             )
             if has_energy:
                 axes[2].plot(times, _normalized_energy(example["energy"]).values, color=color)
         axes[0].set(
-            xlabel="t",
+            xlabel="$t$",
             ylabel="number of clusters",
-            title="median and 10–90% over starts; dotted: ℓ*(β)",
+            title=r"median and 10–90% over starts; dotted: $\ell^*(\beta)$",
         )
         axes[1].set(
-            xlabel="t",
+            xlabel="$t$",
             ylabel="number of clusters",
             title=f"one start ({config.plot.example_start})",
         )
@@ -295,11 +350,13 @@ def cluster_staircase(dataset, config, out):
         axes[0].legend(fontsize=7)
         if has_energy:
             axes[2].set(
-                xlabel="t", ylabel="E_β / E_β(consensus)", title="energy staircase (same start)"
+                xlabel="$t$",
+                ylabel=r"$E_\beta\,/\,E_\beta(\mathrm{consensus})$",
+                title="energy staircase (same start)",
             )
         fig.suptitle(f"{config.name} {title}: {_subtitle(dataset, config)}", fontsize=8)
         suffix = title.replace(" ", "").replace(",", "_").replace("=", "") or "all"
-        written.append(_save(fig, out / f"{config.name}_cluster_staircase_{suffix}.png"))
+        written.extend(save_figure(fig, out / f"{config.name}_cluster_staircase_{suffix}.png"))
     return written
 
 
@@ -324,16 +381,25 @@ def landscape(dataset, config, out):
     for ax, d in zip(axes, dataset["d"].values, strict=True):
         for beta in dataset["beta"].values:
             (line,) = ax.plot(
-                tau, dataset["landscape_g"].sel(d=d, beta=beta).values, label=f"β = {beta:g}"
+                tau, dataset["landscape_g"].sel(d=d, beta=beta).values, label=rf"$\beta = {beta:g}$"
             )
             critical = float(dataset["critical_angle"].sel(d=d, beta=beta))
             for sign in (-1, 1):
                 ax.axvline(sign * critical, color=line.get_color(), ls=":", lw=1)
         ax.axhline(0, color="k", lw=0.6)
-        ax.set(ylim=(-2.5, 7), xlabel="τ", ylabel="g(τ)", title=f"d = {d}; dotted: ±τ*_β")
+        ax.set(
+            ylim=(-2.5, 7),
+            xlabel=r"$\tau$",
+            ylabel=r"$g(\tau)$",
+            title=rf"$d = {d}$; dotted: $\pm\tau^*_\beta$",
+        )
         ax.legend(fontsize=8)
-    fig.suptitle(f"{config.name}: g(τ) = e^(β cos τ)((d−1) cos τ − β sin² τ) (App. B)", fontsize=9)
-    return [_save(fig, out / f"{config.name}_landscape.png")]
+    fig.suptitle(
+        rf"{config.name}: $g(\tau) = e^{{\beta\cos\tau}}((d-1)\cos\tau - \beta\sin^2\tau)$ "
+        "(App. B)",
+        fontsize=9,
+    )
+    return save_figure(fig, out / f"{config.name}_landscape.png")
 
 
 def regimes(dataset, config, out):
@@ -365,8 +431,8 @@ def regimes(dataset, config, out):
     ax.set(
         yscale="log",
         ylim=(1e-2, top),
-        xlabel="d",
-        ylabel="β",
+        xlabel="$d$",
+        ylabel=r"$\beta$",
         title=f"Fig. 2: proved regimes, n = {n}",
     )
     _log_d_axis(ax, sorted({2, 3, 4, 8, 16, n, 2 * n}))
@@ -381,13 +447,13 @@ def regimes(dataset, config, out):
     for model in ("SA", "USA"):
         axes[2].plot(betas, dataset[f"clustering_time_{model}"].values, label=model)
     axes[2].set(
-        xlabel="β",
-        ylabel="t*(β): γ_β(t*) = 1 − δ",
+        xlabel=r"$\beta$",
+        ylabel=r"$t^*(\beta)$: $\gamma_\beta(t^*) = 1 - \delta$",
         yscale="log",
         title=f"fast ← clustering time → slow (δ = {dataset.attrs['delta']:g})",
     )
     axes[2].legend()
-    return [_save(fig, out / f"{config.name}_regimes.png")]
+    return save_figure(fig, out / f"{config.name}_regimes.png")
 
 
 def long_context(dataset, config, out):
@@ -420,7 +486,7 @@ def long_context(dataset, config, out):
                 )
         row[0].set(
             xlabel="n (tokens)",
-            ylabel="output cosine <θ_i, θ_j>",
+            ylabel=r"output cosine $\langle\theta_i, \theta_j\rangle$",
             ylim=(min(0.0, rho - 0.05), 1.02),
             title=f"ρ = {rho:g}, γ_c = 1/(1−ρ) = {critical:.3g}; dashed: n → ∞ limits",
         )
@@ -428,7 +494,7 @@ def long_context(dataset, config, out):
         if corrections:
             row[1].set(
                 xlabel="n (tokens)",
-                ylabel="|cosine − limit|",
+                ylabel=r"$|\mathrm{cosine} - \mathrm{limit}|$",
                 ylim=(1e-12, 1.5),
                 title="dotted: leading term n^(−2(1−κ)), 1/n, n^(−(κ−1)), κ = γ(1−ρ)",
             )
@@ -439,7 +505,7 @@ def long_context(dataset, config, out):
         f"(residual r = {residual:g})",
         fontsize=9,
     )
-    return [_save(fig, out / f"{config.name}_long_context.png")]
+    return save_figure(fig, out / f"{config.name}_long_context.png")
 
 
 _PLACEMENT_LABELS = {
@@ -491,22 +557,24 @@ def placement_cosines(dataset, config, out):
         guide = times[times > 0]
         if guide.size:
             anchor = guide[len(guide) // 2]
-            bottom.loglog(guide, 0.5 * (anchor / guide) ** 2 * 1e-2, "k:", lw=1, label="∝ t⁻²")
+            bottom.loglog(
+                guide, 0.5 * (anchor / guide) ** 2 * 1e-2, "k:", lw=1, label=r"$\propto t^{-2}$"
+            )
         top.set(
             xlabel="t (layers × h)",
-            ylabel="mean cosine ρ",
+            ylabel=r"mean cosine $\rho$",
             ylim=(min(0.0, float(np.nanmin(data["mean_cosine"].values))), 1.02),
             title=f"{initial} start, weights {weights}\nn = {n}, d = {d}",
         )
         # Below ~10 float eps, 1 − ρ is rounding noise.
         floor = 1e-6 if config.precision == "float32" else 1e-14
-        bottom.set(xlabel="t", ylabel="1 − ρ (median over starts)", ylim=(floor, 2))
+        bottom.set(xlabel="$t$", ylabel=r"$1 - \rho$ (median over starts)", ylim=(floor, 2))
         top.legend(fontsize=7, loc="lower right")
         bottom.legend(fontsize=7, loc="lower left")
     fig.suptitle(
         f"{config.name}: normalisation placements\n{_subtitle(dataset, config)}", fontsize=9
     )
-    return [_save(fig, out / f"{config.name}_placement_cosines.png")]
+    return save_figure(fig, out / f"{config.name}_placement_cosines.png")
 
 
 def renyi_centres(x: np.ndarray, delta: float) -> list[int]:
@@ -544,15 +612,18 @@ def causal_circle(dataset, config, out):
         ax.scatter(
             np.zeros(len(centres)), angles[0, centres], color="k", marker=">", s=30, zorder=3
         )
-        title = f"β = {beta:g}, δ = 4β^(-1/2) = {delta:.2f}: {len(centres)} Rényi centres of x(0)"
+        title = (
+            rf"$\beta = {beta:g}$, $\delta = 4\beta^{{-1/2}} = {delta:.2f}$: "
+            f"{len(centres)} Rényi centres of $x(0)$"
+        )
         if "cluster_count" in example:
             counts = example["cluster_count"].values
             title += f"; clusters at t = {times[-1]:g}: {int(counts[-1])}"
         ax.set_title(title, fontsize=8)
-        ax.set_xlabel("t")
-        ax.set_ylabel("angle of x_k(t)")
+        ax.set_xlabel("$t$")
+        ax.set_ylabel("angle of $x_k(t)$")
         ax.set_ylim(-np.pi, np.pi)
         ax.legend(loc="upper right", fontsize=7, markerscale=4)
         fig.colorbar(points, ax=ax, label="token index k")
     fig.suptitle(f"{config.name}: causal attention on the circle\n{_subtitle(dataset, config)}")
-    return [_save(fig, out / f"{config.name}_causal_circle.png")]
+    return save_figure(fig, out / f"{config.name}_causal_circle.png")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._plot import _grid, _save
+from ._plot import _grid, save_figure
 
 STYLE = {
     "model": {"color": "k", "marker": "o", "markersize": 3, "linestyle": "-", "label": "model"},
@@ -61,7 +61,7 @@ def pretrained_statistics(dataset: xr.Dataset, config, out: str | Path) -> list[
         ax.set(xlabel="layer l (flow time t)", title=name)
     axes[0].legend(fontsize=8)
     fig.suptitle(_title(dataset), fontsize=9)
-    return [_save(fig, Path(out) / "pretrained_statistics.png")]
+    return save_figure(fig, Path(out) / "pretrained_statistics.png")
 
 
 def histogram_layers(dataset: xr.Dataset, config) -> list[float]:
@@ -109,4 +109,4 @@ def pretrained_histograms(dataset: xr.Dataset, config, out: str | Path) -> list[
     axes[0].set_ylabel("density over pairs")
     axes[0].legend(fontsize=7)
     fig.suptitle(_title(dataset), fontsize=9)
-    return [_save(fig, Path(out) / "pretrained_histograms.png")]
+    return save_figure(fig, Path(out) / "pretrained_histograms.png")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .._hidden_statistics import cosine_histogram
 from .._sphere import normalize
 from ._build import solver_of
+from ._interrupt import reported
 from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES, ObservableContext
 from ._schema import ConfigError, PretrainedConfig
@@ -218,10 +219,12 @@ def run_pretrained(
     commit = git_commit()
     compute = statistics_function(config)
     run = RunDirectory(out)
-    with run.lock():
+    with run.lock(), reported(run.out, "texts") as saved:
         run.claim(config.to_yaml(), fingerprint(numerics))
         run.remove_temporaries()
         pieces, seconds = [], 0.0
+        # Texts are done in order: those before the one in flight are on disk (at least).
+        saved.total, saved.recount = len(texts), lambda: len(pieces)
         for index, text in enumerate(
             tqdm(texts, unit="text", disable=not progress, desc=config.name, dynamic_ncols=True)
         ):

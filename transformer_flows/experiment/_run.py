@@ -1,6 +1,7 @@
 """Running an experiment into its output directory: sweeps chunk by chunk (resumable,
 verified), theory datasets, and fits (`_fit_run`). Failed solves are masked and counted."""
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
+from .._progress import compile_notice
+from ._interrupt import reported
 from ._plan import Plan, Shape, plan_sweep
 from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES
@@ -111,7 +114,7 @@ def run_sweep(
     numerics = config.numerics()
     commit = git_commit()  # the code this call runs (a later checkout may differ)
     run = RunDirectory(out)
-    with run.lock():
+    with run.lock(), reported(run.out, "chunks") as saved:
         run.claim(config.to_yaml(), fingerprint(numerics))
         run.remove_temporaries()
         pieces: dict[tuple[Shape, int], xr.Dataset] = {}
@@ -128,6 +131,9 @@ def run_sweep(
                 else:
                     pieces[shape, chunk] = piece
         total = plan.total_chunks()
+        saved.total = total
+        saved.recount = _recount(run, plan, todo, pieces, total)
+        compiled: set[Shape] = set()  # shapes whose program this call has run once
         with tqdm(
             total=total,
             initial=total - len(todo),
@@ -138,9 +144,12 @@ def run_sweep(
         ) as bar:
             for computed, (shape, chunk) in enumerate(todo, start=1):
                 started = time.perf_counter()
-                observed, succeeded, num_steps = program(config, shape, plan)(
-                    *chunk_inputs(config, plan, shape, chunk)
-                )
+                first = shape not in compiled
+                compiled.add(shape)
+                with compile_notice(bar) if first else contextlib.nullcontext():
+                    observed, succeeded, num_steps = program(config, shape, plan)(
+                        *chunk_inputs(config, plan, shape, chunk)
+                    )
                 observed = jax.device_get(observed)
                 piece = _chunk_dataset(
                     plan,
@@ -166,6 +175,22 @@ def run_sweep(
     if failed and not config.solver.allow_failures:
         raise SolveFailures(_failure_message(config, dataset), dataset)
     return dataset
+
+
+def _recount(run: RunDirectory, plan: Plan, todo: list, pieces: dict, total: int):
+    """The number of chunks on disk, counted when Ctrl-C comes: those found valid, those
+    computed, and one whose file was renamed into place (whole) before it was counted. A
+    stale file of a chunk still to do is not counted."""
+
+    def on_disk(item) -> bool:
+        return (run.out / _chunk_name(plan, *item)).is_file()
+
+    stale = {item for item in todo if on_disk(item)}
+    return lambda: (
+        total
+        - len(todo)
+        + sum(item in pieces or (item not in stale and on_disk(item)) for item in todo)
+    )
 
 
 def _failure_message(config: SimulationConfig, dataset: xr.Dataset) -> str:

@@ -313,7 +313,43 @@ class SolverConfig(_Section):
         return f"{self.name} fixed step dt={self.dt:g}"
 
 
-class PlotConfig(_Section):
+FigureFormat = Literal["png", "pdf", "svg"]
+
+
+class _FigureFiles(_Section):
+    """How figures are written (presentation only: a rerun may change it and still resume)."""
+
+    format: Annotated[_listed(FigureFormat), Field(max_length=3), _DISTINCT] = Field(
+        ["png"],
+        description="file format of every figure: png, pdf or svg, or a list of them (each "
+        "figure is written once per format)",
+    )
+    dpi: _integer_type(ge=10, le=1200) = Field(
+        90, description="resolution in dots per inch of png files (and of raster parts of pdf/svg)"
+    )
+    style: str | None = Field(
+        None,
+        description="matplotlib style while drawing: a library style name (e.g. ggplot, "
+        "seaborn-v0_8-paper) or a path to a .mplstyle file, read as key: value data (nothing "
+        "is executed; keys that run LaTeX are refused); null: matplotlib's defaults",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _distinct_formats(cls, formats):
+        if len(set(formats)) != len(formats):
+            raise ValueError(f"formats must be distinct, got {formats}")
+        return formats
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, style):
+        from ._style import check_style
+
+        return None if style is None else check_style(style)
+
+
+class PlotConfig(_FigureFiles):
     """Presentation only (a rerun may change it and still resume)."""
 
     snapshot_times: Grid | None = Field(

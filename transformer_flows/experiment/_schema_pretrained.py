@@ -17,6 +17,7 @@ from ._schema_core import (
     Precision,
     SolverConfig,
     _Experiment,
+    _FigureFiles,
     _integer_type,
     _listed,
     _number_type,
@@ -64,7 +65,7 @@ class PretrainedHistogramSection(_Section):
     )
 
 
-class PretrainedPlotConfig(_Section):
+class PretrainedPlotConfig(_FigureFiles):
     """Presentation only (a rerun may change it and still resume)."""
 
     histogram_layers: Annotated[_listed(NonNegativeNumber, min_length=0), _DISTINCT] | None = Field(

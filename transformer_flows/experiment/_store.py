@@ -82,7 +82,7 @@ _TEMPORARY = re.compile(r"^(?P<name>.+)\.tmp(-\d+-[0-9a-f]{8}|\d+)$")
 # theirs, are removed; a non-empty OUT holding only these is a run of this library).
 _RUN_NAMES = re.compile(
     r"^(config\.yaml|dataset\.nc|\.lock|chunks|params\.eqx|checkpoint\.eqx|metrics\.json"
-    r"|[\w.+-]+\.png|[\w.+-]+\.gif|[\w.+-]+\.mp4)$"
+    r"|[\w.+-]+\.png|[\w.+-]+\.pdf|[\w.+-]+\.svg|[\w.+-]+\.gif|[\w.+-]+\.mp4)$"
 )
 _CHUNK_NAME = re.compile(r"^chunk_\d{5,}\.nc$")
 _ALLOW_NONEMPTY: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -411,11 +411,14 @@ class RunDirectory:
         else:
             previous = _header_fingerprint(path)
             if previous != config_fingerprint:
+                from ._config_diff import describe_differences
+
                 recorded = f"fingerprint {previous[:12]}…" if previous else "no fingerprint line"
                 raise StoreError(
                     f"--out {str(self.out)!r} holds a run of a different config ({path}: "
                     f"{recorded}; this config: {config_fingerprint[:12]}…); resuming would mix "
                     "results. Use a new --out, or delete that directory."
+                    + describe_differences(path.read_text(errors="replace"), config_text)
                 )
         atomic_write_text(path, f"{FINGERPRINT_HEADER}{config_fingerprint}\n{config_text}")
 

@@ -183,3 +183,42 @@ def summary(dataset: xr.Dataset, config, times, betas, level: float = 0.5) -> di
     if "cluster_count" in dataset:
         result["cluster_counts"] = cluster_count_statistics(dataset, betas, times)
     return result
+
+
+def summary_table(result: dict) -> str:
+    """A summary (of `summary` or `fit_summary`) as plain aligned text: the scalar entries as
+    `key: value` lines, then each list of rows as a table with a header line. Numbers get 4
+    significant digits, null is shown as `-`; the JSON form keeps every digit."""
+    lines = []
+    tables = {}
+    for key, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            tables[key] = value
+        else:
+            lines.append(f"{key}: {_cell(value)}")
+    for key, rows in tables.items():
+        columns = list(dict.fromkeys(column for row in rows for column in row))
+        cells = [columns] + [[_cell(row.get(column)) for column in columns] for row in rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+        lines += ["", f"{key}:"]
+        for index, line in enumerate(cells):
+            lines.append(
+                "  " + "  ".join(text.rjust(w) for text, w in zip(line, widths, strict=True))
+            )
+            if index == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return " ".join(f"{k}:{_cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    return str(value)
