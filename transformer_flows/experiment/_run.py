@@ -7,7 +7,7 @@ import importlib.metadata
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ._plan import Plan, Shape, plan_sweep
 from ._registry import OBSERVABLES
+from ._schedule import ChunkTask, compute_chunks, finished_chunks
 from ._schema import (
     ConfigError,
     SimulationConfig,
@@ -85,6 +86,7 @@ def run_sweep(
     *,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> xr.Dataset:
     """Run a simulation sweep, chunk by chunk, into `out`; resume from verified chunks.
 
@@ -97,6 +99,13 @@ def run_sweep(
     - `progress`: a progress bar with ETA over chunks.
     - `on_chunk`: called with the running count of chunks computed in this call, after each
       chunk is safely on disk (tests use it to simulate a crash).
+    - `devices`: the local devices that compute chunks, each whole chunks on its own (default:
+      all of `jax.local_devices()`). The numbers do not depend on how many.
+
+    Under `jax.distributed` (after `initialize_distributed`) every process runs this with the
+    same config and `out` on a shared file system: each computes the chunks it claims, waits
+    for the others' and returns the whole dataset; process 0 writes it. The attributes
+    `devices` (per process × processes) and `processes` record who computed this call.
 
     **Returns:** the assembled `xarray.Dataset`, also written to `out/dataset.nc`. Failed
     solves are masked (NaN, or -1 with `succeeded` False for integer observables); if any
@@ -113,62 +122,85 @@ def run_sweep(
     plan = plan_sweep(config)
     numerics = config.numerics()
     commit = git_commit()  # the code this call runs (a later checkout may differ)
+    devices = _local_devices(devices)
+    processes = jax.process_count()
+    programs = {shape: program(config, shape, plan) for shape in plan.shapes}
+
+    def compute(task: ChunkTask, device) -> xr.Dataset:
+        shape, chunk = task.key
+        started = time.perf_counter()
+        inputs = jax.device_put(chunk_inputs(config, plan, shape, chunk), device)
+        observed, succeeded, num_steps = jax.device_get(programs[shape](*inputs))
+        seconds = time.perf_counter() - started
+        return _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds)
+
+    tasks = [
+        ChunkTask(
+            (shape, chunk),
+            _chunk_name(plan, shape, chunk),
+            _chunk_fingerprint(numerics, plan, shape, chunk),
+            plan.chunk_count(shape, chunk),
+        )
+        for shape in plan.shapes
+        for chunk in range(plan.num_chunks(shape))
+    ]
     run = RunDirectory(out)
-    with run.lock():
+    # The processes of a distributed run share `out`, each writing the chunks it claims.
+    with run.lock(shared=processes > 1):
         run.claim(config.to_yaml(), fingerprint(numerics))
         run.remove_temporaries()
-        pieces: dict[tuple[Shape, int], xr.Dataset] = {}
-        todo = []
-        for shape in plan.shapes:
-            for chunk in range(plan.num_chunks(shape)):
-                piece = run.read_chunk(
-                    _chunk_name(plan, shape, chunk),
-                    _chunk_fingerprint(numerics, plan, shape, chunk),
-                    plan.chunk_count(shape, chunk),
-                )
-                if piece is None:
-                    todo.append((shape, chunk))
-                else:
-                    pieces[shape, chunk] = piece
-        total = plan.total_chunks()
+        pieces, todo = finished_chunks(run, tasks)
+        computed = 0
         with tqdm(
-            total=total,
-            initial=total - len(todo),
+            total=len(tasks),
+            initial=len(pieces),
             unit="chunk",
             disable=not progress,
             desc=config.name,
             dynamic_ncols=True,
         ) as bar:
-            for computed, (shape, chunk) in enumerate(todo, start=1):
-                started = time.perf_counter()
-                observed, succeeded, num_steps = program(config, shape, plan)(
-                    *chunk_inputs(config, plan, shape, chunk)
-                )
-                observed = jax.device_get(observed)
-                piece = _chunk_dataset(
-                    plan,
-                    shape,
-                    chunk,
-                    observed,
-                    succeeded,
-                    num_steps,
-                    time.perf_counter() - started,
-                )
-                run.write_chunk(
-                    _chunk_name(plan, shape, chunk),
-                    piece,
-                    _chunk_fingerprint(numerics, plan, shape, chunk),
-                )
-                pieces[shape, chunk] = piece
+
+            def done(task: ChunkTask, computed_here: bool) -> None:
+                nonlocal computed
                 bar.update(1)
-                if on_chunk is not None:
-                    on_chunk(computed)
+                if computed_here:
+                    computed += 1
+                    if on_chunk is not None:
+                        on_chunk(computed)
+
+            pieces |= compute_chunks(
+                run,
+                todo,
+                compute,
+                devices=devices,
+                process_index=jax.process_index(),
+                process_count=processes,
+                on_done=done,
+            )
         dataset = assemble(config, plan, pieces, commit)
-        run.write_dataset(dataset)
+        dataset.attrs["devices"] = len(devices) * processes
+        dataset.attrs["processes"] = processes
+        if jax.process_index() == 0:  # one process writes the dataset; all return it
+            run.write_dataset(dataset)
     failed = int(dataset.attrs["failed_solves"])
     if failed and not config.solver.allow_failures:
         raise SolveFailures(_failure_message(config, dataset), dataset)
     return dataset
+
+
+def _local_devices(devices: Sequence | None) -> list:
+    local = jax.local_devices()
+    if devices is None:
+        return local
+    devices = list(devices)
+    foreign = [device for device in devices if device not in local]
+    if not devices or foreign:
+        raise ValueError(
+            f"`devices` must be a non-empty list of this process's devices "
+            f"(jax.local_devices() = {local}), got {devices}; pass e.g. "
+            "jax.local_devices()[:2], or None for all of them."
+        )
+    return devices
 
 
 def _failure_message(config: SimulationConfig, dataset: xr.Dataset) -> str:
