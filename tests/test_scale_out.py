@@ -259,3 +259,12 @@ if __name__ == "__main__":
         _devices_worker(Path(sys.argv[2]))
     else:
         _process_worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+
+
+def test_command_line_refuses_half_distributed_options(tmp_path, capsys):
+    from transformer_flows.cli import EXIT_BAD_INPUT, main
+
+    config = ROOT / "configs" / "figure2.yaml"  # a theory config: nothing is computed
+    status = main(["run", str(config), "--out", str(tmp_path), "--process-id", "1"])
+    assert status == EXIT_BAD_INPUT
+    assert "add --distributed" in capsys.readouterr().err
