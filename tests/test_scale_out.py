@@ -268,3 +268,11 @@ def test_command_line_refuses_half_distributed_options(tmp_path, capsys):
     status = main(["run", str(config), "--out", str(tmp_path), "--process-id", "1"])
     assert status == EXIT_BAD_INPUT
     assert "add --distributed" in capsys.readouterr().err
+
+
+def test_devices_must_be_local(tmp_path):
+    from transformer_flows.experiment import config_from_dict, run_sweep
+
+    with pytest.raises(ValueError, match="`devices` must be a non-empty list of this process"):
+        run_sweep(config_from_dict(CONFIG), tmp_path, progress=False, devices=[])
+    assert not any(tmp_path.iterdir())  # refused before touching --out
