@@ -20,6 +20,12 @@ runners ask it (STYLE.md §8.3). Layout of an output directory OUT (the `--out` 
   deleting config.yaml and rerunning with another seed recomputes every chunk instead of
   silently reusing the old ones.
 - `OUT/dataset.nc`: the assembled dataset (`write_dataset` / `read_dataset`).
+- Several writers (the processes of one `jax.distributed` run, docs/scaling.md): each holds a
+  *shared* flock on `OUT/.lock` (`lock(shared=True)`), which excludes plain runs, and writes a
+  chunk only while it owns `OUT/chunks/<group>/chunk_#####.nc.claim` (`claim_chunk`): a file
+  linked into place atomically (fails if it exists) while its owner holds an flock on it. A
+  claim whose flock is free belongs to a killed process and is taken over; a plain run removes
+  such leftovers with the temporaries.
 - Every file is written to a temporary `<name>.tmp-<pid>-<8 hex digits>` in its own folder,
   flushed, fsynced and renamed over its final name (`atomic_write`), so a final name only ever
   holds a whole file. Temporaries left by killed writers are removed by
