@@ -62,6 +62,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "TRANSFORMER_FLOWS_NO_IMPORTS=1 (for shared machines and services)",
     )
     parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-process sweep (docs/scaling.md): call "
+        "jax.distributed.initialize() (coordinator, process count and id from the cluster "
+        "environment, e.g. SLURM, or from the three options below); every process computes "
+        "its own chunks into the same --out on a shared file system, process 0 writes the "
+        "dataset and figures",
+    )
+    parser.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="with --distributed: process 0's address"
+    )
+    parser.add_argument(
+        "--num-processes", type=int, metavar="N", help="with --distributed: number of processes"
+    )
+    parser.add_argument(
+        "--process-id", type=int, metavar="I", help="with --distributed: this process, 0..N-1"
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -173,15 +191,30 @@ def _run_config(args: argparse.Namespace) -> int:
         SolveFailures,
         allow_nonempty_out,
         draw_figures,
+        initialize_distributed,
         load_config,
         run_experiment,
     )
+
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed:
+        initialize_distributed(*explicit)  # before any other JAX work
+    elif any(value is not None for value in explicit):
+        raise ValueError(
+            "--coordinator, --num-processes and --process-id describe a multi-process run: "
+            "add --distributed."
+        )
 
     config = load_config(args.config, args.overrides, smoke=args.smoke)
     if config.experiment not in args.kinds:
         raise ValueError(
             f"{str(args.config)!r} is a {config.experiment!r} config; `{args.command}` runs "
             f"{' and '.join(args.kinds)} configs (use `transformer-flows run`)."
+        )
+    if args.distributed and config.experiment != "simulation":
+        raise ValueError(
+            f"--distributed runs simulation sweeps; {str(args.config)!r} is a "
+            f"{config.experiment!r} config: run it without --distributed."
         )
     if config.precision == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -229,7 +262,7 @@ def _run_config(args: argparse.Namespace) -> int:
         f"{config.name}: dataset {args.out / 'dataset.nc'} ({seconds:.1f} s this call, "
         f"{result.attrs['compute_seconds']:.1f} s computing in all{note})"
     )
-    if not args.no_figures:
+    if not args.no_figures and jax.process_index() == 0:  # one process draws
         try:
             for path in draw_figures(result, config, args.out):
                 print(f"{config.name}: figure {path}")

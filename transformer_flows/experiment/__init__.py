@@ -53,6 +53,7 @@ from ._run import (
     run_sweep as run_sweep,
     run_theory as run_theory,
 )
+from ._schedule import initialize_distributed as initialize_distributed
 from ._schema import (
     ConfigError as ConfigError,
     FitConfig as FitConfig,

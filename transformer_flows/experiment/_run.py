@@ -3,8 +3,9 @@ verified), theory datasets, and fits (`_fit_run`). Failed solves are masked and 
 
 import contextlib
 import dataclasses
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -17,6 +18,7 @@ from ._interrupt import reported
 from ._plan import Plan, Shape, plan_sweep
 from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES
+from ._schedule import ChunkTask, compute_chunks, finished_chunks
 from ._schema import (
     ConfigError,
     SimulationConfig,
@@ -85,6 +87,7 @@ def run_sweep(
     *,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> xr.Dataset:
     """Run a simulation sweep, chunk by chunk, into `out`; resume from verified chunks.
 
@@ -97,6 +100,13 @@ def run_sweep(
     - `progress`: a progress bar with ETA over chunks.
     - `on_chunk`: called with the running count of chunks computed in this call, after each
       chunk is safely on disk (tests use it to simulate a crash).
+    - `devices`: the local devices that compute chunks, each whole chunks on its own (default:
+      all of `jax.local_devices()`). The numbers do not depend on how many.
+
+    Under `jax.distributed` (after `initialize_distributed`) every process runs this with the
+    same config and `out` on a shared file system: each computes the chunks it claims, waits
+    for the others' and returns the whole dataset; process 0 writes it. The attributes
+    `devices` (per process × processes) and `processes` record who computed this call.
 
     **Returns:** the assembled `xarray.Dataset`, also written to `out/dataset.nc`. Failed
     solves are masked (NaN, or -1 with `succeeded` False for integer observables); if any
@@ -113,84 +123,111 @@ def run_sweep(
     plan = plan_sweep(config)
     numerics = config.numerics()
     commit = git_commit()  # the code this call runs (a later checkout may differ)
+    devices = _local_devices(devices)
+    processes = jax.process_count()
+    programs = {shape: program(config, shape, plan) for shape in plan.shapes}
+
+    compiled: set[Shape] = set()  # shapes whose program this call has launched once
+    compiled_lock = threading.Lock()
+
+    def compute(task: ChunkTask, device) -> xr.Dataset:
+        shape, chunk = task.key
+        started = time.perf_counter()
+        inputs = jax.device_put(chunk_inputs(config, plan, shape, chunk), device)
+        with compiled_lock:
+            first = shape not in compiled
+            compiled.add(shape)
+        with compile_notice(bar) if first else contextlib.nullcontext():
+            outputs = programs[shape](*inputs)
+        observed, succeeded, num_steps = jax.device_get(outputs)
+        seconds = time.perf_counter() - started
+        return _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds)
+
+    tasks = [
+        ChunkTask(
+            (shape, chunk),
+            _chunk_name(plan, shape, chunk),
+            _chunk_fingerprint(numerics, plan, shape, chunk),
+            plan.chunk_count(shape, chunk),
+        )
+        for shape in plan.shapes
+        for chunk in range(plan.num_chunks(shape))
+    ]
     run = RunDirectory(out)
-    with run.lock(), reported(run.out, "chunks") as saved:
+    # The processes of a distributed run share `out`, each writing the chunks it claims.
+    with run.lock(shared=processes > 1), reported(run.out, "chunks") as saved:
         run.claim(config.to_yaml(), fingerprint(numerics))
         run.remove_temporaries()
-        pieces: dict[tuple[Shape, int], xr.Dataset] = {}
-        todo = []
-        for shape in plan.shapes:
-            for chunk in range(plan.num_chunks(shape)):
-                piece = run.read_chunk(
-                    _chunk_name(plan, shape, chunk),
-                    _chunk_fingerprint(numerics, plan, shape, chunk),
-                    plan.chunk_count(shape, chunk),
-                )
-                if piece is None:
-                    todo.append((shape, chunk))
-                else:
-                    pieces[shape, chunk] = piece
-        total = plan.total_chunks()
-        saved.total = total
-        saved.recount = _recount(run, plan, todo, pieces, total)
-        compiled: set[Shape] = set()  # shapes whose program this call has run once
+        pieces, todo = finished_chunks(run, tasks)
+        saved.total = len(tasks)
+        saved.recount = _recount(run, todo, pieces, len(tasks))
+        computed = 0
         with tqdm(
-            total=total,
-            initial=total - len(todo),
+            total=len(tasks),
+            initial=len(pieces),
             unit="chunk",
             disable=not progress,
             desc=config.name,
             dynamic_ncols=True,
         ) as bar:
-            for computed, (shape, chunk) in enumerate(todo, start=1):
-                started = time.perf_counter()
-                first = shape not in compiled
-                compiled.add(shape)
-                with compile_notice(bar) if first else contextlib.nullcontext():
-                    observed, succeeded, num_steps = program(config, shape, plan)(
-                        *chunk_inputs(config, plan, shape, chunk)
-                    )
-                observed = jax.device_get(observed)
-                piece = _chunk_dataset(
-                    plan,
-                    shape,
-                    chunk,
-                    observed,
-                    succeeded,
-                    num_steps,
-                    time.perf_counter() - started,
-                )
-                run.write_chunk(
-                    _chunk_name(plan, shape, chunk),
-                    piece,
-                    _chunk_fingerprint(numerics, plan, shape, chunk),
-                )
-                pieces[shape, chunk] = piece
+
+            def done(task: ChunkTask, computed_here: bool) -> None:
+                nonlocal computed
                 bar.update(1)
-                if on_chunk is not None:
-                    on_chunk(computed)
+                if computed_here:
+                    computed += 1
+                    if on_chunk is not None:
+                        on_chunk(computed)
+
+            pieces |= compute_chunks(
+                run,
+                todo,
+                compute,
+                devices=devices,
+                process_index=jax.process_index(),
+                process_count=processes,
+                on_done=done,
+            )
         dataset = assemble(config, plan, pieces, commit)
-        run.write_dataset(dataset)
+        dataset.attrs["devices"] = len(devices) * processes
+        dataset.attrs["processes"] = processes
+        if jax.process_index() == 0:  # one process writes the dataset; all return it
+            run.write_dataset(dataset)
     failed = int(dataset.attrs["failed_solves"])
     if failed and not config.solver.allow_failures:
         raise SolveFailures(_failure_message(config, dataset), dataset)
     return dataset
 
 
-def _recount(run: RunDirectory, plan: Plan, todo: list, pieces: dict, total: int):
+def _recount(run: RunDirectory, todo: list[ChunkTask], pieces: dict, total: int):
     """The number of chunks on disk, counted when Ctrl-C comes: those found valid, those
     computed, and one whose file was renamed into place (whole) before it was counted. A
     stale file of a chunk still to do is not counted."""
 
-    def on_disk(item) -> bool:
-        return (run.out / _chunk_name(plan, *item)).is_file()
+    def on_disk(task: ChunkTask) -> bool:
+        return (run.out / task.path).is_file()
 
-    stale = {item for item in todo if on_disk(item)}
+    stale = {task.key for task in todo if on_disk(task)}
     return lambda: (
         total
         - len(todo)
-        + sum(item in pieces or (item not in stale and on_disk(item)) for item in todo)
+        + sum(task.key in pieces or (task.key not in stale and on_disk(task)) for task in todo)
     )
+
+
+def _local_devices(devices: Sequence | None) -> list:
+    local = jax.local_devices()
+    if devices is None:
+        return local
+    devices = list(devices)
+    foreign = [device for device in devices if device not in local]
+    if not devices or foreign:
+        raise ValueError(
+            f"`devices` must be a non-empty list of this process's devices "
+            f"(jax.local_devices() = {local}), got {devices}; pass e.g. "
+            "jax.local_devices()[:2], or None for all of them."
+        )
+    return devices
 
 
 def _failure_message(config: SimulationConfig, dataset: xr.Dataset) -> str:

@@ -20,6 +20,12 @@ runners ask it (STYLE.md §8.3). Layout of an output directory OUT (the `--out` 
   deleting config.yaml and rerunning with another seed recomputes every chunk instead of
   silently reusing the old ones.
 - `OUT/dataset.nc`: the assembled dataset (`write_dataset` / `read_dataset`).
+- Several writers (the processes of one `jax.distributed` run, docs/scaling.md): each holds a
+  *shared* flock on `OUT/.lock` (`lock(shared=True)`), which excludes plain runs, and writes a
+  chunk only while it owns `OUT/chunks/<group>/chunk_#####.nc.claim` (`claim_chunk`): a file
+  linked into place atomically (fails if it exists) while its owner holds an flock on it. A
+  claim whose flock is free belongs to a killed process and is taken over; a plain run removes
+  such leftovers with the temporaries.
 - Every file is written to a temporary `<name>.tmp-<pid>-<8 hex digits>` in its own folder,
   flushed, fsynced and renamed over its final name (`atomic_write`), so a final name only ever
   holds a whole file. Temporaries left by killed writers are removed by
@@ -84,7 +90,10 @@ _RUN_NAMES = re.compile(
     r"^(config\.yaml|dataset\.nc|\.lock|chunks|params\.eqx|checkpoint\.eqx|metrics\.json"
     r"|[\w.+-]+\.png|[\w.+-]+\.pdf|[\w.+-]+\.svg|[\w.+-]+\.gif|[\w.+-]+\.mp4)$"
 )
-_CHUNK_NAME = re.compile(r"^chunk_\d{5,}\.nc$")
+# The files a run writes in OUT/chunks/<group>: chunks and the claims of a distributed run.
+CLAIM_SUFFIX = ".claim"
+_CLAIM_NAME = re.compile(r"^chunk_\d{5,}\.nc\.claim$")
+_CHUNK_FILE = re.compile(r"^chunk_\d{5,}\.nc(\.claim)?$")
 _ALLOW_NONEMPTY: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "transformer_flows_allow_nonempty_out", default=False
 )
@@ -303,6 +312,7 @@ class RunDirectory:
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
         self._lock_descriptor: int | None = None
+        self._shared = False
         if self.out.exists() and not self.out.is_dir():
             raise StoreError(
                 f"--out {str(self.out)!r} is an existing file, not a directory; pass a "
@@ -324,15 +334,24 @@ class RunDirectory:
         """Whether this object holds the lock now."""
         return self._lock_descriptor is not None
 
+    @property
+    def shared(self) -> bool:
+        """Whether the lock held is the shared lock of one process of a distributed run."""
+        return self.locked and self._shared
+
     # ------------------------------------------------------------------------------- locking
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator["RunDirectory"]:
+    def lock(self, *, shared: bool = False) -> Iterator["RunDirectory"]:
         """Hold the exclusive lock on `out/.lock` (creating `out`) for the `with` block.
 
         Raises StoreError at once (no waiting) if another process holds it; the message names
         the holder's pid, host, start time and command. The lock is an `fcntl.flock`, released
-        by the kernel when its process ends, however it ends."""
+        by the kernel when its process ends, however it ends.
+
+        `shared=True` is for the processes of one distributed run (several writers): each
+        holds a shared lock, so they exclude a plain run (and it them) but not each other, and
+        chunks are then written only under a chunk claim (`claim_chunk`)."""
         if self.locked:
             raise RuntimeError(
                 f"{self!r} already holds the lock on --out {str(self.out)!r}; take it once "
@@ -361,7 +380,7 @@ class RunDirectory:
                 "creates its own lock file), or use another --out."
             )
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as err:
             holder = _read_holder(descriptor)
             os.close(descriptor)
@@ -376,15 +395,19 @@ class RunDirectory:
                 "--out. (A run that was killed releases the directory by itself.)"
             ) from None
         self._lock_descriptor = descriptor
+        self._shared = shared
         try:
-            _write_holder(descriptor)
+            if not shared:  # the processes of a distributed run would overwrite each other
+                _write_holder(descriptor)
             yield self
         finally:
             self._lock_descriptor = None
-            try:
-                os.ftruncate(descriptor, 0)
-            except OSError:
-                pass
+            self._shared = False
+            if not shared:
+                try:
+                    os.ftruncate(descriptor, 0)
+                except OSError:
+                    pass
             os.close(descriptor)  # closing the only descriptor releases the flock
 
     def _require_lock(self, method: str) -> None:
@@ -453,13 +476,18 @@ class RunDirectory:
         only in `out` itself and in `out/chunks/<group>/`, only for names a run writes there
         (config.yaml, dataset.nc, figures, fit files; chunk_#####.nc), only regular files.
 
-        Safe only under the lock, which keeps every live writer of this directory out."""
+        Safe only under the exclusive lock, which keeps every live writer of this directory
+        out; under a shared lock (a distributed run) it removes nothing, and each process
+        removes the temporaries of a chunk when it claims that chunk (`claim_chunk`). Claim
+        files left by killed processes of a distributed run are removed too."""
         self._require_lock("remove_temporaries")
+        if self.shared:
+            return []
         folders = [(self.out, _RUN_NAMES)]
         chunks = self.out / CHUNKS_DIR
         if _is_real_directory(chunks):
             folders += [
-                (chunks / group, _CHUNK_NAME)
+                (chunks / group, _CHUNK_FILE)
                 for group in sorted(os.listdir(chunks))
                 if _is_real_directory(chunks / group)
             ]
@@ -468,7 +496,8 @@ class RunDirectory:
             for name in sorted(os.listdir(folder)):
                 match = _TEMPORARY.match(name)
                 path = folder / name
-                if match and finals.match(match["name"]) and _is_regular(path):
+                stale_claim = finals is _CHUNK_FILE and _CLAIM_NAME.match(name)
+                if (stale_claim or (match and finals.match(match["name"]))) and _is_regular(path):
                     path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
@@ -530,6 +559,8 @@ class RunDirectory:
         relative_path: str | os.PathLike,
         fingerprint: str,
         expected_size: int | None = None,
+        *,
+        reject: bool = True,
     ) -> xr.Dataset | None:
         """The stored chunk, loaded into memory (file closed), or None if it must be computed.
 
@@ -537,8 +568,9 @@ class RunDirectory:
         overwritten file), incomplete (no `complete` = 1), stale (another fingerprint: made
         by another config or from other inputs) or of the wrong length (`expected_size`
         combos, when given), warn with StoreWarning naming the file and the reason, delete the
-        file and return None. The returned dataset has the store's attrs removed, so it equals
-        what was passed to `write_chunk`."""
+        file and return None; with `reject=False` just return None (a process of a shared run
+        that does not own the chunk leaves its file alone). The returned dataset has the
+        store's attrs removed, so it equals what was passed to `write_chunk`."""
         self._require_lock("read_chunk")
         path = self._path(relative_path)
         if not path.exists():
@@ -546,24 +578,28 @@ class RunDirectory:
         try:
             attrs = _probe_attrs(path)
         except _DAMAGED_FILE_ERRORS as err:
-            return self._reject(path, f"corrupt (cannot open it: {_describe(err)})")
+            return self._reject(path, f"corrupt (cannot open it: {_describe(err)})", reject)
         problem = _chunk_problem(attrs, fingerprint, expected_size)
         if problem:
-            return self._reject(path, problem)
+            return self._reject(path, problem, reject)
         try:
             dataset = _open_loaded(path)
         except _DAMAGED_FILE_ERRORS as err:
-            return self._reject(path, f"corrupt (cannot read it: {_describe(err)})")
+            return self._reject(path, f"corrupt (cannot read it: {_describe(err)})", reject)
         size = dataset.sizes.get(COMBO_DIM)
         if size != _as_int(attrs[NUM_COMBOS_ATTR]):
             return self._reject(
-                path, f"corrupt ({size} combos stored, {attrs[NUM_COMBOS_ATTR]} recorded)"
+                path,
+                f"corrupt ({size} combos stored, {attrs[NUM_COMBOS_ATTR]} recorded)",
+                reject,
             )
         for name in _STORE_ATTRS:
             dataset.attrs.pop(name, None)
         return dataset
 
-    def _reject(self, path: Path, reason: str) -> None:
+    def _reject(self, path: Path, reason: str, reject: bool = True) -> None:
+        if not reject:
+            return None
         warnings.warn(
             f"chunk {str(path)!r} is {reason}; it is deleted and will be recomputed.",
             StoreWarning,
@@ -571,6 +607,80 @@ class RunDirectory:
         )
         path.unlink(missing_ok=True)
         return None
+
+    # ---------------------------------------------------------------------- chunk claims
+
+    def claim_chunk(self, relative_path: str | os.PathLike) -> "ChunkClaim | None":
+        """Own the chunk at `relative_path` (to compute and write it), or None if a live process
+        owns it. For the processes of a distributed run, which share `out` (`lock(shared=True)`).
+
+        The claim is the file `<chunk>.claim`, created atomically (a `link` of a prepared file,
+        which fails if the name exists: the O_EXCL of network file systems) while this process
+        holds an `fcntl.flock` on it. The flock dies with its process, so a claim whose flock
+        can be taken belongs to a killed process: it is stale and is taken over. The owner
+        writes the chunk, then `release()`s the claim (unlinks the file, drops the flock).
+        Temporaries of the chunk left by killed writers are removed on claiming. The caller
+        must read the chunk again after claiming it: another process may have finished it
+        in between."""
+        self._require_lock("claim_chunk")
+        chunk = self._path(relative_path)
+        chunk.parent.mkdir(parents=True, exist_ok=True)
+        path = self._path(PurePosixPath(relative_path).with_name(chunk.name + CLAIM_SUFFIX))
+        while True:
+            prepared = _temporary_for(path)
+            descriptor = os.open(prepared, os.O_RDWR | _NOFOLLOW)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _write_holder(descriptor)
+                os.link(prepared, path)
+            except FileExistsError:
+                os.close(descriptor)
+                descriptor = None
+            except BaseException:
+                os.close(descriptor)
+                raise
+            finally:
+                prepared.unlink(missing_ok=True)
+            if descriptor is None:
+                descriptor = self._take_stale_claim(path)
+                if descriptor is False:
+                    continue  # the claim went away meanwhile: create it again
+                if descriptor is None:
+                    return None
+            for name in sorted(os.listdir(chunk.parent)):
+                match = _TEMPORARY.match(name)
+                if match and match["name"] == chunk.name and _is_regular(chunk.parent / name):
+                    (chunk.parent / name).unlink(missing_ok=True)
+            return ChunkClaim(path, descriptor)
+
+    def _take_stale_claim(self, path: Path) -> "int | None | bool":
+        """The flocked descriptor of the claim at `path` if its owner died (stale), None if a
+        live process holds it, False if it vanished or was replaced (try again)."""
+        try:
+            descriptor = os.open(path, os.O_RDWR | _NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(descriptor)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            raise StoreError(
+                f"cannot lock the chunk claim {str(path)!r} ({err.strerror}); a distributed "
+                "run needs a shared file system with flock (NFSv4, Lustre mounted with "
+                "-o flock, GPFS)."
+            ) from err
+        opened = os.fstat(descriptor)
+        try:
+            current = os.lstat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            os.close(descriptor)  # released by its owner (and perhaps claimed again) meanwhile
+            return False
+        _write_holder(descriptor)
+        return descriptor
 
     # ------------------------------------------------------------------- dataset and files
 
@@ -615,6 +725,27 @@ class RunDirectory:
         return path
 
 
+class ChunkClaim:
+    """This process's ownership of one chunk of a shared run (`RunDirectory.claim_chunk`)."""
+
+    def __init__(self, path: Path, descriptor: int):
+        self.path = path
+        self._descriptor: int | None = descriptor
+
+    def __repr__(self) -> str:
+        return f"ChunkClaim({str(self.path)!r})"
+
+    def release(self) -> None:
+        """Give the chunk up: remove the claim file, then drop its flock (idempotent)."""
+        if self._descriptor is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
 # ---------------------------------------------------------------------------------- helpers
 
 
@@ -640,7 +771,10 @@ def _read_holder(descriptor: int) -> str:
         )
     except (OSError, ValueError, KeyError, TypeError):
         # The holder may have taken the lock but not yet written its details.
-        return "pid unknown: the holder has not written its details yet"
+        return (
+            "pid unknown: the holder has not written its details yet, or it is a distributed "
+            "run (--distributed), whose processes share the directory and write none"
+        )
 
 
 def _is_real_directory(path: Path) -> bool:
