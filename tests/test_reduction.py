@@ -78,35 +78,64 @@ def test_solve_reduced_is_exact_for_coincident_tokens(pair):
     )
 
 
-def test_unit_masses_change_no_bit():
-    """masses = 1 gives today's numbers exactly (dense SA, USA; attention matrices too)."""
-    x = tf.sample_sphere(jax.random.key(1), 6, 3)
-    ones = jnp.ones(6)
-    for make in _FIELDS.values():
-        assert np.array_equal(make()(0.0, x), make(masses=ones)(0.0, x))
-        assert np.array_equal(
-            make().attention_matrix(0.0, x), make(masses=ones).attention_matrix(0.0, x)
+@jax.jit
+def _field_checks(x, theta):
+    """Every field evaluation of the two tests below, compiled once."""
+    ones = jnp.ones(x.shape[0])
+    masses = jnp.asarray(_MASSES)
+    out = {}
+    for name, make in _FIELDS.items():
+        out[name] = dict(
+            plain=make()(0.0, x),
+            ones=make(masses=ones)(0.0, x),
+            plain_matrix=make().attention_matrix(0.0, x),
+            ones_matrix=make(masses=ones).attention_matrix(0.0, x),
+            repeated=make()(0.0, x[_DUPLICATES])[:4],
+            blockwise=make(masses=masses, attention=tf.BlockwiseAttention(3))(0.0, x),
+            rows=make(masses=masses).attention_matrix(0.0, x),
         )
-
-
-def test_masses_in_every_attention_method_and_the_angle_form():
-    """Blockwise (online softmax over key blocks) and the angle form on the circle give the
-    weighted field of the repeated system; weights of SA rows still sum to 1."""
-    x = jnp.asarray(_distinct())
-    for make in _FIELDS.values():
-        full = make()(0.0, x[_DUPLICATES])[:4]
-        blockwise = make(masses=_MASSES, attention=tf.BlockwiseAttention(3))(0.0, x)
-        np.testing.assert_allclose(blockwise, full, atol=1e-14, rtol=0)
-    rows = tf.SelfAttention(3.0, masses=_MASSES).attention_matrix(0.0, x)
-    np.testing.assert_allclose(jnp.sum(rows, axis=-1), 1.0, atol=1e-14)
-    theta = tf.uniform_angles(jax.random.key(2), 4).astype(jnp.float64)
     for normalized in (True, False):
-        full = tf.Kuramoto(3.0, normalized=normalized)(0.0, theta[_DUPLICATES])[:4]
-        weighted = tf.Kuramoto(3.0, normalized=normalized, masses=_MASSES)(0.0, theta)
-        np.testing.assert_allclose(weighted, full, atol=1e-14, rtol=0)
-    assert float(tf.torus_energy(theta, 3.0, masses=_MASSES)) == pytest.approx(
-        float(tf.torus_energy(theta[_DUPLICATES], 3.0)), rel=1e-14
+        out[f"angles {normalized}"] = dict(
+            repeated=tf.Kuramoto(3.0, normalized=normalized)(0.0, theta[_DUPLICATES])[:4],
+            weighted=tf.Kuramoto(3.0, normalized=normalized, masses=masses)(0.0, theta),
+        )
+    out["torus"] = dict(
+        repeated=tf.torus_energy(theta[_DUPLICATES], 3.0),
+        weighted=tf.torus_energy(theta, 3.0, masses=masses),
     )
+    return out
+
+
+@pytest.fixture(scope="module")
+def field_checks():
+    theta = tf.uniform_angles(jax.random.key(2), 4).astype(jnp.float64)
+    return jax.device_get(_field_checks(jnp.asarray(_distinct()), theta))
+
+
+def test_unit_masses_change_no_bit(field_checks):
+    """masses = 1 gives today's numbers exactly (dense SA, USA; attention matrices too)."""
+    for name in _FIELDS:
+        checks = field_checks[name]
+        assert np.array_equal(checks["plain"], checks["ones"]), name
+        assert np.array_equal(checks["plain_matrix"], checks["ones_matrix"]), name
+
+
+def test_masses_in_every_attention_method_and_the_angle_form(field_checks):
+    """Blockwise (online softmax over key blocks) and the angle form on the circle give the
+    weighted field of the repeated system; SA rows still sum to 1, USA rows to
+    Σ_j m_j e^{s_ij}/M."""
+    for name in _FIELDS:
+        checks = field_checks[name]
+        np.testing.assert_allclose(checks["blockwise"], checks["repeated"], atol=1e-14, rtol=0)
+    x = _distinct()
+    np.testing.assert_allclose(field_checks["SA"]["rows"].sum(axis=-1), 1.0, atol=1e-14)
+    usa_rows = (_MASSES[None, :] * np.exp(3.0 * x @ x.T)).sum(axis=1) / _MASSES.sum()
+    np.testing.assert_allclose(field_checks["USA"]["rows"][0].sum(axis=-1), usa_rows, rtol=1e-13)
+    for normalized in (True, False):
+        checks = field_checks[f"angles {normalized}"]
+        np.testing.assert_allclose(checks["weighted"], checks["repeated"], atol=1e-14, rtol=0)
+    torus = field_checks["torus"]
+    assert float(torus["weighted"]) == pytest.approx(float(torus["repeated"]), rel=1e-14)
 
 
 @pytest.mark.parametrize(
@@ -153,11 +182,12 @@ def test_solve_reduced_refuses_what_it_cannot_reduce():
 
 
 def test_solve_reduced_against_the_unreduced_solve():
-    """Three close pairs on the circle (SA, angle form, float64): the pairs contract, are
-    merged at a save, and the reduced solve ends in the same clusters, at the same angles
-    and energy as the unreduced one (to the O(tolerance²) error of merging and the solver's
-    tolerance)."""
-    theta0 = jnp.array([0.0, 0.02, 2.1, 2.13, 4.2, 4.24])
+    """Three close pairs on the circle (SA, angle form, float64; symmetric, so they merge at
+    the same save and only two particle counts compile): the pairs contract and are merged,
+    and the reduced solve ends in the same clusters, at the same angles and energy as the
+    unreduced one (to the O(tolerance²) error of merging and the solver's tolerance)."""
+    third = 2 * np.pi / 3
+    theta0 = jnp.array([0.0, 0.02, third, third + 0.02, 2 * third, 2 * third + 0.02])
     field = tf.Kuramoto(4.0, normalized=True)
     ts = jnp.array([0.0, 10.0, 20.0, 30.0, 40.0])
     options = dict(rtol=1e-11, atol=1e-11)
