@@ -177,6 +177,8 @@ def test_solve_reduced_refuses_what_it_cannot_reduce():
         tf.solve_reduced(tf.Kuramoto(1.0), theta, [0.0, 1.0], tolerance=0.0, observe=jnp.sum)
     with pytest.raises(ValueError, match="`tolerance` must be"):
         tf.solve_reduced(tf.Kuramoto(1.0), theta, [0.0, 1.0], tolerance=-1.0)
+    with pytest.raises(ValueError, match="one per particle"):
+        tf.merge_particles(np.zeros(3), [1.0, 1.0], 0.1, angles=True)
     with pytest.raises(ValueError, match="needs a field with token masses"):
         tf.solve_reduced(tf.HardmaxAttention(), jnp.eye(2), [0.0, 1.0], tolerance=0.0)
 
@@ -209,3 +211,25 @@ def test_solve_reduced_against_the_unreduced_solve():
     e_full = tf.torus_energy(unreduced.xs[-1], 4.0)
     assert float(e_reduced) == pytest.approx(float(e_full), rel=1e-12)
     assert reduced.stats["num_steps"] > 0
+
+
+def test_merge_particles_takes_the_mass_weighted_mean_direction():
+    """Points: (2a + b)/|2a + b| with mass 3, chains merge (single linkage), untouched
+    particles keep their bits; angles: the circular mean, next to the group's first member."""
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([np.cos(1e-3), np.sin(1e-3), 0.0])
+    c = np.array([np.cos(2e-3), np.sin(2e-3), 0.0])
+    far = np.array([0.0, 0.0, 1.0])
+    x, m, labels = tf.merge_particles(np.stack([far, a, b, c]), [1.0, 2.0, 1.0, 1.0], 1.5e-3)
+    np.testing.assert_array_equal(labels, [0, 1, 1, 1])
+    np.testing.assert_array_equal(m, [1.0, 4.0])
+    assert np.array_equal(x[0], far)
+    mean = 2 * a + b + c
+    np.testing.assert_allclose(x[1], mean / np.linalg.norm(mean), atol=1e-15)
+    theta, m, labels = tf.merge_particles(
+        np.array([np.pi - 1e-4, -np.pi + 1e-4, 1.0]), [3.0, 1.0, 1.0], 1e-3, angles=True
+    )
+    np.testing.assert_array_equal(labels, [0, 0, 1])
+    # Across the cut at ±π: the mean is π - 1e-4/2 (masses 3 and 1), not 0 or a wrapped value.
+    assert theta[0] == pytest.approx(np.pi - 0.5e-4, abs=1e-12)
+    assert theta[1] == 1.0

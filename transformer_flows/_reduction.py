@@ -80,7 +80,11 @@ def _distances(x: np.ndarray, angles: bool) -> np.ndarray:
 
 
 def merge_particles(
-    x: ArrayLike, masses: ArrayLike, tolerance: float, *, angles: bool = False
+    x: ArrayLike,
+    masses: ArrayLike | Sequence[float],
+    tolerance: float | int,
+    *,
+    angles: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge particles within `tolerance` (distance <= tolerance; single linkage: chains
     merge) into one each.
@@ -92,6 +96,12 @@ def merge_particles(
     dtype.
     """
     x, masses = np.asarray(x), np.asarray(masses)
+    _check_tolerance(tolerance)
+    if masses.shape != x.shape[:1] or not np.all(np.isfinite(masses) & (masses > 0)):
+        raise ValueError(
+            f"`masses` must be {x.shape[:1]} finite positive weights, one per particle of `x`, "
+            f"got {masses!r}."
+        )
     close = _distances(x, angles) <= tolerance
     count, groups = scipy.sparse.csgraph.connected_components(
         scipy.sparse.csr_matrix(close), directed=False
@@ -119,6 +129,14 @@ def merge_particles(
     alone = sizes[labels] == 1
     merged[labels[alone]] = x[alone]
     return merged, merged_masses, labels
+
+
+def _check_tolerance(tolerance) -> None:
+    if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(
+            f"`tolerance` must be a finite distance >= 0 (e.g. 1e-8; 0 merges only "
+            f"coincident tokens), got {tolerance!r}."
+        )
 
 
 _NOT_OPTIONS = {
@@ -188,11 +206,7 @@ def solve_reduced(
         if name in solve_options:
             raise ValueError(f"`solve_reduced` does not take `{name}`: {why}.")
     _check_reducible(field)
-    if not (isinstance(tolerance, (int, float)) and np.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(
-            f"`tolerance` must be a finite distance >= 0 (e.g. 1e-8; 0 merges only "
-            f"coincident tokens), got {tolerance!r}."
-        )
+    _check_tolerance(tolerance)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"`chunk` must be a positive number of save intervals, got {chunk!r}.")
     angles = isinstance(field, AbstractAngleField)
