@@ -94,6 +94,11 @@ def _field_checks(x, theta):
             blockwise=make(masses=masses, attention=tf.BlockwiseAttention(3))(0.0, x),
             rows=make(masses=masses).attention_matrix(0.0, x),
         )
+    # jax.nn.dot_product_attention in float32 (its float64 path mixes in float32 constants).
+    x32, m32 = x.astype(jnp.float32), masses.astype(jnp.float32)
+    fused = tf.SelfAttention(3.0, masses=m32, attention=tf.FusedAttention())
+    out["SA"]["fused"] = fused(0.0, x32)
+    out["SA"]["repeated32"] = tf.SelfAttention(3.0)(0.0, x32[_DUPLICATES])[:4]
     for normalized in (True, False):
         out[f"angles {normalized}"] = dict(
             repeated=tf.Kuramoto(3.0, normalized=normalized)(0.0, theta[_DUPLICATES])[:4],
@@ -121,12 +126,14 @@ def test_unit_masses_change_no_bit(field_checks):
 
 
 def test_masses_in_every_attention_method_and_the_angle_form(field_checks):
-    """Blockwise (online softmax over key blocks) and the angle form on the circle give the
-    weighted field of the repeated system; SA rows still sum to 1, USA rows to
-    Σ_j m_j e^{s_ij}/M."""
+    """Blockwise (online softmax over key blocks), fused (`dot_product_attention`, SA) and the
+    angle form on the circle give the weighted field of the repeated system; SA rows still
+    sum to 1, USA rows to Σ_j m_j e^{s_ij}/M."""
     for name in _FIELDS:
         checks = field_checks[name]
         np.testing.assert_allclose(checks["blockwise"], checks["repeated"], atol=1e-14, rtol=0)
+    sa = field_checks["SA"]
+    np.testing.assert_allclose(sa["fused"], sa["repeated32"], atol=1e-6, rtol=0)
     x = _distinct()
     np.testing.assert_allclose(field_checks["SA"]["rows"].sum(axis=-1), 1.0, atol=1e-14)
     usa_rows = (_MASSES[None, :] * np.exp(3.0 * x @ x.T)).sum(axis=1) / _MASSES.sum()
