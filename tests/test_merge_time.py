@@ -121,3 +121,15 @@ def test_merge_time_broadcasts_over_beta_and_gaps():
 def test_merge_time_errors_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         merge_time(**kwargs)
+
+
+def test_merge_time_to_tiny_gaps_is_finite_and_additive():
+    """Gaps below 1e-8 (where 1 - cos D rounds to 0): with u = 2 sin²(D/2) the time stays
+    finite, is additive over D0 → D2 → D1, and its tail is the small-gap limit
+    n/(m_a + m_b) · ln(tan(D2/2)/tan(D1/2)) (e^{-βu} = 1 to 1e-8 there)."""
+    total = merge_time(100.0, 0.6, 1e-9, masses=(2, 1), n=6)
+    head = merge_time(100.0, 0.6, 1e-5, masses=(2, 1), n=6)
+    tail = merge_time(100.0, 1e-5, 1e-9, masses=(2, 1), n=6)
+    assert np.isfinite(total)
+    assert total == pytest.approx(head + tail, rel=1e-10)
+    assert tail == pytest.approx(2 * math.log(math.tan(5e-6) / math.tan(5e-10)), rel=1e-7)

@@ -134,6 +134,11 @@ from ._observables import (
     min_projection as min_projection,
     order_parameter as order_parameter,
 )
+from ._reduction import (
+    ReducedTrajectory as ReducedTrajectory,
+    merge_particles as merge_particles,
+    solve_reduced as solve_reduced,
+)
 from ._sharding import (
     TokenSharded as TokenSharded,
     device_mesh as device_mesh,

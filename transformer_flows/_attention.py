@@ -14,9 +14,9 @@ evaluated is an option object (as in diffrax: options are modules, not string fl
   threshold², blockwise above; fused on GPU for float16/bfloat16 softmax attention.
 
 Which keys a query sees and how token positions enter the scores is an `AttentionMask`
-(causal, sliding window, key padding, ALiBi bias, log-length scaling of β); every method
-honours it, and the blockwise method skips key blocks the causal or windowed mask removes
-entirely.
+(causal, sliding window, key padding, ALiBi bias, log-length scaling of β, token masses);
+every method honours it, and the blockwise method skips key blocks the causal or windowed
+mask removes entirely.
 """
 
 import abc
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import Particles
-from ._validation import as_float_array, check_finite
+from ._validation import as_float_array, check_finite, check_positive
 
 # Per-head weights: None (identity) or a stack over heads; per-head biases likewise.
 HeadWeights = Float[Array, "heads k d"] | None
@@ -98,6 +98,20 @@ def as_key_mask(value) -> Bool[Array, " n"] | None:
     return mask
 
 
+def as_masses(value) -> Float[Array, " n"] | None:
+    """Converter for token masses: None (every token has mass 1) or a 1-D array of finite
+    positive weights m_j (checked now, or at run time when traced); an array leaf."""
+    if value is None:
+        return None
+    masses = as_float_array(value, "masses")
+    if masses.ndim != 1 or masses.shape[0] < 1:
+        raise ValueError(
+            f"`masses` must be a 1-D array with one positive weight per token (e.g. "
+            f"jnp.ones(n)), got shape {masses.shape}."
+        )
+    return check_positive(masses, "masses")
+
+
 def as_alibi(value) -> Float[Array, ""] | None:
     """Converter for the ALiBi slope λ: None (no bias) or a finite real scalar (checked now, or
     at run time when traced); an array leaf, so sweeps and gradients can vary it."""
@@ -130,6 +144,13 @@ class AttentionMask(eqx.Module):
     attends to. Without `key_mask` every query attends to itself, so no row is empty; with
     it, a row is empty only if the mask removes every key it would see (right padding with at
     least one real token never does).
+
+    `masses` (n,) positive weights m_j: key j stands for m_j coincident tokens (a cluster
+    merged into one weighted particle). Its score gets log m_j added, so softmax gives
+    m_j e^{s_ij} / Σ_k m_k e^{s_ik} and USA m_j e^{s_ij} / M with M = Σ_k m_k (not n): with
+    all masses 1 both are the plain forms, and k coincident tokens of mass 1 equal one token
+    of mass k exactly. Masses carry no position, so they exclude the positional options
+    (causal, window, key_mask, alibi, length_scaling).
     """
 
     causal: bool = eqx.field(default=False, static=True)
@@ -137,8 +158,27 @@ class AttentionMask(eqx.Module):
     alibi: Float[Array, ""] | None = eqx.field(default=None, converter=as_alibi)
     length_scaling: str | None = eqx.field(default=None, static=True)
     key_mask: Bool[Array, " n"] | None = eqx.field(default=None, converter=as_key_mask)
+    masses: Float[Array, " n"] | None = eqx.field(default=None, converter=as_masses, kw_only=True)
 
     def __check_init__(self):
+        if self.masses is not None:
+            positional = [
+                name
+                for name, on in (
+                    ("causal", self.causal),
+                    ("window", self.window is not None),
+                    ("key_mask", self.key_mask is not None),
+                    ("alibi", self.alibi is not None),
+                    ("length_scaling", self.length_scaling is not None),
+                )
+                if on
+            ]
+            if positional:
+                raise ValueError(
+                    f"`masses` merge coincident tokens into one weighted particle, which has "
+                    f"no single position; they cannot be combined with {positional}. Pass "
+                    f"masses=None, or drop the positional options."
+                )
         if not isinstance(self.causal, bool):
             raise ValueError(f"`causal` must be True or False, got {self.causal!r}.")
         if self.window is not None and (
@@ -158,7 +198,12 @@ class AttentionMask(eqx.Module):
     @property
     def is_trivial(self) -> bool:
         """No position enters: plain attention over all keys."""
-        return self.alibi is None and self.length_scaling is None and not self.restricts
+        return (
+            self.alibi is None
+            and self.length_scaling is None
+            and self.masses is None
+            and not self.restricts
+        )
 
     @property
     def restricts(self) -> bool:
@@ -229,12 +274,20 @@ class AttentionMask(eqx.Module):
         counts = self.counts(jnp.arange(queries.shape[0]), n).astype(queries.dtype)
         return (beta * jnp.log(counts))[:, None] * queries
 
+    def total_mass(self, n: int, dtype) -> Float[Array, ""] | int:
+        """USA's divisor without a restricting mask: n, or M = Σ_j m_j with masses."""
+        return n if self.masses is None else jnp.sum(self.masses.astype(dtype))
+
     def tile(
         self, queries: Float[Array, "a k"], keys: Float[Array, "b k"], i, j, n: int
     ) -> tuple[Float[Array, "a b"], Bool[Array, "a b"] | None]:
         """Scores <q_i, k_j> - λ|i - j|/n of (already β-scaled) queries at positions i against
         keys at positions j, and the allowed set (None: all)."""
         scores = inner_products(queries, keys)
+        if self.masses is not None:
+            # Blockwise padding keys (j >= n) get log 1 = 0 here; they are masked out anyway.
+            log_masses = jnp.log(self.masses.astype(scores.dtype))
+            scores = scores + log_masses.at[j].get(mode="fill", fill_value=0)[None, :]
         if self.alibi is not None:
             distance = jnp.abs(i[:, None] - j[None, :]).astype(scores.dtype)
             scores = scores - self.alibi.astype(scores.dtype) * distance / n
@@ -256,6 +309,8 @@ def _weights(
     n = keys.shape[0]
     i, j = jnp.arange(queries.shape[0]), jnp.arange(n)
     scores, allowed = mask.tile(queries, keys, i, j, n)
+    if allowed is None and mask.masses is not None and not normalized:
+        return jnp.exp(scores - log_shift) / mask.total_mass(n, scores.dtype)
     if allowed is None:
         return _normalise_scores(scores, normalized, log_shift)
     if normalized:
@@ -365,7 +420,7 @@ def _blockwise(
         blocks = (keys_blocked, values_blocked, valid, key_positions)
         acc, _ = jax.lax.scan(step, acc0, blocks)
         if not mask.restricts:
-            return acc / num_keys
+            return acc / mask.total_mass(num_keys, acc.dtype)
         return acc / mask.counts(i, num_keys)[:, None].astype(acc.dtype)
 
     query_blocks = -(-num_queries // query_block)
@@ -431,6 +486,9 @@ class FusedAttention(AbstractAttentionMethod):
             positions = jnp.arange(n)
             distance = jnp.abs(positions[:, None] - positions[None, :]).astype(queries.dtype)
             bias = (-mask.alibi.astype(queries.dtype) * distance / n)[None, None]
+        if mask.masses is not None:
+            log_masses = jnp.log(mask.masses.astype(queries.dtype))
+            bias = jnp.broadcast_to(log_masses, (n, n))[None, None]
         window = None
         if mask.window is not None:
             window = (mask.window - 1, 0 if mask.causal else mask.window - 1)

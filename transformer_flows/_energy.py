@@ -1,8 +1,11 @@
 """Interaction energies whose gradient (ascent) flows are the attention dynamics (§3)."""
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from ._attention import as_masses
 from ._custom_types import Angles, Particles
 from ._field._self_attention import BETA_FIX
 from ._validation import as_float_array, check_finite
@@ -43,14 +46,33 @@ def _interaction(
     return jnp.where(nonzero, value, jnp.sum(scores) / 2)
 
 
+def _pair_weights(masses, n: int, dtype) -> tuple[Float[Array, "n n"] | None, Array | int]:
+    """(m_i m_j, M = Σ m) for token masses, or (None, n) without them."""
+    masses = as_masses(masses)
+    if masses is None:
+        return None, n
+    if masses.shape[0] != n:
+        raise ValueError(
+            f"`masses` has {masses.shape[0]} entries but there are {n} tokens; give one "
+            "positive mass per token."
+        )
+    masses = masses.astype(dtype)
+    return masses[:, None] * masses[None, :], jnp.sum(masses)
+
+
 def energy(
     x: Particles,
     beta: Float[ArrayLike, ""],
     *,
     shifted: bool = False,
     rescaled: bool = False,
+    masses: Float[ArrayLike, " n"] | Sequence[float] | None = None,
 ) -> Float[Array, ""]:
     """E_β(X) = (1/(2βn²)) Σ_ij e^{β<x_i,x_j>}, non-decreasing along SA and USA.
+
+    With token `masses` m (n,) (positive; None: all 1): (1/(2βM²)) Σ_ij m_i m_j e^{β<x_i,x_j>},
+    M = Σ_j m_j, the energy of the configuration in which token j stands for m_j coincident
+    tokens (the weighted particles of `solve_reduced`; equal to the unreduced energy).
 
     At β = 0 returns the limit of the shifted energy, (1/(2n²)) Σ_ij <x_i,x_j>: the additive
     constant 1/(2β) diverges but does not change the dynamics (ẋ = n ∇E still holds).
@@ -58,8 +80,10 @@ def energy(
     the same for `modified_metric_energy` and `torus_energy`). For large |β| in float32 use
     `rescaled=True` (e^{-|β|} E_β, finite at β = 1000 where e^β overflows).
     """
-    n = x.shape[0]
-    return _interaction(x @ x.T, beta, shifted=shifted, rescaled=rescaled) / n**2
+    weights, total = _pair_weights(masses, x.shape[0], x.dtype)
+    return (
+        _interaction(x @ x.T, beta, shifted=shifted, rescaled=rescaled, weights=weights) / total**2
+    )
 
 
 def modified_metric_energy(
@@ -71,8 +95,15 @@ def modified_metric_energy(
     return _interaction(vx @ x.T, beta, shifted=False, rescaled=False)
 
 
-def torus_energy(theta: Angles, beta: Float[ArrayLike, ""]) -> Float[Array, ""]:
-    """E_β(θ) = (1/(2βn²)) Σ_ij e^{β cos(θ_i - θ_j)} (7.4); (7.1) is θ̇ = n ∇E_β(θ)."""
-    n = theta.shape[0]
+def torus_energy(
+    theta: Angles,
+    beta: Float[ArrayLike, ""],
+    *,
+    rescaled: bool = False,
+    masses: Float[ArrayLike, " n"] | Sequence[float] | None = None,
+) -> Float[Array, ""]:
+    """E_β(θ) = (1/(2βn²)) Σ_ij e^{β cos(θ_i - θ_j)} (7.4); (7.1) is θ̇ = n ∇E_β(θ).
+    `rescaled` and `masses` as in `energy`."""
+    weights, total = _pair_weights(masses, theta.shape[0], theta.dtype)
     scores = jnp.cos(theta[:, None] - theta[None, :])
-    return _interaction(scores, beta, shifted=False, rescaled=False) / n**2
+    return _interaction(scores, beta, shifted=False, rescaled=rescaled, weights=weights) / total**2

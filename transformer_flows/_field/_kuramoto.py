@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
-from .._attention import attend
+from .._attention import AttentionMask, as_masses, attend
 from .._custom_types import Angles
 from .._sphere import angles_to_points
 from .._validation import as_float_array, check_finite, optional_float_array
@@ -34,7 +34,9 @@ class Kuramoto(AbstractAngleField):
 
     **Arguments:** `beta` (any finite real; β < 0 is the repulsive softmax), `normalized`,
     `coupling` K, `frequencies` ω of shape (n,) (None means ω = 0), `interaction` h (None:
-    the attention forms above; needs `normalized=False`).
+    the attention forms above; needs `normalized=False`), `masses` m of shape (n,) (None:
+    all 1): oscillator j counts m_j times, w_ij ∝ m_j e^{β cos(θ_i-θ_j)} (normalised by
+    M = Σ_j m_j in place of n), so coincident oscillators merge into one exactly.
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -46,6 +48,7 @@ class Kuramoto(AbstractAngleField):
         default=None, converter=optional_float_array("frequencies")
     )
     interaction: Callable | None = eqx.field(default=None, kw_only=True)
+    masses: Float[Array, " n"] | None = eqx.field(default=None, converter=as_masses, kw_only=True)
 
     def __check_init__(self):
         # Finiteness of `coupling` and `frequencies` is checked by their converters, which
@@ -84,13 +87,25 @@ class Kuramoto(AbstractAngleField):
             raise ValueError(
                 f"`frequencies` has shape {self.frequencies.shape} but `x0` has {shape}."
             )
+        if self.masses is not None and self.masses.shape != shape:
+            raise ValueError(
+                f"`masses` has shape {self.masses.shape} but `x0` has {shape}; give one "
+                "positive mass per oscillator (e.g. jnp.ones(n))."
+            )
 
     def __call__(self, t, theta: Angles, args: PyTree = None) -> Angles:
         if self.interaction is None and theta.shape[0] > _PAIRWISE_MAX_TOKENS:
             # Many tokens: the blockwise evaluation of `attend` keeps memory O(n), at the cost
             # of the cancellation below. <e_θ_i, Σ_j w_ij x_j>, e_θ = (-sin θ, cos θ).
+            mask = None if self.masses is None else AttentionMask(masses=self.masses)
             mixed = attend(
-                angles_to_points(theta), self.beta, None, None, None, normalized=self.normalized
+                angles_to_points(theta),
+                self.beta,
+                None,
+                None,
+                None,
+                normalized=self.normalized,
+                mask=mask,
             )
             interacting = jnp.cos(theta) * mixed[:, 1] - jnp.sin(theta) * mixed[:, 0]
         else:
@@ -103,13 +118,25 @@ class Kuramoto(AbstractAngleField):
                 # implicit solvers in metastable phases (Kvaerno5, β = 50: τ = 7e5 against
                 # 1.6e21 in 20 000 steps).
                 scores = beta * jnp.cos(differences)
-                if self.normalized:
-                    weights = jax.nn.softmax(scores, axis=1)
+                if self.masses is None:
+                    if self.normalized:
+                        weights = jax.nn.softmax(scores, axis=1)
+                    else:
+                        weights = jnp.exp(scores) / theta.shape[0]
                 else:
-                    weights = jnp.exp(scores) / theta.shape[0]
+                    masses = self.masses.astype(theta.dtype)
+                    if self.normalized:
+                        weights = jax.nn.softmax(scores + jnp.log(masses)[None, :], axis=1)
+                    else:
+                        weights = jnp.exp(scores) * (masses / jnp.sum(masses))[None, :]
                 interacting = jnp.sum(weights * jnp.sin(differences), axis=1)
             else:
                 h = jax.vmap(jax.vmap(self.interaction, in_axes=(0, None)), in_axes=(0, None))
-                interacting = jnp.mean(h(differences, beta), axis=1)
+                pairs = h(differences, beta)
+                if self.masses is None:
+                    interacting = jnp.mean(pairs, axis=1)
+                else:
+                    masses = self.masses.astype(theta.dtype)
+                    interacting = pairs @ masses / jnp.sum(masses)
         velocity = self.coupling * interacting
         return velocity if self.frequencies is None else velocity + self.frequencies

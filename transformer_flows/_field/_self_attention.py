@@ -12,6 +12,7 @@ from .._attention import (
     AutoAttention,
     as_alibi,
     as_key_mask,
+    as_masses,
     attend,
     attention_weights,
 )
@@ -76,7 +77,7 @@ class AbstractAttentionField(AbstractSphereField):
     alibi: eqx.AbstractVar[Float[Array, ""] | None]
     length_scaling: eqx.AbstractVar[str | None]
     # Optional in subclasses (SinkhornAttention has none): `q_bias`, `k_bias`, `out_bias`,
-    # `key_mask`, read through `_optional`.
+    # `key_mask`, `masses`, read through `_optional`.
 
     def __check_init__(self):
         _check_weights(self.Q, self.K, self.V, self.layer_duration)
@@ -92,7 +93,12 @@ class AbstractAttentionField(AbstractSphereField):
     def mask(self) -> AttentionMask:
         """The token-position options as one `AttentionMask`."""
         return AttentionMask(
-            self.causal, self.window, self.alibi, self.length_scaling, self._optional("key_mask")
+            self.causal,
+            self.window,
+            self.alibi,
+            self.length_scaling,
+            self._optional("key_mask"),
+            masses=self._optional("masses"),
         )
 
     def _optional(self, name: str):
@@ -161,6 +167,12 @@ class AbstractAttentionField(AbstractSphereField):
                 f"`key_mask` has {key_mask.shape[0]} entries but `x0` has "
                 f"{x.shape[0]} tokens; give one entry per token (True on the real ones)."
             )
+        masses = self._optional("masses")
+        if masses is not None and masses.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"`masses` has {masses.shape[0]} entries but `x0` has {x.shape[0]} tokens; "
+                "give one positive mass per token (e.g. jnp.ones(n))."
+            )
 
     def attention_matrix(self, t, x: Particles) -> Float[Array, "heads n n"]:
         """The attention matrices A^h(t) (one per head) at configuration `x`."""
@@ -215,6 +227,7 @@ class SelfAttention(AbstractAttentionField):
       `AbstractAttentionField`); causal is ẋ_i = P^⊥_{x_i}(Σ_{j<=i} softmax_j(β<Qx_i, Kx_j>)
       V x_j), Karagodin et al.
     - `q_bias`, `k_bias`, `out_bias`: a real model's biases (see `AbstractAttentionField`).
+    - `masses`: (n,) positive token masses (None: all 1); token j counts m_j times.
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -239,6 +252,7 @@ class SelfAttention(AbstractAttentionField):
     key_mask: Bool[Array, " n"] | None = eqx.field(
         default=None, converter=as_key_mask, kw_only=True
     )
+    masses: Float[Array, " n"] | None = eqx.field(default=None, converter=as_masses, kw_only=True)
 
     def _normalization(self):
         return True, 0.0
@@ -253,7 +267,8 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     |β| stays representable in float32.
 
     Under a mask (`causal`, `window`) the 1/n becomes 1/n_i, the number of keys query i
-    attends to: softmax with its normaliser Z_i replaced by its β = 0 value n_i.
+    attends to: softmax with its normaliser Z_i replaced by its β = 0 value n_i. With
+    `masses` m (n,) the sum is (1/M) Σ_j m_j e^{β<Q_h x_i, K_h x_j>} V_h x_j, M = Σ_j m_j.
     """
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
@@ -278,6 +293,7 @@ class UnnormalizedSelfAttention(AbstractAttentionField):
     key_mask: Bool[Array, " n"] | None = eqx.field(
         default=None, converter=as_key_mask, kw_only=True
     )
+    masses: Float[Array, " n"] | None = eqx.field(default=None, converter=as_masses, kw_only=True)
     time_rescaled: bool = eqx.field(default=False, static=True, kw_only=True)
 
     def __check_init__(self):

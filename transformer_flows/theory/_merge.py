@@ -122,7 +122,9 @@ def _log_bracket(beta, D0, D1):
     evaluated as written; beyond, as e^{βu₀}s₀ - e^{βu₁}s₁ with the scaled
     s = e^{-βu}Ei(βu) + e^{βv}E₁(βv), so that no term overflows. At β = 0 it is the limit
     2 ln(tan(D₀/2)/tan(D₁/2))."""
-    u0, u1 = 1 - np.cos(D0), 1 - np.cos(D1)
+    # u = 2 sin²(D/2), not 1 - cos D: exact for small gaps (1 - cos(1e-8) is 0 in float64,
+    # which made the time to a gap D1 <= 1e-8 infinite).
+    u0, u1 = 2 * np.sin(D0 / 2) ** 2, 2 * np.sin(D1 / 2) ** 2
     v0, v1 = 2 * np.cos(D0 / 2) ** 2, 2 * np.cos(D1 / 2) ** 2
     small = 2 * beta < _DIRECT
     b = np.where(small, beta, 0.0)
