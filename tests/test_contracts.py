@@ -175,7 +175,14 @@ def _implicit(name: str) -> bool:
 # Implicit solvers (Kvaerno) take minutes to compile under vmap and forward-mode
 # differentiation; tests/test_solvers.py checks them (exact solution, sphere, β-gradient, a
 # config sweep) with one compile each.
-FIELD_SOLVER = [(f, s) for f in FIELDS.names() for s in SOLVERS.names() if not _implicit(s)]
+# SDE solvers (`stochastic`) serve noisy sweeps only: their contract is in
+# tests/test_config_models.py.
+FIELD_SOLVER = [
+    (f, s)
+    for f in FIELDS.names()
+    for s in SOLVERS.names()
+    if not _implicit(s) and not SOLVERS[s].stochastic
+]
 
 
 @pytest.mark.parametrize("field_name, solver_name", FIELD_SOLVER)
@@ -434,7 +441,7 @@ def test_weight_ensemble_contract(name):
 MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".gif": (b"GIF87a", b"GIF89a")}
 
 
-def _figure_config(name, *, observables=None, d=None, experiment=None):
+def _figure_config(name, *, observables=None, d=None, experiment=None, noise=True):
     """The smallest config that satisfies the figure's declared needs (or, with an argument
     given, one that lacks a need)."""
     entry = FIGURES[name]
@@ -462,7 +469,7 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
             },
             "figures": [name],
         }
-    return {
+    raw = {
         "name": f"tiny_{name}",
         "precision": "float64",
         "model": {"field": "SA", "n": 4, "d": [d or entry.d or 3]},
@@ -471,6 +478,10 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
         "observables": {"names": observables or list(entry.observables) or ["clustered_fraction"]},
         "figures": [name],
     }
+    if entry.noise is not None and noise:
+        raw["model"]["noise"] = {"kind": entry.noise, "kappa": 4.0}
+        raw["solver"] = {"name": "euler_maruyama", "dt": 0.25}
+    return raw
 
 
 @pytest.fixture(scope="module")
@@ -509,6 +520,8 @@ def _needs():
         needs += [(name, "observable", observable) for observable in entry.observables]
         if entry.d is not None:
             needs.append((name, "d", entry.d))
+        if entry.noise is not None:
+            needs.append((name, "noise", entry.noise))
     return needs
 
 
@@ -525,6 +538,8 @@ def test_figure_needs_are_enforced(name, need, value):
             observables=others
             or [next(o for o in OBSERVABLES.names() if o != value and OBSERVABLES[o].d is None)],
         )
+    elif need == "noise":
+        raw = _figure_config(name, noise=False)
     else:
         raw = _figure_config(name, d=3 if value == 2 else 2)
     with pytest.raises(ConfigError, match=re.escape(f"figure {name!r}")):

@@ -110,6 +110,19 @@ SOLVERS.register(
     ),
 )
 
+# SDE solvers of noisy sweeps (`model.noise`; `solve(..., noise=, key=)`, constant step
+# solver.dt). Heun and EulerHeun solve the Stratonovich SDE; the projected Euler–Maruyama
+# converges to the same process (the Itô correction of the sphere noises is radial).
+for _name, _cls, _text in (
+    ("heun", diffrax.Heun, "Stratonovich Heun (weak order 1), the default of noisy solves"),
+    ("euler_heun", diffrax.EulerHeun, "Stratonovich Euler–Heun"),
+    ("euler_maruyama", diffrax.Euler, "projected Euler–Maruyama (weak order 1)"),
+):
+    SOLVERS.register(
+        _name,
+        SolverEntry(_cls, adaptive=False, points_only=True, description=_text, stochastic=True),
+    )
+
 # --- weight ensembles (Fig. 5) -------------------------------------------------------------
 WEIGHTS.register("identity", WeightsEntry(None, description="Q = K = V = I"))
 
@@ -307,6 +320,18 @@ FIGURES.register("long_context", FigureEntry(_lazy("long_context"), "theory"))
 # Causal clustering on the circle (Karagodin–Polyanskiy–Rigollet Fig. 2), for `causal=True`.
 FIGURES.register(
     "causal_circle", FigureEntry(_lazy("causal_circle"), "simulation", ("positions",), 2)
+)
+
+FIGURES.register(
+    "stationary_order_parameter",
+    FigureEntry(
+        _lazy("stationary_order_parameter", "_noise_plot"),
+        "simulation",
+        ("order_parameter",),
+        2,
+        description="noisy sweeps: time-averaged r against κ, on theory.stationary_order_parameter",
+        noise="independent",
+    ),
 )
 
 

@@ -13,7 +13,7 @@ from .._initial import orthonormal_tokens, sample_hemisphere, sample_sphere
 from .._solve import solve
 from .._span import solve_in_span
 from .._sphere import angles_to_points, normalize, points_to_angles
-from ._build import build_field, dtype_of, field_entry, solver_of, weight_draws
+from ._build import build_field, build_noise, dtype_of, field_entry, solver_of, weight_draws
 from ._plan import Plan, Shape
 from ._registry import OBSERVABLES, PLACEMENTS, ObservableContext
 from ._schema import SimulationConfig
@@ -21,6 +21,10 @@ from ._schema import SimulationConfig
 # Starts and weights are drawn in float32 whatever the precision, so that a float32 and a float64
 # run of one config integrate the same systems and differ by precision only.
 DRAW_DTYPE = jnp.float32
+# The Brownian path of start s is drawn from fold_in(fold_in(key(seed), s), NOISE_STREAM): a
+# stream of its own beside the split that draws the start and the weights, which noisy sweeps
+# leave as they are (the same starts and weights as the noiseless sweep).
+NOISE_STREAM = 0x6E6F6973
 
 
 class Observer(eqx.Module):
@@ -105,6 +109,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     solver, dt0 = solver_of(solver_config)
     fixed_params = dict(model.params)
     param_names = tuple(plan.params)
+    noise_names = () if model.noise is None else model.noise.parameters
     tolerance_axis = plan.has_tolerance_axis
     options = {}
     if model.layers:
@@ -131,7 +136,8 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     draws = [stacked(draw) for draw in weight_draws(shape.weights)] if shape.random else []
     integrate = solve
     if (
-        not shape.random
+        model.noise is None
+        and not shape.random
         and not angles
         and entry.rotation_invariant
         and shape.d > shape.n
@@ -148,7 +154,8 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     def one(ensemble, beta, start, tolerance, *param_values):
         # Start s uses the same initial tokens (and weight key) for every β, ensemble and
         # parameter: common random numbers make the phase diagram smooth in β.
-        init_key, weight_key = jax.random.split(jax.random.fold_in(base_key, start))
+        start_key = jax.random.fold_in(base_key, start)
+        init_key, weight_key = jax.random.split(start_key)
         x0 = normalize(sample(init_key, shape.n, shape.d, dtype=DRAW_DTYPE).astype(dtype))
         if angles:
             x0 = points_to_angles(x0)
@@ -158,8 +165,13 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             # <Qx_i, Kx_j> = <(KᵀQ)x_i, x_j>: one query matrix and identity keys give the same
             # logits with one n×d×d product per field evaluation fewer.
             weights = (jnp.swapaxes(K, -1, -2) @ Q, None, V)
-        params = {**fixed_params, **dict(zip(param_names, param_values, strict=True))}
+        swept = dict(zip(param_names, param_values, strict=True))
+        params = {**fixed_params, **{k: v for k, v in swept.items() if k not in noise_names}}
         field = build_field(entry, beta, params, weights, **options)
+        noise = build_noise(model.noise, swept)
+        noisy = {}
+        if noise is not None:
+            noisy = {"noise": noise, "key": jax.random.fold_in(start_key, NOISE_STREAM)}
         if placement.wrap is not None:
             field = placement.wrap(field, **placement_params)
         observer = Observer(
@@ -182,6 +194,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             max_steps=solver_config.max_steps,
             observe=observer,
             throw=False,
+            **noisy,
         )
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 

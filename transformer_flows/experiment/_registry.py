@@ -209,12 +209,15 @@ class FieldRegistry(Registry[FieldEntry]):
 @dataclasses.dataclass(frozen=True)
 class SolverEntry:
     """`make()` returns the diffrax solver; `adaptive` solvers take rtol/atol, the others a
-    fixed step `solver.dt`; `points_only`: it steps points on a sphere (not angles)."""
+    fixed step `solver.dt`; `points_only`: it steps points on a sphere (not angles);
+    `stochastic`: an SDE solver of noisy sweeps (`model.noise`), which need one (a noisy
+    sweep takes only these, an ODE sweep never)."""
 
     make: Callable[[], Any]
     adaptive: bool
     points_only: bool = False
     description: str = ""
+    stochastic: bool = False
 
 
 # --- weight ensembles ----------------------------------------------------------------------
@@ -271,13 +274,15 @@ class ObservableEntry:
 @dataclasses.dataclass(frozen=True)
 class FigureEntry:
     """`draw(dataset, config, out) -> list[Path]`; `experiment`: the kind it draws;
-    `observables` it reads; `d`: the only dimension it can draw (None: any)."""
+    `observables` it reads; `d`: the only dimension it can draw (None: any); `noise`: the
+    `model.noise.kind` of the noisy sweeps it draws (None: any sweep)."""
 
     draw: Callable
     experiment: str = "simulation"
     observables: tuple[str, ...] = ()
     d: int | None = None
     description: str = ""
+    noise: str | None = None
 
 
 # --- fit tasks -----------------------------------------------------------------------------

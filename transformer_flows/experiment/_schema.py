@@ -310,6 +310,48 @@ class _Experiment(_Section):
 
 # --- simulation sweeps ---------------------------------------------------------------------
 
+# The parameters of each noise kind (transformer_flows/_noise.py); fixed under model.noise or
+# swept under sweep.params.
+NOISE_PARAMETERS = {"independent": ("kappa",), "common": ("sigma",), "sum": ("kappa", "sigma")}
+
+
+class NoiseConfig(_Section):
+    """Noise of a noisy sweep: the Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW on the
+    sphere (`solve(..., noise=, key=)`, docs/models.md "Noisy dynamics"), integrated by an
+    SDE solver (`solver.name`: heun, euler_heun, euler_maruyama) at the step `solver.dt`. Each
+    start draws its Brownian path from a key of its own, the same for every β, ensemble and
+    parameter (common random numbers); the draws of starts and weights are those of the
+    noiseless sweep. A parameter left null here is swept under `sweep.params` instead."""
+
+    kind: Literal["independent", "common", "sum"] = Field(
+        description="independent: one Brownian motion per token, IndependentNoise(kappa); "
+        "common: one random rotation for all tokens, CommonNoise(sigma); sum: both"
+    )
+    kappa: PositiveNumber | None = Field(
+        None,
+        description="inverse noise strength κ of the independent noise (diffusion sqrt(2/κ) "
+        "per token); null: swept as sweep.params.kappa",
+    )
+    sigma: PositiveNumber | None = Field(
+        None,
+        description="strength σ of the common noise (dQ = σ/√2 · symmetric Gaussian); null: "
+        "swept as sweep.params.sigma",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_of_kind(self):
+        for name in ("kappa", "sigma"):
+            if getattr(self, name) is not None and name not in NOISE_PARAMETERS[self.kind]:
+                raise ValueError(
+                    f"{name}: a {self.kind!r} noise has no parameter {name!r} (it takes "
+                    f"{list(NOISE_PARAMETERS[self.kind])}); remove it or use kind: sum"
+                )
+        return self
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return NOISE_PARAMETERS[self.kind]
+
 
 class ModelConfig(_Section):
     """The vector field and the shapes it is integrated at."""
@@ -348,6 +390,9 @@ class ModelConfig(_Section):
     placement_params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
     )
+    noise: NoiseConfig | None = Field(
+        None, description="noise of a noisy sweep (an SDE); null: the deterministic flow"
+    )
 
     @field_validator("n", "d", "initial")
     @classmethod
@@ -362,6 +407,8 @@ class ModelConfig(_Section):
             data.pop("placement")
         if data.get("placement_params") == {}:
             data.pop("placement_params")
+        if data.get("noise", 0) is None:
+            data.pop("noise")
         if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
             data["initial"] = data["initial"][0]
         return data
@@ -551,6 +598,11 @@ class SimulationConfig(_Experiment):
                     )
             if needs.d is not None and model.d != [needs.d]:
                 raise ValueError(f"figure {figure!r} needs model.d = {needs.d}, got {model.d}")
+            if needs.noise is not None and (model.noise is None or model.noise.kind != needs.noise):
+                raise ValueError(
+                    f"figure {figure!r} draws noisy sweeps: needs model.noise.kind = "
+                    f"{needs.noise!r}, got {None if model.noise is None else model.noise.kind!r}"
+                )
         for name in names:
             observable = OBSERVABLES[name]
             if observable.per_shape and (len(model.n) > 1 or len(model.d) > 1):
@@ -564,7 +616,11 @@ class SimulationConfig(_Experiment):
                     f"{observable.d}, got {model.d}"
                 )
         parameters = entry.parameters() if entry is not None else {}
+        self._noise_checks(entry, parameters)
+        noise_swept = () if model.noise is None else model.noise.parameters
         for name in self.sweep.params if entry is not None else ():
+            if name in noise_swept:
+                continue
             if name not in parameters:
                 raise ValueError(
                     f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
@@ -598,6 +654,54 @@ class SimulationConfig(_Experiment):
                     f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
                 )
         return self
+
+    def _noise_checks(self, entry, parameters) -> None:
+        model, solver = self.model, SOLVERS[self.solver.name]
+        noise = model.noise
+        if noise is None:
+            if solver.stochastic:
+                raise ValueError(
+                    f"solver.name: {self.solver.name!r} is an SDE solver of noisy sweeps; this "
+                    "sweep has no model.noise: set model.noise (e.g. {kind: independent, kappa: "
+                    "4.0}) or choose an ODE solver such as tsit5"
+                )
+            return
+        if not solver.stochastic:
+            sde = [name for name in SOLVERS if SOLVERS[name].stochastic]
+            raise ValueError(
+                f"solver.name: a noisy sweep (model.noise) needs an SDE solver, one of {sde} "
+                f"with solver.dt; got {self.solver.name!r}"
+            )
+        if entry is not None and entry.state != "points":
+            raise ValueError(
+                f"model.noise: noise moves points on the sphere; field {model.field!r} moves "
+                "angles: use a sphere field such as SA with model.d = 2"
+            )
+        euclidean = [p for p in model.placement if PLACEMENTS[p].euclidean]
+        if euclidean:
+            raise ValueError(
+                f"model.noise: noise is defined on the sphere; the placements {euclidean} move "
+                "states in R^d: use post_ln or ngpt"
+            )
+        if self.sweep.tolerance is not None:
+            raise ValueError("sweep.tolerance: a noisy sweep has a fixed step: remove it")
+        for name in noise.parameters:
+            fixed, swept = getattr(noise, name) is not None, name in self.sweep.params
+            if fixed == swept:
+                raise ValueError(
+                    f"model.noise.{name}: a {noise.kind!r} noise needs {name} either fixed "
+                    f"(model.noise.{name}) or swept (sweep.params.{name}), "
+                    f"{'not both' if fixed else 'got neither'}"
+                )
+            if swept:
+                if name in parameters:
+                    raise ValueError(
+                        f"sweep.params.{name}: both the noise and field {model.field!r} have a "
+                        f"parameter {name!r}; fix the noise's under model.noise.{name}"
+                    )
+                bad = [value for value in self.sweep.params[name] if not value > 0]
+                if bad:
+                    raise ValueError(f"sweep.params.{name}: must be > 0, got {bad}")
 
     @property
     def times(self) -> np.ndarray:
