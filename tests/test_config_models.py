@@ -178,3 +178,131 @@ def test_shipped_noisy_config_reads_and_smokes():
     # Above the threshold κ_c = β I_0(β)/I_1(β) at every κ of the sweep (a clustered branch).
     threshold = tf.theory.noise_threshold(beta=1.0, d=2, model="SA")
     assert min(full.sweep.params["kappa"]) > threshold
+
+
+# --- random deep transformers (issue 19) ---------------------------------------------------
+
+TRANSFORMER = {
+    "model": {
+        "field": "SA",
+        "n": 4,
+        "d": 4,
+        "weights": "random_transformer",
+        "heads": 2,
+        "layers": 3,
+        "weights_params": {"alpha_L": 0.5, "beta0": 0.7},
+    },
+    "sweep": {"beta": [1.0], "starts": 2, "seed": 3, "params": {"alpha_A": [0.5, 1.0]}},
+    "time": {"t1": 1.0, "num": 4},
+    "solver": {"name": "residual_layers", "dt": 1 / 3},
+    "observables": {
+        "names": ["positions", "head_logit_variance", "token_kernel", "mean_cosine"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def transformer_run(tmp_path_factory):
+    config = config_from_dict(TRANSFORMER)
+    return config, run_sweep(config, tmp_path_factory.mktemp("transformer"), progress=False)
+
+
+def _limits_network(start, alpha_A):
+    """The sweep's draw of start `start` as `tf.limits` weights: the program's keys (weight
+    key, then one key per (layer, head), then W^Q, W^K, W^V, W^O), entries N(0, 1) in
+    float32."""
+    layers, heads, d = 3, 2, 4
+    head_dim = d // heads
+    start_key = jax.random.fold_in(jax.random.key(3), start)  # start may be traced
+    init_key, weight_key = jax.random.split(start_key)
+    keys = jax.random.split(weight_key, layers * heads).reshape(layers, heads)
+
+    def draw(key):
+        kq, kk, kv, ko = jax.random.split(key, 4)
+        normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)  # noqa: E731
+        return (
+            normal(kq, (head_dim, d)),
+            normal(kk, (head_dim, d)),
+            normal(kv, (head_dim, d)),
+            normal(ko, (d, head_dim)),
+        )
+
+    query, key, value, output = (w.astype(jnp.float64) for w in jax.vmap(jax.vmap(draw))(keys))
+    weights = tf.limits.TransformerWeights(query, key, value, output, alpha_A=alpha_A)
+    network = tf.limits.PostLNTransformer(weights=weights, beta0=0.7, alpha_L=0.5)
+    x0 = tf.normalize(tf.sample_sphere(init_key, 4, d, dtype=jnp.float32).astype(jnp.float64))
+    return network, x0
+
+
+def test_random_transformer_sweep_is_the_limits_network(transformer_run):
+    """Each start of the sweep is the L-layer BCP network of `tf.limits` (same weights), layer
+    by layer, up to the float32 rounding of the drawn (scaled) weights; its observables are
+    those of `tf.limits` at the saved states."""
+    config, dataset = transformer_run
+    assert bool(dataset["succeeded"].all())
+    part = dataset.squeeze(("n", "d", "weights", "beta"))
+    saved = jnp.asarray(part["positions"].values)  # (start, alpha_A, time, particle, component)
+
+    @jax.jit
+    def reference(saved):
+        def one(start, alpha_index, saved_states):
+            alphas = {0: 0.5, 1: 1.0}
+            out = []
+            for index in (0, 1):  # alpha_A is static in TransformerWeights
+                network, x0 = _limits_network(start, alphas[index])
+                states = network.layer_states(x0)  # x^0, ..., x^L
+                variance = jax.vmap(
+                    lambda x: jnp.mean(
+                        jnp.stack(
+                            [
+                                tf.limits.across_head_variance(network.weights.logits(layer, x))
+                                for layer in range(3)
+                            ]
+                        )
+                    )
+                )(saved_states)
+                out.append((states, variance))
+            return jax.tree_util.tree_map(
+                lambda a, b: jnp.where(alpha_index == 0, a, b), out[0], out[1]
+            )
+
+        starts = jnp.arange(2)[:, None] * jnp.ones((1, 2), int)
+        alphas = jnp.ones((2, 1), int) * jnp.arange(2)[None, :]
+        return jax.vmap(jax.vmap(one))(starts, alphas, saved)
+
+    states, variance = reference(saved)
+    # float32 weights: products rounded at ~6e-8, amplified by at most L = 3 layers.
+    np.testing.assert_allclose(saved, states, rtol=0, atol=2e-6)
+    assert not np.allclose(states[..., -1, :, :], states[..., 0, :, :], atol=1e-2)  # x moved
+    np.testing.assert_allclose(
+        part["token_kernel"].values, tf.limits.token_kernel(saved), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        part["mean_cosine"].values,
+        jax.vmap(jax.vmap(jax.vmap(tf.limits.mean_offdiagonal_cosine)))(saved),
+        atol=1e-12,
+    )
+    # The across-head variance of the logits, averaged over the layers and pairs.
+    np.testing.assert_allclose(part["head_logit_variance"].values, variance, rtol=1e-5)
+
+
+def test_random_transformer_configs_refuse_what_they_cannot_draw():
+    model = TRANSFORMER["model"]
+    cases = [
+        ({"model": {**model, "d": 5}}, "multiple of model.heads = 2"),
+        ({"time": {"t1": 2.0, "num": 3}}, "t1 must be 1"),
+        ({"model": {**model, "weights_params": {"alpha_A": 0.5}}}, "also fixed under"),
+        ({"model": {**model, "weights_params": {"gamma": 1.0}}}, "weights_params.gamma"),
+        ({"model": {**model, "weights_params": {"beta0": -1.0}}}, "greater than 0"),
+        ({"sweep": {**TRANSFORMER["sweep"], "params": {"alpha_A": [0.0]}}}, "alpha_A"),
+        ({"model": {**model, "heads": None}}, "model.heads >= 2"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({**TRANSFORMER, **change})
+
+
+def test_shipped_limits_config_reads():
+    config = load_config("configs/limits_init.yaml", smoke=True)
+    assert config.model.weights == ["random_transformer"]
+    assert config.sweep.params["alpha_A"] == [0.5, 1.0]

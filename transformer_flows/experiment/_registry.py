@@ -227,11 +227,25 @@ class SolverEntry:
 class WeightsEntry:
     """`draw(key, d, dtype) -> (Q, K, V)`, each (d, d) or None (the identity); None for the
     identity ensemble (no matrices at all, one program of its own). `random_values`: draws a
-    V other than the identity."""
+    V other than the identity.
+
+    A parameterised ensemble declares `schema`, a pydantic model of its scalar parameters
+    (defaults, ranges, descriptions): it is drawn as `draw(key, d, dtype, heads=H, layers=L,
+    **parameters)` for one head of one layer (H = model.heads or 1, L = model.layers or 1),
+    returning Q, K of shape (k, d) and V (d, d); its parameters are fixed under
+    `model.weights_params` or swept (vmapped, traced) under `sweep.params`. It runs in a
+    program of its own. `check(d, heads, layers, t1)` refuses shapes it cannot draw
+    (a ValueError naming the key)."""
 
     draw: Callable | None
     random_values: bool = False
     description: str = ""
+    schema: type | None = None
+    check: Callable | None = None
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return () if self.schema is None else tuple(self.schema.model_fields)
 
 
 # --- observables ---------------------------------------------------------------------------
@@ -244,6 +258,7 @@ class ObservableContext:
     beta: Any
     delta: float
     harmonic: int
+    field: Any = None  # the attention field, for observables that declare `field=True`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +281,8 @@ class ObservableEntry:
     per_shape: bool = False
     long_name: str = ""
     radial: bool = False  # reads states in R^d as they are (else their directions x_i/|x_i|)
+    # Reads `context.field` too (an attention field with H >= 2 heads: model.heads >= 2).
+    field: bool = False
 
 
 # --- figures -------------------------------------------------------------------------------

@@ -393,6 +393,11 @@ class ModelConfig(_Section):
     noise: NoiseConfig | None = Field(
         None, description="noise of a noisy sweep (an SDE); null: the deterministic flow"
     )
+    weights_params: dict[str, Number] = Field(
+        {},
+        description="fixed parameters of parameterised weight ensembles, e.g. {alpha_A: 0.5, "
+        "alpha_L: 1.0, beta0: 1.0} for random_transformer (or sweep them under sweep.params)",
+    )
 
     @field_validator("n", "d", "initial")
     @classmethod
@@ -409,6 +414,8 @@ class ModelConfig(_Section):
             data.pop("placement_params")
         if data.get("noise", 0) is None:
             data.pop("noise")
+        if data.get("weights_params") == {}:
+            data.pop("weights_params")
         if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
             data["initial"] = data["initial"][0]
         return data
@@ -487,6 +494,15 @@ class ModelConfig(_Section):
                     "(docs/mathematics.md, USA); use a `query_key:identity` ensemble or field SA"
                     f", got weights {bad}"
                 )
+        declared = {name for w in self.weights for name in WEIGHTS[w].parameters}
+        for name in self.weights_params:
+            if name not in declared:
+                raise ValueError(
+                    f"weights_params.{name}: not a parameter of the weight ensembles "
+                    f"{self.weights}; allowed: {sorted(declared)}"
+                )
+        for w in self.weights:
+            _check_weights_parameters(w, self.weights_params, "weights_params")
         if (self.heads or self.layers) and not random:
             raise ValueError(
                 "model.heads and model.layers stack random weights; identity weights have "
@@ -498,6 +514,32 @@ class ModelConfig(_Section):
                 f"field {self.field!r} moves angles on the circle: needs model.d = 2, got {self.d}"
             )
         return self
+
+
+def _check_weights_parameters(name: str, values: dict, where: str) -> None:
+    """Validate the values meant for ensemble `name` with its schema (ranges, types)."""
+    entry = WEIGHTS[name]
+    if entry.schema is None:
+        return
+    mine = {k: v for k, v in values.items() if k in entry.parameters}
+    try:
+        entry.schema(**mine)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        raise ValueError(f"{where}: ensemble {name!r} refuses {mine}: {problems}") from None
+
+
+def weights_parameters(config) -> dict[str, dict[str, Any]]:
+    """Per parameterised ensemble of a sweep: its fixed parameters (schema defaults, then
+    `model.weights_params`); the swept ones come from `sweep.params`."""
+    model = config.model
+    return {
+        w: {**WEIGHTS[w].schema().model_dump(), **model.weights_params}
+        for w in model.weights
+        if WEIGHTS[w].schema is not None
+    }
 
 
 def _try_build(entry, params: dict, where: str) -> None:
@@ -617,9 +659,11 @@ class SimulationConfig(_Experiment):
                 )
         parameters = entry.parameters() if entry is not None else {}
         self._noise_checks(entry, parameters)
+        self._weights_checks(entry)
         noise_swept = () if model.noise is None else model.noise.parameters
+        weights_swept = {n for w in model.weights for n in WEIGHTS[w].parameters}
         for name in self.sweep.params if entry is not None else ():
-            if name in noise_swept:
+            if name in noise_swept or name in weights_swept:
                 continue
             if name not in parameters:
                 raise ValueError(
@@ -654,6 +698,38 @@ class SimulationConfig(_Experiment):
                     f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
                 )
         return self
+
+    def _weights_checks(self, entry) -> None:
+        """Parameterised ensembles (their shapes, swept values) and observables that read the
+        attention field's heads."""
+        model = self.model
+        for w in model.weights:
+            weights = WEIGHTS[w]
+            if weights.check is not None:
+                weights.check(model.d, model.heads or 1, model.layers or 1, self.time.t1)
+            for name in weights.parameters:
+                if name in self.sweep.params:
+                    if name in model.weights_params:
+                        raise ValueError(
+                            f"sweep.params.{name}: also fixed under model.weights_params.{name}; "
+                            "keep one"
+                        )
+                    if entry is not None and name in entry.parameters():
+                        raise ValueError(
+                            f"sweep.params.{name}: both ensemble {w!r} and field "
+                            f"{model.field!r} have a parameter {name!r}"
+                        )
+                    for value in self.sweep.params[name]:
+                        _check_weights_parameters(w, {name: value}, f"sweep.params.{name}")
+        reads_field = [n for n in self.observables.names if OBSERVABLES[n].field]
+        if reads_field:
+            random = [w for w in model.weights if WEIGHTS[w].draw is not None]
+            if (model.heads or 1) < 2 or random != model.weights:
+                raise ValueError(
+                    f"observables.names: {reads_field} compare the heads of random attention "
+                    f"weights: set model.heads >= 2 and random weights only (got heads = "
+                    f"{model.heads}, weights = {model.weights})"
+                )
 
     def _noise_checks(self, entry, parameters) -> None:
         model, solver = self.model, SOLVERS[self.solver.name]
