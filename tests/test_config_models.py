@@ -8,6 +8,7 @@ import pytest
 
 import transformer_flows as tf
 from transformer_flows.experiment import (
+    INTERACTIONS,
     SOLVERS,
     ConfigError,
     config_from_dict,
@@ -306,3 +307,73 @@ def test_shipped_limits_config_reads():
     config = load_config("configs/limits_init.yaml", smoke=True)
     assert config.model.weights == ["random_transformer"]
     assert config.sweep.params["alpha_A"] == [0.5, 1.0]
+
+
+# --- Kuramoto interactions by name (issue 23) ----------------------------------------------
+
+THETA = jnp.array([0.3, -1.2, 2.0, 2.9, -2.5])
+
+
+def _known_velocity(name, beta):
+    """θ̇_i = (1/n) Σ_j h(θ_j − θ_i) of a registered h, from the closed forms."""
+    u = THETA[None, :] - THETA[:, None]
+    return {
+        # (7.1): Kuramoto's own USA form (normalized=False) is h = e^{β cos u} sin u.
+        "attention": tf.Kuramoto(beta)(0.0, THETA),
+        # The classical model (7.2) is the β = 0 attention form.
+        "sine": tf.Kuramoto(0.0)(0.0, THETA),
+        "second_harmonic": jnp.mean(jnp.sin(2 * u), axis=1),
+    }[name]
+
+
+@pytest.mark.parametrize("name", INTERACTIONS.names())
+def test_interaction_contract(name):
+    entry = INTERACTIONS[name]
+    assert entry.description
+    for beta in (0.0, 1.5):
+        velocity = tf.Kuramoto(beta, interaction=entry.function)(0.0, THETA)
+        np.testing.assert_allclose(velocity, _known_velocity(name, beta), rtol=1e-12, atol=1e-14)
+    # Positive control: at β = 1.5 every other interaction moves the oscillators otherwise.
+    for other in INTERACTIONS.names():
+        if other != name:
+            assert not np.allclose(velocity, _known_velocity(other, 1.5), atol=1e-3)
+
+
+def test_kuramoto_interaction_by_name_in_a_sweep(tmp_path):
+    raw = {
+        "model": {
+            "field": "Kuramoto",
+            "n": 6,
+            "d": 2,
+            "params": {"interaction": "second_harmonic"},
+        },
+        "sweep": {"beta": [1.0], "starts": 1, "seed": 2},
+        "time": {"t1": 1.0, "num": 3},
+        "solver": {"name": "rk4", "dt": 0.1},
+        "observables": {"names": ["positions"]},
+    }
+    config = config_from_dict(raw)
+    assert config.resolved()["model"]["params"] == {"interaction": "second_harmonic"}
+    dataset = run_sweep(config, tmp_path, progress=False)
+    key = jax.random.split(jax.random.fold_in(jax.random.key(2), 0))[0]
+    x0 = tf.normalize(tf.sample_sphere(key, 6, 2, dtype=jnp.float32).astype(jnp.float64))
+    field = tf.Kuramoto(1.0, interaction=INTERACTIONS["second_harmonic"].function)
+    theta = tf.solve(
+        field,
+        tf.points_to_angles(x0),
+        jnp.asarray(config.times),
+        solver=SOLVERS["rk4"].make(),
+        dt0=0.1,
+    )
+    np.testing.assert_allclose(
+        dataset["positions"].values.squeeze(), tf.angles_to_points(theta.xs), rtol=0, atol=1e-6
+    )  # (measured: 8e-8; another interaction differs by O(0.1))
+    with pytest.raises(ConfigError, match="unknown Kuramoto interaction 'cosine'.*second_harmonic"):
+        config_from_dict({**raw, "model": {**raw["model"], "params": {"interaction": "cosine"}}})
+    with pytest.raises(ConfigError, match="normalized=False"):
+        config_from_dict(
+            {
+                **raw,
+                "model": {**raw["model"], "params": {"interaction": "sine", "normalized": True}},
+            }
+        )

@@ -44,7 +44,7 @@ def weight_draws(names: tuple[str, ...]):
 def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, **options):
     """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)`; weights (Q, K, V) may hold
     None (the identity)."""
-    kwargs = {**params, **options, "beta": beta}
+    kwargs = {**entry.resolve_params(params), **options, "beta": beta}
     if weights is not None:
         kwargs.update(zip("QKV", weights, strict=True))
     return entry.cls(**kwargs)

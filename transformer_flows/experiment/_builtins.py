@@ -28,6 +28,7 @@ from .._solver._fixed_step import RK4, GeodesicEuler, NormalizedEuler, ResidualL
 from ._registry import (
     FIELDS,
     FIGURES,
+    INTERACTIONS,
     OBSERVABLES,
     PLACEMENTS,
     SOLVERS,
@@ -35,6 +36,7 @@ from ._registry import (
     WEIGHTS,
     FieldEntry,
     FigureEntry,
+    InteractionEntry,
     ObservableEntry,
     PlacementEntry,
     SolverEntry,
@@ -62,7 +64,46 @@ FIELDS.register(
         description="unnormalised self-attention (USA), V = I",
     ),
 )
-FIELDS.register("Kuramoto", FieldEntry(Kuramoto, description="angle form on the circle (7.1)"))
+FIELDS.register(
+    "Kuramoto",
+    FieldEntry(
+        Kuramoto,
+        description="angle form on the circle (7.1); params.interaction: a registered h (7.5)",
+        named=(("interaction", INTERACTIONS),),
+    ),
+)
+
+
+# --- Kuramoto interactions h(u, β) of (7.5), named by model.params.interaction -------------
+def _attention_interaction(u, beta):
+    import jax.numpy as jnp
+
+    return jnp.exp(beta * jnp.cos(u)) * jnp.sin(u)
+
+
+def _sine(u, beta):
+    import jax.numpy as jnp
+
+    return jnp.sin(u)
+
+
+def _second_harmonic(u, beta):
+    import jax.numpy as jnp
+
+    return jnp.sin(2 * u)
+
+
+INTERACTIONS.register(
+    "attention",
+    InteractionEntry(_attention_interaction, "e^{β cos u} sin u: (USA) in angles, (7.1)"),
+)
+INTERACTIONS.register(
+    "sine", InteractionEntry(_sine, "sin u: the classical Kuramoto model (7.2), β-free")
+)
+INTERACTIONS.register(
+    "second_harmonic",
+    InteractionEntry(_second_harmonic, "sin 2u: antipodal pairs attract (two clusters), β-free"),
+)
 FIELDS.register(
     "Sinkhorn",
     FieldEntry(

@@ -151,6 +151,22 @@ class FieldEntry:
     rotation_invariant: bool = False
     theory_model: str | None = None
     description: str = ""
+    # (parameter, registry): a parameter that takes a function, named in configs by an entry
+    # of the registry (Kuramoto's `interaction` by INTERACTIONS).
+    named: tuple[tuple[str, "Registry"], ...] = ()
+
+    def resolve_params(self, params: dict) -> dict:
+        """`params` with every named parameter's name replaced by its registered function."""
+        resolved = dict(params)
+        for name, registry in self.named:
+            if name in resolved:
+                if not isinstance(resolved[name], str):
+                    raise ValueError(
+                        f"params.{name}: give a registered name ({registry.names()}), got "
+                        f"{resolved[name]!r}"
+                    )
+                resolved[name] = registry[resolved[name]].function
+        return resolved
 
     @property
     def state(self) -> Literal["points", "angles"]:
@@ -201,6 +217,18 @@ class FieldRegistry(Registry[FieldEntry]):
                 )
             return FieldEntry(cls)
         return self[name]
+
+
+# --- Kuramoto interactions -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionEntry:
+    """`function(u, beta)`: the interaction h of the generalised Kuramoto model (7.5),
+    θ̇_i = ω_i + (K/n) Σ_j h(θ_j − θ_i, β), of a scalar phase difference u and β."""
+
+    function: Callable
+    description: str = ""
 
 
 # --- solvers -------------------------------------------------------------------------------
@@ -338,3 +366,4 @@ OBSERVABLES: Registry[ObservableEntry] = Registry("observable")
 FIGURES: Registry[FigureEntry] = Registry("figure")
 TASKS: Registry[TaskEntry] = Registry("fit task")
 PLACEMENTS: Registry[PlacementEntry] = Registry("placement")
+INTERACTIONS: Registry[InteractionEntry] = Registry("Kuramoto interaction")

@@ -35,6 +35,7 @@ from ._registry import (
     FIELDS,
     FIGURES,
     IMPORT_PATH,
+    INTERACTIONS,
     OBSERVABLES,
     PLACEMENTS,
     SOLVERS,
@@ -449,7 +450,7 @@ class ModelConfig(_Section):
                     )
                 params = {**params, "layer_duration": 1.0}
             try:
-                field = entry.cls(**{"beta": 1.0, **self.params})
+                field = entry.cls(**{"beta": 1.0, **entry.resolve_params(self.params)})
                 placement.wrap(field, **params)
             except Exception as err:  # the placement's own message names the parameter
                 raise ValueError(f"placement_params: {name} refuses {params}: {err}") from None
@@ -546,7 +547,7 @@ def _try_build(entry, params: dict, where: str) -> None:
     """Build the field once with these parameters (β = 1), so a bad parameter value is refused
     when the config is read, not after compiling."""
     try:
-        entry.cls(**{"beta": 1.0, **params})
+        entry.cls(**{"beta": 1.0, **entry.resolve_params(params)})
     except Exception as err:  # the field's own message names the parameter
         raise ValueError(
             f"{where}: {entry.cls.__name__}(beta=1.0, **{params}) is refused: {err}"
@@ -1279,6 +1280,7 @@ def json_schema() -> dict:
         "observables": OBSERVABLES.names(),
         "figures": FIGURES.names(),
         "tasks": TASKS.names(),
+        "interactions": INTERACTIONS.names(),
     }
     schema["x-registered-names"] = registries
     return schema

@@ -73,7 +73,7 @@ def head_variance(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
                 beta**2 * head_dim ** row["predicted_slope"],
                 color=f"C{i}",
                 linestyle="--",
-                label=f"β² N^{{{row['predicted_slope']:g}}}",
+                label=f"$\\beta^2 N^{{{row['predicted_slope']:g}}}$",
             )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
