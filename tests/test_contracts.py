@@ -316,7 +316,11 @@ def _known_values(name, d, beta):
             (consensus, 1, beta**2 * np.var(HEAD_SCALES, ddof=1)),
             (spaced, 1, beta**2 * np.var(HEAD_SCALES, ddof=1) / 2),
         ],
-        "head_attention_variance": [(consensus, 1, 0.0), (antipodal, 1, 0.0)],
+        # Antipodal pair: a_h = [σ(2βc_h), σ(−2βc_h)] per row, σ the logistic function.
+        "head_attention_variance": [
+            (consensus, 1, 0.0),
+            (antipodal, 1, np.var(1 / (1 + np.exp(-2 * beta * HEAD_SCALES)), ddof=1)),
+        ],
         "token_kernel": [(spaced, 1, spaced @ spaced.T), (antipodal, 1, antipodal @ antipodal.T)],
     }
     if name not in known:
@@ -331,7 +335,7 @@ def _context(beta, harmonic=1, delta=1e-3, d=3):
     """β, the options, and (for observables that read it) a 3-head attention field on R^d
     with Q_h = c_h I, K = V = I."""
     beta = jnp.asarray(beta, jnp.float64)
-    Q = jnp.asarray(HEAD_SCALES)[:, None, None] * jnp.eye(d)
+    Q = jnp.asarray(HEAD_SCALES)[:, None, None] * jnp.eye(d)[None]
     return ObservableContext(beta, delta, harmonic, tf.SelfAttention(beta=beta, Q=Q))
 
 

@@ -11,15 +11,18 @@ from ._plot import _grid, _save
 
 
 def head_variance_table(dataset: xr.Dataset, config) -> list[dict]:
-    """Per α_A (swept, or fixed) and N = d/H: the across-head variance of the logits at t = 0
-    averaged over starts, with its standard error, and the least-squares slope of log variance
-    on log N over N >= 2 beside the prediction 1 − 2α_A (at β = 1)."""
+    """Per α_A (swept, or fixed) and N = d/H, at the first β and the first entry of any other
+    axis: the across-head variance of the logits at t = 0 averaged over starts, with its
+    standard error, and the least-squares slope of log variance on log N over N >= 2 beside
+    the prediction 1 − 2α_A."""
     from ._schema import weights_parameters
 
     heads = config.model.heads or 1
     values = dataset["head_logit_variance"].isel(time=0).where(dataset["succeeded"])
+    # One line per α_A (and per β: the predicted variance is β² N^{1−2α_A}).
+    values = values.isel(beta=0) if "beta" in values.dims else values
     extra = [dim for dim in values.dims if dim not in ("d", "start", "alpha_A")]
-    values = values.squeeze(extra, drop=True)
+    values = values.isel({dim: 0 for dim in extra}, drop=True)
     fixed = next(iter(weights_parameters(config).values()), {}).get("alpha_A")
     alphas = values["alpha_A"].values if "alpha_A" in values.dims else np.array([fixed])
     rows = []
@@ -57,7 +60,9 @@ def head_variance(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
     beta = float(dataset["beta"].values[0])
     for i, row in enumerate(rows):
         head_dim = np.asarray(row["head_dim"])
-        label = f"α_A = {row['alpha_A']:g}: slope {row['slope']:.2f}"
+        label = f"slope {row['slope']:.2f}"
+        if row["alpha_A"] is not None:
+            label = f"α_A = {row['alpha_A']:g}: " + label
         ax.errorbar(
             head_dim,
             row["variance"],
