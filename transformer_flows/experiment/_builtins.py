@@ -2,6 +2,7 @@
 
 import functools
 import importlib
+import math
 from typing import Any
 
 import diffrax
@@ -263,8 +264,8 @@ def _random_transformer(key, d, dtype, *, heads, layers, alpha_A, alpha_L, beta0
     value = jax.random.normal(kv, (head_dim, d), dtype=dtype)
     output = jax.random.normal(ko, (d, head_dim), dtype=dtype)
     # In the draw's dtype (float32 in sweeps, like every ensemble), scales included.
-    logit_scale = jnp.exp(-alpha_A * np.log(head_dim)).astype(dtype)
-    branch_scale = (beta0 * jnp.exp((1 - alpha_L) * np.log(layers)) / d).astype(dtype)
+    logit_scale = jnp.exp(-alpha_A * math.log(head_dim)).astype(dtype)
+    branch_scale = (beta0 * jnp.exp((1 - alpha_L) * math.log(layers)) / d).astype(dtype)
     return logit_scale * query, keys, branch_scale * (output @ value)
 
 
