@@ -175,7 +175,14 @@ def _implicit(name: str) -> bool:
 # Implicit solvers (Kvaerno) take minutes to compile under vmap and forward-mode
 # differentiation; tests/test_solvers.py checks them (exact solution, sphere, β-gradient, a
 # config sweep) with one compile each.
-FIELD_SOLVER = [(f, s) for f in FIELDS.names() for s in SOLVERS.names() if not _implicit(s)]
+# SDE solvers (`stochastic`) serve noisy sweeps only: their contract is in
+# tests/test_config_models.py.
+FIELD_SOLVER = [
+    (f, s)
+    for f in FIELDS.names()
+    for s in SOLVERS.names()
+    if not _implicit(s) and not SOLVERS[s].stochastic
+]
 
 
 @pytest.mark.parametrize("field_name, solver_name", FIELD_SOLVER)
@@ -302,14 +309,34 @@ def _known_values(name, d, beta):
         # exp(H(σ/Σσ)) is 1 on a line and 2 for ±e1, ±e2 (singular values √2, √2).
         "centred_cosine": [(consensus, 1, 0.0), (antipodal, 1, -1.0), (spaced, 1, -1 / 3)],
         "effective_rank": [(consensus, 1, 1.0), (antipodal, 1, 1.0), (spaced, 1, 2.0)],
+        # Heads Q_h = c_h I (`_context`'s field): A_h,ij = β c_h <x_i, x_j>, so the across-head
+        # variance is β² Var(c) mean_ij <x_i, x_j>² (spaced: 1 on 4 pairs, −1 on 4, 0 on 8);
+        # at consensus every row of every head is uniform, a_h,ij = 1/n.
+        "head_logit_variance": [
+            (consensus, 1, beta**2 * np.var(HEAD_SCALES, ddof=1)),
+            (spaced, 1, beta**2 * np.var(HEAD_SCALES, ddof=1) / 2),
+        ],
+        # Antipodal pair: a_h = [σ(2βc_h), σ(−2βc_h)] per row, σ the logistic function.
+        "head_attention_variance": [
+            (consensus, 1, 0.0),
+            (antipodal, 1, np.var(1 / (1 + np.exp(-2 * beta * HEAD_SCALES)), ddof=1)),
+        ],
+        "token_kernel": [(spaced, 1, spaced @ spaced.T), (antipodal, 1, antipodal @ antipodal.T)],
     }
     if name not in known:
         pytest.fail(f"observable {name!r} has no known values: add them to _known_values")
     return known[name]
 
 
-def _context(beta, harmonic=1, delta=1e-3):
-    return ObservableContext(jnp.asarray(beta, jnp.float64), delta, harmonic)
+HEAD_SCALES = np.array([0.5, 1.0, 2.0])
+
+
+def _context(beta, harmonic=1, delta=1e-3, d=3):
+    """β, the options, and (for observables that read it) a 3-head attention field on R^d
+    with Q_h = c_h I, K = V = I."""
+    beta = jnp.asarray(beta, jnp.float64)
+    Q = jnp.asarray(HEAD_SCALES)[:, None, None] * jnp.eye(d)[None]
+    return ObservableContext(beta, delta, harmonic, tf.SelfAttention(beta=beta, Q=Q))
 
 
 def _random_configuration(key, n, d):
@@ -329,7 +356,7 @@ def test_observable_known_values(name):
     entry = OBSERVABLES[name]
     beta = 1.5
     for x, harmonic, expected in _known_values(name, _observable_dim(entry), beta):
-        value = entry.function(x, _context(beta, harmonic))
+        value = entry.function(x, _context(beta, harmonic, d=x.shape[-1]))
         np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -340,9 +367,9 @@ def test_observable_dtype_dims_shape(name):
     shapes = set()
     for n, dim in ((5, d), (6, d)) + (((5, d + 1),) if entry.d is None else ()):
         x = _random_configuration(jax.random.key(n + 10 * dim), n, dim)
-        value = np.asarray(entry.function(x, _context(1.0)))
+        value = np.asarray(entry.function(x, _context(1.0, d=dim)))
         assert value.ndim == len(entry.dims)
-        sizes = {"particle": n, "component": dim}
+        sizes = {"particle": n, "partner": n, "component": dim}
         for size, dim_name in zip(value.shape, entry.dims, strict=True):
             if dim_name in sizes:
                 assert size == sizes[dim_name]
@@ -376,9 +403,9 @@ def test_inner_product_observables_see_the_gram_matrix_only(name):
         # Isometry R^d -> R^(d+2): orthonormal columns.
         B, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(8), (d + 2, d)))
         maps.append(x @ B.T)
-    context = _context(2.0)
-    value = entry.function(x, context)
+    value = entry.function(x, _context(2.0, d=d))
     for mapped in maps:
+        context = _context(2.0, d=mapped.shape[-1])
         np.testing.assert_allclose(entry.function(mapped, context), value, rtol=1e-12, atol=1e-14)
 
 
@@ -390,7 +417,7 @@ def test_observable_under_jit_and_vmap(name):
     betas = jnp.array([0.5, 1.0, 4.0])
 
     def observe(x, beta):
-        return entry.function(x, _context(beta))
+        return entry.function(x, _context(beta, d=d))
 
     loop = np.stack([np.asarray(observe(x, b)) for x, b in zip(xs, betas, strict=True)])
     np.testing.assert_allclose(jax.jit(jax.vmap(observe))(xs, betas), loop, rtol=1e-12, atol=0)
@@ -407,18 +434,23 @@ def test_weight_ensemble_contract(name):
         assert not entry.random_values
         return
 
+    # A parameterised ensemble draws one head of one layer of a stack (H = 2 heads of
+    # dimension k = d/H here), at its declared defaults.
+    extra = {} if entry.schema is None else {"heads": 2, "layers": 3, **entry.schema().model_dump()}
+    rows = 4 if entry.schema is None else 2
+
     def draw(keys, dtype):
         # As the sweep program uses it: vmapped over stacks of heads and layers (eager here:
         # the primitives compiled for one ensemble serve the next).
-        return jax.vmap(lambda key: entry.draw(key, 4, dtype))(keys)
+        return jax.vmap(lambda key: entry.draw(key, 4, dtype, **extra))(keys)
 
     keys = jax.random.split(jax.random.key(3), 3)
     (Q, K, V), again = draw(keys, jnp.float64), draw(keys[::-1], jnp.float64)
     assert (V is not None) == entry.random_values
-    for W, W_again in zip((Q, K, V), again, strict=True):
+    for W, W_again, shape in zip((Q, K, V), again, ((rows, 4), (rows, 4), (4, 4)), strict=True):
         if W is None:
             continue
-        assert W.shape == (3, 4, 4) and W.dtype == jnp.float64
+        assert W.shape == (3, *shape) and W.dtype == jnp.float64
         assert np.all(np.isfinite(W))
         # Deterministic for a key (the same keys in reverse order give the same draws).
         np.testing.assert_array_equal(W_again[::-1], W)
@@ -434,7 +466,7 @@ def test_weight_ensemble_contract(name):
 MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".gif": (b"GIF87a", b"GIF89a")}
 
 
-def _figure_config(name, *, observables=None, d=None, experiment=None):
+def _figure_config(name, *, observables=None, d=None, experiment=None, noise=True):
     """The smallest config that satisfies the figure's declared needs (or, with an argument
     given, one that lacks a need)."""
     entry = FIGURES[name]
@@ -462,7 +494,7 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
             },
             "figures": [name],
         }
-    return {
+    raw = {
         "name": f"tiny_{name}",
         "precision": "float64",
         "model": {"field": "SA", "n": 4, "d": [d or entry.d or 3]},
@@ -471,6 +503,13 @@ def _figure_config(name, *, observables=None, d=None, experiment=None):
         "observables": {"names": observables or list(entry.observables) or ["clustered_fraction"]},
         "figures": [name],
     }
+    if any(OBSERVABLES[o].field for o in raw["observables"]["names"]):
+        # Observables of the heads of random weights.
+        raw["model"].update(weights=["gaussian"], heads=2)
+    if entry.noise is not None and noise:
+        raw["model"]["noise"] = {"kind": entry.noise, "kappa": 4.0}
+        raw["solver"] = {"name": "euler_maruyama", "dt": 0.25}
+    return raw
 
 
 @pytest.fixture(scope="module")
@@ -509,6 +548,8 @@ def _needs():
         needs += [(name, "observable", observable) for observable in entry.observables]
         if entry.d is not None:
             needs.append((name, "d", entry.d))
+        if entry.noise is not None:
+            needs.append((name, "noise", entry.noise))
     return needs
 
 
@@ -525,6 +566,8 @@ def test_figure_needs_are_enforced(name, need, value):
             observables=others
             or [next(o for o in OBSERVABLES.names() if o != value and OBSERVABLES[o].d is None)],
         )
+    elif need == "noise":
+        raw = _figure_config(name, noise=False)
     else:
         raw = _figure_config(name, d=3 if value == 2 else 2)
     with pytest.raises(ConfigError, match=re.escape(f"figure {name!r}")):

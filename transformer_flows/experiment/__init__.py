@@ -28,6 +28,7 @@ from ._pretrained_run import run_pretrained as run_pretrained
 from ._registry import (
     FIELDS as FIELDS,
     FIGURES as FIGURES,
+    INTERACTIONS as INTERACTIONS,
     OBSERVABLES as OBSERVABLES,
     PLACEMENTS as PLACEMENTS,
     SOLVERS as SOLVERS,
@@ -35,6 +36,7 @@ from ._registry import (
     WEIGHTS as WEIGHTS,
     FieldEntry as FieldEntry,
     FigureEntry as FigureEntry,
+    InteractionEntry as InteractionEntry,
     ObservableContext as ObservableContext,
     ObservableEntry as ObservableEntry,
     PlacementEntry as PlacementEntry,

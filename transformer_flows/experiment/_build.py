@@ -44,10 +44,26 @@ def weight_draws(names: tuple[str, ...]):
 def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, **options):
     """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)`; weights (Q, K, V) may hold
     None (the identity)."""
-    kwargs = {**params, **options, "beta": beta}
+    kwargs = {**entry.resolve_params(params), **options, "beta": beta}
     if weights is not None:
         kwargs.update(zip("QKV", weights, strict=True))
     return entry.cls(**kwargs)
+
+
+def build_noise(spec, values: dict[str, Any]):
+    """The noise of `model.noise` (None: an ODE), its parameters from the section or, when
+    swept, from `values` (name → the chunk's traced value)."""
+    from .._noise import CommonNoise, IndependentNoise
+
+    if spec is None:
+        return None
+    value = {name: values.get(name, getattr(spec, name)) for name in spec.parameters}
+    parts = []
+    if "kappa" in value:
+        parts.append(IndependentNoise(value["kappa"]))
+    if "sigma" in value:
+        parts.append(CommonNoise(value["sigma"]))
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 # --- fits ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import functools
 import importlib
+import math
 from typing import Any
 
 import diffrax
@@ -28,6 +29,7 @@ from .._solver._fixed_step import RK4, GeodesicEuler, NormalizedEuler, ResidualL
 from ._registry import (
     FIELDS,
     FIGURES,
+    INTERACTIONS,
     OBSERVABLES,
     PLACEMENTS,
     SOLVERS,
@@ -35,6 +37,7 @@ from ._registry import (
     WEIGHTS,
     FieldEntry,
     FigureEntry,
+    InteractionEntry,
     ObservableEntry,
     PlacementEntry,
     SolverEntry,
@@ -62,7 +65,46 @@ FIELDS.register(
         description="unnormalised self-attention (USA), V = I",
     ),
 )
-FIELDS.register("Kuramoto", FieldEntry(Kuramoto, description="angle form on the circle (7.1)"))
+FIELDS.register(
+    "Kuramoto",
+    FieldEntry(
+        Kuramoto,
+        description="angle form on the circle (7.1); params.interaction: a registered h (7.5)",
+        named=(("interaction", INTERACTIONS),),
+    ),
+)
+
+
+# --- Kuramoto interactions h(u, β) of (7.5), named by model.params.interaction -------------
+def _attention_interaction(u, beta):
+    import jax.numpy as jnp
+
+    return jnp.exp(beta * jnp.cos(u)) * jnp.sin(u)
+
+
+def _sine(u, beta):
+    import jax.numpy as jnp
+
+    return jnp.sin(u)
+
+
+def _second_harmonic(u, beta):
+    import jax.numpy as jnp
+
+    return jnp.sin(2 * u)
+
+
+INTERACTIONS.register(
+    "attention",
+    InteractionEntry(_attention_interaction, "e^{β cos u} sin u: (USA) in angles, (7.1)"),
+)
+INTERACTIONS.register(
+    "sine", InteractionEntry(_sine, "sin u: the classical Kuramoto model (7.2), β-free")
+)
+INTERACTIONS.register(
+    "second_harmonic",
+    InteractionEntry(_second_harmonic, "sin 2u: antipodal pairs attract (two clusters), β-free"),
+)
 FIELDS.register(
     "Sinkhorn",
     FieldEntry(
@@ -109,6 +151,19 @@ SOLVERS.register(
         description="the field's own discrete layer (Post-LN: = normalized_euler)",
     ),
 )
+
+# SDE solvers of noisy sweeps (`model.noise`; `solve(..., noise=, key=)`, constant step
+# solver.dt). Heun and EulerHeun solve the Stratonovich SDE; the projected Euler–Maruyama
+# converges to the same process (the Itô correction of the sphere noises is radial).
+for _name, _cls, _text in (
+    ("heun", diffrax.Heun, "Stratonovich Heun (weak order 1), the default of noisy solves"),
+    ("euler_heun", diffrax.EulerHeun, "Stratonovich Euler–Heun"),
+    ("euler_maruyama", diffrax.Euler, "projected Euler–Maruyama (weak order 1)"),
+):
+    SOLVERS.register(
+        _name,
+        SolverEntry(_cls, adaptive=False, points_only=True, description=_text, stochastic=True),
+    )
 
 # --- weight ensembles (Fig. 5) -------------------------------------------------------------
 WEIGHTS.register("identity", WeightsEntry(None, description="Q = K = V = I"))
@@ -166,6 +221,78 @@ WEIGHTS.register(
 WEIGHTS.register(
     "gaussian:identity",
     WeightsEntry(_gaussian_query_key, description="Q, K i.i.d. N(0, 1/d) entries, V = I"),
+)
+
+
+# Random deep transformers in the parameterisation of Bordelon, Chaudhry and Pehlevan
+# (tf.limits.random_transformer, docs/limits.md) as per-head weights of SA: head h of layer l
+# has W^Q, W^K, W^V (N, D) and W^O (D, N) with N(0, 1) entries, N = D/H, and
+#   Q = N^{−α_A} W^Q, K = W^K (logits N^{−α_A}⟨W^Q θ_i, W^K θ_j⟩ at β = 1),
+#   V = β₀ L^{1−α_L} W^O W^V / D,
+# so SA with layer_duration 1/L on t ∈ [0, 1] is the Post-LN transformer's flow, and the
+# residual_layers solver with dt = 1/L its L-layer network (pre_ln placement: Pre-LN).
+class RandomTransformerParameters(BaseModel):
+    """The scalar parameters of the random_transformer ensemble (each may be swept)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha_A: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="logit exponent α_A: A_h = N^{−α_A}⟨q_h, k_h⟩ (1: μP, 0.5: standard 1/√N)",
+    )
+    alpha_L: float = Field(
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="depth exponent α_L: branches scaled by β₀ L^{−α_L} (1: depth-μP, "
+        "0.5: the diffusion, 0: no depth scaling)",
+    )
+    beta0: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="branch strength β₀ of the residual branches"
+    )
+
+
+def _random_transformer(key, d, dtype, *, heads, layers, alpha_A, alpha_L, beta0):
+    import jax.numpy as jnp
+
+    head_dim = d // heads
+    kq, kk, kv, ko = jax.random.split(key, 4)
+    query = jax.random.normal(kq, (head_dim, d), dtype=dtype)
+    keys = jax.random.normal(kk, (head_dim, d), dtype=dtype)
+    value = jax.random.normal(kv, (head_dim, d), dtype=dtype)
+    output = jax.random.normal(ko, (d, head_dim), dtype=dtype)
+    # In the draw's dtype (float32 in sweeps, like every ensemble), scales included.
+    logit_scale = jnp.exp(-alpha_A * math.log(head_dim)).astype(dtype)
+    branch_scale = (beta0 * jnp.exp((1 - alpha_L) * math.log(layers)) / d).astype(dtype)
+    return logit_scale * query, keys, branch_scale * (output @ value)
+
+
+def _random_transformer_shapes(d, heads, layers, t1):
+    bad = [value for value in d if value % heads]
+    if bad:
+        raise ValueError(
+            f"model.d: random_transformer draws d_model = heads·head_dim, a multiple of "
+            f"model.heads = {heads}; got d = {bad} (head_dim N = d/heads)"
+        )
+    if t1 != 1.0:
+        raise ValueError(
+            f"time.t1: random_transformer's depth runs over t ∈ [0, 1] (layer l acts on "
+            f"[l/L, (l+1)/L)), so t1 must be 1, got {t1}"
+        )
+
+
+WEIGHTS.register(
+    "random_transformer",
+    WeightsEntry(
+        _random_transformer,
+        random_values=True,
+        description="BCP multi-head transformer (tf.limits.random_transformer): heads "
+        "model.heads, head_dim d/heads, depth model.layers, α_A, α_L, β₀",
+        schema=RandomTransformerParameters,
+        check=_random_transformer_shapes,
+    ),
 )
 
 # --- normalisation placements (docs/models.md) ---------------------------------------------
@@ -274,6 +401,53 @@ OBSERVABLES.register(
 )
 
 
+# Across-head statistics of the attention field's heads at the current tokens (docs/limits.md).
+def _head_logits(field, x):
+    """(L, H, n, n): β⟨Q_h x_i, K_h x_j⟩ of every layer (L = 1 without a layer axis)."""
+    import jax.numpy as jnp
+
+    q = x if field.Q is None else jnp.einsum("...kd,nd->...nk", field.Q, x)
+    k = x if field.K is None else jnp.einsum("...kd,nd->...nk", field.K, x)
+    logits = field.beta * jnp.einsum("...ik,...jk->...ij", q, k)
+    return logits if field.layer_duration is not None else logits[None]
+
+
+def _across_heads(values):
+    """The unbiased variance over heads, averaged over layers and token pairs."""
+    import jax.numpy as jnp
+
+    return jnp.mean(jnp.var(values, axis=-3, ddof=1))
+
+
+OBSERVABLES.register(
+    "head_logit_variance",
+    ObservableEntry(
+        lambda x, c: _across_heads(_head_logits(c.field, x)),
+        field=True,
+        long_name="across-head variance of the logits A_h,ij, mean over layers and pairs (i, j)",
+    ),
+)
+OBSERVABLES.register(
+    "head_attention_variance",
+    ObservableEntry(
+        lambda x, c: _across_heads(jax.nn.softmax(_head_logits(c.field, x), axis=-1)),
+        field=True,
+        long_name="across-head variance of the attention weights a_h,ij, mean over layers "
+        "and pairs (i, j)",
+    ),
+)
+OBSERVABLES.register(
+    "token_kernel",
+    ObservableEntry(
+        lambda x, c: x @ x.T,
+        dims=("particle", "partner"),
+        inner_products=True,
+        per_shape=True,
+        long_name="token kernel K_ij = <θ_i, θ_j>",
+    ),
+)
+
+
 # --- figures (drawn by `_plot`, imported only when a figure is drawn) ----------------------
 def _lazy(name: str, module: str = "_plot"):
     def draw(dataset, config, out):
@@ -307,6 +481,28 @@ FIGURES.register("long_context", FigureEntry(_lazy("long_context"), "theory"))
 # Causal clustering on the circle (Karagodin–Polyanskiy–Rigollet Fig. 2), for `causal=True`.
 FIGURES.register(
     "causal_circle", FigureEntry(_lazy("causal_circle"), "simulation", ("positions",), 2)
+)
+
+FIGURES.register(
+    "stationary_order_parameter",
+    FigureEntry(
+        _lazy("stationary_order_parameter", "_noise_plot"),
+        "simulation",
+        ("order_parameter",),
+        2,
+        description="noisy sweeps: time-averaged r against κ, on theory.stationary_order_parameter",
+        noise="independent",
+    ),
+)
+FIGURES.register(
+    "head_variance",
+    FigureEntry(
+        _lazy("head_variance", "_transformer_plot"),
+        "simulation",
+        ("head_logit_variance",),
+        description="across-head variance of the logits at t = 0 against N = d/H, with "
+        "the random_transformer prediction N^{1−2α_A}",
+    ),
 )
 
 

@@ -89,8 +89,12 @@ class Plan:
 def plan_sweep(config: SimulationConfig) -> Plan:
     model, sweep = config.model, config.sweep
     identity = tuple(w for w in model.weights if WEIGHTS[w].draw is None)
-    random = tuple(w for w in model.weights if WEIGHTS[w].draw is not None)
-    groups = [group for group in (identity, random) if group]
+    random = tuple(
+        w for w in model.weights if WEIGHTS[w].draw is not None and WEIGHTS[w].schema is None
+    )
+    # A parameterised ensemble draws other shapes (per-head Q, K of k rows): its own program.
+    parameterised = [(w,) for w in model.weights if WEIGHTS[w].schema is not None]
+    groups = [group for group in (identity, random) if group] + parameterised
     shapes = tuple(
         Shape(n, d, group, placement, initial)
         for n in model.n

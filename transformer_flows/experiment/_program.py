@@ -13,14 +13,18 @@ from .._initial import orthonormal_tokens, sample_hemisphere, sample_sphere
 from .._solve import solve
 from .._span import solve_in_span
 from .._sphere import angles_to_points, normalize, points_to_angles
-from ._build import build_field, dtype_of, field_entry, solver_of, weight_draws
+from ._build import build_field, build_noise, dtype_of, field_entry, solver_of, weight_draws
 from ._plan import Plan, Shape
-from ._registry import OBSERVABLES, PLACEMENTS, ObservableContext
-from ._schema import SimulationConfig
+from ._registry import OBSERVABLES, PLACEMENTS, WEIGHTS, ObservableContext
+from ._schema import SimulationConfig, weights_parameters
 
 # Starts and weights are drawn in float32 whatever the precision, so that a float32 and a float64
 # run of one config integrate the same systems and differ by precision only.
 DRAW_DTYPE = jnp.float32
+# The Brownian path of start s is drawn from fold_in(fold_in(key(seed), s), NOISE_STREAM): a
+# stream of its own beside the split that draws the start and the weights, which noisy sweeps
+# leave as they are (the same starts and weights as the noiseless sweep).
+NOISE_STREAM = 0x6E6F6973
 
 
 class Observer(eqx.Module):
@@ -35,11 +39,13 @@ class Observer(eqx.Module):
     # States in R^d (Pre-LN, Peri-LN, ...): observables see the directions x_i/|x_i|, except
     # `radial` ones (mean_radius), which see the states as they are.
     euclidean: bool = eqx.field(static=True, default=False)
+    # The attention field, for observables that read its heads (None: no such observable).
+    field: eqx.Module | None = None
 
     def __call__(self, x):
         points = angles_to_points(x) if self.angles else x
         directions = normalize(points) if self.euclidean else points
-        context = ObservableContext(self.beta, self.delta, self.harmonic)
+        context = ObservableContext(self.beta, self.delta, self.harmonic, self.field)
         # `solve` saves integer observables (cluster counts) through float buffers itself.
         return {
             name: OBSERVABLES[name].function(
@@ -105,18 +111,31 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     solver, dt0 = solver_of(solver_config)
     fixed_params = dict(model.params)
     param_names = tuple(plan.params)
+    noise_names = () if model.noise is None else model.noise.parameters
+    reads_field = any(OBSERVABLES[name].field for name in observables.names)
     tolerance_axis = plan.has_tolerance_axis
     options = {}
     if model.layers:
         options["layer_duration"] = float(plan.times[-1]) / model.layers
 
     stack = tuple(size for size in (model.layers, model.heads) if size)
+    fixed_weights = weights_parameters(config)
+    weight_names = {name for w in shape.weights for name in WEIGHTS[w].parameters}
 
-    def stacked(draw):
-        """One ensemble's draw with a leading (layers, heads) stack of independent draws."""
+    def stacked(name, draw):
+        """One ensemble's draw with a leading (layers, heads) stack of independent draws;
+        a parameterised ensemble also takes its parameters (fixed, or swept: `values`)."""
 
-        def weights_of(key):
-            one = functools.partial(draw, d=shape.d, dtype=DRAW_DTYPE)
+        def weights_of(key, values):
+            extra = {}
+            if name in fixed_weights:
+                extra = {
+                    "heads": model.heads or 1,
+                    "layers": model.layers or 1,
+                    **fixed_weights[name],
+                    **values,
+                }
+            one = functools.partial(draw, d=shape.d, dtype=DRAW_DTYPE, **extra)
             for _ in stack:
                 one = jax.vmap(one)
             if stack:
@@ -128,10 +147,18 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
 
         return weights_of
 
-    draws = [stacked(draw) for draw in weight_draws(shape.weights)] if shape.random else []
+    draws = (
+        [
+            stacked(w, draw)
+            for w, draw in zip(shape.weights, weight_draws(shape.weights), strict=True)
+        ]
+        if shape.random
+        else []
+    )
     integrate = solve
     if (
-        not shape.random
+        model.noise is None
+        and not shape.random
         and not angles
         and entry.rotation_invariant
         and shape.d > shape.n
@@ -148,18 +175,27 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     def one(ensemble, beta, start, tolerance, *param_values):
         # Start s uses the same initial tokens (and weight key) for every β, ensemble and
         # parameter: common random numbers make the phase diagram smooth in β.
-        init_key, weight_key = jax.random.split(jax.random.fold_in(base_key, start))
+        start_key = jax.random.fold_in(base_key, start)
+        init_key, weight_key = jax.random.split(start_key)
         x0 = normalize(sample(init_key, shape.n, shape.d, dtype=DRAW_DTYPE).astype(dtype))
         if angles:
             x0 = points_to_angles(x0)
+        swept = dict(zip(param_names, param_values, strict=True))
         weights = None
         if shape.random:
-            Q, K, V = jax.lax.switch(ensemble, draws, weight_key)
+            values = {k: v for k, v in swept.items() if k in weight_names}
+            Q, K, V = jax.lax.switch(ensemble, draws, weight_key, values)
             # <Qx_i, Kx_j> = <(KᵀQ)x_i, x_j>: one query matrix and identity keys give the same
             # logits with one n×d×d product per field evaluation fewer.
             weights = (jnp.swapaxes(K, -1, -2) @ Q, None, V)
-        params = {**fixed_params, **dict(zip(param_names, param_values, strict=True))}
+        not_field = (*noise_names, *weight_names)
+        params = {**fixed_params, **{k: v for k, v in swept.items() if k not in not_field}}
         field = build_field(entry, beta, params, weights, **options)
+        attention = field
+        noise = build_noise(model.noise, swept)
+        noisy = {}
+        if noise is not None:
+            noisy = {"noise": noise, "key": jax.random.fold_in(start_key, NOISE_STREAM)}
         if placement.wrap is not None:
             field = placement.wrap(field, **placement_params)
         observer = Observer(
@@ -169,6 +205,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             observables.harmonic,
             angles,
             placement.euclidean,
+            attention if reads_field else None,
         )
         trajectory = integrate(
             field,
@@ -182,6 +219,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             max_steps=solver_config.max_steps,
             observe=observer,
             throw=False,
+            **noisy,
         )
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 

@@ -151,6 +151,22 @@ class FieldEntry:
     rotation_invariant: bool = False
     theory_model: str | None = None
     description: str = ""
+    # (parameter, registry): a parameter that takes a function, named in configs by an entry
+    # of the registry (Kuramoto's `interaction` by INTERACTIONS).
+    named: tuple[tuple[str, "Registry"], ...] = ()
+
+    def resolve_params(self, params: dict) -> dict:
+        """`params` with every named parameter's name replaced by its registered function."""
+        resolved = dict(params)
+        for name, registry in self.named:
+            if name in resolved:
+                if not isinstance(resolved[name], str):
+                    raise ValueError(
+                        f"params.{name}: give a registered name ({registry.names()}), got "
+                        f"{resolved[name]!r}"
+                    )
+                resolved[name] = registry[resolved[name]].function
+        return resolved
 
     @property
     def state(self) -> Literal["points", "angles"]:
@@ -203,18 +219,33 @@ class FieldRegistry(Registry[FieldEntry]):
         return self[name]
 
 
+# --- Kuramoto interactions -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionEntry:
+    """`function(u, beta)`: the interaction h of the generalised Kuramoto model (7.5),
+    θ̇_i = ω_i + (K/n) Σ_j h(θ_j − θ_i, β), of a scalar phase difference u and β."""
+
+    function: Callable
+    description: str = ""
+
+
 # --- solvers -------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverEntry:
     """`make()` returns the diffrax solver; `adaptive` solvers take rtol/atol, the others a
-    fixed step `solver.dt`; `points_only`: it steps points on a sphere (not angles)."""
+    fixed step `solver.dt`; `points_only`: it steps points on a sphere (not angles);
+    `stochastic`: an SDE solver of noisy sweeps (`model.noise`), which need one (a noisy
+    sweep takes only these, an ODE sweep never)."""
 
     make: Callable[[], Any]
     adaptive: bool
     points_only: bool = False
     description: str = ""
+    stochastic: bool = False
 
 
 # --- weight ensembles ----------------------------------------------------------------------
@@ -224,11 +255,25 @@ class SolverEntry:
 class WeightsEntry:
     """`draw(key, d, dtype) -> (Q, K, V)`, each (d, d) or None (the identity); None for the
     identity ensemble (no matrices at all, one program of its own). `random_values`: draws a
-    V other than the identity."""
+    V other than the identity.
+
+    A parameterised ensemble declares `schema`, a pydantic model of its scalar parameters
+    (defaults, ranges, descriptions): it is drawn as `draw(key, d, dtype, heads=H, layers=L,
+    **parameters)` for one head of one layer (H = model.heads or 1, L = model.layers or 1),
+    returning Q, K of shape (k, d) and V (d, d); its parameters are fixed under
+    `model.weights_params` or swept (vmapped, traced) under `sweep.params`. It runs in a
+    program of its own. `check(d, heads, layers, t1)` refuses shapes it cannot draw
+    (a ValueError naming the key)."""
 
     draw: Callable | None
     random_values: bool = False
     description: str = ""
+    schema: type | None = None
+    check: Callable | None = None
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return () if self.schema is None else tuple(self.schema.model_fields)
 
 
 # --- observables ---------------------------------------------------------------------------
@@ -241,6 +286,7 @@ class ObservableContext:
     beta: Any
     delta: float
     harmonic: int
+    field: Any = None  # the attention field, for observables that declare `field=True`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +309,8 @@ class ObservableEntry:
     per_shape: bool = False
     long_name: str = ""
     radial: bool = False  # reads states in R^d as they are (else their directions x_i/|x_i|)
+    # Reads `context.field` too (an attention field with H >= 2 heads: model.heads >= 2).
+    field: bool = False
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -271,13 +319,15 @@ class ObservableEntry:
 @dataclasses.dataclass(frozen=True)
 class FigureEntry:
     """`draw(dataset, config, out) -> list[Path]`; `experiment`: the kind it draws;
-    `observables` it reads; `d`: the only dimension it can draw (None: any)."""
+    `observables` it reads; `d`: the only dimension it can draw (None: any); `noise`: the
+    `model.noise.kind` of the noisy sweeps it draws (None: any sweep)."""
 
     draw: Callable
     experiment: str = "simulation"
     observables: tuple[str, ...] = ()
     d: int | None = None
     description: str = ""
+    noise: str | None = None
 
 
 # --- fit tasks -----------------------------------------------------------------------------
@@ -316,3 +366,4 @@ OBSERVABLES: Registry[ObservableEntry] = Registry("observable")
 FIGURES: Registry[FigureEntry] = Registry("figure")
 TASKS: Registry[TaskEntry] = Registry("fit task")
 PLACEMENTS: Registry[PlacementEntry] = Registry("placement")
+INTERACTIONS: Registry[InteractionEntry] = Registry("Kuramoto interaction")

@@ -23,6 +23,7 @@ from ._overrides import _model_in, apply_overrides
 from ._registry import (
     FIELDS,
     FIGURES,
+    INTERACTIONS,
     OBSERVABLES,
     PLACEMENTS,
     SOLVERS,
@@ -66,11 +67,14 @@ from ._schema_pretrained import (
     PretrainedPlotConfig as PretrainedPlotConfig,
 )
 from ._schema_simulation import (
+    NOISE_PARAMETERS as NOISE_PARAMETERS,
     ModelConfig as ModelConfig,
+    NoiseConfig as NoiseConfig,
     ObservablesConfig as ObservablesConfig,
     SimulationConfig as SimulationConfig,
     SweepConfig as SweepConfig,
     TimeConfig as TimeConfig,
+    weights_parameters as weights_parameters,
 )
 from ._schema_theory import (
     LongContextSection as LongContextSection,
@@ -127,6 +131,7 @@ def json_schema() -> dict:
         "observables": OBSERVABLES.names(),
         "figures": FIGURES.names(),
         "tasks": TASKS.names(),
+        "interactions": INTERACTIONS.names(),
     }
     schema["x-registered-names"] = registries
     _old_keys(schema["$defs"])

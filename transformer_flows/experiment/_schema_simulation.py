@@ -5,13 +5,21 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ._registry import FIELDS, FIGURES, OBSERVABLES, PLACEMENTS, SOLVERS, WEIGHTS
 from ._schema_core import (
     _DISTINCT,
     FieldName,
     Grid,
+    Number,
     PositiveInteger,
     PositiveNumber,
     Seed,
@@ -28,6 +36,48 @@ from ._schema_core import (
 from ._yaml import bounded_free_form
 
 # --- simulation sweeps ---------------------------------------------------------------------
+
+# The parameters of each noise kind (transformer_flows/_noise.py); fixed under model.noise or
+# swept under sweep.params.
+NOISE_PARAMETERS = {"independent": ("kappa",), "common": ("sigma",), "sum": ("kappa", "sigma")}
+
+
+class NoiseConfig(_Section):
+    """Noise of a noisy sweep: the Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW on the
+    sphere (`solve(..., noise=, key=)`, docs/models.md "Noisy dynamics"), integrated by an
+    SDE solver (`solver.name`: heun, euler_heun, euler_maruyama) at the step `solver.dt`. Each
+    start draws its Brownian path from a key of its own, the same for every β, ensemble and
+    parameter (common random numbers); the draws of starts and weights are those of the
+    noiseless sweep. A parameter left null here is swept under `sweep.params` instead."""
+
+    kind: Literal["independent", "common", "sum"] = Field(
+        description="independent: one Brownian motion per token, IndependentNoise(kappa); "
+        "common: one random rotation for all tokens, CommonNoise(sigma); sum: both"
+    )
+    kappa: PositiveNumber | None = Field(
+        None,
+        description="inverse noise strength κ of the independent noise (diffusion sqrt(2/κ) "
+        "per token); null: swept as sweep.params.kappa",
+    )
+    sigma: PositiveNumber | None = Field(
+        None,
+        description="strength σ of the common noise (dQ = σ/√2 · symmetric Gaussian); null: "
+        "swept as sweep.params.sigma",
+    )
+
+    @model_validator(mode="after")
+    def _parameters_of_kind(self):
+        for name in ("kappa", "sigma"):
+            if getattr(self, name) is not None and name not in NOISE_PARAMETERS[self.kind]:
+                raise ValueError(
+                    f"{name}: a {self.kind!r} noise has no parameter {name!r} (it takes "
+                    f"{list(NOISE_PARAMETERS[self.kind])}); remove it or use kind: sum"
+                )
+        return self
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return NOISE_PARAMETERS[self.kind]
 
 
 class ModelConfig(_Section):
@@ -68,6 +118,14 @@ class ModelConfig(_Section):
     placement_params: Annotated[dict[str, Any], AfterValidator(bounded_free_form)] = Field(
         {}, description="parameters of the placements, e.g. {alpha: 0.5} for ngpt"
     )
+    noise: NoiseConfig | None = Field(
+        None, description="noise of a noisy sweep (an SDE); null: the deterministic flow"
+    )
+    weights_params: dict[str, Number] = Field(
+        {},
+        description="fixed parameters of parameterised weight ensembles, e.g. {alpha_A: 0.5, "
+        "alpha_L: 1.0, beta0: 1.0} for random_transformer (or sweep them under sweep.params)",
+    )
 
     @field_validator("n", "d", "initial")
     @classmethod
@@ -82,6 +140,10 @@ class ModelConfig(_Section):
             data.pop("placement")
         if data.get("placement_params") == {}:
             data.pop("placement_params")
+        if data.get("noise", 0) is None:
+            data.pop("noise")
+        if data.get("weights_params") == {}:
+            data.pop("weights_params")
         if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
             data["initial"] = data["initial"][0]
         return data
@@ -115,7 +177,7 @@ class ModelConfig(_Section):
                     )
                 params = {**params, "layer_duration": 1.0}
             try:
-                field = entry.cls(**{"beta": 1.0, **self.params})
+                field = entry.cls(**{"beta": 1.0, **entry.resolve_params(self.params)})
                 placement.wrap(field, **params)
             except Exception as err:  # the placement's own message names the parameter
                 raise ValueError(f"placement_params: {name} refuses {params}: {err}") from None
@@ -160,6 +222,15 @@ class ModelConfig(_Section):
                     "(docs/mathematics.md, USA); use a `query_key:identity` ensemble or field SA"
                     f", got weights {bad}"
                 )
+        declared = {name for w in self.weights for name in WEIGHTS[w].parameters}
+        for name in self.weights_params:
+            if name not in declared:
+                raise ValueError(
+                    f"weights_params.{name}: not a parameter of the weight ensembles "
+                    f"{self.weights}; allowed: {sorted(declared)}"
+                )
+        for w in self.weights:
+            _check_weights_parameters(w, self.weights_params, "weights_params")
         if (self.heads or self.layers) and not random:
             raise ValueError(
                 "model.heads and model.layers stack random weights; identity weights have "
@@ -173,11 +244,37 @@ class ModelConfig(_Section):
         return self
 
 
+def _check_weights_parameters(name: str, values: dict, where: str) -> None:
+    """Validate the values meant for ensemble `name` with its schema (ranges, types)."""
+    entry = WEIGHTS[name]
+    if entry.schema is None:
+        return
+    mine = {k: v for k, v in values.items() if k in entry.parameters}
+    try:
+        entry.schema(**mine)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+        raise ValueError(f"{where}: ensemble {name!r} refuses {mine}: {problems}") from None
+
+
+def weights_parameters(config) -> dict[str, dict[str, Any]]:
+    """Per parameterised ensemble of a sweep: its fixed parameters (schema defaults, then
+    `model.weights_params`); the swept ones come from `sweep.params`."""
+    model = config.model
+    return {
+        w: {**WEIGHTS[w].schema().model_dump(), **model.weights_params}
+        for w in model.weights
+        if WEIGHTS[w].schema is not None
+    }
+
+
 def _try_build(entry, params: dict, where: str) -> None:
     """Build the field once with these parameters (β = 1), so a bad parameter value is refused
     when the config is read, not after compiling."""
     try:
-        entry.cls(**{"beta": 1.0, **params})
+        entry.cls(**{"beta": 1.0, **entry.resolve_params(params)})
     except Exception as err:  # the field's own message names the parameter
         raise ValueError(
             f"{where}: {entry.cls.__name__}(beta=1.0, **{params}) is refused: {err}"
@@ -292,6 +389,11 @@ class SimulationConfig(_Experiment):
                     )
             if needs.d is not None and model.d != [needs.d]:
                 raise ValueError(f"figure {figure!r} needs model.d = {needs.d}, got {model.d}")
+            if needs.noise is not None and (model.noise is None or model.noise.kind != needs.noise):
+                raise ValueError(
+                    f"figure {figure!r} draws noisy sweeps: needs model.noise.kind = "
+                    f"{needs.noise!r}, got {None if model.noise is None else model.noise.kind!r}"
+                )
         for name in names:
             observable = OBSERVABLES[name]
             if observable.per_shape and (len(model.n) > 1 or len(model.d) > 1):
@@ -305,7 +407,13 @@ class SimulationConfig(_Experiment):
                     f"{observable.d}, got {model.d}"
                 )
         parameters = entry.parameters() if entry is not None else {}
+        self._noise_checks(entry, parameters)
+        self._weights_checks(entry)
+        noise_swept = () if model.noise is None else model.noise.parameters
+        weights_swept = {n for w in model.weights for n in WEIGHTS[w].parameters}
         for name in self.sweep.params if entry is not None else ():
+            if name in noise_swept or name in weights_swept:
+                continue
             if name not in parameters:
                 raise ValueError(
                     f"sweep.params.{name}: {entry.cls.__name__} has no parameter {name!r}; its "
@@ -339,6 +447,86 @@ class SimulationConfig(_Experiment):
                     f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
                 )
         return self
+
+    def _weights_checks(self, entry) -> None:
+        """Parameterised ensembles (their shapes, swept values) and observables that read the
+        attention field's heads."""
+        model = self.model
+        for w in model.weights:
+            weights = WEIGHTS[w]
+            if weights.check is not None:
+                weights.check(model.d, model.heads or 1, model.layers or 1, self.time.t1)
+            for name in weights.parameters:
+                if name in self.sweep.params:
+                    if name in model.weights_params:
+                        raise ValueError(
+                            f"sweep.params.{name}: also fixed under model.weights_params.{name}; "
+                            "keep one"
+                        )
+                    if entry is not None and name in entry.parameters():
+                        raise ValueError(
+                            f"sweep.params.{name}: both ensemble {w!r} and field "
+                            f"{model.field!r} have a parameter {name!r}"
+                        )
+                    for value in self.sweep.params[name]:
+                        _check_weights_parameters(w, {name: value}, f"sweep.params.{name}")
+        reads_field = [n for n in self.observables.names if OBSERVABLES[n].field]
+        if reads_field:
+            random = [w for w in model.weights if WEIGHTS[w].draw is not None]
+            if (model.heads or 1) < 2 or random != model.weights:
+                raise ValueError(
+                    f"observables.names: {reads_field} compare the heads of random attention "
+                    f"weights: set model.heads >= 2 and random weights only (got heads = "
+                    f"{model.heads}, weights = {model.weights})"
+                )
+
+    def _noise_checks(self, entry, parameters) -> None:
+        model, solver = self.model, SOLVERS[self.solver.name]
+        noise = model.noise
+        if noise is None:
+            if solver.stochastic:
+                raise ValueError(
+                    f"solver.name: {self.solver.name!r} is an SDE solver of noisy sweeps; this "
+                    "sweep has no model.noise: set model.noise (e.g. {kind: independent, kappa: "
+                    "4.0}) or choose an ODE solver such as tsit5"
+                )
+            return
+        if not solver.stochastic:
+            sde = [name for name in SOLVERS if SOLVERS[name].stochastic]
+            raise ValueError(
+                f"solver.name: a noisy sweep (model.noise) needs an SDE solver, one of {sde} "
+                f"with solver.dt; got {self.solver.name!r}"
+            )
+        if entry is not None and entry.state != "points":
+            raise ValueError(
+                f"model.noise: noise moves points on the sphere; field {model.field!r} moves "
+                "angles: use a sphere field such as SA with model.d = 2"
+            )
+        euclidean = [p for p in model.placement if PLACEMENTS[p].euclidean]
+        if euclidean:
+            raise ValueError(
+                f"model.noise: noise is defined on the sphere; the placements {euclidean} move "
+                "states in R^d: use post_ln or ngpt"
+            )
+        if self.sweep.tolerance is not None:
+            raise ValueError("sweep.tolerance: a noisy sweep has a fixed step: remove it")
+        for name in noise.parameters:
+            fixed, swept = getattr(noise, name) is not None, name in self.sweep.params
+            if fixed == swept:
+                raise ValueError(
+                    f"model.noise.{name}: a {noise.kind!r} noise needs {name} either fixed "
+                    f"(model.noise.{name}) or swept (sweep.params.{name}), "
+                    f"{'not both' if fixed else 'got neither'}"
+                )
+            if swept:
+                if name in parameters:
+                    raise ValueError(
+                        f"sweep.params.{name}: both the noise and field {model.field!r} have a "
+                        f"parameter {name!r}; fix the noise's under model.noise.{name}"
+                    )
+                bad = [value for value in self.sweep.params[name] if not value > 0]
+                if bad:
+                    raise ValueError(f"sweep.params.{name}: must be > 0, got {bad}")
 
     @property
     def times(self) -> np.ndarray:
