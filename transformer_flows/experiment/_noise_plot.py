@@ -7,7 +7,7 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from ._plot import _grid, _save
+from ._plot import _grid, save_figure
 
 
 def stationary_order_parameter_table(dataset: xr.Dataset, config) -> list[dict]:
@@ -81,7 +81,7 @@ def stationary_order_parameter(dataset: xr.Dataset, config, out: str | Path) -> 
         curve = theory.stationary_order_parameter(
             beta=beta, kappa=grid, d=2, model=config.model.field
         )
-        ax.plot(grid, curve, color=f"C{i}", label=f"theory, β = {beta:g} (n = ∞)")
+        ax.plot(grid, curve, color=f"C{i}", label=rf"theory, $\beta = {beta:g}$ ($n = \infty$)")
         ax.errorbar(
             kappas,
             [row["r"] for row in part],
@@ -89,14 +89,14 @@ def stationary_order_parameter(dataset: xr.Dataset, config, out: str | Path) -> 
             fmt="o",
             color=f"C{i}",
             capsize=3,
-            label=f"particles, n = {config.model.n[0]} (95% CI)",
+            label=rf"particles, $n = {config.model.n[0]}$ (95% CI)",
         )
-    ax.set_xlabel("κ (inverse noise)")
-    ax.set_ylabel("stationary order parameter r")
+    ax.set_xlabel(r"$\kappa$ (inverse noise)")
+    ax.set_ylabel("stationary order parameter $r$")
     ax.set_title(
         f"{config.model.field} on the circle, {dataset.attrs.get('solver', '')}"
         + (" [smoke]" if dataset.attrs.get("smoke") else ""),
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    return [_save(fig, Path(out) / "stationary_order_parameter.png")]
+    return save_figure(fig, Path(out) / "stationary_order_parameter.png")

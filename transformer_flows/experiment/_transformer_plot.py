@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._plot import _grid, _save
+from ._plot import _grid, save_figure
 
 
 def head_variance_table(dataset: xr.Dataset, config) -> list[dict]:
@@ -62,7 +62,7 @@ def head_variance(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
         head_dim = np.asarray(row["head_dim"])
         label = f"slope {row['slope']:.2f}"
         if row["alpha_A"] is not None:
-            label = f"α_A = {row['alpha_A']:g}: " + label
+            label = rf"$\alpha_A = {row['alpha_A']:g}$: " + label
         ax.errorbar(
             head_dim,
             row["variance"],
@@ -82,12 +82,12 @@ def head_variance(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
             )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("head dimension N = d/H")
-    ax.set_ylabel("across-head variance of A_h,ij (t = 0)")
+    ax.set_xlabel("head dimension $N = d/H$")
+    ax.set_ylabel(r"across-head variance of $A_{h,ij}$ ($t = 0$)")
     ax.set_title(
         f"H = {config.model.heads}, n = {config.model.n[0]}, {dataset.sizes['start']} draws"
         + (" [smoke]" if dataset.attrs.get("smoke") else ""),
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    return [_save(fig, Path(out) / "head_variance.png")]
+    return save_figure(fig, Path(out) / "head_variance.png")
