@@ -111,3 +111,4 @@ figures-limits-training: $(STAMP)
 	PYTHONPATH=. $(PY) experiments/limits_training.py heads --out $(FIGURES_OUT)/limits_training
 	PYTHONPATH=. $(PY) experiments/limits_training.py depth --out $(FIGURES_OUT)/limits_training
 	PYTHONPATH=. $(PY) experiments/limits_training.py trajectories --out $(FIGURES_OUT)/limits_training
+	PYTHONPATH=. $(PY) experiments/limits_gate_fluctuations.py --out $(FIGURES_OUT)/limits_gate_fluctuations
