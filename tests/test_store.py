@@ -23,14 +23,18 @@ from transformer_flows.experiment._store import (
 
 CHUNK = chunk_path("n8_d3_identity_chunk4", 0)
 
-# A child process that loads the store module from its file (no JAX import: starts fast), then
-# acts on the directory argv[2]: "lock" holds the lock until killed; "die-writing" dies in the
-# middle of an atomic write of argv[3].
+# A child process that imports the store modules from their folder argv[1] without running the
+# package's __init__ files (no JAX import: starts fast), then acts on the directory argv[2]:
+# "lock" holds the lock until killed; "die-writing" dies in the middle of an atomic write of
+# argv[3].
 _CHILD = """
-import importlib.util, os, sys
-spec = importlib.util.spec_from_file_location("_store_child", sys.argv[1])
-store = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(store)
+import importlib, os, sys, types
+for name, folder in (("transformer_flows", os.path.dirname(sys.argv[1])),
+                     ("transformer_flows.experiment", sys.argv[1])):
+    package = types.ModuleType(name)
+    package.__path__ = [folder]
+    sys.modules[name] = package
+store = importlib.import_module("transformer_flows.experiment._store")
 if sys.argv[3] == "lock":
     with store.RunDirectory(sys.argv[2]).lock():
         print("locked", flush=True)
@@ -45,7 +49,7 @@ else:
 
 
 def _child(out: Path, *args: str, **kwargs) -> subprocess.Popen:
-    command = [sys.executable, "-c", _CHILD, store.__file__, str(out), *args]
+    command = [sys.executable, "-c", _CHILD, os.path.dirname(store.__file__), str(out), *args]
     return subprocess.Popen(command, text=True, **kwargs)
 
 

@@ -41,7 +41,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="apply the config's `smoke:` overrides (toy size)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (a first compile over 2 s still says so in one stderr line)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="write the dataset only")
     parser.add_argument(
         "--no-cache",

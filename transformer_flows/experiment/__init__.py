@@ -7,6 +7,8 @@
 - `_plan`: how a sweep is cut into programs and chunks; `_build`: where names become objects;
   `_program`: the compiled, vmapped solve of a chunk.
 - `_store`: the output directory (lock, fingerprinted chunks, atomic writes).
+  `RunDirectory` composes `_run_lock` (the flock on OUT/.lock), `_run_claim` (fingerprints,
+  config.yaml's claim) and `_chunk_store` (chunks and chunk claims) over `_run_files`.
 - `_run`: sweeps and theory datasets into a directory; `_fit_run`: fits; `_pretrained_run`:
   hidden-state statistics of a local checkpoint (figures in `_pretrained_plot`).
 - `_summarize`, `_plot`: read datasets only (they import no simulator).
