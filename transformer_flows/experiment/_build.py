@@ -42,12 +42,11 @@ def weight_draws(names: tuple[str, ...]):
 
 
 def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, **options):
-    """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)`; weights (Q, K, V) may hold
-    None (the identity)."""
-    kwargs = {**entry.resolve_params(params), **options, "beta": beta}
+    """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)` (no β for a β-free entry);
+    weights (Q, K, V) may hold None (the identity)."""
     if weights is not None:
-        kwargs.update(zip("QKV", weights, strict=True))
-    return entry.cls(**kwargs)
+        options = {**options, **dict(zip("QKV", weights, strict=True))}
+    return entry.build(beta, params, **options)
 
 
 def build_noise(spec, values: dict[str, Any]):

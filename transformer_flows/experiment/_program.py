@@ -204,7 +204,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             observables.delta,
             observables.harmonic,
             angles,
-            placement.euclidean,
+            placement.euclidean or entry.euclidean,
             attention if reads_field else None,
         )
         trajectory = integrate(
