@@ -476,3 +476,86 @@ def test_beta_free_entries_have_no_beta():
     assert "beta" not in FIELDS["Hardmax"].parameters()
     with pytest.raises(ValueError, match="has a parameter `beta`"):
         FieldEntry(tf.SelfAttention, beta_free=True)
+
+
+# --- Transformer blocks: attention + feed-forward (issue 23) -------------------------------
+
+BLOCK = {
+    "model": {
+        "field": "SA",
+        "n": 4,
+        "d": 5,  # d > n: without the term the sweep would solve in span{x_i(0)}
+        "feed_forward": {"width": 6, "activation": "tanh", "init_scale": 2.0},
+    },
+    "sweep": {"beta": [0.5, 2.0], "starts": 2, "seed": 6},
+    "time": {"t1": 1.0, "num": 3},
+    "solver": {"name": "rk4", "dt": 0.1},
+    "observables": {"names": ["positions"]},
+}
+
+
+def test_transformer_block_sweep_is_the_block_per_start(tmp_path):
+    """Each (β, start) is `solve(TransformerBlock(SelfAttention(β), FeedForward(w, a, b)))`,
+    the feed-forward weights drawn from fold_in(start key, FEED_FORWARD_STREAM) (a, b ~ N(0, 1),
+    w ~ N(0, init_scale²/m)), the starts those of the sweep without the term."""
+    from transformer_flows.experiment._program import FEED_FORWARD_STREAM
+
+    config = config_from_dict(BLOCK)
+    assert config.resolved()["model"]["feed_forward"]["width"] == 6
+    assert (
+        "feed_forward"
+        not in config_from_dict(
+            {**BLOCK, "model": {**BLOCK["model"], "feed_forward": None}}
+        ).resolved()["model"]
+    )
+    dataset = run_sweep(config, tmp_path, progress=False)
+    positions = dataset["positions"].squeeze(("n", "d", "weights")).values
+    assert positions.shape == (2, 2, 3, 4, 5)  # beta, start, time, particle, component
+    draw = jax.jit(lambda key: tf.sample_sphere(key, 4, 5, dtype=jnp.float32))
+
+    @jax.jit
+    def weights(key):
+        w_key, a_key, b_key = jax.random.split(key, 3)
+        normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)  # noqa: E731
+        scale = float(2.0 / np.sqrt(6))
+        return scale * normal(w_key, (5, 6)), normal(a_key, (6, 5)), normal(b_key, (6,))
+
+    @jax.jit
+    def block_and_alone(beta, x0, w, a, b):
+        ff = tf.FeedForward(w, a, b, activation="tanh")
+        ts = jnp.asarray(config.times)
+        return tuple(
+            tf.solve(field, x0, ts, solver=SOLVERS["rk4"].make(), dt0=0.1).xs
+            for field in (
+                tf.TransformerBlock(tf.SelfAttention(beta=beta), ff),
+                tf.SelfAttention(beta=beta),
+            )
+        )
+
+    for start in range(2):
+        start_key = jax.random.fold_in(jax.random.key(6), start)
+        x0 = tf.normalize(draw(jax.random.split(start_key)[0]).astype(jnp.float64))
+        ff_key = jax.random.fold_in(start_key, FEED_FORWARD_STREAM)
+        w, a, b = (v.astype(jnp.float64) for v in weights(ff_key))
+        for i, beta in enumerate((0.5, 2.0)):
+            expected, alone = block_and_alone(jnp.float64(beta), x0, w, a, b)
+            np.testing.assert_allclose(positions[i, start], expected, rtol=0, atol=1e-12)
+            # Positive control: the term moves the tokens away from attention alone.
+            assert np.abs(expected[-1] - alone[-1]).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model": {**BLOCK["model"], "placement": "pre_ln"}}, "Post-LN ODEs only"),
+        ({"model": {**BLOCK["model"], "field": "Kuramoto", "d": 2}}, "moves angles"),
+        (
+            {"model": {**BLOCK["model"], "feed_forward": {"activation": "softplus"}}},
+            "unknown activation 'softplus'",
+        ),
+        ({"model": {**BLOCK["model"], "feed_forward": {"width": 0}}}, "feed_forward.width"),
+    ],
+)
+def test_transformer_block_configs_refuse_what_they_cannot_run(change, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**BLOCK, **change})

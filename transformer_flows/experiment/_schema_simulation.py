@@ -33,6 +33,7 @@ from ._schema_core import (
     _Section,
     _unique,
 )
+from ._schema_fit import FeedForwardConfig
 from ._yaml import bounded_free_form
 
 # --- simulation sweeps ---------------------------------------------------------------------
@@ -126,6 +127,12 @@ class ModelConfig(_Section):
         description="fixed parameters of parameterised weight ensembles, e.g. {alpha_A: 0.5, "
         "alpha_L: 1.0, beta0: 1.0} for random_transformer (or sweep them under sweep.params)",
     )
+    feed_forward: FeedForwardConfig | None = Field(
+        None,
+        description="a feed-forward term w σ(a x + b) beside the attention: the sweep solves "
+        "TransformerBlock(field, FeedForward), its weights drawn per start (a, b ~ N(0, 1), "
+        "w ~ N(0, init_scale²/width); per layer with model.layers); null: attention only",
+    )
 
     @field_validator("n", "d", "initial")
     @classmethod
@@ -144,6 +151,8 @@ class ModelConfig(_Section):
             data.pop("noise")
         if data.get("weights_params") == {}:
             data.pop("weights_params")
+        if data.get("feed_forward", 0) is None:
+            data.pop("feed_forward")
         if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
             data["initial"] = data["initial"][0]
         return data
@@ -212,6 +221,7 @@ class ModelConfig(_Section):
             )
         _try_build(entry, self.params, "params")
         self._stacked_weights(entry)
+        self._feed_forward_checks(entry)
         random = [w for w in self.weights if WEIGHTS[w].draw is not None]
         if random and not entry.takes_weights:
             raise ValueError(
@@ -246,6 +256,25 @@ class ModelConfig(_Section):
                 f"field {self.field!r} moves angles on the circle: needs model.d = 2, got {self.d}"
             )
         return self
+
+    def _feed_forward_checks(self, entry) -> None:
+        """A feed-forward term makes the field TransformerBlock(field, FeedForward): it needs a
+        sphere field solved as it is (Post-LN, no noise)."""
+        if self.feed_forward is None:
+            return
+        if entry.state != "points" or entry.euclidean:
+            raise ValueError(
+                f"feed_forward: TransformerBlock adds w σ(a x + b) to a sphere field; "
+                f"{self.field!r} moves {'angles' if entry.state == 'angles' else 'tokens in R^d'}"
+                ": use a sphere field such as SA, or remove model.feed_forward"
+            )
+        wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
+        if wrapped or self.noise is not None:
+            raise ValueError(
+                "feed_forward: blocks are swept as Post-LN ODEs only (placement post_ln, no "
+                f"model.noise); got placement {self.placement}, noise "
+                f"{None if self.noise is None else self.noise.kind!r}: remove one of them"
+            )
 
     def _stacked_weights(self, entry) -> None:
         """model.heads and model.layers give the field stacked weights (layers, heads, d, d):

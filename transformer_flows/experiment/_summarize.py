@@ -100,6 +100,8 @@ def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float =
     β of Γ∞,δ (theory, Q = K = V = I, for fields with a `theory_model`) at that time."""
     rows = []
     model = FIELDS.theory_model(config.model.field)
+    if getattr(config.model, "feed_forward", None) is not None:
+        model = None  # the theory curves are those of attention alone
     betas = dataset["beta"].values
     fine_betas = np.linspace(betas.min(), betas.max(), 2000)
     for labels, part in _panels(dataset):
