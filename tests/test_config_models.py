@@ -376,3 +376,186 @@ def test_kuramoto_interaction_by_name_in_a_sweep(tmp_path):
                 "model": {**raw["model"], "params": {"interaction": "sine", "normalized": True}},
             }
         )
+
+
+# --- β-free fields: hardmax attention (issue 23) -------------------------------------------
+
+HARDMAX = {
+    "model": {
+        "field": "Hardmax",
+        "n": 5,
+        "d": 3,
+        "weights": ["identity", "ginibre:ginibre"],
+        "params": {"tie_tolerance": 1e-9},
+    },
+    "sweep": {"starts": 2, "seed": 4},
+    "time": {"t1": 1.0, "num": 3},
+    "solver": {"name": "residual_layers", "dt": 0.125},
+    "observables": {"names": ["positions", "mean_radius"]},
+}
+
+
+@pytest.fixture(scope="module")
+def hardmax_run(tmp_path_factory):
+    config = config_from_dict(HARDMAX)
+    return config, run_sweep(config, tmp_path_factory.mktemp("hardmax"), progress=False)
+
+
+def test_hardmax_sweep_is_the_hardmax_transformer(hardmax_run):
+    """Each (ensemble, start) is `solve(HardmaxAttention(Q, K, V), x0)` with the sweep's draws;
+    with Q = K = V = I and unit tokens every token attends to itself only (<x_i, x_j> < 1 =
+    |x_i|² for j ≠ i), so the exact solution is x(t) = x(0)."""
+    config, dataset = hardmax_run
+    assert config.sweep.beta is None and "beta" not in config.resolved()["sweep"]
+    assert dataset["beta"].values.tolist() == [np.inf]  # the β → ∞ limit
+    positions = dataset["positions"].squeeze(("n", "d", "beta")).values
+    assert positions.shape == (2, 2, 3, 5, 3)  # weights, start, time, particle, component
+    assert bool(dataset["succeeded"].all())
+    ts = jnp.asarray(config.times)
+    # The program's draw, jitted like the sweep (eager float32 rounds differently, 3e-8).
+    draw = jax.jit(lambda key: tf.sample_sphere(key, 5, 3, dtype=jnp.float32))
+    weights = jax.jit(
+        lambda key: tf.random_weights(
+            key, 3, query_key="ginibre", value="ginibre", dtype=jnp.float32
+        )
+    )
+    for start in range(2):
+        init_key, weight_key = jax.random.split(jax.random.fold_in(jax.random.key(4), start))
+        x0 = tf.normalize(draw(init_key).astype(jnp.float64))
+        np.testing.assert_allclose(
+            positions[0, start], np.broadcast_to(x0, (3, 5, 3)), rtol=0, atol=1e-15
+        )
+        Q, K, V = (w.astype(jnp.float64) for w in weights(weight_key))
+        expected = tf.solve(
+            tf.HardmaxAttention(Q, K, V, tie_tolerance=1e-9),
+            x0,
+            ts,
+            solver=SOLVERS["residual_layers"].make(),
+            dt0=0.125,
+        ).xs
+        # States in R^d: observables see the directions x_i/|x_i|, mean_radius the norms.
+        np.testing.assert_allclose(positions[1, start], tf.normalize(expected), rtol=0, atol=1e-12)
+        radius = np.linalg.norm(expected, axis=-1).mean(-1)
+        np.testing.assert_allclose(
+            dataset["mean_radius"].squeeze(("n", "d", "beta")).values[1, start], radius, atol=1e-12
+        )
+        # Positive control: random weights move the tokens, off the sphere too.
+        assert np.abs(radius[-1] - 1) > 1e-2
+        assert np.abs(positions[1, start, -1] - positions[1, start, 0]).max() > 1e-2
+    np.testing.assert_allclose(dataset["mean_radius"].values.squeeze()[0], 1.0, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sweep": {**HARDMAX["sweep"], "beta": [1.0]}}, "is β-free.*remove sweep.beta"),
+        ({"observables": {"names": ["energy"]}}, r"\['energy'\] read β"),
+        ({"solver": {"name": "normalized_euler", "dt": 0.1}}, "moves tokens in R\\^d"),
+        ({"model": {**HARDMAX["model"], "placement": "pre_ln"}}, "wrap a sphere field"),
+        ({"model": {**HARDMAX["model"], "heads": 2}}, "refuses weights stacked"),
+        ({"model": {**HARDMAX["model"], "params": {"tie_tolerance": -1.0}}}, "tie_tolerance"),
+        (
+            {
+                "model": {**HARDMAX["model"], "noise": {"kind": "independent", "kappa": 1.0}},
+                "solver": {"name": "heun", "dt": 0.1},
+            },
+            "noise is defined on the sphere",
+        ),
+        ({"model": {**HARDMAX["model"], "field": "SA", "params": {}}}, "takes β: give sweep.beta"),
+    ],
+)
+def test_beta_free_configs_refuse_what_they_cannot_run(change, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**HARDMAX, **change})
+
+
+def test_beta_free_entries_have_no_beta():
+    from transformer_flows.experiment import FIELDS, FieldEntry
+
+    assert FIELDS["Hardmax"].beta_free and FIELDS["Hardmax"].euclidean
+    assert "beta" not in FIELDS["Hardmax"].parameters()
+    with pytest.raises(ValueError, match="has a parameter `beta`"):
+        FieldEntry(tf.SelfAttention, beta_free=True)
+
+
+# --- Transformer blocks: attention + feed-forward (issue 23) -------------------------------
+
+BLOCK = {
+    "model": {
+        "field": "SA",
+        "n": 4,
+        "d": 5,  # d > n: without the term the sweep would solve in span{x_i(0)}
+        "feed_forward": {"width": 6, "activation": "tanh", "init_scale": 2.0},
+    },
+    "sweep": {"beta": [0.5, 2.0], "starts": 2, "seed": 6},
+    "time": {"t1": 1.0, "num": 3},
+    "solver": {"name": "rk4", "dt": 0.1},
+    "observables": {"names": ["positions"]},
+}
+
+
+def test_transformer_block_sweep_is_the_block_per_start(tmp_path):
+    """Each (β, start) is `solve(TransformerBlock(SelfAttention(β), FeedForward(w, a, b)))`,
+    the feed-forward weights drawn from fold_in(start key, FEED_FORWARD_STREAM) (a, b ~ N(0, 1),
+    w ~ N(0, init_scale²/m)), the starts those of the sweep without the term."""
+    from transformer_flows.experiment._program import FEED_FORWARD_STREAM
+
+    config = config_from_dict(BLOCK)
+    assert config.resolved()["model"]["feed_forward"]["width"] == 6
+    assert (
+        "feed_forward"
+        not in config_from_dict(
+            {**BLOCK, "model": {**BLOCK["model"], "feed_forward": None}}
+        ).resolved()["model"]
+    )
+    dataset = run_sweep(config, tmp_path, progress=False)
+    positions = dataset["positions"].squeeze(("n", "d", "weights")).values
+    assert positions.shape == (2, 2, 3, 4, 5)  # beta, start, time, particle, component
+    draw = jax.jit(lambda key: tf.sample_sphere(key, 4, 5, dtype=jnp.float32))
+
+    @jax.jit
+    def weights(key):
+        w_key, a_key, b_key = jax.random.split(key, 3)
+        normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)  # noqa: E731
+        scale = float(2.0 / np.sqrt(6))
+        return scale * normal(w_key, (5, 6)), normal(a_key, (6, 5)), normal(b_key, (6,))
+
+    @jax.jit
+    def block_and_alone(beta, x0, w, a, b):
+        ff = tf.FeedForward(w, a, b, activation="tanh")
+        ts = jnp.asarray(config.times)
+        return tuple(
+            tf.solve(field, x0, ts, solver=SOLVERS["rk4"].make(), dt0=0.1).xs
+            for field in (
+                tf.TransformerBlock(tf.SelfAttention(beta=beta), ff),
+                tf.SelfAttention(beta=beta),
+            )
+        )
+
+    for start in range(2):
+        start_key = jax.random.fold_in(jax.random.key(6), start)
+        x0 = tf.normalize(draw(jax.random.split(start_key)[0]).astype(jnp.float64))
+        ff_key = jax.random.fold_in(start_key, FEED_FORWARD_STREAM)
+        w, a, b = (v.astype(jnp.float64) for v in weights(ff_key))
+        for i, beta in enumerate((0.5, 2.0)):
+            expected, alone = block_and_alone(jnp.float64(beta), x0, w, a, b)
+            np.testing.assert_allclose(positions[i, start], expected, rtol=0, atol=1e-12)
+            # Positive control: the term moves the tokens away from attention alone.
+            assert np.abs(expected[-1] - alone[-1]).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model": {**BLOCK["model"], "placement": "pre_ln"}}, "Post-LN ODEs only"),
+        ({"model": {**BLOCK["model"], "field": "Kuramoto", "d": 2}}, "moves angles"),
+        (
+            {"model": {**BLOCK["model"], "feed_forward": {"activation": "softplus"}}},
+            "unknown activation 'softplus'",
+        ),
+        ({"model": {**BLOCK["model"], "feed_forward": {"width": 0}}}, "feed_forward.width"),
+    ],
+)
+def test_transformer_block_configs_refuse_what_they_cannot_run(change, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({**BLOCK, **change})

@@ -42,12 +42,11 @@ def weight_draws(names: tuple[str, ...]):
 
 
 def build_field(entry: FieldEntry, beta, params: dict[str, Any], weights=None, **options):
-    """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)`; weights (Q, K, V) may hold
-    None (the identity)."""
-    kwargs = {**entry.resolve_params(params), **options, "beta": beta}
+    """`entry.cls(beta=beta, **params, Q=, K=, V=, **options)` (no β for a β-free entry);
+    weights (Q, K, V) may hold None (the identity)."""
     if weights is not None:
-        kwargs.update(zip("QKV", weights, strict=True))
-    return entry.cls(**kwargs)
+        options = {**options, **dict(zip("QKV", weights, strict=True))}
+    return entry.build(beta, params, **options)
 
 
 def build_noise(spec, values: dict[str, Any]):
@@ -129,17 +128,29 @@ def build_fit_model(config: FitConfig):
 
 
 def _feed_forward(spec, layer_duration, config):
-    """The initial `FeedForward` of `model.feed_forward` (None if unset): a, b ~ N(0, 1),
-    w ~ N(0, init_scale²/m), with a leading layer axis L when `model.layers` is set."""
+    """The initial `FeedForward` of `model.feed_forward` (None if unset), drawn from a key of
+    its own (`feed_forward`)."""
+    if spec.feed_forward is None:
+        return None
+    return feed_forward(
+        spec.feed_forward,
+        jax.random.fold_in(jax.random.key(config.seed), 1),
+        spec.d,
+        spec.layers,
+        layer_duration,
+        dtype_of(config.precision),
+    )
+
+
+def feed_forward(ff, key, d: int, layers: int | None, layer_duration, dtype):
+    """A `FeedForward` drawn from `key` as `FeedForwardConfig` `ff` says: a, b ~ N(0, 1),
+    w ~ N(0, init_scale²/m), with a leading layer axis L when `layers` is set (fits: the
+    initial model; sweeps: the feed-forward term of a `TransformerBlock`, drawn per start)."""
     from .._field._feed_forward import FeedForward
 
-    ff = spec.feed_forward
-    if ff is None:
-        return None
-    d, dtype = spec.d, dtype_of(config.precision)
     m = d if ff.width is None else ff.width
-    lead = () if spec.layers is None else (spec.layers,)
-    w_key, a_key, b_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1), 3)
+    lead = () if layers is None else (layers,)
+    w_key, a_key, b_key = jax.random.split(key, 3)
     scale = float(ff.init_scale / np.sqrt(m))
     return FeedForward(
         scale * jax.random.normal(w_key, (*lead, d, m), dtype=dtype),

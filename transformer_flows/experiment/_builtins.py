@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._energy import energy
 from .._ensembles import random_weights
+from .._field._hardmax import HardmaxAttention
 from .._field._kuramoto import Kuramoto
 from .._field._placements import NGPT, MixLN, NoNorm, PeriLN, PreLN
 from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
@@ -71,6 +72,16 @@ FIELDS.register(
         Kuramoto,
         description="angle form on the circle (7.1); params.interaction: a registered h (7.5)",
         named=(("interaction", INTERACTIONS),),
+    ),
+)
+
+FIELDS.register(
+    "Hardmax",
+    FieldEntry(
+        HardmaxAttention,
+        beta_free=True,
+        description="hardmax attention on R^d (9.5)–(9.6), the β → ∞ limit: no sweep.beta; "
+        "params.tie_tolerance τ (swept or fixed)",
     ),
 )
 
@@ -149,6 +160,7 @@ SOLVERS.register(
         adaptive=False,
         points_only=True,
         description="the field's own discrete layer (Post-LN: = normalized_euler)",
+        euclidean=True,
     ),
 )
 
@@ -350,6 +362,7 @@ OBSERVABLES.register(
         lambda x, c: energy(x, c.beta, rescaled=True),
         inner_products=True,
         long_name="e^{-β} E_β(x) (rescaled energy; consensus value 1/(2β))",
+        reads_beta=True,
     ),
 )
 OBSERVABLES.register(
@@ -424,6 +437,7 @@ OBSERVABLES.register(
     ObservableEntry(
         lambda x, c: _across_heads(_head_logits(c.field, x)),
         field=True,
+        reads_beta=True,
         long_name="across-head variance of the logits A_h,ij, mean over layers and pairs (i, j)",
     ),
 )
@@ -432,6 +446,7 @@ OBSERVABLES.register(
     ObservableEntry(
         lambda x, c: _across_heads(jax.nn.softmax(_head_logits(c.field, x), axis=-1)),
         field=True,
+        reads_beta=True,
         long_name="across-head variance of the attention weights a_h,ij, mean over layers "
         "and pairs (i, j)",
     ),

@@ -110,7 +110,7 @@ def plan_sweep(config: SimulationConfig) -> Plan:
     )
     return Plan(
         shapes=shapes,
-        beta=np.asarray(sweep.beta),
+        beta=np.asarray(sweep.betas, dtype=float),
         starts=np.arange(sweep.starts),
         tolerances=np.array(sweep.tolerance or [config.solver.rtol]),
         has_tolerance_axis=sweep.tolerance is not None,

@@ -133,7 +133,10 @@ def _subtitle(dataset: xr.Dataset, config) -> str:
 
 
 def _theory_model(config) -> str | None:
-    """The `theory` model of the config's field (Q = K = V = I), or None if it has none."""
+    """The `theory` model of the config's field (Q = K = V = I), or None if it has none (a
+    feed-forward term, model.feed_forward, leaves the theory of attention alone)."""
+    if getattr(config.model, "feed_forward", None) is not None:
+        return None
     return FIELDS.theory_model(config.model.field)
 
 

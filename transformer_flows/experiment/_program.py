@@ -9,11 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._field._feed_forward import TransformerBlock
 from .._initial import orthonormal_tokens, sample_hemisphere, sample_sphere
 from .._solve import solve
 from .._span import solve_in_span
 from .._sphere import angles_to_points, normalize, points_to_angles
-from ._build import build_field, build_noise, dtype_of, field_entry, solver_of, weight_draws
+from ._build import (
+    build_field,
+    build_noise,
+    dtype_of,
+    feed_forward,
+    field_entry,
+    solver_of,
+    weight_draws,
+)
 from ._plan import Plan, Shape
 from ._registry import OBSERVABLES, PLACEMENTS, WEIGHTS, ObservableContext
 from ._schema import SimulationConfig, weights_parameters
@@ -25,6 +34,10 @@ DRAW_DTYPE = jnp.float32
 # stream of its own beside the split that draws the start and the weights, which noisy sweeps
 # leave as they are (the same starts and weights as the noiseless sweep).
 NOISE_STREAM = 0x6E6F6973
+# The feed-forward weights of start s (model.feed_forward) come from
+# fold_in(fold_in(key(seed), s), FEED_FORWARD_STREAM): the starts and attention weights stay
+# those of the sweep without the term.
+FEED_FORWARD_STREAM = 0x66666E
 
 
 class Observer(eqx.Module):
@@ -158,6 +171,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     integrate = solve
     if (
         model.noise is None
+        and model.feed_forward is None  # w σ(a x + b) does not keep span{x_i(0)}
         and not shape.random
         and not angles
         and entry.rotation_invariant
@@ -171,6 +185,9 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             solve_in_span,
             observe_in_span=all(OBSERVABLES[name].inner_products for name in observables.names),
         )
+
+    def cast(leaf):
+        return leaf.astype(dtype) if isinstance(leaf, jax.Array) else leaf
 
     def one(ensemble, beta, start, tolerance, *param_values):
         # Start s uses the same initial tokens (and weight key) for every β, ensemble and
@@ -192,6 +209,16 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
         params = {**fixed_params, **{k: v for k, v in swept.items() if k not in not_field}}
         field = build_field(entry, beta, params, weights, **options)
         attention = field
+        if model.feed_forward is not None:
+            ff = feed_forward(
+                model.feed_forward,
+                jax.random.fold_in(start_key, FEED_FORWARD_STREAM),
+                shape.d,
+                model.layers,
+                options.get("layer_duration"),
+                DRAW_DTYPE,
+            )
+            field = TransformerBlock(attention, jax.tree_util.tree_map(cast, ff))
         noise = build_noise(model.noise, swept)
         noisy = {}
         if noise is not None:
@@ -204,7 +231,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             observables.delta,
             observables.harmonic,
             angles,
-            placement.euclidean,
+            placement.euclidean or entry.euclidean,
             attention if reads_field else None,
         )
         trajectory = integrate(

@@ -144,6 +144,9 @@ class FieldEntry:
       keeps span{x_i(0)}, so sweeps with d > n solve in that span (exact, cost of d = n).
     - `theory_model`: the `model=` of `transformer_flows.theory` that describes it with
       identity weights ("SA", "USA"): figures and summaries draw Γ∞,δ and ℓ*(β) from it.
+    - `beta_free`: the class takes no β (`HardmaxAttention`, the β → ∞ limit): built as
+      `cls(**params[, Q=, K=, V=])`, its sweeps have no `sweep.beta` (their β coordinate is
+      the single value +inf) and no observable that reads β.
     """
 
     cls: type
@@ -154,6 +157,22 @@ class FieldEntry:
     # (parameter, registry): a parameter that takes a function, named in configs by an entry
     # of the registry (Kuramoto's `interaction` by INTERACTIONS).
     named: tuple[tuple[str, "Registry"], ...] = ()
+    beta_free: bool = False
+
+    def __post_init__(self):
+        if self.beta_free and "beta" in self.parameters():
+            raise ValueError(
+                f"FieldEntry({self.cls.__name__}, beta_free=True): the class has a parameter "
+                "`beta`; a β-free entry is for classes without one (drop beta_free)"
+            )
+
+    def build(self, beta, params: dict, **extra):
+        """`cls(beta=beta, **params, **extra)` with the named parameters resolved; a
+        β-free class is built without β (`beta` is then ignored)."""
+        kwargs = {**self.resolve_params(params), **extra}
+        if not self.beta_free:
+            kwargs["beta"] = beta
+        return self.cls(**kwargs)
 
     def resolve_params(self, params: dict) -> dict:
         """`params` with every named parameter's name replaced by its registered function."""
@@ -173,6 +192,15 @@ class FieldEntry:
         from .._field._base import AbstractAngleField
 
         return "angles" if issubclass(self.cls, AbstractAngleField) else "points"
+
+    @property
+    def euclidean(self) -> bool:
+        """Its state is tokens in R^d, not on the sphere (`AbstractEuclideanField`, e.g.
+        `HardmaxAttention`): observables then see the directions x_i/|x_i| (as after a
+        Euclidean placement), and no placement wraps it."""
+        from .._field._base import AbstractEuclideanField
+
+        return issubclass(self.cls, AbstractEuclideanField)
 
     def parameters(self) -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(self.cls) if f.init}
@@ -246,6 +274,9 @@ class SolverEntry:
     points_only: bool = False
     description: str = ""
     stochastic: bool = False
+    # A points_only solver that also steps states in R^d (it calls the field's own
+    # residual_layer): the only fixed-step kind a Euclidean field (HardmaxAttention) takes.
+    euclidean: bool = False
 
 
 # --- weight ensembles ----------------------------------------------------------------------
@@ -311,6 +342,8 @@ class ObservableEntry:
     radial: bool = False  # reads states in R^d as they are (else their directions x_i/|x_i|)
     # Reads `context.field` too (an attention field with H >= 2 heads: model.heads >= 2).
     field: bool = False
+    # Reads β (`context.beta`, or the field's β): β-free fields (Hardmax) refuse it.
+    reads_beta: bool = False
 
 
 # --- figures -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ._schema_core import (
     _Section,
     _unique,
 )
+from ._schema_fit import FeedForwardConfig
 from ._yaml import bounded_free_form
 
 # --- simulation sweeps ---------------------------------------------------------------------
@@ -126,6 +127,12 @@ class ModelConfig(_Section):
         description="fixed parameters of parameterised weight ensembles, e.g. {alpha_A: 0.5, "
         "alpha_L: 1.0, beta0: 1.0} for random_transformer (or sweep them under sweep.params)",
     )
+    feed_forward: FeedForwardConfig | None = Field(
+        None,
+        description="a feed-forward term w σ(a x + b) beside the attention: the sweep solves "
+        "TransformerBlock(field, FeedForward), its weights drawn per start (a, b ~ N(0, 1), "
+        "w ~ N(0, init_scale²/width); per layer with model.layers); null: attention only",
+    )
 
     @field_validator("n", "d", "initial")
     @classmethod
@@ -144,6 +151,8 @@ class ModelConfig(_Section):
             data.pop("noise")
         if data.get("weights_params") == {}:
             data.pop("weights_params")
+        if data.get("feed_forward", 0) is None:
+            data.pop("feed_forward")
         if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
             data["initial"] = data["initial"][0]
         return data
@@ -154,9 +163,10 @@ class ModelConfig(_Section):
         if entry is None:  # an import path: checked by run_experiment, after importing it
             return self
         wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
-        if wrapped and entry.state != "points":
+        if wrapped and (entry.state != "points" or entry.euclidean):
+            moves = "angles" if entry.state == "angles" else "tokens in R^d"
             raise ValueError(
-                f"placement: {wrapped} wrap a sphere field; {self.field!r} moves angles"
+                f"placement: {wrapped} wrap a sphere field; {self.field!r} moves {moves}"
             )
         allowed = {name for p in self.placement for name in PLACEMENTS[p].parameters}
         for name in self.placement_params:
@@ -177,8 +187,7 @@ class ModelConfig(_Section):
                     )
                 params = {**params, "layer_duration": 1.0}
             try:
-                field = entry.cls(**{"beta": 1.0, **entry.resolve_params(self.params)})
-                placement.wrap(field, **params)
+                placement.wrap(entry.build(1.0, self.params), **params)
             except Exception as err:  # the placement's own message names the parameter
                 raise ValueError(f"placement_params: {name} refuses {params}: {err}") from None
         if "orthonormal" in self.initial and max(self.n) > min(self.d):
@@ -205,9 +214,14 @@ class ModelConfig(_Section):
                     f"params.{name}: {name} is set by the sweep (sweep.beta, model.weights), "
                     "not under model.params"
                 )
-        if "beta" not in parameters:
-            raise ValueError(f"field {self.field!r} has no parameter `beta`, which sweep.beta sets")
+        if "beta" not in parameters and not entry.beta_free:
+            raise ValueError(
+                f"field {self.field!r} has no parameter `beta`, which sweep.beta sets (a "
+                "β-free class registers as FieldEntry(cls, beta_free=True))"
+            )
         _try_build(entry, self.params, "params")
+        self._stacked_weights(entry)
+        self._feed_forward_checks(entry)
         random = [w for w in self.weights if WEIGHTS[w].draw is not None]
         if random and not entry.takes_weights:
             raise ValueError(
@@ -243,6 +257,44 @@ class ModelConfig(_Section):
             )
         return self
 
+    def _feed_forward_checks(self, entry) -> None:
+        """A feed-forward term makes the field TransformerBlock(field, FeedForward): it needs a
+        sphere field solved as it is (Post-LN, no noise)."""
+        if self.feed_forward is None:
+            return
+        if entry.state != "points" or entry.euclidean:
+            raise ValueError(
+                f"feed_forward: TransformerBlock adds w σ(a x + b) to a sphere field; "
+                f"{self.field!r} moves {'angles' if entry.state == 'angles' else 'tokens in R^d'}"
+                ": use a sphere field such as SA, or remove model.feed_forward"
+            )
+        wrapped = [p for p in self.placement if PLACEMENTS[p].wrap is not None]
+        if wrapped or self.noise is not None:
+            raise ValueError(
+                "feed_forward: blocks are swept as Post-LN ODEs only (placement post_ln, no "
+                f"model.noise); got placement {self.placement}, noise "
+                f"{None if self.noise is None else self.noise.kind!r}: remove one of them"
+            )
+
+    def _stacked_weights(self, entry) -> None:
+        """model.heads and model.layers give the field stacked weights (layers, heads, d, d):
+        a field that takes one matrix each (HardmaxAttention) refuses them here, not after
+        compiling."""
+        stack = tuple(size for size in (self.layers, self.heads) if size)
+        if not stack or not entry.takes_weights:
+            return
+        d = self.d[0]
+        weights = {name: np.zeros((*stack, d, d)) for name in "QKV"}
+        options = {"layer_duration": 1.0} if self.layers else {}
+        try:
+            entry.build(1.0, self.params, **weights, **options)
+        except Exception as err:  # the field's own message names the argument
+            raise ValueError(
+                f"heads/layers: {entry.cls.__name__} refuses weights stacked as "
+                f"(layers, heads, d, d) = {(*stack, d, d)}: {err} Remove model.heads and "
+                "model.layers"
+            ) from None
+
 
 def _check_weights_parameters(name: str, values: dict, where: str) -> None:
     """Validate the values meant for ensemble `name` with its schema (ranges, types)."""
@@ -274,19 +326,22 @@ def _try_build(entry, params: dict, where: str) -> None:
     """Build the field once with these parameters (β = 1), so a bad parameter value is refused
     when the config is read, not after compiling."""
     try:
-        entry.cls(**{"beta": 1.0, **entry.resolve_params(params)})
+        entry.build(1.0, params)
     except Exception as err:  # the field's own message names the parameter
+        beta = "" if entry.beta_free else "beta=1.0, "
         raise ValueError(
-            f"{where}: {entry.cls.__name__}(beta=1.0, **{params}) is refused: {err}"
+            f"{where}: {entry.cls.__name__}({beta}**{params}) is refused: {err}"
         ) from None
 
 
 class SweepConfig(_Section):
     """The axes swept in one vmapped program: β, random starts, tolerances, parameters."""
 
-    beta: Annotated[Grid, _DISTINCT] = Field(
+    beta: Annotated[Grid, _DISTINCT] | None = Field(
+        None,
         description="inverse temperature β of the attention: one number, a list, or {start, "
-        "stop, num} (inclusive linspace); each value once"
+        "stop, num} (inclusive linspace); each value once. Required, except for β-free "
+        "fields (Hardmax, the β → ∞ limit), which refuse it",
     )
     starts: PositiveInteger = Field(
         description="random initial configurations per β (the same starts and weight draws "
@@ -312,7 +367,20 @@ class SweepConfig(_Section):
     def _beta(cls, values):
         # β < 0 (repulsive softmax) is valid for the fields; fields whose figures and
         # summaries draw theory curves refuse it in SimulationConfig's cross-checks.
-        return _unique(values)
+        return None if values is None else _unique(values)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # A β-free sweep has no sweep.beta; the others keep their saved form (and fingerprint).
+        data = handler(self)
+        if data.get("beta", 0) is None:
+            data.pop("beta")
+        return data
+
+    @property
+    def betas(self) -> list[float]:
+        """The β axis: sweep.beta, or [+inf] for a β-free field (the β → ∞ limit)."""
+        return [math.inf] if self.beta is None else list(self.beta)
 
     @field_validator("tolerance")
     @classmethod
@@ -371,7 +439,8 @@ class SimulationConfig(_Experiment):
         model, names = self.model, self.observables.names
         # None for an import path: its checks run in run_experiment, after importing it.
         entry = FIELDS.lookup(model.field)
-        negative = [beta for beta in self.sweep.beta if beta < 0]
+        self._beta_checks(entry)
+        negative = [beta for beta in self.sweep.betas if beta < 0]
         if negative and entry is not None and entry.theory_model is not None:
             raise ValueError(
                 f"sweep.beta: β < 0 ({negative}, the repulsive softmax) is outside the theory "
@@ -447,6 +516,42 @@ class SimulationConfig(_Experiment):
                     f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
                 )
         return self
+
+    def _beta_checks(self, entry) -> None:
+        """sweep.beta is given exactly when the field takes β (β-free: the β → ∞ limit)."""
+        model, sweep = self.model, self.sweep
+        if entry is not None and entry.beta_free:
+            if sweep.beta is not None:
+                raise ValueError(
+                    f"sweep.beta: field {model.field!r} ({entry.cls.__name__}) is β-free (the "
+                    "β → ∞ limit of attention; its β coordinate is +inf): remove sweep.beta, "
+                    f"got {sweep.beta}"
+                )
+            reads_beta = [n for n in self.observables.names if OBSERVABLES[n].reads_beta]
+            if reads_beta:
+                raise ValueError(
+                    f"observables.names: {reads_beta} read β, which field {model.field!r} "
+                    "does not have: remove them"
+                )
+        elif sweep.beta is None:
+            raise ValueError(
+                f"sweep.beta: field {model.field!r} takes β: give sweep.beta (one number, a "
+                "list or {start, stop, num})"
+            )
+        if entry is None or not entry.euclidean:
+            return
+        if model.noise is not None:
+            raise ValueError(
+                f"model.noise: noise is defined on the sphere; field {model.field!r} moves "
+                "tokens in R^d: remove model.noise"
+            )
+        solver = SOLVERS[self.solver.name]
+        if solver.points_only and not solver.euclidean:
+            fit = [n for n in SOLVERS if SOLVERS[n].euclidean or not SOLVERS[n].points_only]
+            raise ValueError(
+                f"solver.name: {self.solver.name!r} steps points on the sphere; field "
+                f"{model.field!r} moves tokens in R^d: choose one of {fit}"
+            )
 
     def _weights_checks(self, entry) -> None:
         """Parameterised ensembles (their shapes, swept values) and observables that read the

@@ -100,6 +100,10 @@ def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float =
     β of Γ∞,δ (theory, Q = K = V = I, for fields with a `theory_model`) at that time."""
     rows = []
     model = FIELDS.theory_model(config.model.field)
+    # The theory curves are those of attention alone: a block (model.feed_forward) has none.
+    block = getattr(config.model, "feed_forward", None) is not None
+    if block:
+        model = None
     betas = dataset["beta"].values
     fine_betas = np.linspace(betas.min(), betas.max(), 2000)
     for labels, part in _panels(dataset):
@@ -131,6 +135,9 @@ def phase_levels(dataset: xr.Dataset, config, times=(15.0, 30.0), level: float =
                 row["beta_theory"] = beta_theory if math.isfinite(beta_theory) else None
                 if row["beta_empirical"] is not None and row["beta_theory"] is not None:
                     row["difference"] = row["beta_empirical"] - row["beta_theory"]
+            elif identity and block:
+                row["beta_theory"] = None
+                row["beta_theory_note"] = "no theory: Γ∞,δ is of attention without feed-forward"
             rows.append(row)
     return rows
 
