@@ -23,6 +23,9 @@ decade before the exact time is marked "numerical", in the JSON and in the figur
 exact invariant Σ_i θ_i, while the exact time is 10^43.48, beyond the horizon e^{2β}.
 
     python experiments/stiff_staircase.py --out out/stiff_staircase
+
+The exact cluster reduction (`experiments/reduced_staircase.py`: weighted particles and a
+log-time clock, no stiffness left) runs β = 50, 100 and 200 to e^{2β}; REPRODUCTION.md has both.
 """
 
 import argparse

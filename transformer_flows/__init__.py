@@ -172,7 +172,7 @@ from ._sphere import (
 __version__ = importlib.metadata.version("transformer-flows")
 
 # The experiment layer (configs, datasets: pydantic, xarray, yaml, h5netcdf) and the checkpoint
-# reader (safetensors, tokenizers) load on first use, `tf.experiment` or `tf.pretrained`, so that
+# reader (tokenizers) load on first use, `tf.experiment` or `tf.pretrained`, so that
 # a script that only solves does not pay for them (`import transformer_flows` took ~4 s of CPU
 # and 280 MB with them).
 _LAZY_SUBPACKAGES = ("experiment", "pretrained")
