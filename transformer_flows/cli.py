@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resumes), a theory dataset, or a fit; then the config's figures as PNG.",
     )
     _add_run_options(run)
-    run.set_defaults(func=_run, kinds=("simulation", "theory", "fit", "pretrained"))
+    run.set_defaults(func=_run, kinds=("simulation", "theory", "fit", "pretrained", "mean_field"))
     fit = commands.add_parser(
         "fit",
         help="learn Q, K, V and/or β by differentiating through the flow",
@@ -313,6 +313,12 @@ def _summarize(args: argparse.Namespace) -> int:
         result = fit_summary(*load_fit(args.out))
     else:
         dataset, config = load_dataset(args.out)
+        if config.experiment == "mean_field":
+            from .experiment._mean_field_run import mean_field_summary
+
+            result = _strict_json(mean_field_summary(dataset, config))
+            print(summary_table(result) if args.format == "table" else json.dumps(result, indent=1))
+            return 0
         if config.experiment != "simulation":
             raise ValueError(
                 f"{str(args.out)!r} holds a {config.experiment} run; nothing to summarize."

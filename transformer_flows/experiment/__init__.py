@@ -24,6 +24,7 @@ from ._fit_run import (
     run_fit as run_fit,
 )
 from ._interrupt import FiguresInterrupted as FiguresInterrupted, RunInterrupted as RunInterrupted
+from ._mean_field_run import run_mean_field as run_mean_field
 from ._overrides import apply_overrides as apply_overrides, parse_override as parse_override
 from ._plan import Plan as Plan, Shape as Shape, plan_sweep as plan_sweep
 from ._pretrained_run import run_pretrained as run_pretrained
@@ -61,6 +62,7 @@ from ._schedule import initialize_distributed as initialize_distributed
 from ._schema import (
     ConfigError as ConfigError,
     FitConfig as FitConfig,
+    MeanFieldConfig as MeanFieldConfig,
     PretrainedConfig as PretrainedConfig,
     SimulationConfig as SimulationConfig,
     TheoryConfig as TheoryConfig,

@@ -509,6 +509,23 @@ FIGURES.register(
         noise="independent",
     ),
 )
+# The mean-field equation (experiment: mean_field).
+FIGURES.register(
+    "mean_field_order_parameter",
+    FigureEntry(
+        _lazy("mean_field_order_parameter", "_mean_field_plot"),
+        "mean_field",
+        description="mean field: r(t) per κ, one panel per β, the theory's stationary r dashed",
+    ),
+)
+FIGURES.register(
+    "mean_field_stationary",
+    FigureEntry(
+        _lazy("mean_field_stationary", "_mean_field_plot"),
+        "mean_field",
+        description="mean field: the stationary r against κ, on theory.stationary_order_parameter",
+    ),
+)
 FIGURES.register(
     "head_variance",
     FigureEntry(

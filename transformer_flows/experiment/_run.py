@@ -65,6 +65,10 @@ def run_experiment(
         from ._pretrained_run import run_pretrained
 
         return run_pretrained(config, out, progress=progress)
+    if config.experiment == "mean_field":
+        from ._mean_field_run import run_mean_field
+
+        return run_mean_field(config, out, progress=progress)
     return run_sweep(config, out, progress=progress, on_chunk=on_chunk)
 
 

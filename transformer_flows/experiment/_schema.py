@@ -58,6 +58,13 @@ from ._schema_fit import (
     TaskConfig as TaskConfig,
     TrainConfig as TrainConfig,
 )
+from ._schema_mean_field import (
+    MeanFieldConfig as MeanFieldConfig,
+    MeanFieldModelConfig as MeanFieldModelConfig,
+    MeanFieldObservablesConfig as MeanFieldObservablesConfig,
+    MeanFieldSolverConfig as MeanFieldSolverConfig,
+    MeanFieldSweepConfig as MeanFieldSweepConfig,
+)
 from ._schema_pretrained import (
     HIDDEN_STATISTICS as HIDDEN_STATISTICS,
     PRETRAINED_SOURCES as PRETRAINED_SOURCES,
@@ -90,8 +97,9 @@ KINDS: dict[str, type[_Experiment]] = {
     "theory": TheoryConfig,
     "fit": FitConfig,
     "pretrained": PretrainedConfig,
+    "mean_field": MeanFieldConfig,
 }
-Config = SimulationConfig | TheoryConfig | FitConfig | PretrainedConfig
+Config = SimulationConfig | TheoryConfig | FitConfig | PretrainedConfig | MeanFieldConfig
 
 
 def _kind_of(raw: Mapping) -> type[_Experiment]:
@@ -99,7 +107,8 @@ def _kind_of(raw: Mapping) -> type[_Experiment]:
     if kind not in KINDS:
         raise ConfigError(
             f"config key `experiment`: must be one of {list(KINDS)}, got {kind!r}. Fix: set "
-            "experiment: simulation (sweeps), theory (theory figures), fit or pretrained."
+            "experiment: simulation (sweeps), theory (theory figures), fit, pretrained or "
+            "mean_field (the n → ∞ equation on the circle)."
         )
     return KINDS[kind]
 
