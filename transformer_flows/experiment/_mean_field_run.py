@@ -129,8 +129,9 @@ def run_mean_field(config: MeanFieldConfig, out: str | Path, *, progress: bool =
     ]
 
     def compute(task: ChunkTask, device) -> xr.Dataset:
-        with jax.default_device(device):
-            return _pair_chunk(config, *pairs[task.key])
+        # On the default device: a `jax.default_device` context is part of the cache key of
+        # every jitted call, and would compile anew what a direct solve compiled already.
+        return _pair_chunk(config, *pairs[task.key])
 
     run = RunDirectory(out)
     with run.lock(), reported(run.out, "chunks") as saved:
