@@ -481,6 +481,18 @@ def _figure_config(name, *, observables=None, d=None, experiment=None, noise=Tru
             "texts": ["the cat sat on the mat", "a quick fox jumps over dogs"],
             "figures": [name],
         }
+    if experiment == "mean_field":
+        # The static settings of tests/test_mean_field_config.py (Tsit5, SA, M = 8, 31 saves,
+        # max_steps 2000): in one process the solve compiled there serves here.
+        return {
+            "experiment": "mean_field",
+            "name": f"tiny_{name}",
+            "mean_field": {"model": "SA", "modes": 8},
+            "sweep": {"beta": 1.0, "kappa": 4.0},
+            "time": {"t1": 10.0, "num": 31},
+            "solver": {"name": "tsit5", "max_steps": 2000},
+            "figures": [name],
+        }
     if experiment == "theory":
         return {
             "experiment": "theory",

@@ -46,20 +46,24 @@ def mean_field_order_parameter(dataset: xr.Dataset, config, out: str | Path) -> 
 
 def mean_field_stationary(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
     """The stationary r against κ per β (markers), on theory.stationary_order_parameter
-    (solid: clustered branch; dotted: uniform branch where it differs)."""
+    (solid: clustered branch; dotted, USA only: the uniform branch)."""
     from .. import theory
 
     fig, (ax,) = _grid(1, 1, size=(5.0, 3.6))
     kappas = dataset["kappa"].values
     finite = kappas[np.isfinite(kappas)]
+    model = config.mean_field.model
     for i, beta in enumerate(dataset["beta"].values):
         color = f"C{i % 10}"
         if finite.size:
             low, high = finite.min(), finite.max()
-            grid = np.linspace(max(low * 0.9, 1e-3), high * 1.05 if high > low else low * 1.5, 200)
-            for branch, style in (("clustered", "-"), ("uniform", ":")):
+            grid = np.linspace(max(low * 0.9, 1e-3), high * 1.05 if high > low else low * 1.5, 60)
+            # The branches differ only where the transition is discontinuous (USA): SA's
+            # uniform branch is its clustered one (and each point costs a Newton solve).
+            branches = (("clustered", "-"), ("uniform", ":"))[: 2 if model == "USA" else 1]
+            for branch, style in branches:
                 curve = theory.stationary_order_parameter(
-                    beta=float(beta), kappa=grid, d=2, model=config.mean_field.model, branch=branch
+                    beta=float(beta), kappa=grid, d=2, model=model, branch=branch
                 )
                 ax.plot(
                     grid,
