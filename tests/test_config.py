@@ -335,10 +335,14 @@ def test_import_path_fields_are_resolved_and_checked():
 
 def test_json_schema_lists_every_kind_and_registered_name():
     schema = json_schema()
-    assert len(schema["oneOf"]) == 4
-    assert {"SimulationConfig", "TheoryConfig", "FitConfig", "PretrainedConfig"} <= set(
-        schema["$defs"]
-    )
+    assert len(schema["oneOf"]) == 5
+    assert {
+        "SimulationConfig",
+        "TheoryConfig",
+        "FitConfig",
+        "PretrainedConfig",
+        "MeanFieldConfig",
+    } <= set(schema["$defs"])
     assert schema["x-registered-names"]["solvers"] == SOLVERS.names()
     json.dumps(schema)  # plain JSON
     fit = schema["$defs"]["FitConfig"]
