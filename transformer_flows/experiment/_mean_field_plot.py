@@ -15,12 +15,17 @@ def _title(dataset: xr.Dataset, config) -> str:
     failed = int(dataset.attrs.get("failed_solves", 0))
     if failed:
         text += f"\n{failed} of {dataset.attrs['total_solves']} solves failed (not drawn)"
+    unresolved = int(dataset.attrs.get("unresolved_solves", 0))
+    if unresolved:
+        text += f"\n{unresolved} under-resolved at the end (no stationary r: raise modes)"
     return text + (" [smoke]" if dataset.attrs.get("smoke") else "")
 
 
 def mean_field_order_parameter(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
-    """r(t) per κ, one panel per β; the theory's stationary r (clustered branch) dashed."""
+    """r(t) per κ, one panel per β, up to the first under-resolved save; the theory's
+    stationary r (clustered branch) dashed."""
     betas = dataset["beta"].values
+    limit = config.observables.resolution_limit
     fig, axes = _grid(len(betas), config.plot.max_panels_per_row, size=(4.6, 3.4))
     time = dataset["time"].values
     for ax, beta in zip(axes, betas, strict=True):
@@ -29,8 +34,12 @@ def mean_field_order_parameter(dataset: xr.Dataset, config, out: str | Path) -> 
             color = f"C{i % 10}"
             label = r"$\kappa = \infty$" if np.isinf(kappa) else rf"$\kappa = {kappa:g}$"
             series = part["order_parameter"].sel(kappa=kappa).values
+            unresolved = part["resolution"].sel(kappa=kappa).values > limit
             if np.all(np.isnan(series)):
                 label += " (failed)"
+            elif unresolved.any():  # not drawn from the first under-resolved save on
+                label += rf" (under-resolved from $t = {time[unresolved.argmax()]:g}$)"
+                series = np.where(np.cumsum(unresolved) > 0, np.nan, series)
             ax.plot(time, series, color=color, label=label)
             exact = float(part["theory_order_parameter"].sel(branch="clustered", kappa=kappa))
             if np.isfinite(exact):
@@ -57,7 +66,7 @@ def mean_field_stationary(dataset: xr.Dataset, config, out: str | Path) -> list[
         color = f"C{i % 10}"
         if finite.size:
             low, high = finite.min(), finite.max()
-            grid = np.linspace(max(low * 0.9, 1e-3), high * 1.05 if high > low else low * 1.5, 60)
+            grid = np.linspace(max(low * 0.9, 1e-3), high * 1.05 if high > low else low * 1.5, 40)
             # The branches differ only where the transition is discontinuous (USA): SA's
             # uniform branch is its clustered one (and each point costs a Newton solve).
             branches = (("clustered", "-"), ("uniform", ":"))[: 2 if model == "USA" else 1]

@@ -26,7 +26,7 @@ from ._interrupt import reported
 from ._provenance import git_commit, provenance
 from ._run import SolveFailures
 from ._schedule import ChunkTask, compute_chunks, finished_chunks
-from ._schema_mean_field import MEAN_FIELD_OBSERVABLES, MeanFieldConfig
+from ._schema_mean_field import MEAN_FIELD_OBSERVABLES, RESOLUTION, MeanFieldConfig
 from ._store import RunDirectory, chunk_path, fingerprint
 
 SOLVER_CLASSES = {
@@ -89,7 +89,7 @@ def _pair_chunk(config: MeanFieldConfig, beta: float, kappa: float) -> xr.Datase
         "resolution": solution.resolution,
         "density": solution.density,
     }
-    for name in config.observables.names:
+    for name in ("resolution", *config.observables.names):
         values = np.asarray(saved[name], dtype=np.float64)
         if not succeeded:  # nothing of a failed solve looks like a number
             values = np.full_like(values, np.nan)
@@ -108,9 +108,10 @@ def run_mean_field(config: MeanFieldConfig, out: str | Path, *, progress: bool =
     - `progress`: a progress bar over the (β, κ) pairs.
 
     **Returns:** the dataset (also `out/dataset.nc`) with dims (beta, kappa, time[, theta]):
-    the observables of `config.observables.names`, `succeeded` and `num_steps` per pair,
-    `stationary_order_parameter` (beta, kappa) and `theory_order_parameter` (branch, beta,
-    kappa) of `theory.stationary_order_parameter` (NaN for κ = inf). Failed solves are masked
+    `resolution` and the observables of `config.observables.names`, `succeeded`, `resolved`
+    and `num_steps` per pair, `stationary_order_parameter` (beta, kappa; NaN where a tail save
+    is under-resolved: `unresolved_solves` counts them) and `theory_order_parameter` (branch,
+    beta, kappa) of `theory.stationary_order_parameter` (NaN for κ = inf). Failed solves are masked
     (NaN, `succeeded` False); if any failed and `solver.allow_failures` is false,
     `SolveFailures` is raised after writing (the CLI's exit status 3).
     """
@@ -213,15 +214,26 @@ def assemble_mean_field(
         dataset = dataset.drop_vars("theta")
     tail = times >= config.observables.stationary_from * times[-1] - 1e-12 * times[-1]
     tail[-1] = True
-    dataset["stationary_order_parameter"] = dataset["order_parameter"].isel(time=tail).mean("time")
+    # A stationary value only where every tail save is resolved (the solver's spectral
+    # truncation is trustworthy there); failed solves are NaN already.
+    resolved = (dataset["resolution"].isel(time=tail) <= config.observables.resolution_limit).all(
+        "time"
+    )
+    stationary = dataset["order_parameter"].isel(time=tail).mean("time")
+    dataset["stationary_order_parameter"] = stationary.where(resolved)
+    dataset["resolved"] = resolved & dataset["succeeded"]
     dataset["theory_order_parameter"] = (
         ("branch", "beta", "kappa"),
         _theory(config.mean_field.model, betas, kappas),
     )
     dataset = dataset.assign_coords(branch=list(BRANCHES))
-    for name, text in MEAN_FIELD_OBSERVABLES.items():
+    for name, text in {**MEAN_FIELD_OBSERVABLES, "resolution": RESOLUTION}.items():
         if name in dataset:
             dataset[name].attrs["long_name"] = text
+    dataset["resolved"].attrs["long_name"] = (
+        f"succeeded, and every save of the tail has resolution <= "
+        f"{config.observables.resolution_limit:g} (else no stationary r)"
+    )
     dataset["stationary_order_parameter"].attrs["long_name"] = (
         f"mean of r(t) over t >= {config.observables.stationary_from:g} t1"
     )
@@ -236,6 +248,7 @@ def assemble_mean_field(
     dataset.attrs["model"] = config.mean_field.model
     dataset.attrs["modes"] = config.mean_field.modes
     dataset.attrs["failed_solves"] = int((~dataset["succeeded"]).sum())
+    dataset.attrs["unresolved_solves"] = int((dataset["succeeded"] & ~dataset["resolved"]).sum())
     dataset.attrs["total_solves"] = int(dataset["succeeded"].size)
     return dataset
 
@@ -254,10 +267,11 @@ def _theory(model: str, betas: list[float], kappas: list[float]) -> np.ndarray:
 
 
 def mean_field_summary(dataset: xr.Dataset, config: MeanFieldConfig) -> dict:
-    """The numbers of a `mean_field` run: per (β, κ) whether the solve succeeded, its steps,
-    r at t1, the stationary r (mean over the tail) and the theory's two branches (`clustered`,
-    `uniform`: they differ only in a bistable window), the difference stationary − clustered
-    and the resolution at t1 (when saved). Failed solves show null, never a number."""
+    """The numbers of a `mean_field` run: per (β, κ) whether the solve succeeded and its tail
+    is resolved, its steps, r at t1, the stationary r (mean over the tail) and the theory's two
+    branches (`clustered`, `uniform`: they differ only in a bistable window), the difference
+    stationary − clustered and the resolution at t1. A failed solve shows null, never a
+    number; an under-resolved one has a null stationary r."""
     rows = []
     for beta in dataset["beta"].values:
         for kappa in dataset["kappa"].values:
@@ -268,6 +282,7 @@ def mean_field_summary(dataset: xr.Dataset, config: MeanFieldConfig) -> dict:
                 "beta": float(beta),
                 "kappa": float(kappa),
                 "succeeded": bool(part["succeeded"]),
+                "resolved": bool(part["resolved"]),
                 "num_steps": int(part["num_steps"]),
                 "r_t1": float(part["order_parameter"].isel(time=-1)),
                 "r_stationary": stationary,
@@ -275,8 +290,7 @@ def mean_field_summary(dataset: xr.Dataset, config: MeanFieldConfig) -> dict:
                 "theory_uniform": float(part["theory_order_parameter"].sel(branch="uniform")),
                 "difference": stationary - clustered,
             }
-            if "resolution" in part:
-                row["resolution_t1"] = float(part["resolution"].isel(time=-1))
+            row["resolution_t1"] = float(part["resolution"].isel(time=-1))
             rows.append(row)
     return {
         "name": config.name,
@@ -286,6 +300,7 @@ def mean_field_summary(dataset: xr.Dataset, config: MeanFieldConfig) -> dict:
         "t1": float(config.time.t1),
         "stationary_from": float(config.observables.stationary_from * config.time.t1),
         "failed_solves": int(dataset.attrs["failed_solves"]),
+        "unresolved_solves": int(dataset.attrs.get("unresolved_solves", 0)),
         "total_solves": int(dataset.attrs["total_solves"]),
         "stationary_order_parameter": rows,
     }
