@@ -22,6 +22,7 @@ import pytest
 
 import transformer_flows as tf
 from transformer_flows import cli
+from transformer_flows._mean_field import _IMEX
 from transformer_flows.experiment import (
     ConfigError,
     MeanFieldConfig,
@@ -30,7 +31,8 @@ from transformer_flows.experiment import (
     load_dataset,
     run_experiment,
 )
-from transformer_flows.experiment._mean_field_run import mean_field_summary
+from transformer_flows.experiment._mean_field_run import SOLVER_CLASSES, mean_field_summary
+from transformer_flows.experiment._schema_mean_field import MEAN_FIELD_SOLVERS
 
 MODES = 8
 # The SA stationary states at β = 1, 2 and κ = 4 are smooth bumps that M = 8 modes resolve
@@ -240,3 +242,13 @@ def test_noiseless_sweep_and_fingerprint():
     assert base.numerics() == config_from_dict(RAW, ["figures=[mean_field_stationary]"]).numerics()
     assert base.numerics() != config_from_dict(RAW, ["solver.rtol=1e-8"]).numerics()
     assert base.numerics() == config_from_dict(RAW, ["solver.allow_failures=true"]).numerics()
+
+
+@pytest.mark.parametrize("name", list(MEAN_FIELD_SOLVERS))
+def test_every_solver_name_is_a_solver_of_its_kind(name):
+    # The up-front stiffness refusal reads `implicit`: it must be what solve_mean_field does
+    # with the solver (an IMEX split exactly for the IMEX classes).
+    solver = SOLVER_CLASSES[name]()
+    assert isinstance(solver, diffrax.AbstractSolver)
+    config = config_from_dict(RAW, [f"solver.name={name}"])
+    assert config.solver.implicit == isinstance(solver, _IMEX)
