@@ -140,13 +140,17 @@ def _layer(x):
     return tf.attend(x, jnp.asarray(1.0, x.dtype), None, None, None, normalized=True)
 
 
+# One compiled power iteration per input shape, shared by the R10 tests.
+_lipschitz = jax.jit(lambda x: tf.local_lipschitz(_layer, x, key=jax.random.key(0), iterations=300))
+
+
 @pytest.mark.parametrize("n", [4, 16])
 def test_local_lipschitz_is_the_top_singular_value_and_grows_on_adversarial_inputs(n):
     d, radius = 5, 2 * math.sqrt(math.log(n))
     x = np.zeros((n, d))
     x[:, 0], x[0, 0] = radius / 2, radius
     x = jnp.asarray(x)
-    lip = float(tf.local_lipschitz(_layer, x, key=jax.random.key(0), iterations=300))
+    lip = float(_lipschitz(x))
     if n == 4:  # the dense Jacobian's top singular value (one more compilation: once)
         dense = np.linalg.norm(np.asarray(jax.jacfwd(_layer)(x)).reshape(n * d, n * d), 2)
         assert lip == pytest.approx(dense, rel=1e-8)
@@ -154,6 +158,37 @@ def test_local_lipschitz_is_the_top_singular_value_and_grows_on_adversarial_inpu
     # The bound of docs/atlas.md: outputs j >= 2 moved by a unit step of x_1 along u.
     p = 1 / (1 + (n - 1) * math.exp(-(radius**2) / 4))
     assert lip >= math.sqrt(n - 1) * (p + p * (1 - p) * radius**2 / 4) - 1e-9
+
+
+def test_lipschitz_slope_is_one_half_at_r_squared_eight_log_n():
+    """R² = 8 log n: the key-1 weight p → 1 (1 − p ≈ 1/n), so the bound's factor
+    p + p(1−p)R²/4 → 1 and the slope is ½ + O(log n/n) (docs/atlas.md); at R² = 4 log n it is
+    ½ + 1/(2 + log n). The measured constant is |Df e| (e: x₁ moved along u) to 2e-3 and above
+    the bound B."""
+    lip = _experiment("atlas_lipschitz")
+    ns = np.array([4, 16, 64])
+    slopes = {}
+    for c in (4.0, 8.0):
+        values = []
+        for n in ns:
+            radius = float(lip.growing_radius(n, c))
+            value = float(_lipschitz(lip.adversarial(int(n), 5, radius)))
+            assert value >= lip.lower_bound(n, radius) - 1e-9
+            if c == 8.0:
+                assert value == pytest.approx(lip.directional_bound(n, radius), rel=2e-3)
+            values.append(value)
+        slopes[c] = np.polyfit(np.log(ns), np.log(values), 1)[0]
+    assert abs(slopes[8.0] - 0.5) < 0.05
+    assert slopes[4.0] > 0.6  # the c = 4 factor ½ + ¼ log n adds 1/(2 + log n)
+    # The derived local slope is d log B/d log n (central differences in log n).
+    for c in (4.0, 8.0):
+        for n in (4.0, 50.0, 3000.0):
+            h = 1e-5
+            logs = [math.log(lip.lower_bound(m, lip.growing_radius(m, c)))
+                    for m in (n * math.exp(-h), n * math.exp(h))]  # fmt: skip
+            assert lip.bound_slope(c, n) == pytest.approx((logs[1] - logs[0]) / (2 * h), abs=1e-7)
+    assert lip.bound_slope(4.0, 1e6) == pytest.approx(0.5 + 1 / (2 + math.log(1e6)), abs=1e-5)
+    assert abs(lip.bound_slope(8.0, 1e6) - 0.5) < 1e-4
 
 
 def test_local_lipschitz_checks_iterations():
