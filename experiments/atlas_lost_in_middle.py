@@ -16,6 +16,7 @@ E[∂θ_N(t)/∂θ_j(0) · cos k(θ_N(t) − θ_j(0))], the sensitivities by `ja
 """
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -88,22 +89,40 @@ def chain_profile(n: int, t: float, beta: float, lam: float, M: float, k_max: in
     return total
 
 
-def make_estimator(n, beta, lam, ts, dt, M, k_max):
+def retrieval_terms(n, beta, lam, ts, dt, M, k_max):
+    """Two unbiased per-start forms of N Σ_k ω_k E cos k(θ_N(t) − θ_j(0)) (each (T, n) from θ(0)):
+    `direct` = N Σ_k ω_k cos k(θ_N(t) − θ_j(0)) and `by_parts` = the same times ∂θ_N(t)/∂θ_j(0).
+    Their averages over a uniform θ_j(0), all other angles fixed, are equal (integration by
+    parts on the circle); `by_parts` has a per-start spread O(1) instead of O(N)."""
     field = authors_field(n, beta, lam)
     ts = jnp.asarray(ts)
-    omega = jnp.exp(-0.5 * (jnp.pi * jnp.arange(1, k_max + 1) / M) ** 2)
+    k = np.arange(1.0, k_max + 1.0)
+    omega = jnp.asarray(np.exp(-0.5 * (np.pi * k / M) ** 2))
+    k = jnp.asarray(k)[:, None, None]
 
     def last_angle(theta0):
         x = tf.solve(field, tf.angles_to_points(theta0), ts, solver=tf.RK4(), dt0=dt).xs
         return tf.points_to_angles(x[:, -1])  # (T,)
 
+    def weighted(theta0, factor):
+        phase = jnp.cos(k * (last_angle(theta0)[None, :, None] - theta0[None, None, :]))
+        return n * jnp.einsum("k,ktn->tn", omega, phase * factor[None])  # (T, n)
+
+    def direct(theta0):
+        return weighted(theta0, jnp.ones((ts.size, n), theta0.dtype))
+
+    def by_parts(theta0):
+        return weighted(theta0, jax.jacrev(last_angle)(theta0))  # ∂θ_N(t)/∂θ_j(0): (T, n)
+
+    return direct, by_parts
+
+
+def make_estimator(n, beta, lam, ts, dt, M, k_max):
+    """`by_parts` of `retrieval_terms` at i.i.d. uniform θ(0) drawn from each key (vmapped)."""
+    _, by_parts = retrieval_terms(n, beta, lam, ts, dt, M, k_max)
+
     def one(key):
-        theta0 = jax.random.uniform(key, (n,), minval=0.0, maxval=2 * jnp.pi)
-        theta_t = last_angle(theta0)
-        sens = jax.jacrev(last_angle)(theta0)  # (T, n): ∂θ_N(t)/∂θ_j(0)
-        k = jnp.arange(1, k_max + 1)[:, None, None]
-        phase = jnp.cos(k * (theta_t[None, :, None] - theta0[None, None, :]))  # (k, T, n)
-        return n * jnp.einsum("k,ktn->tn", omega, phase * sens[None])  # (T, n)
+        return by_parts(jax.random.uniform(key, (n,), minval=0.0, maxval=2 * jnp.pi))
 
     return eqx.filter_jit(jax.vmap(one))
 
@@ -120,9 +139,27 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1536)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--report-only", action="store_true", help="report the saved draws")
+    parser.add_argument(
+        "--gap-ns",
+        type=int,
+        nargs="+",
+        default=None,
+        help="instead of the profile: the particles' gap to the closed form "
+        "against N (band averages), e.g. --gap-ns 64 128 256",
+    )
+    parser.add_argument("--gap-samples", type=int, nargs="+", default=[1024, 384, 96],
+                        help="starts per N of --gap-ns")  # fmt: skip
+    parser.add_argument("--gap-seed", type=int, default=0, help="draws of --gap-ns runs")
+    parser.add_argument("--gap-report", type=Path, nargs="+", default=None,
+                        help="pool and report the JSONs of --gap-ns runs")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("docs/figures/atlas_lost_in_middle.png"))
     args = parser.parse_args()
     started = time.time()
+    if args.gap_report is not None:
+        rows = sum((json.loads(path.read_text()) for path in args.gap_report), [])
+        return write_gap_figure(gap_report(rows), args)
+    if args.gap_ns is not None:
+        return gap_main(args)
     # Draws are saved after every batch (`--draws`), so a stopped run can still be reported
     # (`--report-only`) on the samples it has.
     draws_path = args.out.with_suffix(".draws.npy")
@@ -203,6 +240,100 @@ def main() -> None:
                  f" (lines: kinetic limit)", fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     write_figure(fig, args.out, dict(t_crit=t_crit, rows=rows))
+
+
+BANDS = ((0.125, 0.375), (0.375, 0.625), (0.625, 0.875), (0.125, 0.875))
+
+
+def gap_main(args) -> None:
+    """The particles' profile against the closed form and the finite-N linear chain, averaged
+    over source bands s ∈ BANDS (the last one pools the others), for each N of `--gap-ns` (the
+    kinetic limit says the ratio particles/closed form → 1 as N → ∞ at fixed t). Each start's
+    band average is one sample, so the 95 % intervals are over independent starts; the per-start
+    values are kept in the JSON so that runs with other `--gap-seed`s can be pooled
+    (`--gap-report`)."""
+    rows = []
+    for n, samples in zip(args.gap_ns, args.gap_samples, strict=False):
+        begun = time.time()
+        est = make_estimator(n, args.beta, args.lam, [0.0, *args.ts], args.dt, args.M, args.k_max)
+        keys = jax.random.split(jax.random.key(n + 100_000 * args.gap_seed), samples)
+        draws = np.concatenate([np.asarray(est(keys[i : i + args.batch]))[:, 1:, :-1]
+                                for i in range(0, samples, args.batch)])  # fmt: skip
+        s = np.arange(1, n) / n
+        for i, t in enumerate(args.ts):
+            closed = theory.retrieval_profile(s, t, args.beta, args.lam, M=args.M)
+            chain = chain_profile(n, t, args.beta, args.lam, args.M, 20)
+            for lo, hi in BANDS:
+                keep = (s > lo) & (s <= hi)
+                rows.append(dict(n=n, t=t, band=[lo, hi], closed=closed[keep].mean(),
+                                 chain=chain[keep].mean(), seed=args.gap_seed,
+                                 per_start=draws[:, i, keep].mean(1).tolist()))  # fmt: skip
+        print(f"N = {n}: {samples} starts, {time.time() - begun:.0f} s", flush=True)
+        out = args.out.with_name(f"{args.out.stem}_gap_seed{args.gap_seed}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1))
+    gap_report(rows)
+
+
+def gap_report(rows) -> list[dict]:
+    """Pool the per-start values of equal (N, t, band) and print particles/closed form and
+    particles/chain with 95 % intervals over starts."""
+    pooled = {}
+    for r in rows:
+        key = (r["n"], r["t"], tuple(r["band"]))
+        pooled.setdefault(key, dict(r, per_start=[]))["per_start"] += r["per_start"]
+    table = []
+    print("| N | t | sources s | starts | particles | linear chain | closed form | "
+          "particles/closed (95 %) | particles/chain (95 %) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (n, t, (lo, hi)), r in sorted(pooled.items()):
+        x = np.asarray(r["per_start"])
+        mean, half = x.mean(), 1.96 * x.std(ddof=1) / np.sqrt(x.size)
+        c, ch = r["closed"], r["chain"]
+        table.append(dict(n=n, t=t, band=[lo, hi], starts=x.size, measured=mean, half=half,
+                          closed=c, chain=ch))  # fmt: skip
+        print(f"| {n} | {t:g} | ({lo}, {hi}] | {x.size} | {mean:.3f} ± {half:.3f} | {ch:.3f} | "
+              f"{c:.3f} | {mean / c:.3f} ± {half / c:.3f} | "
+              f"{mean / ch:.3f} ± {half / ch:.3f} |")  # fmt: skip
+    # The kinetic limit's finite-N correction: is the gap 1 − particles/chain ∝ 1/N? N·gap per N,
+    # and the exponent α of gap = C N^{−α} by weighted least squares on log gap (delta method).
+    for t in sorted({r["t"] for r in table}):
+        rows = [r for r in table if r["t"] == t and r["band"] == [0.125, 0.875]]
+        ns = np.array([r["n"] for r in rows], float)
+        gap = np.array([1 - r["measured"] / r["chain"] for r in rows])
+        half = np.array([r["half"] / r["chain"] for r in rows])
+        cells = ", ".join(
+            f"N = {n:g}: {n * g:.1f} ± {n * h:.1f}" for n, g, h in zip(ns, gap, half, strict=True)
+        )
+        print(f"t = {t:g}: N·(1 − particles/chain) = {cells}")
+        if len(ns) > 2 and np.all(gap > 0):
+            w = (gap / (half / 1.96)) ** 2  # 1/var of log gap
+            X = np.stack([np.ones_like(ns), -np.log(ns)], 1)
+            cov = np.linalg.inv(X.T @ (w[:, None] * X))
+            alpha = (cov @ X.T @ (w * np.log(gap)))[1]
+            print(f"t = {t:g}: gap ∝ N^(−α), α = {alpha:.2f} ± {1.96 * np.sqrt(cov[1, 1]):.2f}")
+    return table
+
+
+def write_gap_figure(table, args) -> None:
+    """N·(1 − particles/chain) (all sources s ∈ (1/8, 7/8]) against N: flat if the gap ∝ 1/N."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for t in sorted({r["t"] for r in table}):
+        rows = [r for r in table if r["t"] == t and r["band"] == [0.125, 0.875]]
+        ns = np.array([r["n"] for r in rows])
+        gap = np.array([1 - r["measured"] / r["chain"] for r in rows])
+        half = np.array([r["half"] / r["chain"] for r in rows])
+        line = ax.errorbar(ns, ns * gap, yerr=ns * half, fmt="o-", capsize=3,
+                           label=f"t = {t:g} (95 %)")  # fmt: skip
+        ax.axhline(ns[0] * gap[0], ls=":", lw=1, color=line[0].get_color())
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (tokens)")
+    ax.set_ylabel("N · (1 − particles / linear chain), s ∈ (1/8, 7/8]")
+    ax.set_title(f"R9: gap to the kinetic limit × N (flat: gap ∝ 1/N), β = {args.beta:g}, "
+                 f"λ = {args.lam:g}", fontsize=9)  # fmt: skip
+    ax.legend(fontsize=8)
+    write_figure(fig, args.out.with_name(args.out.stem + "_gap.png"), table)
 
 
 if __name__ == "__main__":

@@ -133,11 +133,30 @@ def test_authors_causal_alibi_dynamics_is_the_library_field_with_token_rates():
     np.testing.assert_allclose(angular, lim.authors_velocity(theta, 1.3, 0.7), atol=1e-13)
 
 
+def test_retrieval_estimator_by_parts_equals_the_direct_average_over_the_source_angle():
+    """The R9 estimator's identity, per configuration: averaging over θ_j(0) on the circle (all
+    other angles fixed, trapezoid rule, spectrally accurate), N Σ ω_k cos k(θ_N(t) − θ_j(0))
+    and the same times ∂θ_N(t)/∂θ_j(0) agree; at t = 0 both are 0 for j < N."""
+    lim = _experiment("atlas_lost_in_middle")
+    n, j = 6, 2
+    direct, by_parts = lim.retrieval_terms(n, 1.0, 1.0, [0.0, 1.0], 0.05, 8.0, 3)
+    base = jnp.asarray(np.random.default_rng(3).uniform(0, 2 * np.pi, n))
+    grid = base[None].repeat(96, 0).at[:, j].set(jnp.linspace(0, 2 * jnp.pi, 96, endpoint=False))
+    both = jax.jit(jax.vmap(lambda theta: (direct(theta), by_parts(theta))))(grid)  # one compile
+    a, b = (np.asarray(v)[:, :, j].mean(0) for v in both)
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    assert abs(a[1]) > 1e-2 and abs(a[0]) < 1e-12  # not a trivial zero at t = 1
+
+
 # ---------------------------------------------------------------------------- R10 Lipschitz
 
 
 def _layer(x):
     return tf.attend(x, jnp.asarray(1.0, x.dtype), None, None, None, normalized=True)
+
+
+# One compiled power iteration per input shape, shared by the R10 tests.
+_lipschitz = jax.jit(lambda x: tf.local_lipschitz(_layer, x, key=jax.random.key(0), iterations=300))
 
 
 @pytest.mark.parametrize("n", [4, 16])
@@ -146,7 +165,7 @@ def test_local_lipschitz_is_the_top_singular_value_and_grows_on_adversarial_inpu
     x = np.zeros((n, d))
     x[:, 0], x[0, 0] = radius / 2, radius
     x = jnp.asarray(x)
-    lip = float(tf.local_lipschitz(_layer, x, key=jax.random.key(0), iterations=300))
+    lip = float(_lipschitz(x))
     if n == 4:  # the dense Jacobian's top singular value (one more compilation: once)
         dense = np.linalg.norm(np.asarray(jax.jacfwd(_layer)(x)).reshape(n * d, n * d), 2)
         assert lip == pytest.approx(dense, rel=1e-8)
@@ -154,6 +173,37 @@ def test_local_lipschitz_is_the_top_singular_value_and_grows_on_adversarial_inpu
     # The bound of docs/atlas.md: outputs j >= 2 moved by a unit step of x_1 along u.
     p = 1 / (1 + (n - 1) * math.exp(-(radius**2) / 4))
     assert lip >= math.sqrt(n - 1) * (p + p * (1 - p) * radius**2 / 4) - 1e-9
+
+
+def test_lipschitz_slope_is_one_half_at_r_squared_eight_log_n():
+    """R² = 8 log n: the key-1 weight p → 1 (1 − p ≈ 1/n), so the bound's factor
+    p + p(1−p)R²/4 → 1 and the slope is ½ + O(log n/n) (docs/atlas.md); at R² = 4 log n it is
+    ½ + 1/(2 + log n). The measured constant is |Df e| (e: x₁ moved along u) to 2e-3 and above
+    the bound B."""
+    lip = _experiment("atlas_lipschitz")
+    ns = np.array([4, 16, 64])
+    slopes = {}
+    for c in (4.0, 8.0):
+        values = []
+        for n in ns:
+            radius = float(lip.growing_radius(n, c))
+            value = float(_lipschitz(lip.adversarial(int(n), 5, radius)))
+            assert value >= lip.lower_bound(n, radius) - 1e-9
+            if c == 8.0:
+                assert value == pytest.approx(lip.directional_bound(n, radius), rel=2e-3)
+            values.append(value)
+        slopes[c] = np.polyfit(np.log(ns), np.log(values), 1)[0]
+    assert abs(slopes[8.0] - 0.5) < 0.05
+    assert slopes[4.0] > 0.6  # the c = 4 factor ½ + ¼ log n adds 1/(2 + log n)
+    # The derived local slope is d log B/d log n (central differences in log n).
+    for c in (4.0, 8.0):
+        for n in (4.0, 50.0, 3000.0):
+            h = 1e-5
+            logs = [math.log(lip.lower_bound(m, lip.growing_radius(m, c)))
+                    for m in (n * math.exp(-h), n * math.exp(h))]  # fmt: skip
+            assert lip.bound_slope(c, n) == pytest.approx((logs[1] - logs[0]) / (2 * h), abs=1e-7)
+    assert lip.bound_slope(4.0, 1e6) == pytest.approx(0.5 + 1 / (2 + math.log(1e6)), abs=1e-5)
+    assert abs(lip.bound_slope(8.0, 1e6) - 0.5) < 1e-4
 
 
 def test_local_lipschitz_checks_iterations():
