@@ -54,27 +54,63 @@ def problem(dtype):
 
 
 def settings():
-    """name -> (FlowOptions keyword arguments, number of save times)."""
+    """name -> (FlowOptions keyword arguments, number of save times, attention method or None
+    for the model's default)."""
     rca = diffrax.RecursiveCheckpointAdjoint
+    analytic = tf.AnalyticVJPAttention()
     return {
-        "RecursiveCheckpointAdjoint() [default], max_steps 4096": ({}, 2),
-        "RecursiveCheckpointAdjoint(checkpoints=16)": ({"adjoint": rca(checkpoints=16)}, 2),
-        "RecursiveCheckpointAdjoint(checkpoints=32)": ({"adjoint": rca(checkpoints=32)}, 2),
-        "RecursiveCheckpointAdjoint(), max_steps 64": ({"max_steps": 64}, 2),
+        "RecursiveCheckpointAdjoint() [default], max_steps 4096": ({}, 2, None),
+        "RecursiveCheckpointAdjoint(checkpoints=16)": ({"adjoint": rca(checkpoints=16)}, 2, None),
+        "RecursiveCheckpointAdjoint(checkpoints=32)": ({"adjoint": rca(checkpoints=32)}, 2, None),
+        "RecursiveCheckpointAdjoint(), max_steps 64": ({"max_steps": 64}, 2, None),
         "RecursiveCheckpointAdjoint(checkpoints=12), max_steps 64": (
             {"adjoint": rca(checkpoints=12), "max_steps": 64},
             2,
+            None,
         ),
         "DirectAdjoint(), max_steps 16": (
             {"adjoint": diffrax.DirectAdjoint(), "max_steps": 16},
             2,
+            None,
         ),
         "DirectAdjoint(), max_steps 64": (
             {"adjoint": diffrax.DirectAdjoint(), "max_steps": 64},
             2,
+            None,
         ),
-        "BacksolveAdjoint()": ({"adjoint": diffrax.BacksolveAdjoint()}, 2),
-        "RecursiveCheckpointAdjoint() [default], 11 save times": ({}, 11),
+        "BacksolveAdjoint()": ({"adjoint": diffrax.BacksolveAdjoint()}, 2, None),
+        "RecursiveCheckpointAdjoint() [default], 11 save times": ({}, 11, None),
+        "StoredAdjoint(), max_steps 12": (
+            {"adjoint": tf.StoredAdjoint(), "max_steps": 12},
+            2,
+            None,
+        ),
+        "StoredAdjoint(), max_steps 16": (
+            {"adjoint": tf.StoredAdjoint(), "max_steps": 16},
+            2,
+            None,
+        ),
+        "StoredAdjoint(), max_steps 32": (
+            {"adjoint": tf.StoredAdjoint(), "max_steps": 32},
+            2,
+            None,
+        ),
+        "AnalyticVJPAttention + RecursiveCheckpointAdjoint() [default adjoint]": ({}, 2, analytic),
+        "AnalyticVJPAttention + StoredAdjoint(), max_steps 12": (
+            {"adjoint": tf.StoredAdjoint(), "max_steps": 12},
+            2,
+            analytic,
+        ),
+        "AnalyticVJPAttention + StoredAdjoint(), max_steps 16": (
+            {"adjoint": tf.StoredAdjoint(), "max_steps": 16},
+            2,
+            analytic,
+        ),
+        "AnalyticVJPAttention + StoredAdjoint(), max_steps 32": (
+            {"adjoint": tf.StoredAdjoint(), "max_steps": 32},
+            2,
+            analytic,
+        ),
     }
 
 
@@ -157,15 +193,19 @@ def main():
         path = os.path.join(folder, "reference.npz")
         subprocess.run([sys.executable, __file__, "--reference", path], check=True)
         refs = dict(np.load(path))
-    model, task, x0, labels = problem(jnp.float32)
+    plain_model, task, x0, labels = problem(jnp.float32)
     rows = []
     for options_name, options in (("dots only", FIT_COMPILER_OPTIONS), ("XLA default", None)):
-        for name, (kwargs, num_saves) in settings().items():
+        for name, (kwargs, num_saves, attention) in settings().items():
             if args.only and not any(s in name for s in args.only):
                 continue
             if options is None and ("[default], max_steps" not in name or args.dots_only):
                 continue
             loss = loss_fn(task, kwargs, num_saves)
+            if attention is not None:
+                model = eqx.tree_at(lambda m: m.attention, plain_model, attention)
+            else:
+                model = plain_model
             forward = eqx.filter_jit(loss, compiler_options=options)
             gradient = eqx.filter_jit(eqx.filter_value_and_grad(loss), compiler_options=options)
             fl, fc, fcpu, forward = compile_seconds(forward, model, x0, labels)
@@ -199,7 +239,7 @@ def main():
             )
             print(json.dumps(rows[-1]), flush=True)
     if not args.no_fit_step:
-        rows.append(fit_step_compile(model, task))
+        rows.append(fit_step_compile(plain_model, task))
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
