@@ -9,8 +9,16 @@ times each (block_until_ready; min and median); the ratio of the minima and the 
 per-pair ratios (the pair ran back to back, so a load burst hits both). Beside each time, the
 relative error of the float32 gradient against two float64 references computed in a
 subprocess with x64: the same discrete solve (Tsit5 1e-3: what an exact adjoint must match up
-to float32 rounding) and the flow itself (Tsit5 1e-10). Then the compile time of one fit step
-(`make_step`) with the defaults.
+to float32 rounding) and the flow itself (Tsit5 1e-10); and, exactness itself, each setting's
+float64 gradient against the default adjoint's float64 gradient of the same solve (relative
+difference; ~1e-11 for an exact adjoint, the discretisation error for BacksolveAdjoint). Then
+the compile time of one fit step (`make_step`) with the defaults.
+
+Variants beyond diffrax's adjoints: `tf.StoredAdjoint()` (every step's residuals stored, no
+recomputation; `max_steps` sized just above the 9-10 steps the solve takes) and
+`tf.AnalyticVJPAttention()` (the model's attention with the analytic softmax backward).
+One-core method of issue 22: `taskset -c 0` with
+XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'.
 
     PYTHONPATH=. python benchmarks/bench_grad_cost.py [--repeats 21]
 """
@@ -130,8 +138,10 @@ def flat_grad(grads) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in leaves])
 
 
-def reference(path: str) -> None:
-    """In a float64 process: the gradient at tolerance TOL and at 1e-10 (the flow)."""
+def reference(path: str, only, x64_check: bool) -> None:
+    """In a float64 process: the default adjoint's gradient at tolerance TOL ("discrete") and
+    at 1e-10 ("flow"), and each selected setting's float64 gradient at TOL (named by its
+    setting; an exact adjoint equals "discrete" to float64 rounding)."""
     jax.config.update("jax_enable_x64", True)
     model, task, x0, labels = problem(jnp.float64)
     out = {}
@@ -140,6 +150,14 @@ def reference(path: str) -> None:
         TOL = tol
         grad = eqx.filter_jit(eqx.filter_grad(loss_fn(task, {"max_steps": 100_000}, 2)))
         out[name] = flat_grad(grad(model, x0, labels))
+    TOL = 1e-3
+    for name, (kwargs, num_saves, attention) in settings().items():
+        selected = not only or any(s in name for s in only)
+        if not x64_check or not selected or num_saves != 2:
+            continue
+        m = model if attention is None else eqx.tree_at(lambda m: m.attention, model, attention)
+        grad = eqx.filter_jit(eqx.filter_grad(loss_fn(task, kwargs, num_saves)))
+        out["setting: " + name] = flat_grad(grad(m, x0, labels))
     np.savez(path, **out)
 
 
@@ -184,15 +202,22 @@ def main():
     parser.add_argument("--dots-only", action="store_true", help="skip the XLA-default row")
     parser.add_argument("--no-fit-step", action="store_true", help="skip the fit-step compile")
     parser.add_argument("--reference", help=argparse.SUPPRESS)
+    parser.add_argument("--no-x64-check", action="store_true", help="skip the float64 gradients")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
     if args.reference:
-        reference(args.reference)
+        reference(args.reference, args.only, not args.no_x64_check)
         return
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "reference.npz")
-        subprocess.run([sys.executable, __file__, "--reference", path], check=True)
+        command = [sys.executable, __file__, "--reference", path]
+        command += ["--no-x64-check"] * args.no_x64_check + (
+            ["--only", *args.only] if args.only else []
+        )
+        subprocess.run(command, check=True)
         refs = dict(np.load(path))
+    x64 = {k.removeprefix("setting: "): v for k, v in refs.items() if k.startswith("setting: ")}
+    refs = {k: v for k, v in refs.items() if not k.startswith("setting: ")}
     plain_model, task, x0, labels = problem(jnp.float32)
     rows = []
     for options_name, options in (("dots only", FIT_COMPILER_OPTIONS), ("XLA default", None)):
@@ -215,6 +240,9 @@ def main():
             )
             g = flat_grad(gradient(model, x0, labels)[1])
             errors = {k: float(np.linalg.norm(g - v) / np.linalg.norm(v)) for k, v in refs.items()}
+            if name in x64:  # the same solve in float64 against the default adjoint's gradient
+                d = refs["discrete"]
+                errors["x64"] = float(np.linalg.norm(x64[name] - d) / np.linalg.norm(d))
             rows.append(
                 {
                     "setting": name,
@@ -234,6 +262,7 @@ def main():
                     "grad_compile_s": [round(gl, 2), round(gc, 2), round(gcpu, 2)],
                     "grad_error_vs_float64_same_tol": errors["discrete"],
                     "grad_error_vs_float64_flow": errors["flow"],
+                    "float64_grad_rel_diff_vs_default_adjoint": errors.get("x64"),
                     "loadavg": open("/proc/loadavg").read().split()[:3],
                 }
             )
