@@ -4,9 +4,11 @@ SA with Gaussian Q, K, V (d = 3), n = 16 tokens, a batch of 16 starts of the two
 (fit_two_clusters.yaml), horizon 5, Tsit5 rtol = atol = 1e-3, float32. The loss is the task loss
 of x(5) averaged over the batch (`batch_loss` with the batch drawn once). For each adjoint and
 saving setting: the forward loss and `value_and_grad` are compiled apart (trace + lower, and XLA,
-wall and CPU seconds), then timed interleaved, forward and gradient alternately, `--repeats`
-times each (block_until_ready; min and median); the ratio of the minima and the median of the
-per-pair ratios (the pair ran back to back, so a load burst hits both). Beside each time, the
+wall and CPU seconds), then timed interleaved, forward, gradient and the default forward
+(plain model, default adjoint) in turn, `--repeats` times each (block_until_ready; min and
+median); the ratio of the minima and the median of the per-pair ratios (the pair ran back to
+back, so a load burst hits both), and the gradient's minimum CPU time over the default
+forward's. Beside each time, the
 relative error of the float32 gradient against two float64 references computed in a
 subprocess with x64: the same discrete solve (Tsit5 1e-3: what an exact adjoint must match up
 to float32 rounding) and the flow itself (Tsit5 1e-10); and, exactness itself, each setting's
@@ -180,19 +182,24 @@ def temp_mb(compiled) -> float:
         return float("nan")
 
 
-def interleaved(forward, gradient, args, repeats):
+def interleaved(forward, gradient, args, repeats, baseline, baseline_args):
     """Wall times of forward and gradient called alternately, the median of the per-pair
     ratios, and the ratio of the minimum CPU times (process time, all threads: steadier than
-    wall time on a loaded machine)."""
-    t_f, t_g, c_f, c_g = [], [], [], []
+    wall time on a loaded machine). `baseline` (the default forward: plain model, default
+    adjoint's while loop) runs in the same rounds; its minimum CPU time is returned last."""
+    t_f, t_g, c_f, c_g, c_b = [], [], [], [], []
     for _ in range(repeats):
-        for fn, times, cpu in ((forward, t_f, c_f), (gradient, t_g, c_g)):
+        for fn, a, times, cpu in (
+            (forward, args, t_f, c_f),
+            (gradient, args, t_g, c_g),
+            (baseline, baseline_args, [], c_b),
+        ):
             began, began_cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fn(*args))
+            jax.block_until_ready(fn(*a))
             times.append(time.perf_counter() - began)
             cpu.append(time.process_time() - began_cpu)
     pair = statistics.median(g / f for f, g in zip(t_f, t_g, strict=True))
-    return t_f, t_g, pair, min(c_g) / min(c_f), min(c_f), min(c_g)
+    return t_f, t_g, pair, min(c_g) / min(c_f), min(c_f), min(c_g), min(c_b)
 
 
 def main():
@@ -235,8 +242,15 @@ def main():
             gradient = eqx.filter_jit(eqx.filter_value_and_grad(loss), compiler_options=options)
             fl, fc, fcpu, forward = compile_seconds(forward, model, x0, labels)
             gl, gc, gcpu, gradient = compile_seconds(gradient, model, x0, labels)
-            t_f, t_g, pair, cpu_ratio, cpu_f, cpu_g = interleaved(
-                forward, gradient, (model, x0, labels), args.repeats
+            baseline = eqx.filter_jit(loss_fn(task, {}, num_saves), compiler_options=options)
+            baseline = baseline.lower(plain_model, x0, labels).compile()
+            t_f, t_g, pair, cpu_ratio, cpu_f, cpu_g, cpu_b = interleaved(
+                forward,
+                gradient,
+                (model, x0, labels),
+                args.repeats,
+                baseline,
+                (plain_model, x0, labels),
             )
             g = flat_grad(gradient(model, x0, labels)[1])
             errors = {k: float(np.linalg.norm(g - v) / np.linalg.norm(v)) for k, v in refs.items()}
@@ -256,6 +270,10 @@ def main():
                     "cpu_time_ratio_of_minima": cpu_ratio,
                     "forward_cpu_ms_min": 1e3 * cpu_f,
                     "grad_cpu_ms_min": 1e3 * cpu_g,
+                    # The gradient against the forward a user runs without it (plain model,
+                    # default adjoint): the setting's own forward may be a scan of max_steps.
+                    "default_forward_cpu_ms_min": 1e3 * cpu_b,
+                    "cpu_time_ratio_vs_default_forward": cpu_g / cpu_b,
                     "forward_temp_mb": temp_mb(forward),
                     "grad_temp_mb": temp_mb(gradient),
                     "forward_compile_s": [round(fl, 2), round(fc, 2), round(fcpu, 2)],
