@@ -12,7 +12,9 @@ cotangent g of `out`,
 the forward produces the same numbers up to rounding but as many small XLA kernels, about
 6× the cost of the forward on the fitting-sized problems; this rule is a few matrix products.
 Masked attention (causal, window, key padding, ALiBi, length scaling, masses) falls back to
-`DenseAttention`'s autodiff.
+`DenseAttention`'s autodiff. The rule is a `jax.custom_vjp`, so it serves reverse mode only:
+forward mode (`jax.jvp`, `jax.jacfwd`, `diffrax.ForwardMode`) through it raises; use
+`DenseAttention()` there.
 """
 
 import jax
