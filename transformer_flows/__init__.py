@@ -13,6 +13,7 @@ from ._attention import (
     attend as attend,
     attention_weights as attention_weights,
 )
+from ._attention_vjp import AnalyticVJPAttention as AnalyticVJPAttention
 from ._compilation_cache import (
     default_cache_dir as default_cache_dir,
     enable_compilation_cache as enable_compilation_cache,
@@ -168,6 +169,7 @@ from ._sphere import (
     project_tangent as project_tangent,
     sphere_drift as sphere_drift,
 )
+from ._stored_adjoint import StoredAdjoint as StoredAdjoint
 
 __version__ = importlib.metadata.version("transformer-flows")
 
