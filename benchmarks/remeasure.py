@@ -49,6 +49,7 @@ if ARGS is not None and not ARGS.render:
     # Before JAX and torch start their thread pools: one core, one thread each.
     if ONE_THREAD_XLA not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + ONE_THREAD_XLA).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the method is about one CPU core
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     os.sched_setaffinity(0, {ARGS.core})
