@@ -90,7 +90,8 @@ def environment() -> dict:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     return {
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # Uncommitted changes to the library itself (benchmarks and docs do not count).
+        "library_dirty": bool(_git("status", "--porcelain", "--", "transformer_flows")),
         "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{names[0] if names else platform.machine()}, {len(names)} logical cores",
         "affinity": sorted(os.sched_getaffinity(0)),
@@ -181,7 +182,7 @@ def render(path: str) -> str:
         cells += [_fmt(row.get(k)) for k in extra] + [_fmt(row["compile_cpu_s"])]
         lines.append("| " + " | ".join(cells) + " |")
     load = f"{meta['load_start'][0]:.1f} → {meta['load_end'][0]:.1f}"
-    dirty = " + uncommitted changes" if meta["dirty"] else ""
+    dirty = " + uncommitted library changes" if meta.get("library_dirty") else ""
     head = (
         f"### `{data['benchmark']}` (git {meta['commit'][:10]}{dirty}, {meta['utc']})\n\n"
         f"{meta['cpu']}; pinned to core(s) {meta['affinity']}; XLA_FLAGS=`{meta['xla_flags']}`; "
