@@ -13,12 +13,17 @@ Each benchmark writes one row per side to benchmarks/results/remeasure_<name>.js
 git commit, machine, load averages and versions, and the Markdown tables are printed from
 those files, so a table can be regenerated after `solve_batch` or `attend` change:
 
-    PYTHONPATH=.:benchmarks python benchmarks/remeasure.py            # every table, ~20 min
-    PYTHONPATH=.:benchmarks python benchmarks/remeasure.py --quick    # toy sizes, ~3 min
+    PYTHONPATH=.:benchmarks python benchmarks/remeasure.py            # every table
+    PYTHONPATH=.:benchmarks python benchmarks/remeasure.py --quick    # toy sizes, a check
     PYTHONPATH=.:benchmarks python benchmarks/remeasure.py --only fig3a accuracy
     PYTHONPATH=.:benchmarks python benchmarks/remeasure.py --render   # tables from the JSON
 
 Default sizes are those the tables state (Fig. 3(a): 16 β × 128 starts = 2048 systems).
+Cost on the shared 2-core machine at load ~20: `--only fig3a accuracy throughput` 26 min wall
+on core 0 beside `--only masks span scaling_n --core 1` 25 min on core 1 (a few minutes of
+CPU each: the rest is waiting for the loaded core); `--quick` about 10 min. torch and
+torchdiffeq come from the `bench` extra (without torchdiffeq its row is left out and the
+table says so).
 """
 
 import argparse
