@@ -524,10 +524,19 @@ def bench_accuracy(meta, rounds):
     save("accuracy", meta, rows, notes, "`tf.solve` Tsit5 rtol = atol = 0.0001")
 
 
+def _sdpa(tx):
+    """The SA field with identity weights and β = 1 through torch's fused attention."""
+    import torch
+
+    mixed = torch.nn.functional.scaled_dot_product_attention(tx, tx, tx, scale=1.0)
+    return (mixed - (mixed * tx).sum(-1, keepdim=True) * tx)[0, 0]
+
+
 def bench_scaling_n(meta, rounds):
     """§3: one SA field evaluation at large n, d = 64, float32, identity weights."""
     import jax
     import jax.numpy as jnp
+    import torch
 
     import transformer_flows as tf
 
@@ -547,10 +556,17 @@ def bench_scaling_n(meta, rounds):
         fn = jax.jit(lambda x, field=field: field(0.0, x))
         inputs[f"n = {n}, {kind}"] = (n, x)
         sides[f"n = {n}, {kind}"] = lambda fn=fn, x=x: fn(x)
-    timed = interleaved(sides, rounds)
+        if kind != "dense" or n == 256:
+            # The PyTorch peer: its fused CPU attention (flash-style, no n x n buffer).
+            tx = torch.as_tensor(np.asarray(x))[None, None]
+            inputs[f"n = {n}, torch `scaled_dot_product_attention`"] = (n, x)
+            sides[f"n = {n}, torch `scaled_dot_product_attention`"] = lambda tx=tx: _sdpa(tx)
+    with torch.no_grad():
+        timed = interleaved(sides, rounds)
     rows = []
     for label, stats in timed.items():
-        row = {"side": label, "library": "JAX", "threads": "1 thread",
+        library = "torch" if "torch" in label else "JAX"
+        row = {"side": label, "library": library, "threads": "1 thread",
                "cpu_s": stats["cpu_s"], "cpu_s_median": stats["cpu_s_median"],
                "wall_s": stats["wall_s"], "compile_cpu_s": stats["compile_cpu_s"]}  # fmt: skip
         if label in inputs:
@@ -571,8 +587,9 @@ def bench_scaling_n(meta, rounds):
         rows.append(row)
     notes = (
         f"One `SelfAttention(1.0)` evaluation (identity weights), d = {d}, float32, dense or "
-        f"`BlockwiseAttention({block_size})`; GFLOP/s = 2·n²·2d / CPU s (exponentials not "
-        f"counted), against a single-threaded float32 matmul in the same rounds; "
+        f"`BlockwiseAttention({block_size})`, and torch's `scaled_dot_product_attention` "
+        f"(scale 1, then the tangent projection) as the peer; GFLOP/s = 2·n²·2d / CPU s "
+        f"(exponentials not counted), against a single-threaded float32 matmul in the same rounds; "
         f"{rounds} interleaved rounds, {SIDES_NOTE}. Error: float64 numpy evaluation of the "
         f"first {rows_checked} query rows against all keys. Peak memory: `bench_scaling_n.py`."
     )
