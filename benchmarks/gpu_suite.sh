@@ -29,7 +29,9 @@
 # Every step runs even if an earlier one failed: its status ("ok", "failed (exit N)",
 # "timed out", "skipped (...)") and wall time go to the summary table. Outputs under DIR:
 #   suite.log (everything), logs/<step>.log, machine.txt, fused_attention.md,
-#   bench_results/<script>.md (via TF_BENCH_RESULTS), figure3/, figure5*/ (datasets, PNGs),
+#   bench_results/<script>.md (via TF_BENCH_RESULTS; bench_scale_out.md: weak scaling over
+#   every local device, bench_lanes.md: solve_batch's work queue against the lock-stepped
+#   batch), figure3/, figure5*/ (datasets, PNGs),
 #   figure*_summary.json, steps.tsv, summary.md.
 set -euo pipefail
 
@@ -364,6 +366,36 @@ bench() { # bench SCRIPT CAP ARGS...
 }
 HAVE_TORCH=0
 "$PY" -c 'import torch, torchdiffeq' 2>/dev/null && HAVE_TORCH=1
+
+# Issue 22: the scale-out run (weak scaling of `run_sweep` over every local device of the
+# machine: 1, 2, 4, ... up to all of them) and the no-idle-lane comparison (`solve_batch`'s
+# work queue against the lock-stepped batch, lanes = B). On a CPU dry run the devices are
+# simulated (bench_scale_out.py sets --xla_force_host_platform_device_count itself).
+if [[ $MODE == smoke ]]; then
+    SCALE_DEVICES=(1 2)
+else
+    NDEV=$("$PY" -c 'import jax; print(jax.local_device_count())' 2>/dev/null || echo 1)
+    SCALE_DEVICES=(1)
+    for ((d = 2; d < NDEV; d *= 2)); do SCALE_DEVICES+=("$d"); done
+    ((NDEV > 1)) && SCALE_DEVICES+=("$NDEV")
+fi
+case $MODE in
+    smoke)
+        bench bench_scale_out 300 --devices "${SCALE_DEVICES[@]}" --chunk-size 8 \
+            --chunks-per-device 1 --repeats 1
+        bench bench_lanes 300 --betas 2 --starts 4 --lanes 8 4 --rounds 1
+        ;;
+    quick)
+        bench bench_scale_out 120 --devices "${SCALE_DEVICES[@]}" --chunk-size 4096 \
+            --chunks-per-device 2 --repeats 2
+        bench bench_lanes 120 --betas 16 --starts 128 --lanes 2048 256 64 --rounds 3
+        ;;
+    full)
+        bench bench_scale_out 0 --devices "${SCALE_DEVICES[@]}" --chunk-size 16384 \
+            --chunks-per-device 4 --repeats 3
+        bench bench_lanes 0 --betas 90 --starts 128 --lanes 11520 1440 256 --rounds 5
+        ;;
+esac
 case $MODE in
     smoke)
         bench bench_throughput 600 --betas 2 --starts 4 --panel-starts 1 --repeats 1
