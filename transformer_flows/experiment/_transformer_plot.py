@@ -150,7 +150,9 @@ def depth_variance(dataset: xr.Dataset, config, out: str | Path) -> list[Path]:
         ax.plot(row["layers"], row["variance"], "o-", color=f"C{i}", label=label)
     first = rows[0]
     depths = np.asarray(first["layers"], float)
-    reference = max(row["variance"][0] for row in rows) * depths[0] / depths
+    # 1/L through the shallowest point of the α_L = 1 line (of the first line without one).
+    anchor = next((row for row in rows if row["alpha_L"] == 1.0), first)
+    reference = anchor["variance"][0] * depths[0] / depths
     ax.plot(depths, reference, "k--", label="$1/L$")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
