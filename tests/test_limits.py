@@ -84,6 +84,28 @@ def test_logit_variance_over_heads(getkey, alpha_A):
     assert abs(mean - head_dim ** (1 - 2 * alpha_A)) < 4 * se
 
 
+def test_across_head_variance_slope_against_N(getkey):
+    """The issue's slope 1 − 2α_A ± 0.1 of Var_h A_h against N, for both α_A, between N = 4 and
+    16: H = 32 heads, 8 layers, the 8 × 8 logits of 8 orthonormal tokens (every pair has
+    variance N^{1−2α_A}); the slope's spread over draws is about 0.03 (0.045 with H = 16)."""
+    heads, depth, n = 32, 8, 8
+    variance = {}
+    for head_dim in (4, 16):
+        key = getkey()
+        x0 = jnp.eye(n, heads * head_dim)
+        for alpha_A in (0.5, 1.0):
+            weights = tf.limits.random_transformer(
+                key, depth=depth, heads=heads, head_dim=head_dim, alpha_A=alpha_A, alpha_L=1.0
+            ).weights
+            logits = jax.vmap(lambda layer, w=weights: w.logits(layer, x0))(jnp.arange(depth))
+            variance[alpha_A, head_dim] = float(
+                jnp.mean(jax.vmap(tf.limits.across_head_variance)(logits))
+            )
+    for alpha_A in (0.5, 1.0):
+        slope = np.log(variance[alpha_A, 16] / variance[alpha_A, 4]) / np.log(4.0)
+        assert abs(slope - (1 - 2 * alpha_A)) < 0.1, (alpha_A, slope, variance)
+
+
 def test_head_density_gaussian_only_at_large_N(getkey):
     """N = 1: A_h = q·k, a product of two Gaussians (KS rejects normality);
     N = 64: Gaussian to the resolution of 512 heads (KS does not reject)."""
