@@ -41,7 +41,20 @@ def toy_task(key, dim, sequences=16, tokens=4, d_in=4):
     return x0, 2.0 * jnp.sum(unit[:, 0] * unit[:, 1], axis=-1)
 
 
-def train(seed, *, heads, head_dim, depth, alpha_A, alpha_L, eta, gamma0, steps, optimizer="sgd"):
+def train(
+    seed,
+    *,
+    heads,
+    head_dim,
+    depth,
+    alpha_A,
+    alpha_L,
+    eta,
+    gamma0,
+    steps,
+    optimizer="sgd",
+    momentum=0.0,
+):
     transformer = tf.limits.random_transformer(
         jax.random.key(100 + seed),
         depth=depth,
@@ -61,7 +74,14 @@ def train(seed, *, heads, head_dim, depth, alpha_A, alpha_L, eta, gamma0, steps,
         lr = tr.adam_learning_rate(eta, heads=heads, head_dim=head_dim)
     # faithful=True (the default): the authors' per-parameter rates (`learning_rate_factors`).
     result = tr.train_readout_model(
-        model, x0, y, gamma0=gamma0, learning_rate=lr, steps=steps, optimizer=optimizer
+        model,
+        x0,
+        y,
+        gamma0=gamma0,
+        learning_rate=lr,
+        steps=steps,
+        optimizer=optimizer,
+        momentum=momentum,
     )
     return model, result, x0
 
@@ -87,10 +107,10 @@ def fit_slope(xs, values):
 
 
 def heads_part(args, plt):
-    widths = [8, 16, 32, 64, 128]
+    widths = args.widths
     out, curves = {}, {}
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for alpha_A in (1.0, 0.5):
+    for alpha_A in args.alpha_A:
         stats = {"var_final": [], "var_learned": [], "var_initial": [], "var_weights": []}
         for n in widths:
             rows = {k: [] for k in stats}
@@ -106,6 +126,7 @@ def heads_part(args, plt):
                     eta=args.eta,
                     gamma0=args.gamma0,
                     steps=args.steps,
+                    momentum=args.momentum,
                 )
                 a0, a1 = logits(model, x0), logits(result.model, x0)
                 # var over heads (axis 2 of (P, L, H, n, n)), mean over inputs, layers, pairs.
@@ -144,6 +165,9 @@ def heads_part(args, plt):
         )
         ax.set_xlabel("head dimension N (H = 4)")
         ax.legend(fontsize=8)
+    if args.skip_adam or 1.0 not in args.alpha_A:
+        fig.tight_layout()
+        return out, fig
     # Loss curves across widths at fixed γ₀ (α_A = 1), SGD and Adam: sup distance to the widest.
     for seed in range(args.seeds):
         for n in widths:
@@ -320,6 +344,30 @@ def main():
     parser.add_argument("--eta", type=float, default=0.01)
     parser.add_argument("--adam-eta", type=float, default=0.02)
     parser.add_argument("--gamma0", type=float, default=1.0)
+    parser.add_argument(
+        "--momentum",
+        type=float,
+        default=0.0,
+        help="heavy-ball momentum μ of the SGD runs of `heads` (0: plain SGD, the documented "
+        "runs; 0.9: the authors' optimizer)",
+    )
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        default=[8, 16, 32, 64, 128],
+        help="head dimensions N of `heads`",
+    )
+    parser.add_argument(
+        "--alpha-A",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.5],
+        help="logit exponents α_A of `heads`",
+    )
+    parser.add_argument(
+        "--skip-adam", action="store_true", help="`heads` without the loss-collapse runs"
+    )
     args = parser.parse_args()
     import matplotlib
 

@@ -159,8 +159,10 @@ SOLVERS.register(
         ResidualLayers,
         adaptive=False,
         points_only=True,
-        description="the field's own discrete layer (Post-LN: = normalized_euler)",
+        description="the field's own discrete layer (Post-LN: = normalized_euler); with "
+        "model.layers, solver.dt null steps one layer, t1/L, per depth",
         euclidean=True,
+        layered=True,
     ),
 )
 
@@ -534,6 +536,16 @@ FIGURES.register(
         ("head_logit_variance",),
         description="across-head variance of the logits at t = 0 against N = d/H, with "
         "the random_transformer prediction N^{1−2α_A}",
+    ),
+)
+FIGURES.register(
+    "depth_variance",
+    FigureEntry(
+        _lazy("depth_variance", "_transformer_plot"),
+        "simulation",
+        ("mean_cosine",),
+        description="variance over weight draws of the final mean cosine against the depth L "
+        "(a model.layers list), per α_L, with 1/L and a bootstrap slope interval",
     ),
 )
 

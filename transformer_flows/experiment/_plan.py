@@ -23,6 +23,8 @@ class Shape:
     weights: tuple[str, ...]
     placement: str = "post_ln"  # normalisation placement (PLACEMENTS): one program each
     initial: str = "sphere"  # how starts are drawn
+    heads: int | None = None  # H heads of stacked random weights (None: no head axis)
+    layers: int | None = None  # L layers of stacked random weights (None: no layer axis)
 
     @property
     def random(self) -> bool:
@@ -33,6 +35,8 @@ class Shape:
         names = "+".join(w.replace(":", "-") for w in self.weights)
         extra = "" if self.placement == "post_ln" else f"_{self.placement}"
         extra += "" if self.initial == "sphere" else f"_{self.initial}"
+        extra += "" if self.heads is None else f"_H{self.heads}"
+        extra += "" if self.layers is None else f"_L{self.layers}"
         return f"n{self.n}_d{self.d}_{names}{extra}"
 
 
@@ -96,9 +100,11 @@ def plan_sweep(config: SimulationConfig) -> Plan:
     parameterised = [(w,) for w in model.weights if WEIGHTS[w].schema is not None]
     groups = [group for group in (identity, random) if group] + parameterised
     shapes = tuple(
-        Shape(n, d, group, placement, initial)
+        Shape(n, d, group, placement, initial, heads, layers)
         for n in model.n
         for d in model.d
+        for heads in model.head_counts
+        for layers in model.layer_counts
         for placement in model.placement
         for initial in model.initial
         for group in groups
@@ -128,7 +134,7 @@ def _auto_chunk_size(config: SimulationConfig, shape: Shape) -> int:
     )
     # Tsit5 keeps ~10 stage copies of the state, attention a few n×n arrays; random
     # ensembles hold Q, K, V (per head and layer) and the draws of every ensemble.
-    stack = (config.model.heads or 1) * (config.model.layers or 1)
+    stack = (shape.heads or 1) * (shape.layers or 1)
     matrices = 4 * (len(shape.weights) + 3) * d * d * stack if shape.random else 0
     per_combo = 8 * (len(config.times) * saved + 16 * n * d + 8 * n * n) + 8 * matrices
     fits = int(config.sweep.memory_budget_mb * 2**20 // per_combo)

@@ -24,7 +24,7 @@ from ._build import (
     weight_draws,
 )
 from ._plan import Plan, Shape
-from ._registry import OBSERVABLES, PLACEMENTS, WEIGHTS, ObservableContext
+from ._registry import OBSERVABLES, PLACEMENTS, SOLVERS, WEIGHTS, ObservableContext
 from ._schema import SimulationConfig, weights_parameters
 
 # Starts and weights are drawn in float32 whatever the precision, so that a float32 and a float64
@@ -74,8 +74,11 @@ _PROGRAM_CACHE: dict = {}
 def program(config: SimulationConfig, shape: Shape, plan: Plan):
     """The jitted, vmapped solve of one chunk (cached, so resuming in the same process does
     not compile again)."""
+    numerics = config.numerics()
+    # The shape carries its H and L: the sweeps of one (H, L) from different lists share it.
+    numerics["model"] = {k: v for k, v in numerics["model"].items() if k not in ("heads", "layers")}
     cache_key = (
-        json.dumps(config.numerics(), sort_keys=True),
+        json.dumps(numerics, sort_keys=True),
         shape,
         plan.chunk_length(shape),
         jax.config.jax_enable_x64,
@@ -122,16 +125,18 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
         k: v for k, v in model.placement_params.items() if k in placement.parameters
     }
     solver, dt0 = solver_of(solver_config)
+    if dt0 is None and not SOLVERS[solver_config.name].adaptive:
+        dt0 = float(plan.times[-1]) / shape.layers  # one step per layer (validated config)
     fixed_params = dict(model.params)
     param_names = tuple(plan.params)
     noise_names = () if model.noise is None else model.noise.parameters
     reads_field = any(OBSERVABLES[name].field for name in observables.names)
     tolerance_axis = plan.has_tolerance_axis
     options = {}
-    if model.layers:
-        options["layer_duration"] = float(plan.times[-1]) / model.layers
+    if shape.layers:
+        options["layer_duration"] = float(plan.times[-1]) / shape.layers
 
-    stack = tuple(size for size in (model.layers, model.heads) if size)
+    stack = tuple(size for size in (shape.layers, shape.heads) if size)
     fixed_weights = weights_parameters(config)
     weight_names = {name for w in shape.weights for name in WEIGHTS[w].parameters}
 
@@ -143,8 +148,8 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             extra = {}
             if name in fixed_weights:
                 extra = {
-                    "heads": model.heads or 1,
-                    "layers": model.layers or 1,
+                    "heads": shape.heads or 1,
+                    "layers": shape.layers or 1,
                     **fixed_weights[name],
                     **values,
                 }
@@ -214,7 +219,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
                 model.feed_forward,
                 jax.random.fold_in(start_key, FEED_FORWARD_STREAM),
                 shape.d,
-                model.layers,
+                shape.layers,
                 options.get("layer_duration"),
                 DRAW_DTYPE,
             )

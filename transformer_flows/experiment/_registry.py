@@ -277,6 +277,9 @@ class SolverEntry:
     # A points_only solver that also steps states in R^d (it calls the field's own
     # residual_layer): the only fixed-step kind a Euclidean field (HardmaxAttention) takes.
     euclidean: bool = False
+    # One step per layer of a layered field: with model.layers, `solver.dt: null` means the
+    # step t1/L of each swept depth L, and a given solver.dt must equal it.
+    layered: bool = False
 
 
 # --- weight ensembles ----------------------------------------------------------------------
@@ -290,7 +293,7 @@ class WeightsEntry:
 
     A parameterised ensemble declares `schema`, a pydantic model of its scalar parameters
     (defaults, ranges, descriptions): it is drawn as `draw(key, d, dtype, heads=H, layers=L,
-    **parameters)` for one head of one layer (H = model.heads or 1, L = model.layers or 1),
+    **parameters)` for one head of one layer (H, L: each swept model.heads, model.layers, or 1),
     returning Q, K of shape (k, d) and V (d, d); its parameters are fixed under
     `model.weights_params` or swept (vmapped, traced) under `sweep.params`. It runs in a
     program of its own. `check(d, heads, layers, t1)` refuses shapes it cannot draw

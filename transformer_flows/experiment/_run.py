@@ -300,11 +300,20 @@ def _chunk_dataset(plan, shape, chunk, observed, succeeded, num_steps, seconds) 
 
 
 def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "unknown"):
-    """Gather the chunks into one labelled dataset with dims (n, d[, placement][, initial],
-    weights, beta, start[, rtol][, *params], time[, particle, component]); `placement` and
-    `initial` appear when the config sets other than the default post_ln / sphere."""
+    """Gather the chunks into one labelled dataset with dims (n, d[, heads][, layers][,
+    placement][, initial], weights, beta, start[, rtol][, *params], time[, particle,
+    component]); `placement` and `initial` appear when the config sets other than the default
+    post_ln / sphere, `heads` and `layers` when model.heads / model.layers list several."""
     model = config.model
-    outer = (len(model.n), len(model.d), len(model.placement), len(model.initial))
+    heads, layers = model.head_counts, model.layer_counts
+    outer = (
+        len(model.n),
+        len(model.d),
+        len(heads),
+        len(layers),
+        len(model.placement),
+        len(model.initial),
+    )
     full_inner = (
         len(model.weights),
         len(plan.beta),
@@ -318,6 +327,8 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
         where = (
             model.n.index(shape.n),
             model.d.index(shape.d),
+            heads.index(shape.heads),
+            layers.index(shape.layers),
             model.placement.index(shape.placement),
             model.initial.index(shape.initial),
         )
@@ -329,10 +340,24 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
                 arrays[name] = np.zeros(outer + full_inner + variable.shape[1:], variable.dtype)
             arrays[name][where + (weight_index[w], b, s, r, *p)] = variable.values
     # The tolerance axis is named `rtol` (= atol): `tolerance` is a keyword of xarray's `sel`.
-    dims = ("n", "d", "placement", "initial", "weights", "beta", "start", "rtol", *plan.params)
+    dims = (
+        "n",
+        "d",
+        "heads",
+        "layers",
+        "placement",
+        "initial",
+        "weights",
+        "beta",
+        "start",
+        "rtol",
+        *plan.params,
+    )
     coords = {
         "n": list(model.n),
         "d": list(model.d),
+        "heads": [h or 1 for h in heads],
+        "layers": [L or 1 for L in layers],
         "placement": list(model.placement),
         "initial": list(model.initial),
         "weights": list(model.weights),
@@ -349,7 +374,11 @@ def assemble(config: SimulationConfig, plan: Plan, pieces: dict, commit: str = "
             values = values.astype(bool)
         variables[name] = (dims + extra, values)
     dataset = xr.Dataset(variables, coords=coords)
-    # Configs without placements or start kinds keep the dataset layout they always had.
+    # Configs without placements or start kinds keep the dataset layout they always had; one
+    # H or L is a scalar coordinate (absent without model.heads / model.layers).
+    for axis, values in (("heads", model.heads), ("layers", model.layers)):
+        if values is None or len(values) == 1:
+            dataset = dataset.isel({axis: 0}, drop=values is None)
     if model.placement == ["post_ln"]:
         dataset = dataset.isel(placement=0, drop=True)
     if model.initial == ["sphere"]:

@@ -297,7 +297,7 @@ class SolverConfig(_Section):
                     f"`dt` is the step of fixed-step solvers; {self.name!r} chooses its own "
                     "steps from rtol/atol: remove solver.dt (override: solver.dt=null)"
                 )
-        elif self.dt is None:
+        elif self.dt is None and not SOLVERS[self.name].layered:
             raise ValueError(
                 f"solver {self.name!r} has a fixed step: set solver.dt, e.g. solver.dt=0.1"
             )
@@ -307,9 +307,20 @@ class SolverConfig(_Section):
     def adaptive(self) -> bool:
         return SOLVERS[self.name].adaptive
 
+    def require_step(self, kind: str) -> None:
+        """Experiments without a layer axis refuse `solver.dt: null` (one step per layer),
+        which only a simulation sweep's model.layers defines."""
+        if not self.adaptive and self.dt is None:
+            raise ValueError(
+                f"solver.dt: null (one step per layer) is for simulation sweeps with "
+                f"model.layers; a {kind} config needs a step: set solver.dt, e.g. solver.dt=0.1"
+            )
+
     def describe(self) -> str:
         if self.adaptive:
             return f"Renormalized({self.name}) adaptive PID, rtol={self.rtol:g}, atol={self.atol:g}"
+        if self.dt is None:
+            return f"{self.name} one step per layer (dt = t1/L)"
         return f"{self.name} fixed step dt={self.dt:g}"
 
 

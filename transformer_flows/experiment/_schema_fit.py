@@ -263,6 +263,7 @@ class FitConfig(_Experiment):
 
     @model_validator(mode="after")
     def _parameters(self):
+        self.solver.require_step("fit")
         entry = FIELDS.lookup(self.model.field)
         if entry is None:  # an import path: checked by run_experiment, after importing it
             return self

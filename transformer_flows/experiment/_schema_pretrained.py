@@ -138,6 +138,7 @@ class PretrainedConfig(_Experiment):
 
     @model_validator(mode="after")
     def _pretrained_checks(self):
+        self.flow.solver.require_step("pretrained")
         if (self.texts is None) == (self.text_file is None):
             raise ValueError(
                 "texts: give the input texts either as `texts` (a list) or as `text_file` (one "

@@ -102,9 +102,16 @@ class ModelConfig(_Section):
         description="identity (Q = K = V = I) or random ensembles query_key:value drawn per "
         "start; a list is one more axis of the sweep",
     )
-    heads: PositiveInteger | None = Field(None, description="H heads of random weights (H, d, d)")
-    layers: PositiveInteger | None = Field(
-        None, description="L per-layer random weights, piecewise constant over [0, t1]"
+    heads: Annotated[_listed(_integer_type(ge=1)), _DISTINCT] | None = Field(
+        None,
+        description="H heads of random weights (H, d, d): one number or a list (each value "
+        "compiles its own program; dataset coordinate `heads`); null: one head",
+    )
+    layers: Annotated[_listed(_integer_type(ge=1)), _DISTINCT] | None = Field(
+        None,
+        description="L per-layer random weights, piecewise constant over [0, t1]: one number "
+        "or a list (each value compiles its own program; dataset coordinate `layers`); null: "
+        "one layer",
     )
     initial: Annotated[_listed(Literal["sphere", "hemisphere", "orthonormal"]), _DISTINCT] = Field(
         ["sphere"],
@@ -134,10 +141,20 @@ class ModelConfig(_Section):
         "w ~ N(0, init_scale²/width); per layer with model.layers); null: attention only",
     )
 
-    @field_validator("n", "d", "initial")
+    @field_validator("n", "d", "initial", "heads", "layers")
     @classmethod
     def _unique_shapes(cls, values):
-        return _unique(values)
+        return values if values is None else _unique(values)
+
+    @property
+    def head_counts(self) -> list[int | None]:
+        """The swept head counts H (None: no head axis, one head)."""
+        return list(self.heads) if self.heads else [None]
+
+    @property
+    def layer_counts(self) -> list[int | None]:
+        """The swept depths L (None: no layer axis, weights constant in time)."""
+        return list(self.layers) if self.layers else [None]
 
     @model_serializer(mode="wrap")
     def _compact(self, handler):
@@ -155,6 +172,10 @@ class ModelConfig(_Section):
             data.pop("feed_forward")
         if isinstance(data.get("initial"), list) and len(data["initial"]) == 1:
             data["initial"] = data["initial"][0]
+        # One H or L is saved as a number, as before they were axes (the same fingerprint).
+        for key in ("heads", "layers"):
+            if isinstance(data.get(key), list) and len(data[key]) == 1:
+                data[key] = data[key][0]
         return data
 
     @model_validator(mode="after")
@@ -180,10 +201,10 @@ class ModelConfig(_Section):
             params = {k: v for k, v in self.placement_params.items() if k in placement.parameters}
             if name == "mix_ln" and self.layers and "layer_duration" not in params:
                 # The sweep gives the field per-layer weights of duration t1/layers.
-                if not 0 <= params.get("post_ln_layers", 0) <= self.layers:
+                if not 0 <= params.get("post_ln_layers", 0) <= min(self.layers):
                     raise ValueError(
                         f"placement_params.post_ln_layers: must lie in [0, model.layers = "
-                        f"{self.layers}], got {params.get('post_ln_layers')!r}"
+                        f"{min(self.layers)}], got {params.get('post_ln_layers')!r}"
                     )
                 params = {**params, "layer_duration": 1.0}
             try:
@@ -280,7 +301,7 @@ class ModelConfig(_Section):
         """model.heads and model.layers give the field stacked weights (layers, heads, d, d):
         a field that takes one matrix each (HardmaxAttention) refuses them here, not after
         compiling."""
-        stack = tuple(size for size in (self.layers, self.heads) if size)
+        stack = tuple(sizes[0] for sizes in (self.layers, self.heads) if sizes)
         if not stack or not entry.takes_weights:
             return
         d = self.d[0]
@@ -392,7 +413,7 @@ class SweepConfig(_Section):
     def _params(cls, params):
         for name, values in params.items():
             _unique(values)
-            if name in ("beta", "start", "rtol", "time", "n", "d", "weights"):
+            if name in ("beta", "start", "rtol", "time", "n", "d", "heads", "layers", "weights"):
                 raise ValueError(f"params.{name}: {name!r} is a dimension of the sweep already")
         return params
 
@@ -508,7 +529,8 @@ class SimulationConfig(_Experiment):
                 f"sweep.tolerance is an axis of adaptive solvers; {self.solver.name!r} has a "
                 "fixed step: set sweep.tolerance=null"
             )
-        if not self.solver.adaptive:
+        self._layer_step_checks()
+        if not self.solver.adaptive and self.solver.dt is not None:
             steps = math.ceil(self.time.t1 / self.solver.dt - 1e-9)
             if steps > self.solver.max_steps:
                 raise ValueError(
@@ -516,6 +538,41 @@ class SimulationConfig(_Experiment):
                     f"t1={self.time.t1}: raise solver.max_steps above {self.solver.max_steps}"
                 )
         return self
+
+    def _layer_step_checks(self) -> None:
+        """A layered solver (residual_layers) with model.layers steps one layer per step:
+        dt = t1/L for every swept L. `solver.dt: null` sets that step per shape; a given
+        solver.dt must equal it (one L), else the solve would not be the L-layer network."""
+        solver, layers, t1 = self.solver, self.model.layers, self.time.t1
+        if not SOLVERS[solver.name].layered:
+            return
+        if solver.dt is None:
+            if not layers:
+                raise ValueError(
+                    f"solver.dt: null means one step per layer (t1/model.layers) for "
+                    f"{solver.name!r}, but model.layers is not set: set solver.dt (e.g. "
+                    "solver.dt=0.1) or model.layers"
+                )
+            if math.ceil(max(layers) - 1e-9) > solver.max_steps:
+                raise ValueError(
+                    f"model.layers = {max(layers)} layers need as many steps: raise "
+                    f"solver.max_steps above {solver.max_steps}"
+                )
+            return
+        if not layers:
+            return
+        wrong = [L for L in layers if not math.isclose(solver.dt, t1 / L, rel_tol=1e-9)]
+        if wrong:
+            fix = (
+                f"set solver.dt={t1 / layers[0]:g}"
+                if len(layers) == 1
+                else "remove it (solver.dt=null), the step then follows t1/L per depth"
+            )
+            raise ValueError(
+                f"solver.dt = {solver.dt:g}: {solver.name!r} with model.layers = {layers} "
+                f"steps one layer per step, dt = t1/L, which is not {solver.dt:g} for L = "
+                f"{wrong} (t1 = {t1:g}): {fix}"
+            )
 
     def _beta_checks(self, entry) -> None:
         """sweep.beta is given exactly when the field takes β (β-free: the β → ∞ limit)."""
@@ -560,7 +617,9 @@ class SimulationConfig(_Experiment):
         for w in model.weights:
             weights = WEIGHTS[w]
             if weights.check is not None:
-                weights.check(model.d, model.heads or 1, model.layers or 1, self.time.t1)
+                for heads in model.head_counts:
+                    for layers in model.layer_counts:
+                        weights.check(model.d, heads or 1, layers or 1, self.time.t1)
             for name in weights.parameters:
                 if name in self.sweep.params:
                     if name in model.weights_params:
@@ -578,7 +637,7 @@ class SimulationConfig(_Experiment):
         reads_field = [n for n in self.observables.names if OBSERVABLES[n].field]
         if reads_field:
             random = [w for w in model.weights if WEIGHTS[w].draw is not None]
-            if (model.heads or 1) < 2 or random != model.weights:
+            if min(model.heads or [1]) < 2 or random != model.weights:
                 raise ValueError(
                     f"observables.names: {reads_field} compare the heads of random attention "
                     f"weights: set model.heads >= 2 and random weights only (got heads = "

@@ -15,6 +15,8 @@ Chaudhry and Pehlevan (arXiv:2405.15712), docs/limits_training.md:
   layer states of every input) at requested steps.
 """
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -136,6 +138,14 @@ def centred_output(
 _OPTIMIZERS = {"sgd": optax.identity(), "adam": optax.scale_by_adam(eps=1e-20)}
 
 
+@functools.cache
+def _heavy_ball(momentum: float) -> optax.GradientTransformation:
+    """SGD's direction with heavy-ball momentum, v ← μ v + g (optax.trace, as optax.sgd's
+    `momentum`; the authors train with μ = 0.9): one transformation per μ, so that the compiled
+    step is reused across calls."""
+    return optax.trace(decay=momentum)
+
+
 def _loss(params, static, model0, inputs, targets, gamma0):
     m = eqx.combine(params, static)
     out = jax.vmap(lambda x: centred_output(m, model0, x, gamma0))(inputs)
@@ -179,6 +189,7 @@ def train_readout_model(
     optimizer: str = "sgd",
     record_steps: tuple[int, ...] = (),
     faithful: bool = True,
+    momentum: float = 0.0,
 ) -> TrainResult:
     """Full-batch training of the centred output on (inputs, targets), loss
     (1/P) Σ_p (F_θ(x_p) − y_p)², with SGD or Adam at `learning_rate` (take it from
@@ -186,7 +197,9 @@ def train_readout_model(
     The token trajectories of all inputs are recorded at each step in `record_steps`
     (0 = before training, `steps` = after the last update). With `faithful` (the default) each
     parameter's rate carries its `learning_rate_factors`, so that the run is the authors'
-    parameterisation; `faithful=False` uses `learning_rate` for every parameter."""
+    parameterisation; `faithful=False` uses `learning_rate` for every parameter. `momentum`
+    μ ∈ [0, 1) (SGD only): heavy-ball SGD, θ ← θ − lr·f·v with v ← μ v + ∇loss (v₀ = 0), the
+    authors' optimizer at μ = 0.9; 0 is plain SGD."""
     gamma0 = _check_positive(gamma0, "gamma0")
     learning_rate = _check_positive(learning_rate, "learning_rate")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -201,6 +214,19 @@ def train_readout_model(
             f"`inputs` has {inputs.shape[0]} sequences but `targets` has {targets.shape[0]}."
         )
     opt = _OPTIMIZERS[_check_optimizer(optimizer)]
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise ValueError(f"`momentum` must be a number in [0, 1), got {momentum!r}.")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"`momentum` must lie in [0, 1) (0: plain SGD, 0.9: the authors'), got {momentum!r}."
+        )
+    if momentum and optimizer != "sgd":
+        raise ValueError(
+            f"`momentum` is heavy-ball SGD's; optimizer={optimizer!r} has its own moments: "
+            "pass momentum=0.0 or optimizer='sgd'."
+        )
+    if momentum:
+        opt = _heavy_ball(float(momentum))
     params, static = eqx.partition(model, eqx.is_inexact_array)
     factors = (
         learning_rate_factors(model, optimizer)
