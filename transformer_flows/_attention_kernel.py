@@ -16,8 +16,8 @@ the build or the load fails, one warning line is issued and the pure-JAX path is
 
 Turning it on or off: the environment variable TRANSFORMER_FLOWS_ATTENTION_KERNEL ("1" on,
 "0" off; default off, see `DEFAULT_ON`) or `use_attention_kernel(True/False)` (which wins
-over the variable). The choice is made when a function is traced: a jitted function keeps
-the path it was traced with.
+over the variable, and clears JAX's caches so that jitted functions trace again). The choice
+is made when a function is traced.
 """
 
 import functools
@@ -49,22 +49,36 @@ _choice: bool | None = None  # use_attention_kernel's setting (None: the environ
 
 
 def use_attention_kernel(on: bool | None) -> None:
-    """Turn the CPU attention kernel on (True) or off (False) for functions traced from now
-    on, or hand the choice back to TRANSFORMER_FLOWS_ATTENTION_KERNEL (None)."""
+    """Turn the CPU attention kernel on (True) or off (False), or hand the choice back to
+    TRANSFORMER_FLOWS_ATTENTION_KERNEL (None), for everything traced from now on.
+
+    The library's jitted functions cache their traces, so a change of the setting clears
+    JAX's caches (`jax.clear_caches()`): later calls trace and compile again. Programs
+    compiled ahead of time (`jax.jit(f).lower(...).compile()`) keep the path they have."""
     global _choice
     if on is not None and not isinstance(on, bool):
         raise ValueError(f"`on` must be True, False or None, got {on!r}.")
-    _choice = on
+    if on != _choice:
+        before = kernel_requested()
+        _choice = on
+        if kernel_requested() != before:
+            jax.clear_caches()
 
 
-def kernel_requested() -> bool:
-    """Whether the kernel is asked for (`use_attention_kernel`, else the environment)."""
+def _setting() -> bool | None:
+    """True/False if asked for (`use_attention_kernel`, else the environment), None if not."""
     if _choice is not None:
         return _choice
     value = os.environ.get(ENV, "").strip()
     if value == "":
-        return DEFAULT_ON
+        return None
     return value not in ("0", "false", "False", "off")
+
+
+def kernel_requested() -> bool:
+    """Whether the kernel is to be used (asked for, else `DEFAULT_ON`)."""
+    setting = _setting()
+    return DEFAULT_ON if setting is None else setting
 
 
 def kernel_cache_dir() -> Path:
@@ -102,10 +116,16 @@ def _build(compiler: str, source: bytes, target: Path) -> None:
             os.remove(partial)
 
 
+_registered: set[str] = set()
+
+
 @functools.cache
-def load_kernel() -> bool:
+def load_kernel(explicit: bool = False) -> bool:
     """Build (once per source, flags and jaxlib version) and register the kernel; True when
-    it is ready. On failure: one warning, False, and the pure-JAX path everywhere."""
+    it is ready. Otherwise False, and the pure-JAX path everywhere, with a one-line warning,
+    except when no compiler is found and the kernel was not asked for explicitly (`explicit`:
+    the environment variable or `use_attention_kernel(True)`): the default then falls back
+    silently, since nothing is wrong."""
     import ctypes
 
     try:
@@ -114,12 +134,16 @@ def load_kernel() -> bool:
         if not target.exists():
             compiler = _compiler()
             if compiler is None:
+                if not explicit:
+                    return False
                 raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) found")
             _build(compiler, source, target)
         library = ctypes.cdll.LoadLibrary(str(target))
         for name, symbol in SYMBOLS.items():
-            capsule = jax.ffi.pycapsule(getattr(library, symbol))
-            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+            if name not in _registered:
+                capsule = jax.ffi.pycapsule(getattr(library, symbol))
+                jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+                _registered.add(name)
     except Exception as error:  # noqa: BLE001 -- any failure means: use the pure path
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         warnings.warn(
@@ -179,8 +203,9 @@ def kernel_applies(queries: Array, keys: Array, values: Array) -> bool:
         len(dtypes) == 1
         and dtypes.pop() in TARGETS
         and keys.shape[0] >= 1
+        and jax.default_backend() == "cpu"
         and kernel_requested()
-        and load_kernel()
+        and load_kernel(explicit=_setting() is True)
     )
 
 
