@@ -198,3 +198,18 @@ def test_switch_and_cache_key(monkeypatch, without_type_checker):
     assert current != kernel._library_path(b"b")
     monkeypatch.setattr(kernel.jaxlib, "__version__", "0.0.0")
     assert current != kernel._library_path(b"a")
+
+
+@needs_compiler
+def test_threads_do_not_change_the_numbers(kernel_on):
+    """A batch large enough for XLA's intra-op threads gives bitwise what each system gives
+    alone (each batch element is one thread's, with the same code)."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(unit_rows(rng, 64, 64, 2), jnp.float32)
+    beta = jnp.asarray(np.linspace(0.5, 9.0, 64), jnp.float32)[:, None, None]
+    shift = jnp.zeros(64, jnp.float32)
+    mix = jax.jit(lambda q, k, v, s: kernel._one_pass(q, k, v, s, True))
+    together = jax.jit(jax.vmap(mix))(beta * x, x, x, shift)
+    alone = [mix(beta[b] * x[b], x[b], x[b], shift[b]) for b in range(0, 64, 9)]
+    for b, out in zip(range(0, 64, 9), alone, strict=True):
+        assert np.array_equal(np.asarray(together[b]), np.asarray(out))

@@ -15,11 +15,14 @@
 // Built by _attention_kernel.py with g++ against jax.ffi.include_dir(); no other deps.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -191,8 +194,9 @@ TF_CLONES void mix_rows(const T* q, const T* keys, const T* values, T shift, T* 
 }
 
 template <ffi::DataType DT>
-ffi::Error Mix(ffi::Buffer<DT> q, ffi::Buffer<DT> keys, ffi::Buffer<DT> values,
-               ffi::Buffer<DT> shift, ffi::ResultBuffer<DT> out, int64_t normalized) {
+ffi::Error Mix(ffi::ThreadPool pool, ffi::Buffer<DT> q, ffi::Buffer<DT> keys,
+               ffi::Buffer<DT> values, ffi::Buffer<DT> shift, ffi::ResultBuffer<DT> out,
+               int64_t normalized) {
   using T = ffi::NativeType<DT>;
   auto qd = q.dimensions(), kd = keys.dimensions(), vd = values.dimensions();
   const size_t rank = qd.size();
@@ -223,12 +227,36 @@ ffi::Error Mix(ffi::Buffer<DT> q, ffi::Buffer<DT> keys, ffi::Buffer<DT> values,
   const T* vp = values.typed_data();
   const T* sp = shift.typed_data();
   T* op = out->typed_data();
-  std::vector<T> qt(static_cast<size_t>(k * R)), scores(static_cast<size_t>(kChunk * R));
-  std::vector<T> acc(static_cast<size_t>(std::max<int64_t>(d, 1) * R));
-  for (int64_t b = 0; b < batch; ++b) {
-    mix_rows<T>(qp + b * nq * k, kp + b * nk * k, vp + b * nk * d, sp[b], op + b * nq * d, nq,
-                nk, k, d, normalized != 0, qt.data(), scores.data(), acc.data());
+  const bool norm = normalized != 0;
+  // Batch elements are claimed from a shared counter by the calling thread and by helpers
+  // on XLA's intra-op thread pool. The caller waits only for elements already claimed (by
+  // running threads), so a helper that starts late, or never, cannot stall it; each element
+  // is computed by the same code whichever thread runs it, so results do not depend on
+  // threading. Small batches stay on the calling thread.
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto run = [=](Shared& state) {
+    std::vector<T> qt(static_cast<size_t>(k * R)), scores(static_cast<size_t>(kChunk * R));
+    std::vector<T> acc(static_cast<size_t>(std::max<int64_t>(d, 1) * R));
+    for (int64_t b; (b = state.next.fetch_add(1)) < batch;) {
+      mix_rows<T>(qp + b * nq * k, kp + b * nk * k, vp + b * nk * d, sp[b], op + b * nq * d,
+                  nq, nk, k, d, norm, qt.data(), scores.data(), acc.data());
+      state.done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t work = batch * nq * nk * (k + d + 1);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), batch) - 1;
+  if (work >= (int64_t{1} << 20)) {
+    for (int64_t h = 0; h < helpers; ++h) {
+      pool.Schedule([shared, run, batch]() mutable {
+        if (shared->next.load() < batch) run(*shared);
+      });
+    }
   }
+  run(*shared);
+  while (shared->done.load(std::memory_order_acquire) < batch) std::this_thread::yield();
   return ffi::Error::Success();
 }
 
@@ -236,6 +264,7 @@ ffi::Error Mix(ffi::Buffer<DT> q, ffi::Buffer<DT> keys, ffi::Buffer<DT> values,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TfAttentionMixF32, Mix<ffi::F32>,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -245,6 +274,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TfAttentionMixF32, Mix<ffi::F32>,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TfAttentionMixF64, Mix<ffi::F64>,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F64>>()
                                   .Arg<ffi::Buffer<ffi::F64>>()
                                   .Arg<ffi::Buffer<ffi::F64>>()
