@@ -193,9 +193,12 @@ def test_switch_and_cache_key(monkeypatch, without_type_checker):
     assert kernel.kernel_requested()
     monkeypatch.delenv(kernel.ENV)
     assert kernel.kernel_requested() == kernel.DEFAULT_ON
-    # Another source, or another jaxlib, is another library file.
+    # Another source, machine type or jaxlib is another library file.
     current = kernel._library_path(b"a")
     assert current != kernel._library_path(b"b")
+    monkeypatch.setattr(kernel, "_machine", lambda: b"another-architecture")
+    assert current != kernel._library_path(b"a")
+    monkeypatch.undo()
     monkeypatch.setattr(kernel.jaxlib, "__version__", "0.0.0")
     assert current != kernel._library_path(b"a")
 

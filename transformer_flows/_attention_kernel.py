@@ -10,8 +10,9 @@ from the pure-JAX formula (`jax.custom_jvp`), so gradients and fits are unchange
 
 Building: `g++` (or $CXX) compiles the source against `jax.ffi.include_dir()` into
 `$XDG_CACHE_HOME/transformer-flows/kernels/` (default `~/.cache/...`), one file per hash of
-the source, the compiler flags and the jaxlib version, so an upgrade rebuilds and two
-processes never load a half-written file (about 3 s of CPU, once). No network is used. When
+the source, the compiler flags, the jaxlib version and the machine type, so an upgrade
+rebuilds; written to a temporary file and renamed, so two processes never load a
+half-written one (about 3 s of CPU, once). No network is used. When
 the build or the load fails, one warning line is issued and the pure-JAX path is used; so it
 is without a compiler, silently unless the kernel was asked for explicitly.
 
@@ -24,6 +25,7 @@ when a function is traced.
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -93,9 +95,14 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
+def _machine() -> bytes:
+    return platform.machine().encode()
+
+
 def _library_path(source: bytes) -> Path:
     digest = hashlib.sha256()
-    for part in (source, " ".join(FLAGS).encode(), jaxlib.__version__.encode()):
+    # The machine type too: a home directory shared by x86-64 and arm64 hosts keeps both.
+    for part in (source, " ".join(FLAGS).encode(), jaxlib.__version__.encode(), _machine()):
         digest.update(part)
         digest.update(b"\0")
     return kernel_cache_dir() / f"attention_kernel_{digest.hexdigest()[:20]}.so"
