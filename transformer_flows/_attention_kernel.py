@@ -38,8 +38,8 @@ import jaxlib
 from jaxtyping import Array, Float
 
 ENV = "TRANSFORMER_FLOWS_ATTENTION_KERNEL"
-# On by default: on the Fig. 3(a) workload (one core, float32) an evaluation is 2.0-2.2x and
-# a whole solve 1.32-1.39x faster, at the same accuracy (benchmarks/bench_attention_kernel.py).
+# On by default: on the Fig. 3(a) workload (one core, float32) an evaluation is 1.9-2.2x and
+# a whole solve 1.30-1.39x faster, at the same accuracy (benchmarks/bench_attention_kernel.py).
 DEFAULT_ON = True
 SOURCE = Path(__file__).with_name("_attention_kernel.cc")
 FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno")
