@@ -13,6 +13,7 @@ from ._attention import (
     attend as attend,
     attention_weights as attention_weights,
 )
+from ._attention_kernel import use_attention_kernel as use_attention_kernel
 from ._attention_vjp import AnalyticVJPAttention as AnalyticVJPAttention
 from ._compilation_cache import (
     default_cache_dir as default_cache_dir,

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ._attention_kernel import one_pass_mix
 from ._custom_types import Particles
 from ._validation import as_float_array, check_finite, check_positive
 
@@ -329,6 +330,10 @@ class DenseAttention(AbstractAttentionMethod):
     def mix(self, queries, keys, values, *, beta, normalized, log_shift, mask=None):
         mask = NO_MASK if mask is None else mask
         scaled = mask.scale_queries(queries, beta, keys.shape[0])
+        if mask.is_trivial:
+            # One pass per row on CPU where the kernel is on (`use_attention_kernel`), else
+            # the same formula in JAX.
+            return one_pass_mix(scaled, keys, values, log_shift, normalized)
         return _weights(scaled, keys, mask, normalized, log_shift) @ values
 
 
