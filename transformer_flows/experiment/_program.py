@@ -1,5 +1,11 @@
-"""The compiled program of one shape: a jitted, vmapped `solve` over the chunk's combos
-(weights ensemble, β, start, tolerance, swept parameters). Names become objects in `_build`."""
+"""The compiled program of one shape: a jitted solve of the chunk's combos (weights ensemble,
+β, start, tolerance, swept parameters). Names become objects in `_build`.
+
+Noiseless adaptive Tsit5/Bosh3 sweeps of sphere fields run through `solve_batch`'s work queue
+(issue 22 item 2): a lane whose system reaches t1 takes the chunk's next system, so no lane
+waits for the chunk's slowest system. Everything else (SDEs, fixed-step and implicit or other
+adaptive solvers, angle and Euclidean states, placements, feed-forward blocks, layers, solves
+in the span of the starts) runs a vmapped `solve` (diffrax's loop); see `work_queue_applies`."""
 
 import functools
 import json
@@ -9,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._field._base import AbstractSphereField
 from .._field._feed_forward import TransformerBlock
 from .._initial import orthonormal_tokens, sample_hemisphere, sample_sphere
 from .._solve import solve
+from .._solve_batch import _METHODS as QUEUE_METHODS, solve_batch
 from .._span import solve_in_span
 from .._sphere import angles_to_points, normalize, points_to_angles
 from ._build import (
@@ -105,7 +113,44 @@ def chunk_inputs(config: SimulationConfig, plan: Plan, shape: Shape, chunk: int)
     )
 
 
-def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
+def work_queue_applies(config: SimulationConfig, shape: Shape) -> bool:
+    """Whether the program of `shape` runs `solve_batch`'s work queue (else a vmapped
+    `solve`): a noiseless sweep of a sphere field (points, no placement wrapper, no
+    feed-forward block, no layer boundaries) with an adaptive solver the queue implements
+    (Tsit5, Bosh3), which is not solved in the span of its starts (identity weights, d > n)."""
+    model = config.model
+    entry = field_entry(model.field)
+    placement = PLACEMENTS[shape.placement]
+    return (
+        model.noise is None
+        and config.solver.name in QUEUE_METHODS
+        and model.feed_forward is None
+        and not model.layers
+        and placement.wrap is None
+        and not placement.euclidean
+        and issubclass(entry.cls, AbstractSphereField)
+        and not _in_span(config, shape)
+    )
+
+
+def _in_span(config: SimulationConfig, shape: Shape) -> bool:
+    """Identity weights keep span{x_i(0)}: for d > n the sweep solves in that span."""
+    model = config.model
+    entry = field_entry(model.field)
+    return (
+        model.noise is None
+        and model.feed_forward is None  # w σ(a x + b) does not keep span{x_i(0)}
+        and not shape.random
+        and entry.state != "angles"
+        and entry.rotation_invariant
+        and shape.d > shape.n
+        and PLACEMENTS[shape.placement].wrap is None
+    )
+
+
+def _build_program(config: SimulationConfig, shape: Shape, plan: Plan, work_queue: bool = True):
+    """The program of one shape; `work_queue=False` forces the vmapped `solve` (the sweep as
+    it ran before the work queue: tests and benchmarks compare the two)."""
     dtype = dtype_of(config.precision)
     model, observables, solver_config = config.model, config.observables, config.solver
     entry = field_entry(model.field)
@@ -169,15 +214,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
         else []
     )
     integrate = solve
-    if (
-        model.noise is None
-        and model.feed_forward is None  # w σ(a x + b) does not keep span{x_i(0)}
-        and not shape.random
-        and not angles
-        and entry.rotation_invariant
-        and shape.d > shape.n
-        and placement.wrap is None
-    ):
+    if _in_span(config, shape):
         # Identity weights keep span{x_i(0)}: for d > n solve in that n-dimensional span
         # (exact, and d = 1024 then costs what d = n costs). Inner-product observables need
         # no map back.
@@ -189,7 +226,8 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     def cast(leaf):
         return leaf.astype(dtype) if isinstance(leaf, jax.Array) else leaf
 
-    def one(ensemble, beta, start, tolerance, *param_values):
+    def setup(ensemble, beta, start, tolerance, *param_values):
+        """(field, x0, observer, noise arguments) of one combo."""
         # Start s uses the same initial tokens (and weight key) for every β, ensemble and
         # parameter: common random numbers make the phase diagram smooth in β.
         start_key = jax.random.fold_in(base_key, start)
@@ -234,6 +272,10 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             placement.euclidean or entry.euclidean,
             attention if reads_field else None,
         )
+        return field, x0, observer, noisy
+
+    def one(ensemble, beta, start, tolerance, *param_values):
+        field, x0, observer, noisy = setup(ensemble, beta, start, tolerance, *param_values)
         trajectory = integrate(
             field,
             x0,
@@ -250,4 +292,29 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
         )
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 
-    return eqx.filter_jit(jax.vmap(one))
+    if not (work_queue and work_queue_applies(config, shape)):
+        return eqx.filter_jit(jax.vmap(one))
+    method = config.solver.name
+
+    def queued(ensemble, beta, start, tolerance, *param_values):
+        # Every combo's field, start and observer, built as the vmapped path builds them;
+        # then one work queue over the chunk. In float64 each system's steps and saves are
+        # those of the vmapped `solve` (diffrax) to rounding (tests/test_sweep_queue.py).
+        fields, x0s, observers, _ = jax.vmap(setup)(ensemble, beta, start, tolerance, *param_values)
+        trajectory = solve_batch(
+            fields,
+            x0s,
+            ts,
+            batched_field=True,
+            batched_observe=True,
+            # `solve` with dt0=None starts every system with diffrax's first step, 0.01.
+            rtol=tolerance if tolerance_axis else solver_config.rtol,
+            atol=tolerance if tolerance_axis else solver_config.atol,
+            method=method,
+            observe=observers,
+            max_steps=solver_config.max_steps,
+            throw=False,
+        )
+        return trajectory.observed, trajectory.succeeded, trajectory.num_steps
+
+    return eqx.filter_jit(queued)
