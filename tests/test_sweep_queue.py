@@ -28,15 +28,16 @@ def _config(*overrides, precision="float64"):
 
 
 def _both(config):
-    """The chunk datasets (masked as `run_sweep` stores them) of the queued and the vmapped
-    program, and the queued program's raw step counts, for the config's one chunk."""
+    """The chunk datasets (masked as `run_sweep` stores them) of the queued programs and the
+    vmapped one, for the config's one chunk."""
     plan = plan_sweep(config)
     (shape,) = plan.shapes
     assert plan.num_chunks(shape) == 1 and work_queue_applies(config, shape)
     inputs = chunk_inputs(config, plan, shape, 0)
     datasets = []
-    for queue in (True, False):
-        outputs = jax.device_get(_build_program(config, shape, plan, work_queue=queue)(*inputs))
+    # Queued, observables after the loop (the chunk's states fit) and inside it; vmapped.
+    for options in ({}, {"observe_after": False}, {"work_queue": False}):
+        outputs = jax.device_get(_build_program(config, shape, plan, **options)(*inputs))
         datasets.append(_chunk_dataset(plan, shape, 0, *outputs, 0.0))
     return datasets
 
@@ -45,7 +46,10 @@ def test_queued_sweep_equals_vmapped_sweep_float64():
     # Random (Q, K, V) per start, β from 0 to 9, a tolerance axis (per-system tolerances in
     # the queue), and a step budget that the stiff combos exceed: 18 systems of very
     # different step counts in one chunk.
-    queued, vmapped = _both(_config())
+    after, inside, vmapped = _both(_config())
+    # Observed after the loop or inside its save passes: the same numbers.
+    assert after.identical(inside)
+    queued = after
     steps = queued["num_steps"].values
     assert len(set(steps.tolist())) > 5  # heterogeneous: lanes refill
     # Same steps and the same failures (max_steps reached), masked the same way.
@@ -71,7 +75,14 @@ def test_queued_sweep_equals_vmapped_sweep_float64():
         (("solver.name=bosh3",), True),
         (("solver.name=dopri5",), False),  # not a method of the queue
         (("solver.name=normalized_euler", "solver.dt=0.1"), False),  # fixed step
-        (("model.noise={kind: independent, kappa: 0.1}", "solver.name=euler_maruyama"), False),
+        (
+            (
+                "model.noise={kind: independent, kappa: 0.1}",
+                "solver.name=euler_maruyama",
+                "solver.dt=0.1",
+            ),
+            False,
+        ),
         (("model.weights=identity", "model.d=8"), False),  # d > n: solved in the span
         (("model.weights=identity",), True),
         (("model.field=USA", "model.weights=identity"), True),

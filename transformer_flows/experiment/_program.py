@@ -77,6 +77,26 @@ class Observer(eqx.Module):
 
 
 _PROGRAM_CACHE: dict = {}
+# A queued chunk whose saved states (B × T × n × d) fit in this many bytes observes them after
+# the loop (Fig. 3(a) at d = 2: 2048 × 151 × 32 × 2 float32 = 79 MB); larger ones observe
+# inside the loop and store only the observables.
+STATES_BUDGET_BYTES = 256 * 2**20
+
+
+def _observe_saved(observers, xs):
+    """The observables of saved states xs (B, T, n, d), observer b for system b, and per
+    system whether every state and observation is finite. An overflowed state is observed as
+    a placeholder point (observables never see NaN or inf), as `solve` does."""
+    finite_state = jnp.all(jnp.isfinite(xs), axis=(-2, -1))
+    # One (n, d) placeholder, broadcast (a full-size constant would be folded at compile time).
+    placeholder = jnp.zeros(xs.shape[-2:], xs.dtype).at[:, 0].set(1)
+    safe = jnp.where(finite_state[..., None, None], xs, placeholder)
+    observed = jax.vmap(lambda observer, states: jax.vmap(observer)(states))(observers, safe)
+    finite = jnp.all(finite_state, axis=1)
+    for leaf in jax.tree_util.tree_leaves(observed):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+    return observed, finite
 
 
 def program(config: SimulationConfig, shape: Shape, plan: Plan):
@@ -148,9 +168,23 @@ def _in_span(config: SimulationConfig, shape: Shape) -> bool:
     )
 
 
-def _build_program(config: SimulationConfig, shape: Shape, plan: Plan, work_queue: bool = True):
+def _build_program(
+    config: SimulationConfig,
+    shape: Shape,
+    plan: Plan,
+    work_queue: bool = True,
+    lane_steps: bool = False,
+    lanes: int | None = None,
+    observe_after: bool = True,
+):
     """The program of one shape; `work_queue=False` forces the vmapped `solve` (the sweep as
-    it ran before the work queue: tests and benchmarks compare the two)."""
+    it ran before the work queue: tests and benchmarks compare the two). `lane_steps=True`
+    adds a fourth output, the steps computed over all lanes (masked ones included), so that
+    Σ num_steps / lane steps is the share of useful work (benchmarks); `lanes` overrides the
+    queue's lane count (benchmarks). `observe_after`: when the chunk's saved states fit in
+    `STATES_BUDGET_BYTES`, the queue saves states and the observables are computed once over
+    all (system, save time) pairs after the loop, instead of inside its save passes, where
+    every pass evaluates them on every lane (cluster labels run a while loop of their own)."""
     dtype = dtype_of(config.precision)
     model, observables, solver_config = config.model, config.observables, config.solver
     entry = field_entry(model.field)
@@ -293,7 +327,16 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan, work_queu
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 
     if not (work_queue and work_queue_applies(config, shape)):
-        return eqx.filter_jit(jax.vmap(one))
+        vmapped = jax.vmap(one)
+        if not lane_steps:
+            return eqx.filter_jit(vmapped)
+
+        def with_lane_steps(*inputs):
+            # The vmapped loop runs every lane for the chunk's slowest system.
+            observed, succeeded, num_steps = vmapped(*inputs)
+            return observed, succeeded, num_steps, jnp.max(num_steps) * num_steps.shape[0]
+
+        return eqx.filter_jit(with_lane_steps)
     method = config.solver.name
 
     def queued(ensemble, beta, start, tolerance, *param_values):
@@ -301,20 +344,29 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan, work_queu
         # then one work queue over the chunk. In float64 each system's steps and saves are
         # those of the vmapped `solve` (diffrax) to rounding (tests/test_sweep_queue.py).
         fields, x0s, observers, _ = jax.vmap(setup)(ensemble, beta, start, tolerance, *param_values)
+        after = observe_after and x0s[0].size * ts.size * x0s.shape[0] * x0s.dtype.itemsize <= (
+            STATES_BUDGET_BYTES
+        )
         trajectory = solve_batch(
             fields,
             x0s,
             ts,
             batched_field=True,
-            batched_observe=True,
+            batched_observe=not after,
             # `solve` with dt0=None starts every system with diffrax's first step, 0.01.
             rtol=tolerance if tolerance_axis else solver_config.rtol,
             atol=tolerance if tolerance_axis else solver_config.atol,
             method=method,
-            observe=observers,
+            observe=None if after else observers,
             max_steps=solver_config.max_steps,
             throw=False,
+            lanes=lanes,
         )
-        return trajectory.observed, trajectory.succeeded, trajectory.num_steps
+        observed, succeeded = trajectory.observed, trajectory.succeeded
+        if after:
+            observed, finite = _observe_saved(observers, trajectory.xs)
+            succeeded = succeeded & finite
+        outputs = (observed, succeeded, trajectory.num_steps)
+        return (*outputs, trajectory.num_lane_steps) if lane_steps else outputs
 
     return eqx.filter_jit(queued)
