@@ -88,9 +88,12 @@ def _observe_saved(observers, xs):
     system whether every state and observation is finite. An overflowed state is observed as
     a placeholder point (observables never see NaN or inf), as `solve` does."""
     finite_state = jnp.all(jnp.isfinite(xs), axis=(-2, -1))
+    # Saves a failed solve never reached hold zeros: observed as the placeholder too (the
+    # system is masked as failed). Saved states have unit rows.
+    written = jnp.all(jnp.sum(jnp.square(xs), axis=-1) > 0.5, axis=-1)
     # One (n, d) placeholder, broadcast (a full-size constant would be folded at compile time).
     placeholder = jnp.zeros(xs.shape[-2:], xs.dtype).at[:, 0].set(1)
-    safe = jnp.where(finite_state[..., None, None], xs, placeholder)
+    safe = jnp.where((finite_state & written)[..., None, None], xs, placeholder)
     observed = jax.vmap(lambda observer, states: jax.vmap(observer)(states))(observers, safe)
     finite = jnp.all(finite_state, axis=1)
     for leaf in jax.tree_util.tree_leaves(observed):
