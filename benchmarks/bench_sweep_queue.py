@@ -15,12 +15,13 @@ Two workloads:
   rtol = atol = 1e-4, float32, clustered fraction and cluster count). Also compared: systems
   whose step count differs, max |Δ clustered fraction|, cluster counts that differ.
 - `fig5`: configs/figure5.yaml at full size (4 ensembles × 90 β × 1024 starts, d = 128, its own
-  chunk length). `--fig5-betas` β indices per ensemble; for each, the chunk that holds start 0
-  of that (ensemble, β) is timed before and after (`--rounds` rounds). The full-size estimate
-  interpolates each ensemble's chunk time linearly over the β index and sums it over the
-  ensemble's chunks; on 2 cores it halves the one-core CPU time: `run_sweep` on 2 local
-  devices computes whole chunks on each, one core apiece (`--xla_force_host_platform_device_
-  count=2`; weak-scaling efficiency 1.0 at 2 devices on this machine, docs/scaling.md).
+  chunk length). `--fig5-betas` β indices per ensemble; for each, the chunk that holds the
+  middle start of that (ensemble, β) is timed before and after (`--rounds` rounds). The
+  full-size estimate interpolates each ensemble's chunk time linearly over the β index and
+  sums it over the ensemble's chunks; on 2 cores it halves the one-core CPU time: `run_sweep`
+  on 2 local devices computes whole chunks on each, one core apiece
+  (`--xla_force_host_platform_device_count=2`; weak-scaling efficiency 1.0 at 2 devices on
+  this machine, docs/scaling.md).
 
 Run it on one pinned core, single-threaded XLA (the method of issue 22):
 
@@ -150,8 +151,11 @@ def fig5(args):
     (shape,) = plan.shapes
     weights, num_betas, starts = plan.inner_shape(shape)[:3]
     length = plan.chunk_length(shape)
+    # The chunk holding the cell's middle start lies inside the cell (length < starts / 2):
+    # the chunk of start 0 would also hold the previous cell's last starts, at β index 0 those
+    # of the previous ensemble.
     chunk_of = {
-        (w, b): ((w * num_betas + b) * starts) // length
+        (w, b): ((w * num_betas + b) * starts + starts // 2) // length
         for w in range(weights)
         for b in args.fig5_betas
     }
@@ -171,10 +175,11 @@ def fig5(args):
     before, after = (estimate[side] / 3600 for side in SIDES)
     body = (
         f"configs/figure5.yaml at full size: {plan.num_combos(shape)} systems in "
-        f"{plan.num_chunks(shape)} chunks of {length}; per ensemble the chunks holding start 0 "
-        f"of β index {args.fig5_betas}; process CPU time of one chunk, {args.rounds} "
-        f"interleaved round(s); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU affinity "
-        f"{sorted(os.sched_getaffinity(0))}.\n\n"
+        f"{plan.num_chunks(shape)} chunks of {length}; per ensemble the chunks "
+        f"of β index {args.fig5_betas} (the chunk holding the cell's middle start); process "
+        f"CPU time of one chunk, {args.rounds} interleaved round(s); "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"CPU affinity {sorted(os.sched_getaffinity(0))}.\n\n"
         + table(["ensemble", "β", "chunk", *SIDE_HEADERS], rows)
         + "\n\n**Full-size estimate** (chunk CPU time interpolated over β per ensemble, summed "
         f"over the {plan.num_chunks(shape)} chunks): one core {before:.2f} h before, "
