@@ -84,6 +84,7 @@ def solve_batch(
     ts: ArrayLike,
     *,
     batched_field: bool = False,
+    batched_observe: bool = False,
     rtol: float | ArrayLike = 1e-6,
     atol: float | ArrayLike = 1e-6,
     dt0: float | ArrayLike = 0.01,
@@ -119,7 +120,8 @@ def solve_batch(
       `eqx.filter_vmap(tf.SelfAttention)(betas)` for one β per system.
     - `x0s`: starts of shape (B, n, d), rows on the unit sphere; the solve runs in their dtype.
     - `ts`: strictly increasing save times, shared by all systems.
-    - `rtol`, `atol`: tolerances of the step-size controller.
+    - `rtol`, `atol`: tolerances of the step-size controller: scalars, or one per system
+      (shape (B,), e.g. a tolerance sweep).
     - `dt0`: the first step of every system. The default 0.01 is what `tf.solve` takes:
       diffrax 0.7 wraps the ODE term, and its initial-step heuristic then returns 0.01.
     - `method`: "tsit5" (5th order, 6 new evaluations per step) or "bosh3" (3rd, 3).
@@ -127,6 +129,9 @@ def solve_batch(
       cubic Hermite; the steps are diffrax's step for step) or "clip" (every step is
       shortened to end on the next save time, which is then hit exactly; more steps).
     - `observe`: save `observe(x)` of each system's (n, d) state instead of the state.
+    - `batched_observe`: `observe` is a module whose array leaves carry the batch on axis 0
+      (one observer per system, e.g. an observable that reads the system's β), as
+      `batched_field` for the field.
     - `max_steps`: bound on each system's steps (accepted and rejected).
     - `throw`: raise (an equinox runtime error) if a system did not reach `ts[-1]` or
       overflowed (a saved state or observation is NaN or inf); else read `succeeded`.
@@ -167,6 +172,8 @@ def solve_batch(
         )
     if observe is not None and not callable(observe):
         raise ValueError(f"`observe` must be a function of one state (n, d), got {observe!r}.")
+    if batched_observe and observe is None:
+        raise ValueError("`batched_observe=True` needs `observe` (a batch of observers).")
     if field.jump_times() is not None:
         raise ValueError(
             f"`field` ({type(field).__name__}) has layer boundaries (jump_times), which "
@@ -195,6 +202,15 @@ def solve_batch(
         one_field = jax.tree_util.tree_map(
             lambda leaf: leaf[0] if eqx.is_array(leaf) else leaf, field
         )
+    if batched_observe:
+        leaves = jax.tree_util.tree_leaves(eqx.filter(observe, eqx.is_array))
+        bad = [leaf.shape for leaf in leaves if leaf.ndim < 1 or leaf.shape[0] != x0s.shape[0]]
+        if bad:
+            raise ValueError(
+                f"`batched_observe=True` needs every array leaf of `observe` to have the batch "
+                f"size {x0s.shape[0]} on axis 0, got leaves of shapes {bad}; build the "
+                "observers with `eqx.filter_vmap`."
+            )
     one_field.check_state(x0s[0])
     for leaf in jax.tree_util.tree_leaves(eqx.filter(field, eqx.is_inexact_array)):
         weak = getattr(leaf, "weak_type", False)
@@ -218,9 +234,17 @@ def solve_batch(
         jnp.asarray(check_positive(as_float_array(value, name), name), dtype)
         for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0))
     )
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value.shape not in ((), (x0s.shape[0],)):
+            raise ValueError(
+                f"`{name}` must be a scalar or one value per system (shape ({x0s.shape[0]},)), "
+                f"got shape {value.shape}."
+            )
+    if dt0.shape != ():
+        raise ValueError(f"`dt0` must be a scalar, got shape {dt0.shape}.")
     result = _solve_batch(
         field, x0s, ts, batched_field, rtol, atol, dt0, method, save, observe, max_steps, args,
-        lanes,
+        lanes, batched_observe,
     )  # fmt: skip
     if throw:
         result = eqx.error_if(
@@ -271,7 +295,7 @@ def _tsit5_weights(theta):
 @eqx.filter_jit
 def _solve_batch(
     field, x0s, ts, batched_field, rtol, atol, dt0, method, save, observe, max_steps, args,
-    lanes,
+    lanes, batched_observe=False,
 ) -> BatchTrajectory:  # fmt: skip
     a_rows, c, b_error, error_order = _METHODS[method]
     dtype = x0s.dtype
@@ -287,7 +311,7 @@ def _solve_batch(
             lambda fld, s, x: _RadialExtension(fld)(s, x, args), in_axes=(field_axis, 0, 0)
         )(fields, t, y)
 
-    def observation(y):
+    def observation(y, system):
         y = normalize(y)
         if observe is None:
             return y
@@ -295,13 +319,17 @@ def _solve_batch(
         # beside the observation marks it: `succeeded` reads it (counts of NaN are finite).
         finite = jnp.all(jnp.isfinite(y), axis=(-2, -1))
         safe = jnp.where(finite[:, None, None], y, jnp.zeros_like(y).at[..., 0].set(1))
-        return jax.vmap(observe)(safe), jnp.where(finite, 0, jnp.nan).astype(y.dtype)
+        if batched_observe:
+            observed = jax.vmap(lambda o, x: o(x))(_rows(observe, system, batch), safe)
+        else:
+            observed = jax.vmap(observe)(safe)
+        return observed, jnp.where(finite, 0, jnp.nan).astype(y.dtype)
 
     def as_float(v):
         # Integer observables (cluster counts) are kept in the state's float dtype.
         return v if jnp.issubdtype(v.dtype, jnp.inexact) else v.astype(dtype)
 
-    first = jax.tree_util.tree_map(as_float, observation(x0s))
+    first = jax.tree_util.tree_map(as_float, observation(x0s, jnp.arange(batch)))
     buffers = jax.tree_util.tree_map(
         lambda v: jnp.zeros((batch, num_ts, *v.shape[1:]), v.dtype).at[:, 0].set(v), first
     )
@@ -369,13 +397,10 @@ def _solve_batch(
         """One Runge–Kutta step (accepted or rejected) of every live lane."""
         active = live(lane)
         system = lane["system"]
-        lane_field = (
-            jax.tree_util.tree_map(
-                lambda leaf: leaf[jnp.minimum(system, batch - 1)] if eqx.is_array(leaf) else leaf,
-                field,
-            )
-            if batched_field
-            else field
+        lane_field = _rows(field, system, batch) if batched_field else field
+        # Per-system tolerances (a tolerance sweep) follow the lane's system.
+        lane_rtol, lane_atol = (
+            _col(_rows(v, system, batch)) if v.ndim else v for v in (rtol, atol)
         )
         tprev, y, index = lane["tprev"], lane["y"], lane["index"]
         next_save = ts[jnp.minimum(index, num_ts - 1)]
@@ -398,7 +423,7 @@ def _solve_batch(
         # diffrax's PIDController.adapt_step_size (dcoeff = 0, no dtmin/dtmax).
         nan = jnp.isnan(y1).any(axis=(-2, -1))
         y_scale = jnp.maximum(jnp.abs(y), jnp.abs(jnp.where(_col(nan), y, y1)))
-        scaled_error = _rms(error / (atol + y_scale * rtol))
+        scaled_error = _rms(error / (lane_atol + y_scale * lane_rtol))
         keep = (scaled_error < 1) & active
         inv = 1 / scaled_error
         factor = jnp.clip(
@@ -420,12 +445,15 @@ def _solve_batch(
         )
         if save == "clip":
             hit = keep & clipped
-            buffers = write(buffers, observation(jnp.where(_col(hit), y1, y)), index, hit, system)
+            buffers = write(
+                buffers, observation(jnp.where(_col(hit), y1, y), system), index, hit, system
+            )
             index = index + hit.astype(jnp.int32)
         else:
             buffers, index = _save_interpolated(
                 method, ts, tprev, tnext, y, y1_raw, stages, hc, keep, index, buffers,
-                observation, functools.partial(write, system=system),
+                functools.partial(observation, system=system),
+                functools.partial(write, system=system),
             )  # fmt: skip
         keepc = _col(keep)
         lane = dict(
@@ -475,7 +503,10 @@ def _solve_batch(
     final = lax.while_loop(cond, body, state0)
     buffers, results = final["buffers"], final["results"]
     if observe is not None:
-        observed_dtypes = jax.eval_shape(observe, x0s[0])
+        one_observe = (
+            _rows(observe, jnp.zeros((), jnp.int32), batch) if batched_observe else observe
+        )
+        observed_dtypes = jax.eval_shape(one_observe, x0s[0])
         observed = jax.tree_util.tree_map(
             lambda b, s: b.astype(s.dtype), buffers[0], observed_dtypes
         )
@@ -494,6 +525,13 @@ def _solve_batch(
         succeeded=results["done"] & (results["index"] == num_ts) & _finite_per_system(buffers),
         num_lane_steps=final["trips"] * lanes,
     )
+
+
+def _rows(tree, system, batch):
+    """The rows `system` of the array leaves of a batched pytree (empty lanes, system = B,
+    read the last row)."""
+    index = jnp.minimum(system, batch - 1)
+    return jax.tree_util.tree_map(lambda leaf: leaf[index] if eqx.is_array(leaf) else leaf, tree)
 
 
 def _finite_per_system(buffers) -> Array:

@@ -5,7 +5,7 @@
 - `_registry` / `_builtins`: one registry per vocabulary (FIELDS, SOLVERS, WEIGHTS,
   OBSERVABLES, FIGURES, TASKS); built-ins register like a user's entries.
 - `_plan`: how a sweep is cut into programs and chunks; `_build`: where names become objects;
-  `_program`: the compiled, vmapped solve of a chunk.
+  `_program`: the compiled solve of a chunk (solve_batch's work queue, or a vmapped solve).
 - `_store`: the output directory (lock, fingerprinted chunks, atomic writes).
   `RunDirectory` composes `_run_lock` (the flock on OUT/.lock), `_run_claim` (fingerprints,
   config.yaml's claim) and `_chunk_store` (chunks and chunk claims) over `_run_files`.

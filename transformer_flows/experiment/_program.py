@@ -1,5 +1,11 @@
-"""The compiled program of one shape: a jitted, vmapped `solve` over the chunk's combos
-(weights ensemble, β, start, tolerance, swept parameters). Names become objects in `_build`."""
+"""The compiled program of one shape: a jitted solve of the chunk's combos (weights ensemble,
+β, start, tolerance, swept parameters). Names become objects in `_build`.
+
+Noiseless adaptive Tsit5/Bosh3 sweeps of sphere fields run through `solve_batch`'s work queue
+(issue 22 item 2): a lane whose system reaches t1 takes the chunk's next system, so no lane
+waits for the chunk's slowest system. Everything else (SDEs, fixed-step and implicit or other
+adaptive solvers, angle and Euclidean states, placements, feed-forward blocks, layers, solves
+in the span of the starts) runs a vmapped `solve` (diffrax's loop); see `work_queue_applies`."""
 
 import functools
 import json
@@ -9,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._field._base import AbstractSphereField
 from .._field._feed_forward import TransformerBlock
 from .._initial import orthonormal_tokens, sample_hemisphere, sample_sphere
 from .._solve import solve
+from .._solve_batch import _METHODS as QUEUE_METHODS, solve_batch
 from .._span import solve_in_span
 from .._sphere import angles_to_points, normalize, points_to_angles
 from ._build import (
@@ -69,6 +77,29 @@ class Observer(eqx.Module):
 
 
 _PROGRAM_CACHE: dict = {}
+# A queued chunk whose saved states (B × T × n × d) fit in this many bytes observes them after
+# the loop (Fig. 3(a) at d = 2: 2048 × 151 × 32 × 2 float32 = 79 MB); larger ones observe
+# inside the loop and store only the observables.
+STATES_BUDGET_BYTES = 256 * 2**20
+
+
+def _observe_saved(observers, xs):
+    """The observables of saved states xs (B, T, n, d), observer b for system b, and per
+    system whether every state and observation is finite. An overflowed state is observed as
+    a placeholder point (observables never see NaN or inf), as `solve` does."""
+    finite_state = jnp.all(jnp.isfinite(xs), axis=(-2, -1))
+    # Saves a failed solve never reached hold zeros: observed as the placeholder too (the
+    # system is masked as failed). Saved states have unit rows.
+    written = jnp.all(jnp.sum(jnp.square(xs), axis=-1) > 0.5, axis=-1)
+    # One (n, d) placeholder, broadcast (a full-size constant would be folded at compile time).
+    placeholder = jnp.zeros(xs.shape[-2:], xs.dtype).at[:, 0].set(1)
+    safe = jnp.where((finite_state & written)[..., None, None], xs, placeholder)
+    observed = jax.vmap(lambda observer, states: jax.vmap(observer)(states))(observers, safe)
+    finite = jnp.all(finite_state, axis=1)
+    for leaf in jax.tree_util.tree_leaves(observed):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+    return observed, finite
 
 
 def program(config: SimulationConfig, shape: Shape, plan: Plan):
@@ -108,7 +139,58 @@ def chunk_inputs(config: SimulationConfig, plan: Plan, shape: Shape, chunk: int)
     )
 
 
-def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
+def work_queue_applies(config: SimulationConfig, shape: Shape) -> bool:
+    """Whether the program of `shape` runs `solve_batch`'s work queue (else a vmapped
+    `solve`): a noiseless sweep of a sphere field (points, no placement wrapper, no
+    feed-forward block, no layer boundaries) with an adaptive solver the queue implements
+    (Tsit5, Bosh3), which is not solved in the span of its starts (identity weights, d > n)."""
+    model = config.model
+    entry = field_entry(model.field)
+    placement = PLACEMENTS[shape.placement]
+    return (
+        model.noise is None
+        and config.solver.name in QUEUE_METHODS
+        and model.feed_forward is None
+        and not model.layers
+        and placement.wrap is None
+        and not placement.euclidean
+        and issubclass(entry.cls, AbstractSphereField)
+        and not _in_span(config, shape)
+    )
+
+
+def _in_span(config: SimulationConfig, shape: Shape) -> bool:
+    """Identity weights keep span{x_i(0)}: for d > n the sweep solves in that span."""
+    model = config.model
+    entry = field_entry(model.field)
+    return (
+        model.noise is None
+        and model.feed_forward is None  # w σ(a x + b) does not keep span{x_i(0)}
+        and not shape.random
+        and entry.state != "angles"
+        and entry.rotation_invariant
+        and shape.d > shape.n
+        and PLACEMENTS[shape.placement].wrap is None
+    )
+
+
+def _build_program(
+    config: SimulationConfig,
+    shape: Shape,
+    plan: Plan,
+    work_queue: bool = True,
+    lane_steps: bool = False,
+    lanes: int | None = None,
+    observe_after: bool = True,
+):
+    """The program of one shape; `work_queue=False` forces the vmapped `solve` (the sweep as
+    it ran before the work queue: tests and benchmarks compare the two). `lane_steps=True`
+    adds a fourth output, the steps computed over all lanes (masked ones included), so that
+    Σ num_steps / lane steps is the share of useful work (benchmarks); `lanes` overrides the
+    queue's lane count (benchmarks). `observe_after`: when the chunk's saved states fit in
+    `STATES_BUDGET_BYTES`, the queue saves states and the observables are computed once over
+    all (system, save time) pairs after the loop, instead of inside its save passes, where
+    every pass evaluates them on every lane (cluster labels run a while loop of their own)."""
     dtype = dtype_of(config.precision)
     model, observables, solver_config = config.model, config.observables, config.solver
     entry = field_entry(model.field)
@@ -174,15 +256,7 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
         else []
     )
     integrate = solve
-    if (
-        model.noise is None
-        and model.feed_forward is None  # w σ(a x + b) does not keep span{x_i(0)}
-        and not shape.random
-        and not angles
-        and entry.rotation_invariant
-        and shape.d > shape.n
-        and placement.wrap is None
-    ):
+    if _in_span(config, shape):
         # Identity weights keep span{x_i(0)}: for d > n solve in that n-dimensional span
         # (exact, and d = 1024 then costs what d = n costs). Inner-product observables need
         # no map back.
@@ -194,7 +268,8 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
     def cast(leaf):
         return leaf.astype(dtype) if isinstance(leaf, jax.Array) else leaf
 
-    def one(ensemble, beta, start, tolerance, *param_values):
+    def setup(ensemble, beta, start, tolerance, *param_values):
+        """(field, x0, observer, noise arguments) of one combo."""
         # Start s uses the same initial tokens (and weight key) for every β, ensemble and
         # parameter: common random numbers make the phase diagram smooth in β.
         start_key = jax.random.fold_in(base_key, start)
@@ -239,6 +314,10 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
             placement.euclidean or entry.euclidean,
             attention if reads_field else None,
         )
+        return field, x0, observer, noisy
+
+    def one(ensemble, beta, start, tolerance, *param_values):
+        field, x0, observer, noisy = setup(ensemble, beta, start, tolerance, *param_values)
         trajectory = integrate(
             field,
             x0,
@@ -255,4 +334,47 @@ def _build_program(config: SimulationConfig, shape: Shape, plan: Plan):
         )
         return trajectory.observed, trajectory.succeeded, trajectory.stats["num_steps"]
 
-    return eqx.filter_jit(jax.vmap(one))
+    if not (work_queue and work_queue_applies(config, shape)):
+        vmapped = jax.vmap(one)
+        if not lane_steps:
+            return eqx.filter_jit(vmapped)
+
+        def with_lane_steps(*inputs):
+            # The vmapped loop runs every lane for the chunk's slowest system.
+            observed, succeeded, num_steps = vmapped(*inputs)
+            return observed, succeeded, num_steps, jnp.max(num_steps) * num_steps.shape[0]
+
+        return eqx.filter_jit(with_lane_steps)
+    method = config.solver.name
+
+    def queued(ensemble, beta, start, tolerance, *param_values):
+        # Every combo's field, start and observer, built as the vmapped path builds them;
+        # then one work queue over the chunk. In float64 each system's steps and saves are
+        # those of the vmapped `solve` (diffrax) to rounding (tests/test_sweep_queue.py).
+        fields, x0s, observers, _ = jax.vmap(setup)(ensemble, beta, start, tolerance, *param_values)
+        after = observe_after and x0s[0].size * ts.size * x0s.shape[0] * x0s.dtype.itemsize <= (
+            STATES_BUDGET_BYTES
+        )
+        trajectory = solve_batch(
+            fields,
+            x0s,
+            ts,
+            batched_field=True,
+            batched_observe=not after,
+            # `solve` with dt0=None starts every system with diffrax's first step, 0.01.
+            rtol=tolerance if tolerance_axis else solver_config.rtol,
+            atol=tolerance if tolerance_axis else solver_config.atol,
+            method=method,
+            observe=None if after else observers,
+            max_steps=solver_config.max_steps,
+            throw=False,
+            lanes=lanes,
+        )
+        observed, succeeded = trajectory.observed, trajectory.succeeded
+        if after:
+            observed, finite = _observe_saved(observers, trajectory.xs)
+            succeeded = succeeded & finite
+        outputs = (observed, succeeded, trajectory.num_steps)
+        return (*outputs, trajectory.num_lane_steps) if lane_steps else outputs
+
+    return eqx.filter_jit(queued)
