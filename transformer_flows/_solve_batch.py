@@ -138,8 +138,10 @@ def solve_batch(
     - `args`: passed to the field.
     - `lanes`: how many systems are integrated side by side (at most B). B lanes is the
       plain lock-stepped batch (fewest loop trips, every lane runs the slowest system's
-      steps). The default is min(B, 64) on the CPU (Fig. 3(a)'s 2048 systems: 98% of the
-      evaluations useful against 74% lock-stepped, 1.19× less CPU time; BENCHMARKS.md) and
+      steps). The default is min(B, 32) on the CPU (Fig. 3(a)'s 2048 systems: 99% of the
+      evaluations useful against 74% lock-stepped; 64 lanes and more cost 1.4–1.6× the CPU
+      time of 16–48 at n = 32, d = 2, and smaller lanes were never slower in the shapes
+      measured; BENCHMARKS.md, "The CPU lane default") and
       min(B, max(64, ⌈B/8⌉)) on accelerators, which want wide steps: about eight systems
       per lane, so the lanes idle while the last systems finish are a small share.
 
@@ -259,10 +261,10 @@ def solve_batch(
 
 
 def _default_lanes(batch: int) -> int:
-    """min(B, 64) on the CPU; min(B, max(64, ⌈B/8⌉)) (about eight systems per lane) on
+    """min(B, 32) on the CPU; min(B, max(64, ⌈B/8⌉)) (about eight systems per lane) on
     accelerators."""
     if jax.default_backend() == "cpu":
-        return min(batch, 64)
+        return min(batch, 32)
     return min(batch, max(64, -(-batch // 8)))
 
 
