@@ -520,6 +520,9 @@ def _figure_config(name, *, observables=None, d=None, experiment=None, noise=Tru
     if any(OBSERVABLES[o].field for o in raw["observables"]["names"]):
         # Observables of the heads of random weights.
         raw["model"].update(weights=["gaussian"], heads=2)
+    if name == "depth_variance":  # a list of depths of random transformers, one layer a step
+        raw["model"].update(weights="random_transformer", heads=1, layers=[1, 2])
+        raw["solver"] = {"name": "residual_layers", "dt": None}
     if entry.noise is not None and noise:
         raw["model"]["noise"] = {"kind": entry.noise, "kappa": 4.0}
         raw["solver"] = {"name": "euler_maruyama", "dt": 0.25}

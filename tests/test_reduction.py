@@ -117,11 +117,13 @@ def field_checks():
     return jax.device_get(_field_checks(jnp.asarray(_distinct()), theta))
 
 
-def test_unit_masses_change_no_bit(field_checks):
-    """masses = 1 gives today's numbers exactly (dense SA, USA; attention matrices too)."""
+def test_unit_masses_change_nothing_but_rounding(field_checks):
+    """masses = 1 gives today's numbers: the attention matrices bit for bit; the fields to
+    rounding, since on CPU masses = None takes the one-pass kernel (docs/scaling.md) and
+    masses the pure-JAX path (bit for bit with the kernel off)."""
     for name in _FIELDS:
         checks = field_checks[name]
-        assert np.array_equal(checks["plain"], checks["ones"]), name
+        np.testing.assert_allclose(checks["plain"], checks["ones"], rtol=0, atol=1e-14)  # a few ulp
         assert np.array_equal(checks["plain_matrix"], checks["ones_matrix"]), name
 
 

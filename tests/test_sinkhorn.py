@@ -25,11 +25,13 @@ WEIGHTS = jax.random.normal(jax.random.key(1), (3, 2, 3, 3)) / np.sqrt(3)
         {"Q": WEIGHTS[0], "V": WEIGHTS[2], "layer_duration": 0.5},  # two layers
     ],
 )
-def test_one_iteration_is_softmax_attention_bit_for_bit(weights):
+def test_one_iteration_is_softmax_attention(weights):
     for t in (0.0, 0.7):
         sinkhorn = tf.SinkhornAttention(2.0, iterations=1, **weights)
         softmax = tf.SelfAttention(2.0, **weights)
-        np.testing.assert_array_equal(sinkhorn(t, X), softmax(t, X))
+        # Bit for bit in the pure-JAX path; on CPU SelfAttention takes the one-pass kernel
+        # (docs/scaling.md), whose exponential is within an ulp: rounding apart.
+        np.testing.assert_allclose(sinkhorn(t, X), softmax(t, X), rtol=0, atol=1e-14)  # a few ulp
         # The matrices: SelfAttention's `attention_weights` forms the scores with a matmul,
         # the drift (both fields) with summed outer products: one ulp apart.
         np.testing.assert_allclose(

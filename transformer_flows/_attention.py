@@ -28,6 +28,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._attention_kernel import one_pass_mix
 from ._custom_types import Particles
+from ._scores import _normalise_scores, inner_products
 from ._validation import as_float_array, check_finite, check_positive
 
 # Per-head weights: None (identity) or a stack over heads; per-head biases likewise.
@@ -60,29 +61,6 @@ class AbstractAttentionMethod(eqx.Module):
 def _check_block_size(block_size) -> None:
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive integer (e.g. 512), got {block_size!r}.")
-
-
-def _normalise_scores(
-    scores: Float[Array, "nq nk"], normalized: bool, log_shift: Float[Array, ""] | float
-) -> Float[Array, "nq nk"]:
-    if normalized:
-        # softmax subtracts the row maximum: finite for any β in float32.
-        return jax.nn.softmax(scores, axis=-1)
-    return jnp.exp(scores - log_shift) / scores.shape[-1]
-
-
-# Up to this query/key width, scores are summed outer products rather than a matmul: XLA then
-# fuses scores, exponentials and row sums into one loop, about 2x faster for the phase-diagram
-# systems (n = 32, d = 2) on CPU. Same arithmetic, so the same numbers up to rounding.
-_UNROLLED_WIDTH = 3
-
-
-def inner_products(queries: Float[Array, "nq k"], keys: Float[Array, "nk k"]) -> Array:
-    """<q_i, k_j> for all pairs; also the Gram matrix of the observables."""
-    if queries.shape[1] > _UNROLLED_WIDTH:
-        return queries @ keys.T
-    products = [queries[:, None, c] * keys[None, :, c] for c in range(queries.shape[1])]
-    return sum(products[1:], start=products[0])
 
 
 def as_key_mask(value) -> Bool[Array, " n"] | None:

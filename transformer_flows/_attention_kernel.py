@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import jaxlib
 from jaxtyping import Array, Float
 
+from ._scores import _normalise_scores, inner_products
+
 ENV = "TRANSFORMER_FLOWS_ATTENTION_KERNEL"
 # On by default: on the Fig. 3(a) workload (one core, float32) an evaluation is 1.9-2.2x and
 # a whole solve 1.30-1.39x faster, at the same accuracy (benchmarks/bench_attention_kernel.py).
@@ -173,8 +175,6 @@ def pure_mix(
     normalized: bool,
 ) -> Float[Array, "nq d"]:
     """The pure-JAX formula: softmax(scores) @ values, or e^{scores - log_shift}/nk @ values."""
-    from ._attention import _normalise_scores, inner_products
-
     return _normalise_scores(inner_products(queries, keys), normalized, log_shift) @ values
 
 

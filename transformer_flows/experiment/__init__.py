@@ -16,6 +16,7 @@
 
 from . import _builtins as _builtins  # registers the built-in entries
 from ._build import build_field as build_field
+from ._errors import SolveFailures as SolveFailures
 from ._fit_run import (
     fit_summary as fit_summary,
     load_fit as load_fit,
@@ -52,7 +53,6 @@ from ._registry import (
 )
 from ._run import (
     FAILED_INTEGER as FAILED_INTEGER,
-    SolveFailures as SolveFailures,
     load_dataset as load_dataset,
     run_experiment as run_experiment,
     run_sweep as run_sweep,

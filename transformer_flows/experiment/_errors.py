@@ -5,3 +5,13 @@ none of them imports another only for it)."""
 class ConfigError(ValueError):
     """A config value is missing, of the wrong type, or not among the allowed values. The
     message names the key path, the value, what is allowed and the fix."""
+
+
+class SolveFailures(RuntimeError):
+    """Some solves of a sweep failed (e.g. max_steps reached) and the config does not allow
+    failures. The dataset was written with them masked; `dataset` (an `xarray.Dataset`) holds
+    it."""
+
+    def __init__(self, message: str, dataset):
+        super().__init__(message)
+        self.dataset = dataset

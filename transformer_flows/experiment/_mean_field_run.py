@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from .. import theory
 from .._mean_field import MeanFieldCircle, MeanFieldSolution, solve_mean_field
 from ._build import dtype_of
+from ._errors import SolveFailures
 from ._interrupt import reported
 from ._provenance import git_commit, provenance
-from ._run import SolveFailures
 from ._schedule import ChunkTask, compute_chunks, finished_chunks
 from ._schema_mean_field import MEAN_FIELD_OBSERVABLES, RESOLUTION, MeanFieldConfig
 from ._store import RunDirectory, chunk_path, fingerprint

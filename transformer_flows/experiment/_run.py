@@ -14,6 +14,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from .._progress import compile_notice
+from ._errors import SolveFailures
 from ._interrupt import reported
 from ._plan import Plan, Shape, plan_sweep
 from ._provenance import git_commit, provenance
@@ -31,15 +32,6 @@ from ._store import RunDirectory, chunk_path, fingerprint
 # Integer observables (cluster counts) of a failed solve hold this value; `succeeded` says
 # which entries are real. Float observables of a failed solve are NaN.
 FAILED_INTEGER = -1
-
-
-class SolveFailures(RuntimeError):
-    """Some solves of a sweep failed (e.g. max_steps reached) and the config does not allow
-    failures. The dataset was written with them masked; `dataset` holds it."""
-
-    def __init__(self, message: str, dataset: xr.Dataset):
-        super().__init__(message)
-        self.dataset = dataset
 
 
 def run_experiment(

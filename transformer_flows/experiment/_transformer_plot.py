@@ -123,14 +123,17 @@ def depth_variance_table(dataset: xr.Dataset, config, resamples: int = 400) -> l
         for _ in range(resamples):
             pick = rng.integers(0, samples.shape[1], samples.shape)
             resampled = np.take_along_axis(samples, pick, axis=1).var(axis=1, ddof=1)
-            boot.append(np.polyfit(np.log(depths), np.log(resampled), 1)[0])
+            if np.all(resampled > 0):  # a resample of one repeated draw has no log-variance
+                boot.append(np.polyfit(np.log(depths), np.log(resampled), 1)[0])
         rows.append(
             {
                 "alpha_L": None if alpha is None else float(alpha),
                 "layers": depths.astype(int).tolist(),
                 "variance": variance.tolist(),
                 "slope": slope,
-                "interval": [float(q) for q in np.quantile(boot, [0.025, 0.975])],
+                "interval": [float(q) for q in np.quantile(boot, [0.025, 0.975])]
+                if boot
+                else [float("nan")] * 2,
                 "draws": int(samples.shape[1]),
             }
         )
