@@ -37,7 +37,7 @@ $(TEST_STAMP): $(STAMP)
 # tests/test_docs_site.py builds the docs site (mkdocs build --strict) and renders it in
 # headless Chromium; `browser` installs Chromium first where it can.
 test: lint $(TEST_STAMP) browser
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
 
 # The docs site: mkdocs.yml, guides in docs/ (plus README, REPRODUCTION and BENCHMARKS, served
 # without moving them), the API reference from the docstrings and the config reference from the
