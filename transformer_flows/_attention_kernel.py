@@ -112,7 +112,8 @@ def _library_path(source: bytes) -> Path:
 
 def _build(compiler: str, source: bytes, target: Path) -> None:
     """Compile into a temporary file beside `target`, then rename it into place (atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # Private to the user: whoever can write here can run code in the process that loads it.
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
     try:
