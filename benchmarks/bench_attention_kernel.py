@@ -31,23 +31,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import block, report, table  # noqa: E402
 
+# The same Fig. 3(a) workload and observable as the lane benchmark.
+from bench_lanes import T1, D, N, clustered_fraction, workload  # noqa: E402
+
 import transformer_flows as tf  # noqa: E402
 from transformer_flows import _attention_kernel  # noqa: E402
-
-N, D, T1, DELTA = 32, 2, 30.0, 1e-3
-
-
-def clustered_fraction(x):
-    n = x.shape[-2]
-    gram = sum(x[:, None, c] * x[None, :, c] for c in range(x.shape[-1]))
-    return ((jnp.sum(gram >= 1 - DELTA) - n) / (n * (n - 1))).astype(x.dtype)
-
-
-def workload(num_betas, starts, seed=0):
-    betas = np.repeat(np.linspace(0.1, 9.0, num_betas), starts)
-    x = np.random.default_rng(seed).standard_normal((betas.size, N, D))
-    x /= np.linalg.norm(x, axis=-1, keepdims=True)
-    return jnp.asarray(betas, jnp.float32), jnp.asarray(x, jnp.float32)
 
 
 def programs(tol, dtype=jnp.float32):
