@@ -193,26 +193,16 @@ def solve_batch(
     lanes = _default_lanes(x0s.shape[0]) if lanes is None else min(lanes, x0s.shape[0])
     one_field = field
     if batched_field:
-        leaves = jax.tree_util.tree_leaves(eqx.filter(field, eqx.is_array))
-        bad = [leaf.shape for leaf in leaves if leaf.ndim < 1 or leaf.shape[0] != x0s.shape[0]]
-        if bad:
-            raise ValueError(
-                f"`batched_field=True` needs every array leaf of `field` to have the batch "
-                f"size {x0s.shape[0]} on axis 0, got leaves of shapes {bad}; build it with "
-                "`eqx.filter_vmap(tf.SelfAttention)(betas)`."
-            )
+        _check_batched(
+            field, "field", x0s.shape[0], "build it with `eqx.filter_vmap(tf.SelfAttention)(betas)`"
+        )
         one_field = jax.tree_util.tree_map(
             lambda leaf: leaf[0] if eqx.is_array(leaf) else leaf, field
         )
     if batched_observe:
-        leaves = jax.tree_util.tree_leaves(eqx.filter(observe, eqx.is_array))
-        bad = [leaf.shape for leaf in leaves if leaf.ndim < 1 or leaf.shape[0] != x0s.shape[0]]
-        if bad:
-            raise ValueError(
-                f"`batched_observe=True` needs every array leaf of `observe` to have the batch "
-                f"size {x0s.shape[0]} on axis 0, got leaves of shapes {bad}; build the "
-                "observers with `eqx.filter_vmap`."
-            )
+        _check_batched(
+            observe, "observe", x0s.shape[0], "build the observers with `eqx.filter_vmap`"
+        )
     one_field.check_state(x0s[0])
     for leaf in jax.tree_util.tree_leaves(eqx.filter(field, eqx.is_inexact_array)):
         weak = getattr(leaf, "weak_type", False)
@@ -258,6 +248,17 @@ def solve_batch(
             "throw=False and read `succeeded`.",
         )
     return result
+
+
+def _check_batched(tree, name: str, batch: int, fix: str) -> None:
+    """`batched_<name>=True`: every array leaf of `tree` carries the batch on axis 0."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
+    bad = [leaf.shape for leaf in leaves if leaf.ndim < 1 or leaf.shape[0] != batch]
+    if bad:
+        raise ValueError(
+            f"`batched_{name}=True` needs every array leaf of `{name}` to have the batch "
+            f"size {batch} on axis 0, got leaves of shapes {bad}; {fix}."
+        )
 
 
 def _default_lanes(batch: int) -> int:

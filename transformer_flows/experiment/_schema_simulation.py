@@ -43,6 +43,15 @@ from ._yaml import bounded_free_form
 NOISE_PARAMETERS = {"independent": ("kappa",), "common": ("sigma",), "sum": ("kappa", "sigma")}
 
 
+def _refuse_unknown(key: str, given, allowed: set[str], owners: str) -> None:
+    """Every name under `key` is a parameter some of `owners` declares."""
+    for name in given:
+        if name not in allowed:
+            raise ValueError(
+                f"{key}.{name}: not a parameter of {owners}; allowed: {sorted(allowed)}"
+            )
+
+
 class NoiseConfig(_Section):
     """Noise of a noisy sweep: the Stratonovich SDE dX = P_X(drift) dt + noise ∘ dW on the
     sphere (`solve(..., noise=, key=)`, docs/models.md "Noisy dynamics"), integrated by an
@@ -189,13 +198,12 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"placement: {wrapped} wrap a sphere field; {self.field!r} moves {moves}"
             )
-        allowed = {name for p in self.placement for name in PLACEMENTS[p].parameters}
-        for name in self.placement_params:
-            if name not in allowed:
-                raise ValueError(
-                    f"placement_params.{name}: not a parameter of the placements "
-                    f"{self.placement}; allowed: {sorted(allowed)}"
-                )
+        _refuse_unknown(
+            "placement_params",
+            self.placement_params,
+            {name for p in self.placement for name in PLACEMENTS[p].parameters},
+            f"the placements {self.placement}",
+        )
         for name in wrapped:
             placement = PLACEMENTS[name]
             params = {k: v for k, v in self.placement_params.items() if k in placement.parameters}
@@ -257,13 +265,12 @@ class ModelConfig(_Section):
                     "(docs/mathematics.md, USA); use a `query_key:identity` ensemble or field SA"
                     f", got weights {bad}"
                 )
-        declared = {name for w in self.weights for name in WEIGHTS[w].parameters}
-        for name in self.weights_params:
-            if name not in declared:
-                raise ValueError(
-                    f"weights_params.{name}: not a parameter of the weight ensembles "
-                    f"{self.weights}; allowed: {sorted(declared)}"
-                )
+        _refuse_unknown(
+            "weights_params",
+            self.weights_params,
+            {name for w in self.weights for name in WEIGHTS[w].parameters},
+            f"the weight ensembles {self.weights}",
+        )
         for w in self.weights:
             _check_weights_parameters(w, self.weights_params, "weights_params")
         if (self.heads or self.layers) and not random:
