@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real, UInt32
 
 from ._attention import inner_products
 from ._sphere import angles_to_points, normalize, points_to_angles
@@ -106,18 +106,47 @@ def clustered_fraction(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> 
     return (clustered / (n * (n - 1))).astype(g.dtype)
 
 
-def cluster_labels(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> Int[Array, " n"]:
-    """Connected components of the graph with edges {<x_i, x_j> >= 1 - δ}.
+# Connected components by one of two exact algorithms, chosen by n at trace time. Up to 32
+# tokens (a row of the adjacency is one uint32 bit set): transitive closure by squaring, a
+# fixed ceil(log2(n-1)) <= 5 passes of n² word operations and no while loop (under vmap a while
+# loop runs every lane until the slowest converges: 12 sweeps of n² on the Fig. 3(a) chunk
+# where most saves need 2). Above, min-label propagation: closures of several words per row
+# measured slower than it (BENCHMARKS.md, "Sweep observables").
+_CLOSURE_MAX_TOKENS = 32
 
-    Token i gets the smallest token index in its component as label: tokens share a label
-    exactly when they are in the same component, and permuting the tokens permutes the
-    partition. Computed by min-label propagation with pointer jumping inside
-    `lax.while_loop` (O(n²) memory and work per sweep, a few sweeps), not a Python loop.
 
-    Note the authors' code counts clusters as the rank of 1{G > 0.9999}; connected components
-    differ from that rank when the threshold graph is not a union of cliques (chains).
-    """
-    adjacency = _adjacency(x, delta)
+def _bit_rows(adjacency: Bool[Array, "n n"]) -> UInt32[Array, " n"]:
+    """Row i as a bit set (n <= 32): bit j is adjacency[i, j]."""
+    n = adjacency.shape[0]
+    weights = jnp.left_shift(jnp.uint32(1), jnp.arange(n, dtype=jnp.uint32))
+    # Distinct powers of two: their sum is their bitwise or.
+    return jnp.sum(jnp.where(adjacency, weights, jnp.uint32(0)), axis=1, dtype=jnp.uint32)
+
+
+def _labels_by_closure(adjacency: Bool[Array, "n n"]) -> Int[Array, " n"]:
+    """Each row of the reachability bit sets R (R ⊇ I) becomes the union of the rows it
+    reaches: after k passes row i holds every token within 2^k edges of i, so
+    ceil(log2(n-1)) passes reach every member of its component (a path has at most n-1
+    edges); the label is the row's lowest bit. n <= 32."""
+    n = adjacency.shape[0]
+    rows = _bit_rows(adjacency)
+    shifts = jnp.arange(n, dtype=jnp.uint32)
+    for _ in range(max(n - 2, 0).bit_length()):  # ceil(log2(n-1)) passes, at most 5
+        reached = (jnp.right_shift(rows[:, None], shifts[None, :]) & jnp.uint32(1)).astype(bool)
+        rows = jax.lax.reduce(
+            jnp.where(reached, rows[None, :], jnp.uint32(0)),
+            jnp.uint32(0),
+            jax.lax.bitwise_or,
+            (1,),
+        )
+    # rows & -rows isolates the lowest bit (bit i is always set: never zero).
+    lowest = rows & (jnp.uint32(0) - rows)
+    return (31 - jax.lax.clz(lowest)).astype(jnp.arange(n).dtype)
+
+
+def _labels_by_propagation(adjacency: Bool[Array, "n n"]) -> Int[Array, " n"]:
+    """Min-label propagation with pointer jumping inside `lax.while_loop`, until no label
+    changes."""
     n = adjacency.shape[0]
     index = jnp.arange(n)
 
@@ -137,6 +166,29 @@ def cluster_labels(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> Int[
 
     labels, _ = jax.lax.while_loop(changed, step, (sweep(index), index))
     return labels
+
+
+def _component_labels(adjacency: Bool[Array, "n n"]) -> Int[Array, " n"]:
+    """Smallest member index of each token's connected component (diagonal set)."""
+    if adjacency.shape[0] <= _CLOSURE_MAX_TOKENS:
+        return _labels_by_closure(adjacency)
+    return _labels_by_propagation(adjacency)
+
+
+def cluster_labels(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> Int[Array, " n"]:
+    """Connected components of the graph with edges {<x_i, x_j> >= 1 - δ}.
+
+    Token i gets the smallest token index in its component as label: tokens share a label
+    exactly when they are in the same component, and permuting the tokens permutes the
+    partition. Exact: for n <= 32 a transitive closure of bit-set rows by ceil(log2(n-1))
+    squarings (O(n² log n) word operations, no while loop), above min-label propagation
+    with pointer jumping inside `lax.while_loop` (O(n²) memory and work per sweep, a few
+    sweeps).
+
+    Note the authors' code counts clusters as the rank of 1{G > 0.9999}; connected components
+    differ from that rank when the threshold graph is not a union of cliques (chains).
+    """
+    return _component_labels(_adjacency(x, delta))
 
 
 def count_clusters(x: Configuration, delta: Float[ArrayLike, ""] = 1e-3) -> Int[Array, ""]:

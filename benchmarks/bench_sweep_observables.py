@@ -1,0 +1,117 @@
+"""Where the Fig. 3(a) sweep chunk's time goes: the solve, the clustered fraction, the cluster
+counts, and the rest of the observation pass.
+
+The chunk of `bench_sweep_queue.py` (configs/figure3.yaml at d = 2, `--betas` × `--starts`
+systems in one chunk: n = 32, 151 saves, Tsit5 rtol = atol = 1e-4, float32, observables
+`clustered_fraction` and `cluster_count`, delta 1e-3, through `solve_batch`'s work queue, which
+saves the states and observes them after the loop). Timed parts, each a jitted call on the
+same inputs, compile excluded, `block_until_ready`, process CPU time, minimum and median over
+`--rounds` interleaved rounds:
+
+- `chunk program`: the sweep program as `run_sweep` runs it (solve + observation);
+- `solve only`: the same program with the observation pass replaced by returning the states;
+- `observation pass: <names>`: `_observe_saved` (placeholder for unreached saves, finiteness
+  checks, the observers vmapped over systems and saves) on the chunk's saved states, with
+  both observables, each alone, and none (the pass's own overhead).
+
+Run it on one pinned core, single-threaded XLA (the method of issue 22):
+
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
+      taskset -c 0 env PYTHONPATH=.:benchmarks python benchmarks/bench_sweep_observables.py
+"""
+
+import argparse
+import os
+import time
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _common import block, report, table
+
+from transformer_flows.experiment import _program, load_config, plan_sweep
+from transformer_flows.experiment._program import Observer, _build_program, chunk_inputs
+
+
+def cpu_call(fn, inputs):
+    start = time.process_time()
+    outputs = block(fn(*inputs))
+    return outputs, time.process_time() - start
+
+
+def states_only(observers, xs):
+    """In place of `_observe_saved`: the saved states themselves, every system finite."""
+    return {"xs": xs}, jnp.ones(xs.shape[0], bool)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--betas", type=int, default=16)
+    parser.add_argument("--starts", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    config = load_config(
+        "configs/figure3.yaml",
+        [
+            "model.d=2",
+            f"sweep.beta={{start: 0.1, stop: 9.0, num: {args.betas}}}",
+            f"sweep.starts={args.starts}",
+            f"sweep.chunk_size={args.betas * args.starts}",
+        ],
+    )
+    plan = plan_sweep(config)
+    (shape,) = plan.shapes
+    inputs = chunk_inputs(config, plan, shape, 0)
+    delta = config.observables.delta
+    full = _build_program(config, shape, plan)
+    with mock.patch.object(_program, "_observe_saved", states_only):
+        solve_only = _build_program(config, shape, plan)
+        (saved, *_), _ = cpu_call(solve_only, inputs)  # traced (and compiled) under the patch
+    xs = saved["xs"]
+    betas = inputs[1]
+
+    def observation(names):
+        @jax.jit
+        def run(betas, xs):
+            observers = Observer(betas, names, delta, config.observables.harmonic)
+            return _program._observe_saved(observers, xs)
+
+        return run
+
+    parts = {
+        "chunk program": (full, inputs),
+        "solve only": (solve_only, inputs),
+    }
+    names = tuple(config.observables.names)
+    for subset in (names, *((name,) for name in names), ()):
+        label = ", ".join(subset) or "none"
+        parts[f"observation pass: {label}"] = (observation(subset), (betas, xs))
+    first = {name: cpu_call(fn, part_inputs)[1] for name, (fn, part_inputs) in parts.items()}
+    times = {name: [] for name in parts}
+    outputs = {}
+    for _ in range(args.rounds):
+        for name, (fn, part_inputs) in parts.items():
+            outputs[name], seconds = cpu_call(fn, part_inputs)
+            times[name].append(seconds)
+    rows = [[name, min(times[name]), float(np.median(times[name])), first[name]] for name in parts]
+    observed = jax.device_get(outputs["chunk program"][0])
+    counts = np.asarray(observed["cluster_count"])
+    fraction = np.asarray(observed["clustered_fraction"])
+    n = shape.n
+    body = (
+        f"{xs.shape[0]} systems ({args.betas} β × {args.starts} starts, one chunk of configs/"
+        f"figure3.yaml at d = 2): n = {n}, {xs.shape[1]} saves, Tsit5 rtol = atol = 1e-4, "
+        f"float32; process CPU time of one call, {args.rounds} interleaved rounds; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU affinity "
+        f"{sorted(os.sched_getaffinity(0))}.\n\n"
+        + table(["part", "CPU s min", "CPU s median", "first call CPU s (compile)"], rows)
+        + f"\n\nSaves fully clustered (count 1) {np.mean(counts == 1):.3f}, fully spread "
+        f"(count n) {np.mean(counts == n):.3f}, with no adjacent pair "
+        f"{np.mean(fraction == 0):.3f}, all pairs adjacent {np.mean(fraction == 1):.3f}."
+    )
+    report("bench_sweep_observables", "Fig. 3(a) sweep chunk: solve vs observables", body)
+
+
+if __name__ == "__main__":
+    main()
