@@ -14,6 +14,11 @@ same inputs, compile excluded, `block_until_ready`, process CPU time, minimum an
   checks, the observers vmapped over systems and saves) on the chunk's saved states, with
   both observables, each alone, and none (the pass's own overhead).
 
+Rows marked "before" trace the cluster labels with min-label propagation at every n (the
+algorithm `cluster_labels` used for every n before the bit-set closure for n <= 32): the
+before/after comparison runs in one process on the same inputs, interleaved; the chunk's
+outputs of both sides are compared (cluster counts equal, clustered fractions bitwise).
+
 Run it on one pinned core, single-threaded XLA (the method of issue 22):
 
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
@@ -21,6 +26,7 @@ Run it on one pinned core, single-threaded XLA (the method of issue 22):
 """
 
 import argparse
+import contextlib
 import os
 import time
 from unittest import mock
@@ -30,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from _common import block, report, table
 
+from transformer_flows import _observables
 from transformer_flows.experiment import _program, load_config, plan_sweep
 from transformer_flows.experiment._program import Observer, _build_program, chunk_inputs
 
@@ -64,10 +71,21 @@ def main():
     (shape,) = plan.shapes
     inputs = chunk_inputs(config, plan, shape, 0)
     delta = config.observables.delta
+    before = mock.patch.object(_observables, "_CLOSURE_MAX_TOKENS", 0)
+
+    first = {}
+
+    def traced(name, fn, part_inputs, patch=None):
+        """fn compiled now (under `patch`: the labels' algorithm is chosen at trace time)."""
+        with patch or contextlib.nullcontext():
+            first[name] = cpu_call(fn, part_inputs)[1]
+        return fn, part_inputs
+
     full = _build_program(config, shape, plan)
+    full_before = _build_program(config, shape, plan)
     with mock.patch.object(_program, "_observe_saved", states_only):
         solve_only = _build_program(config, shape, plan)
-        (saved, *_), _ = cpu_call(solve_only, inputs)  # traced (and compiled) under the patch
+        (saved, *_), first["solve only"] = cpu_call(solve_only, inputs)  # compiled here
     xs = saved["xs"]
     betas = inputs[1]
 
@@ -80,14 +98,18 @@ def main():
         return run
 
     parts = {
-        "chunk program": (full, inputs),
+        "chunk program": traced("chunk program", full, inputs),
+        "chunk program, before": traced("chunk program, before", full_before, inputs, before),
         "solve only": (solve_only, inputs),
     }
     names = tuple(config.observables.names)
     for subset in (names, *((name,) for name in names), ()):
-        label = ", ".join(subset) or "none"
-        parts[f"observation pass: {label}"] = (observation(subset), (betas, xs))
-    first = {name: cpu_call(fn, part_inputs)[1] for name, (fn, part_inputs) in parts.items()}
+        label = f"observation pass: {', '.join(subset) or 'none'}"
+        parts[label] = traced(label, observation(subset), (betas, xs))
+        if "cluster_count" in subset:
+            parts[f"{label}, before"] = traced(
+                f"{label}, before", observation(subset), (betas, xs), before
+            )
     times = {name: [] for name in parts}
     outputs = {}
     for _ in range(args.rounds):
@@ -96,6 +118,14 @@ def main():
             times[name].append(seconds)
     rows = [[name, min(times[name]), float(np.median(times[name])), first[name]] for name in parts]
     observed = jax.device_get(outputs["chunk program"][0])
+    old = jax.device_get(outputs["chunk program, before"][0])
+    same_counts = np.array_equal(observed["cluster_count"], old["cluster_count"])
+    same_fractions = np.array_equal(
+        np.asarray(observed["clustered_fraction"]).view(np.uint32),
+        np.asarray(old["clustered_fraction"]).view(np.uint32),
+    )
+    same_success = np.array_equal(outputs["chunk program"][1], outputs["chunk program, before"][1])
+    chunk = {name: min(times[name]) for name in ("chunk program", "chunk program, before")}
     counts = np.asarray(observed["cluster_count"])
     fraction = np.asarray(observed["clustered_fraction"])
     n = shape.n
@@ -106,7 +136,12 @@ def main():
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; CPU affinity "
         f"{sorted(os.sched_getaffinity(0))}.\n\n"
         + table(["part", "CPU s min", "CPU s median", "first call CPU s (compile)"], rows)
-        + f"\n\nSaves fully clustered (count 1) {np.mean(counts == 1):.3f}, fully spread "
+        + f"\n\nChunk before / after {chunk['chunk program, before'] / chunk['chunk program']:.2f}×"
+        f" (min over rounds); chunk after / solve only "
+        f"{chunk['chunk program'] / min(times['solve only']):.2f}×. "
+        f"After vs before: cluster counts equal {same_counts}, clustered fractions bitwise "
+        f"equal {same_fractions}, success flags equal {same_success}. "
+        f"Saves fully clustered (count 1) {np.mean(counts == 1):.3f}, fully spread "
         f"(count n) {np.mean(counts == n):.3f}, with no adjacent pair "
         f"{np.mean(fraction == 0):.3f}, all pairs adjacent {np.mean(fraction == 1):.3f}."
     )
