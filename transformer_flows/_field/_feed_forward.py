@@ -39,6 +39,26 @@ def _required_array(name: str):
     return convert
 
 
+def check_activation(activation) -> None:
+    """Refuse an `activation` that is neither a name of `ACTIVATIONS` nor a callable."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"`activation` {activation!r} is not a known activation; choose among "
+                f"{sorted(ACTIVATIONS)} or pass a callable."
+            )
+    elif not callable(activation):
+        raise ValueError(
+            f"`activation` must be a name among {sorted(ACTIVATIONS)} or a callable, got "
+            f"{activation!r}."
+        )
+
+
+def activation_function(activation: str | Callable) -> Callable:
+    """σ of an `activation` checked by `check_activation`: the named one, or the callable."""
+    return ACTIVATIONS[activation] if isinstance(activation, str) else activation
+
+
 class FeedForward(AbstractSphereField):
     """The feed-forward term of GLPR (2.8) as a field on (S^{d-1})^n, token by token:
     ẋ_i = P^⊥_{x_i}( w(t) σ(a(t) x_i + b(t)) + c(t) ).
@@ -68,17 +88,7 @@ class FeedForward(AbstractSphereField):
     )
 
     def __check_init__(self):
-        if isinstance(self.activation, str):
-            if self.activation not in ACTIVATIONS:
-                raise ValueError(
-                    f"`activation` {self.activation!r} is not a known activation; choose among "
-                    f"{sorted(ACTIVATIONS)} or pass a callable."
-                )
-        elif not callable(self.activation):
-            raise ValueError(
-                f"`activation` must be a name among {sorted(ACTIVATIONS)} or a callable, got "
-                f"{self.activation!r}."
-            )
+        check_activation(self.activation)
         _check_feed_forward_weights(self.w, self.a, self.b, self.layer_duration)
         if self.out_bias is not None:
             expected = self.w.shape[:-1]
@@ -92,9 +102,7 @@ class FeedForward(AbstractSphereField):
     @property
     def sigma(self) -> Callable:
         """The activation function σ."""
-        if isinstance(self.activation, str):
-            return ACTIVATIONS[self.activation]
-        return self.activation
+        return activation_function(self.activation)
 
     @property
     def num_layers(self) -> int | None:

@@ -8,7 +8,12 @@ from jaxtyping import Array, Float, PyTree
 
 from .._custom_types import Particles
 from ._base import AbstractSphereField, check_points
-from ._feed_forward import ACTIVATIONS, _check_feed_forward_weights, _required_array
+from ._feed_forward import (
+    _check_feed_forward_weights,
+    _required_array,
+    activation_function,
+    check_activation,
+)
 from ._layers import layer_index, layer_jump_times
 
 
@@ -32,13 +37,7 @@ class GatedFeedForward(AbstractSphereField):
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
 
     def __check_init__(self):
-        if isinstance(self.activation, str) and self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation` {self.activation!r} is not a known activation; choose among "
-                f"{sorted(ACTIVATIONS)} or pass a callable."
-            )
-        if not isinstance(self.activation, str) and not callable(self.activation):
-            raise ValueError(f"`activation` must be a name or a callable, got {self.activation!r}.")
+        check_activation(self.activation)
         _check_feed_forward_weights(self.w, self.a, None, self.layer_duration)
         if self.u.shape != self.a.shape:
             raise ValueError(
@@ -48,7 +47,7 @@ class GatedFeedForward(AbstractSphereField):
 
     @property
     def sigma(self) -> Callable:
-        return ACTIVATIONS[self.activation] if isinstance(self.activation, str) else self.activation
+        return activation_function(self.activation)
 
     @property
     def num_layers(self) -> int | None:
