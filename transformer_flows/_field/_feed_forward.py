@@ -59,7 +59,44 @@ def activation_function(activation: str | Callable) -> Callable:
     return ACTIVATIONS[activation] if isinstance(activation, str) else activation
 
 
-class FeedForward(AbstractSphereField):
+class AbstractFeedForward(AbstractSphereField):
+    """Shared by `FeedForward` and `GatedFeedForward`: token-wise terms whose output weights
+    `w` are (d, m) (with `layer_duration`, (L, d, m): layer l acts on
+    [l·layer_duration, (l+1)·layer_duration)) and whose hidden units go through σ
+    (`activation`)."""
+
+    w: eqx.AbstractVar[Array]
+    activation: eqx.AbstractVar[str | Callable]
+    layer_duration: eqx.AbstractVar[float | None]
+
+    @property
+    def sigma(self) -> Callable:
+        """The activation function σ."""
+        return activation_function(self.activation)
+
+    @property
+    def num_layers(self) -> int | None:
+        return None if self.layer_duration is None else self.w.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """The token dimension d."""
+        return self.w.shape[-2]
+
+    def jump_times(self) -> Float[Array, " jumps"] | None:
+        return layer_jump_times(self.layer_duration, self.num_layers)
+
+    def check_state(self, x) -> None:
+        check_points(x, type(self).__name__)
+        if x.shape[1] != self.dim:
+            raise ValueError(
+                f"`x0` has dimension d={x.shape[1]} but the feed-forward weights act on "
+                f"d={self.dim} (w is (d, m) = {self.w.shape[-2:]}); pass tokens of shape "
+                f"(n, {self.dim})."
+            )
+
+
+class FeedForward(AbstractFeedForward):
     """The feed-forward term of GLPR (2.8) as a field on (S^{d-1})^n, token by token:
     ẋ_i = P^⊥_{x_i}( w(t) σ(a(t) x_i + b(t)) + c(t) ).
 
@@ -100,20 +137,6 @@ class FeedForward(AbstractSphereField):
                 )
 
     @property
-    def sigma(self) -> Callable:
-        """The activation function σ."""
-        return activation_function(self.activation)
-
-    @property
-    def num_layers(self) -> int | None:
-        return None if self.layer_duration is None else self.w.shape[0]
-
-    @property
-    def dim(self) -> int:
-        """The token dimension d."""
-        return self.w.shape[-2]
-
-    @property
     def width(self) -> int:
         """The hidden width m."""
         return self.w.shape[-1]
@@ -131,18 +154,6 @@ class FeedForward(AbstractSphereField):
         if index is None or self.out_bias is None:
             return self.out_bias
         return self.out_bias[index]
-
-    def jump_times(self) -> Float[Array, " jumps"] | None:
-        return layer_jump_times(self.layer_duration, self.num_layers)
-
-    def check_state(self, x) -> None:
-        check_points(x, "FeedForward")
-        if x.shape[1] != self.dim:
-            raise ValueError(
-                f"`x0` has dimension d={x.shape[1]} but the feed-forward weights act on "
-                f"d={self.dim} (w is (d, m) = {self.w.shape[-2:]}); pass tokens of shape "
-                f"(n, {self.dim})."
-            )
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         w, a, b = self.weights_at(t)
