@@ -39,7 +39,64 @@ def _required_array(name: str):
     return convert
 
 
-class FeedForward(AbstractSphereField):
+def check_activation(activation) -> None:
+    """Refuse an `activation` that is neither a name of `ACTIVATIONS` nor a callable."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"`activation` {activation!r} is not a known activation; choose among "
+                f"{sorted(ACTIVATIONS)} or pass a callable."
+            )
+    elif not callable(activation):
+        raise ValueError(
+            f"`activation` must be a name among {sorted(ACTIVATIONS)} or a callable, got "
+            f"{activation!r}."
+        )
+
+
+def activation_function(activation: str | Callable) -> Callable:
+    """σ of an `activation` checked by `check_activation`: the named one, or the callable."""
+    return ACTIVATIONS[activation] if isinstance(activation, str) else activation
+
+
+class AbstractFeedForward(AbstractSphereField):
+    """Shared by `FeedForward` and `GatedFeedForward`: token-wise terms whose output weights
+    `w` are (d, m) (with `layer_duration`, (L, d, m): layer l acts on
+    [l·layer_duration, (l+1)·layer_duration)) and whose hidden units go through σ
+    (`activation`)."""
+
+    w: eqx.AbstractVar[Array]
+    activation: eqx.AbstractVar[str | Callable]
+    layer_duration: eqx.AbstractVar[float | None]
+
+    @property
+    def sigma(self) -> Callable:
+        """The activation function σ."""
+        return activation_function(self.activation)
+
+    @property
+    def num_layers(self) -> int | None:
+        return None if self.layer_duration is None else self.w.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """The token dimension d."""
+        return self.w.shape[-2]
+
+    def jump_times(self) -> Float[Array, " jumps"] | None:
+        return layer_jump_times(self.layer_duration, self.num_layers)
+
+    def check_state(self, x) -> None:
+        check_points(x, type(self).__name__)
+        if x.shape[1] != self.dim:
+            raise ValueError(
+                f"`x0` has dimension d={x.shape[1]} but the feed-forward weights act on "
+                f"d={self.dim} (w is (d, m) = {self.w.shape[-2:]}); pass tokens of shape "
+                f"(n, {self.dim})."
+            )
+
+
+class FeedForward(AbstractFeedForward):
     """The feed-forward term of GLPR (2.8) as a field on (S^{d-1})^n, token by token:
     ẋ_i = P^⊥_{x_i}( w(t) σ(a(t) x_i + b(t)) + c(t) ).
 
@@ -68,17 +125,7 @@ class FeedForward(AbstractSphereField):
     )
 
     def __check_init__(self):
-        if isinstance(self.activation, str):
-            if self.activation not in ACTIVATIONS:
-                raise ValueError(
-                    f"`activation` {self.activation!r} is not a known activation; choose among "
-                    f"{sorted(ACTIVATIONS)} or pass a callable."
-                )
-        elif not callable(self.activation):
-            raise ValueError(
-                f"`activation` must be a name among {sorted(ACTIVATIONS)} or a callable, got "
-                f"{self.activation!r}."
-            )
+        check_activation(self.activation)
         _check_feed_forward_weights(self.w, self.a, self.b, self.layer_duration)
         if self.out_bias is not None:
             expected = self.w.shape[:-1]
@@ -88,22 +135,6 @@ class FeedForward(AbstractSphereField):
                     f"{', per layer' if self.layer_duration is not None else ''}), got "
                     f"{self.out_bias.shape}."
                 )
-
-    @property
-    def sigma(self) -> Callable:
-        """The activation function σ."""
-        if isinstance(self.activation, str):
-            return ACTIVATIONS[self.activation]
-        return self.activation
-
-    @property
-    def num_layers(self) -> int | None:
-        return None if self.layer_duration is None else self.w.shape[0]
-
-    @property
-    def dim(self) -> int:
-        """The token dimension d."""
-        return self.w.shape[-2]
 
     @property
     def width(self) -> int:
@@ -123,18 +154,6 @@ class FeedForward(AbstractSphereField):
         if index is None or self.out_bias is None:
             return self.out_bias
         return self.out_bias[index]
-
-    def jump_times(self) -> Float[Array, " jumps"] | None:
-        return layer_jump_times(self.layer_duration, self.num_layers)
-
-    def check_state(self, x) -> None:
-        check_points(x, "FeedForward")
-        if x.shape[1] != self.dim:
-            raise ValueError(
-                f"`x0` has dimension d={x.shape[1]} but the feed-forward weights act on "
-                f"d={self.dim} (w is (d, m) = {self.w.shape[-2:]}); pass tokens of shape "
-                f"(n, {self.dim})."
-            )
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         w, a, b = self.weights_at(t)

@@ -4,15 +4,19 @@ token."""
 from collections.abc import Callable
 
 import equinox as eqx
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, PyTree
 
 from .._custom_types import Particles
-from ._base import AbstractSphereField, check_points
-from ._feed_forward import ACTIVATIONS, _check_feed_forward_weights, _required_array
-from ._layers import layer_index, layer_jump_times
+from ._feed_forward import (
+    AbstractFeedForward,
+    _check_feed_forward_weights,
+    _required_array,
+    check_activation,
+)
+from ._layers import layer_index
 
 
-class GatedFeedForward(AbstractSphereField):
+class GatedFeedForward(AbstractFeedForward):
     """The gated (GLU) feed-forward term as a field on (S^{d-1})^n, token by token:
     ẋ_i = P^⊥_{x_i}( w(t) (σ(a(t) x_i) ⊙ u(t) x_i) ). With σ = SiLU this is LLaMA's SwiGLU
     MLP down(silu(gate x) ⊙ up x): w = W_down, a = W_gate, u = W_up.
@@ -32,13 +36,7 @@ class GatedFeedForward(AbstractSphereField):
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
 
     def __check_init__(self):
-        if isinstance(self.activation, str) and self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation` {self.activation!r} is not a known activation; choose among "
-                f"{sorted(ACTIVATIONS)} or pass a callable."
-            )
-        if not isinstance(self.activation, str) and not callable(self.activation):
-            raise ValueError(f"`activation` must be a name or a callable, got {self.activation!r}.")
+        check_activation(self.activation)
         _check_feed_forward_weights(self.w, self.a, None, self.layer_duration)
         if self.u.shape != self.a.shape:
             raise ValueError(
@@ -46,35 +44,12 @@ class GatedFeedForward(AbstractSphereField):
                 f"got {self.u.shape}."
             )
 
-    @property
-    def sigma(self) -> Callable:
-        return ACTIVATIONS[self.activation] if isinstance(self.activation, str) else self.activation
-
-    @property
-    def num_layers(self) -> int | None:
-        return None if self.layer_duration is None else self.w.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.w.shape[-2]
-
     def weights_at(self, t) -> tuple[Array, Array, Array]:
         """(w, a, u) acting at time t."""
         index = layer_index(t, self.layer_duration, self.num_layers)
         if index is None:
             return self.w, self.a, self.u
         return self.w[index], self.a[index], self.u[index]
-
-    def jump_times(self) -> Float[Array, " jumps"] | None:
-        return layer_jump_times(self.layer_duration, self.num_layers)
-
-    def check_state(self, x) -> None:
-        check_points(x, "GatedFeedForward")
-        if x.shape[1] != self.dim:
-            raise ValueError(
-                f"`x0` has dimension d={x.shape[1]} but the feed-forward weights act on "
-                f"d={self.dim}; pass tokens of shape (n, {self.dim})."
-            )
 
     def drift(self, t, x: Particles, args: PyTree = None) -> Particles:
         w, a, u = self.weights_at(t)

@@ -17,17 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from .. import theory
 from .._mean_field import MeanFieldCircle, MeanFieldSolution, solve_mean_field
 from ._build import dtype_of
-from ._errors import SolveFailures
-from ._interrupt import reported
 from ._provenance import git_commit, provenance
-from ._schedule import ChunkTask, compute_chunks, finished_chunks
+from ._run_chunks import run_chunks
+from ._schedule import ChunkTask
 from ._schema_mean_field import MEAN_FIELD_OBSERVABLES, RESOLUTION, MeanFieldConfig
-from ._store import RunDirectory, chunk_path, fingerprint
+from ._store import chunk_path, fingerprint
 
 SOLVER_CLASSES = {
     "tsit5": diffrax.Tsit5,
@@ -129,38 +127,23 @@ def run_mean_field(config: MeanFieldConfig, out: str | Path, *, progress: bool =
         for index, (beta, kappa) in enumerate(pairs)
     ]
 
-    def compute(task: ChunkTask, device) -> xr.Dataset:
+    def compute(task: ChunkTask, device, bar) -> xr.Dataset:
         # On the default device: a `jax.default_device` context is part of the cache key of
         # every jitted call, and would compile anew what a direct solve compiled already.
         return _pair_chunk(config, *pairs[task.key])
 
-    run = RunDirectory(out)
-    with run.lock(), reported(run.out, "chunks") as saved:
-        run.claim(config.to_yaml(), fingerprint(numerics))
-        run.remove_temporaries()
-        pieces, todo = finished_chunks(run, tasks)
-        saved.total, saved.recount = len(tasks), lambda: len(pieces)
-        with tqdm(
-            total=len(tasks),
-            initial=len(pieces),
-            unit="solve",
-            disable=not progress,
-            desc=config.name,
-            dynamic_ncols=True,
-        ) as bar:
-            pieces |= compute_chunks(
-                run,
-                todo,
-                compute,
-                devices=jax.local_devices()[:1],
-                on_done=lambda task, here: bar.update(1),
-            )
-        dataset = assemble_mean_field(config, pieces, commit)
-        run.write_dataset(dataset)
-    failed = int(dataset.attrs["failed_solves"])
-    if failed and not config.solver.allow_failures:
-        raise SolveFailures(failure_message(config, dataset), dataset)
-    return dataset
+    return run_chunks(
+        config,
+        out,
+        tasks,
+        compute,
+        lambda pieces: assemble_mean_field(config, pieces, commit),
+        lambda dataset: failure_message(config, dataset),
+        numerics=numerics,
+        unit="solve",
+        progress=progress,
+        devices=jax.local_devices()[:1],
+    )
 
 
 def failure_message(config: MeanFieldConfig, dataset: xr.Dataset) -> str:

@@ -11,15 +11,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from .._progress import compile_notice
-from ._errors import SolveFailures
-from ._interrupt import reported
 from ._plan import Plan, Shape, plan_sweep
 from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES
-from ._schedule import ChunkTask, compute_chunks, finished_chunks
+from ._run_chunks import run_chunks
+from ._schedule import ChunkTask
 from ._schema import (
     ConfigError,
     SimulationConfig,
@@ -126,7 +124,7 @@ def run_sweep(
     compiled: set[Shape] = set()  # shapes whose program this call has launched once
     compiled_lock = threading.Lock()
 
-    def compute(task: ChunkTask, device) -> xr.Dataset:
+    def compute(task: ChunkTask, device, bar) -> xr.Dataset:
         shape, chunk = task.key
         started = time.perf_counter()
         inputs = jax.device_put(chunk_inputs(config, plan, shape, chunk), device)
@@ -149,65 +147,28 @@ def run_sweep(
         for shape in plan.shapes
         for chunk in range(plan.num_chunks(shape))
     ]
-    run = RunDirectory(out)
-    # The processes of a distributed run share `out`, each writing the chunks it claims.
-    with run.lock(shared=processes > 1), reported(run.out, "chunks") as saved:
-        run.claim(config.to_yaml(), fingerprint(numerics))
-        run.remove_temporaries()
-        pieces, todo = finished_chunks(run, tasks)
-        saved.total = len(tasks)
-        saved.recount = _recount(run, todo, pieces, len(tasks))
-        computed = 0
-        with tqdm(
-            total=len(tasks),
-            initial=len(pieces),
-            unit="chunk",
-            disable=not progress,
-            desc=config.name,
-            dynamic_ncols=True,
-        ) as bar:
 
-            def done(task: ChunkTask, computed_here: bool) -> None:
-                nonlocal computed
-                bar.update(1)
-                if computed_here:
-                    computed += 1
-                    if on_chunk is not None:
-                        on_chunk(computed)
-
-            pieces |= compute_chunks(
-                run,
-                todo,
-                compute,
-                devices=devices,
-                process_index=jax.process_index(),
-                process_count=processes,
-                on_done=done,
-            )
+    def assembled(pieces: dict) -> xr.Dataset:
         dataset = assemble(config, plan, pieces, commit)
         dataset.attrs["devices"] = len(devices) * processes
         dataset.attrs["processes"] = processes
-        if jax.process_index() == 0:  # one process writes the dataset; all return it
-            run.write_dataset(dataset)
-    failed = int(dataset.attrs["failed_solves"])
-    if failed and not config.solver.allow_failures:
-        raise SolveFailures(_failure_message(config, dataset), dataset)
-    return dataset
+        return dataset
 
-
-def _recount(run: RunDirectory, todo: list[ChunkTask], pieces: dict, total: int):
-    """The number of chunks on disk, counted when Ctrl-C comes: those found valid, those
-    computed, and one whose file was renamed into place (whole) before it was counted. A
-    stale file of a chunk still to do is not counted."""
-
-    def on_disk(task: ChunkTask) -> bool:
-        return (run.out / task.path).is_file()
-
-    stale = {task.key for task in todo if on_disk(task)}
-    return lambda: (
-        total
-        - len(todo)
-        + sum(task.key in pieces or (task.key not in stale and on_disk(task)) for task in todo)
+    # The processes of a distributed run share `out`, each writing the chunks it claims.
+    return run_chunks(
+        config,
+        out,
+        tasks,
+        compute,
+        assembled,
+        lambda dataset: _failure_message(config, dataset),
+        numerics=numerics,
+        unit="chunk",
+        progress=progress,
+        devices=devices,
+        process_index=jax.process_index(),
+        process_count=processes,
+        on_chunk=on_chunk,
     )
 
 
