@@ -91,7 +91,7 @@ def test_stored_adjoint_and_analytic_attention_give_the_default_gradient():
         for g in (grads, fast_grads)
     )
     # The same computed solve, differentiated two ways: equal to float64 rounding (measured
-    # 2.4e-16 relative). A nonzero gradient is compared.
+    # about 2e-16 relative). A nonzero gradient is compared.
     assert float(fast_loss) == pytest.approx(float(loss), rel=1e-14)
     error = np.linalg.norm(fast_flat - flat) / np.linalg.norm(flat)
     assert error < 1e-13, error
