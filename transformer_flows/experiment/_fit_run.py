@@ -120,6 +120,10 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         raise FiguresInterrupted(
             f"the fit ({PARAMS}, {METRICS})", run.out, f"`transformer-flows plot {run.out}`"
         ) from None
+    except RuntimeError as err:  # the figure solves the fitted flow from another input
+        if MAX_STEPS_MESSAGE not in str(err):
+            raise
+        raise FitSolveFailed(_max_steps_message(config, run, figures=True)) from err
     return metrics
 
 
@@ -128,20 +132,30 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
 MAX_STEPS_MESSAGE = "maximum number of solver steps was reached"
 
 
-def _max_steps_message(config: FitConfig, run: RunDirectory) -> str:
+def _max_steps_message(config: FitConfig, run: RunDirectory, figures: bool = False) -> str:
     """Which key bounded the failed solve, where the fit stands, and the fix."""
     if config.flow.adjoint == "stored":
         key, value = "flow.stored_max_steps", config.flow.stored_max_steps
     else:
         key, value = "solver.max_steps", config.solver.max_steps
-    history = run.out / (CHECKPOINT + ".history.npy")
-    saved = len(np.load(history)) if history.is_file() else 0
+    if figures:
+        what = (
+            f"the fit finished ({PARAMS}, {METRICS} written) but the solve of its trajectories "
+            f"figure needed more than {key} = {value} steps; it was not truncated, and the "
+            "figures were not drawn."
+        )
+    else:
+        history = run.out / (CHECKPOINT + ".history.npy")
+        saved = len(np.load(history)) if history.is_file() else 0
+        what = (
+            f"the fit failed: a solve (of a training step or a held-out evaluation) needed "
+            f"more than {key} = {value} steps; it was not truncated, and no metrics were "
+            f"written ({CHECKPOINT} holds step {saved} of {config.train.steps})."
+        )
     return (
-        f"the fit failed: a solve (of a training step or a held-out evaluation) needed more "
-        f"than {key} = {value} steps; it was not truncated, and no metrics were written "
-        f"({CHECKPOINT} holds step {saved} of {config.train.steps}). Fix: rerun with a larger "
-        f"{key} (a forward solve's trajectory.stats['num_steps'] says how many it takes) and "
-        f"a new --out ({str(run.out)!r} holds this config and refuses another)"
+        f"{what} Fix: rerun with a larger {key} (a forward solve's "
+        "trajectory.stats['num_steps'] says how many it takes) and a new --out "
+        f"({str(run.out)!r} holds this config and refuses another)"
     )
 
 
