@@ -9,6 +9,12 @@ histories, the largest relative difference of the training losses between the se
 - default: the config as written (RecursiveCheckpointAdjoint, autodiff attention);
 - fast: `flow.adjoint=stored flow.stored_max_steps=K flow.attention_vjp=analytic`.
 
+`--step-only`: instead, the CPU time of one training step of the config (`fit`'s own compiled
+step, batch `train.batch_size`), both settings compiled first in this process, then blocks of
+`--block` steps of each setting alternating for `--rounds` rounds (each step from the weights
+after the first step, so that every block solves the same problems); reports the minimum and
+median ms per step over the blocks, and the most steps a solve of 16 inputs takes there.
+
 One core, one thread (as in BENCHMARKS.md):
 
     XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1' \\
@@ -22,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,56 @@ def _run(config: str, overrides: list[str], smoke: bool, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+def _step_cpu(args, settings: dict) -> None:
+    """Per-step CPU time of each setting (see the module docstring, `--step-only`)."""
+    import equinox as eqx
+    import jax
+
+    import transformer_flows as tf
+    from transformer_flows.experiment import load_config
+    from transformer_flows.experiment._build import (
+        build_fit_model,
+        build_flow,
+        build_optimizer,
+        build_task,
+    )
+
+    states = {}
+    for name, extra in settings.items():
+        config = load_config(args.config, [*args.overrides, *extra])
+        if config.precision == "float64":
+            jax.config.update("jax_enable_x64", True)
+        model, task, flow = build_fit_model(config), build_task(config), build_flow(config)
+        optimizer = build_optimizer(config)
+        spec = tf.trainable_spec(model, config.train.parameters)
+        step = tf.make_step(task, optimizer, flow, spec, config.train.batch_size)
+        opt_state = optimizer.init(eqx.filter(eqx.filter(model, spec), eqx.is_inexact_array))
+        model, opt_state, loss = step(model, opt_state, jax.random.key(0))  # compiles
+        loss.block_until_ready()
+        if name == "default":
+            x0, _ = jax.vmap(task.sample)(jax.random.split(jax.random.key(0), 16))
+            field = tf.as_field(model)
+            taken = jax.vmap(lambda x: flow.trajectory(field, x).stats["num_steps"])(x0)
+            print(f"steps per solve (16 inputs, weights after one step): max {int(taken.max())}")
+        states[name] = [step, model, opt_state, []]
+    for _ in range(args.rounds):
+        for state in states.values():
+            step, model, opt_state, times = state
+            began = time.process_time()
+            for i in range(args.block):  # always from the same weights: the same solves
+                _, _, loss = step(model, opt_state, jax.random.key(1 + i))
+            loss.block_until_ready()
+            times.append((time.process_time() - began) / args.block * 1e3)
+    medians = {}
+    for name, (_, _, _, times) in states.items():
+        medians[name] = float(np.median(times))
+        print(
+            f"{name}: step CPU ms min {min(times):.2f} median {medians[name]:.2f} (blocks: "
+            f"{', '.join(f'{t:.2f}' for t in times)})"
+        )
+    print(f"default / fast (medians): {medians['default'] / medians['fast']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -45,6 +102,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    parser.add_argument("--step-only", action="store_true")
+    parser.add_argument("--block", type=int, default=20, help="steps per timed block")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     fast = [
@@ -53,6 +112,9 @@ def main() -> None:
         "flow.attention_vjp=analytic",
     ]
     settings = {"default": [], "fast": fast}
+    if args.step_only:
+        _step_cpu(args, settings)
+        return
     results = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
