@@ -63,8 +63,8 @@ def _config(flow=(), model=(), solver=None):
 
 
 def _first_step_loss_and_gradient(config):
-    """(loss, gradient) of the fit's first training batch (drawn as `fit` draws step 0) with
-    respect to β, Q, K, V."""
+    """The initial model of `config`, and the function of a model giving the loss of the fit's
+    first training batch (drawn as `fit` draws step 0) and its gradient in β, Q, K, V."""
     model, task, flow = build_fit_model(config), build_task(config), build_flow(config)
     key = jax.random.fold_in(jax.random.split(jax.random.key(config.seed))[0], 0)
     return model, eqx.filter_value_and_grad(lambda m: tf.batch_loss(m, task, flow, key, 2))
