@@ -12,6 +12,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._attention import AbstractAttentionMethod, AutoAttention
 from ._field._base import AbstractSphereField
 from ._field._feed_forward import FeedForward, TransformerBlock
 from ._field._self_attention import (
@@ -79,7 +80,11 @@ class LowRankAttention(AbstractFieldModel):
     `feed_forward`: an optional `FeedForward` term (its own per-layer axis, if any, must match
     the attention's `layer_duration`); the field is then `TransformerBlock(attention,
     feed_forward)`, trained as the attribute `feed_forward` (`trainable_spec(model,
-    [..., "feed_forward"])` trains w, a and b)."""
+    [..., "feed_forward"])` trains w, a and b).
+
+    `attention`: the attention method of the built field (default `AutoAttention()`;
+    `AnalyticVJPAttention()` for the cheaper exact gradient). It holds no arrays, so it changes
+    neither the trained leaves nor a saved model's file."""
 
     beta: Float[Array, ""] = eqx.field(converter=as_beta)
     Q: LowRank | Array | None = None
@@ -88,6 +93,7 @@ class LowRankAttention(AbstractFieldModel):
     normalized: bool = eqx.field(default=True, static=True, kw_only=True)
     layer_duration: float | None = eqx.field(default=None, static=True, kw_only=True)
     feed_forward: FeedForward | None = eqx.field(default=None, kw_only=True)
+    attention: AbstractAttentionMethod = eqx.field(default=AutoAttention(), kw_only=True)
 
     def __check_init__(self):
         if self.feed_forward is not None and not isinstance(self.feed_forward, FeedForward):
@@ -109,6 +115,7 @@ class LowRankAttention(AbstractFieldModel):
             dense(self.K),
             dense(self.V),
             layer_duration=self.layer_duration,
+            attention=self.attention,
         )
         if self.feed_forward is None:
             return attention

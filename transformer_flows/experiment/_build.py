@@ -73,7 +73,10 @@ def build_fit_model(config: FitConfig):
     N(0, init_scale²/d) weights fixed by `seed`, with heads, layers and low rank as configured
     (names in `model.identity` stay None, i.e. the identity), and the feed-forward term of
     `model.feed_forward` if set (per layer with `model.layers`; its weights from a key of its
-    own, so Q, K, V start as without it). Other fields: `cls(**params)`."""
+    own, so Q, K, V start as without it), attending with `AnalyticVJPAttention()` when
+    `flow.attention_vjp` is `analytic`. Other fields: `cls(**params)`."""
+    from .._attention import AutoAttention
+    from .._attention_vjp import AnalyticVJPAttention
     from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
     from .._field_models import LowRank, LowRankAttention
 
@@ -119,6 +122,9 @@ def build_fit_model(config: FitConfig):
             normalized=entry.cls is SelfAttention,
             layer_duration=layer_duration,
             feed_forward=_feed_forward(spec, layer_duration, config),
+            attention=AnalyticVJPAttention()
+            if config.flow.attention_vjp == "analytic"
+            else AutoAttention(),
         )
     # Strong dtypes (β = 1.0 would be weakly typed), as `fit` returns them: one compilation
     # serves the initial and the fitted model.
@@ -179,19 +185,23 @@ def build_task(config: FitConfig):
 
 def build_flow(config: FitConfig):
     from .._fit import FlowOptions
+    from .._stored_adjoint import StoredAdjoint
 
     solver, dt0 = solver_of(config.solver)
-    if config.flow.adjoint == "recursive_checkpoint":
-        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=config.flow.checkpoints)
+    flow, max_steps = config.flow, config.solver.max_steps
+    if flow.adjoint == "recursive_checkpoint":
+        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=flow.checkpoints)
+    elif flow.adjoint == "stored":
+        adjoint, max_steps = StoredAdjoint(), flow.stored_max_steps
     else:
         adjoint = diffrax.BacksolveAdjoint()
     return FlowOptions(
-        horizon=config.flow.horizon,
+        horizon=flow.horizon,
         solver=solver,
         dt0=dt0,
         rtol=config.solver.rtol,
         atol=config.solver.atol,
-        max_steps=config.solver.max_steps,
+        max_steps=max_steps,
         adjoint=adjoint,
     )
 

@@ -15,3 +15,12 @@ class SolveFailures(RuntimeError):
     def __init__(self, message: str, dataset):
         super().__init__(message)
         self.dataset = dataset
+
+
+class FitSolveFailed(SolveFailures):
+    """A solve of a fit (a training step or a held-out evaluation) failed, e.g. it needed more
+    steps than its bound. The fit stopped: no metrics were written (`dataset` is None), and
+    `checkpoint.eqx` keeps the last checkpointed step."""
+
+    def __init__(self, message: str):
+        super().__init__(message, None)

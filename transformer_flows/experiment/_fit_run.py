@@ -16,6 +16,7 @@ from .._field_models import as_field
 from .._fit import FitInterrupted, evaluate, fit, trainable_spec
 from .._losses import TargetMeasure
 from ._build import build_fit_model, build_flow, build_optimizer, build_task
+from ._errors import FitSolveFailed
 from ._fit_plot import draw_fit_figures
 from ._interrupt import FiguresInterrupted, RunInterrupted
 from ._registry import FIELDS
@@ -51,21 +52,26 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
     model, task, flow = build_fit_model(config), build_task(config), build_flow(config)
     train = config.train
     started = time.perf_counter()
-    result = fit(
-        model,
-        task,
-        build_optimizer(config),
-        key=jax.random.key(config.seed),
-        num_steps=train.steps,
-        flow=flow,
-        batch_size=train.batch_size,
-        filter_spec=trainable_spec(model, train.parameters),
-        eval_every=train.eval_every,
-        eval_size=train.eval_size,
-        checkpoint=run.out / CHECKPOINT,
-        checkpoint_every=train.checkpoint_every,
-        progress=progress,
-    )
+    try:
+        result = fit(
+            model,
+            task,
+            build_optimizer(config),
+            key=jax.random.key(config.seed),
+            num_steps=train.steps,
+            flow=flow,
+            batch_size=train.batch_size,
+            filter_spec=trainable_spec(model, train.parameters),
+            eval_every=train.eval_every,
+            eval_size=train.eval_size,
+            checkpoint=run.out / CHECKPOINT,
+            checkpoint_every=train.checkpoint_every,
+            progress=progress,
+        )
+    except RuntimeError as err:
+        if MAX_STEPS_MESSAGE not in str(err):
+            raise
+        raise FitSolveFailed(_max_steps_message(config, run)) from err
     wall = time.perf_counter() - started
     fitted = as_field(result.model)
     buffer = io.BytesIO()
@@ -114,7 +120,43 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         raise FiguresInterrupted(
             f"the fit ({PARAMS}, {METRICS})", run.out, f"`transformer-flows plot {run.out}`"
         ) from None
+    except RuntimeError as err:  # the figure solves the fitted flow from another input
+        if MAX_STEPS_MESSAGE not in str(err):
+            raise
+        raise FitSolveFailed(_max_steps_message(config, run, figures=True)) from err
     return metrics
+
+
+# What diffrax's error says when a solve reaches its `max_steps` (equinox raises it at run time
+# from inside the compiled step, as a RuntimeError).
+MAX_STEPS_MESSAGE = "maximum number of solver steps was reached"
+
+
+def _max_steps_message(config: FitConfig, run: RunDirectory, figures: bool = False) -> str:
+    """Which key bounded the failed solve, where the fit stands, and the fix."""
+    if config.flow.adjoint == "stored":
+        key, value = "flow.stored_max_steps", config.flow.stored_max_steps
+    else:
+        key, value = "solver.max_steps", config.solver.max_steps
+    if figures:
+        what = (
+            f"the fit finished ({PARAMS}, {METRICS} written) but the solve of its trajectories "
+            f"figure needed more than {key} = {value} steps; it was not truncated, and the "
+            "figures were not drawn."
+        )
+    else:
+        history = run.out / (CHECKPOINT + ".history.npy")
+        saved = len(np.load(history)) if history.is_file() else 0
+        what = (
+            f"the fit failed: a solve (of a training step or a held-out evaluation) needed "
+            f"more than {key} = {value} steps; it was not truncated, and no metrics were "
+            f"written ({CHECKPOINT} holds step {saved} of {config.train.steps})."
+        )
+    return (
+        f"{what} Fix: rerun with a larger {key} (a forward solve's "
+        "trajectory.stats['num_steps'] says how many it takes) and a new --out "
+        f"({str(run.out)!r} holds this config and refuses another)"
+    )
 
 
 def _diverged(model, history) -> bool:

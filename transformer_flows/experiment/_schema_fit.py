@@ -33,6 +33,14 @@ from ._yaml import bounded_free_form
 # --- fits ----------------------------------------------------------------------------------
 
 
+def _has_analytic_vjp(cls) -> bool:
+    """Whether fits of `cls` are built with a dense attention that `flow.attention_vjp:
+    analytic` replaces by AnalyticVJPAttention (those `build_fit_model` builds: SA, USA)."""
+    from .._field._self_attention import SelfAttention, UnnormalizedSelfAttention
+
+    return cls in (SelfAttention, UnnormalizedSelfAttention)
+
+
 def _activation_name(value: Any) -> Any:
     from .._field._feed_forward import ACTIVATIONS
 
@@ -202,17 +210,65 @@ class TrainConfig(_Section):
 
 
 class FlowConfig(_Section):
-    """The flow differentiated by the fit: its final time and its adjoint."""
+    """The flow differentiated by the fit: its final time and how its gradient is computed."""
 
     horizon: PositiveNumber = Field(description="final time T of the flow (> 0)")
-    adjoint: Literal["recursive_checkpoint", "backsolve"] = Field(
+    adjoint: Literal["recursive_checkpoint", "backsolve", "stored"] = Field(
         "recursive_checkpoint",
-        description="recursive_checkpoint (discretise-then-differentiate) or backsolve "
-        "(continuous adjoint, O(1) memory; not with fixed-step sphere solvers)",
+        description="recursive_checkpoint (discretise-then-differentiate), backsolve "
+        "(continuous adjoint, O(1) memory; not with fixed-step sphere solvers) or stored "
+        "(StoredAdjoint: the same exact gradient with nothing recomputed; needs "
+        "flow.stored_max_steps)",
     )
     checkpoints: PositiveInteger | None = Field(
         None, description="RecursiveCheckpointAdjoint(checkpoints=...); null: diffrax's default"
     )
+    stored_max_steps: PositiveInteger | None = Field(
+        None,
+        description="with adjoint: stored (required there, refused otherwise): the solver "
+        "steps stored per solve, the step bound of the fit's solves in place of "
+        "solver.max_steps. Every one of them is computed and kept, so size it just above the "
+        "steps a solve takes; a solve that needs more stops the fit with an error naming this "
+        "key (never a truncated solve or a silent number)",
+    )
+    attention_vjp: Literal["autodiff", "analytic"] = Field(
+        "autodiff",
+        description="autodiff (JAX differentiates the attention) or analytic "
+        "(AnalyticVJPAttention: dense attention with its hand-written backward, the same "
+        "gradient to rounding; SA and USA fields only)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler):
+        # Fit configs written before these keys existed keep their saved form (and
+        # fingerprint), so their output directories still resume.
+        data = handler(self)
+        if data.get("stored_max_steps") is None:
+            data.pop("stored_max_steps", None)
+        if data.get("attention_vjp") == "autodiff":
+            data.pop("attention_vjp", None)
+        return data
+
+    @model_validator(mode="after")
+    def _stored_steps(self):
+        if self.adjoint == "stored" and self.stored_max_steps is None:
+            raise ValueError(
+                "stored_max_steps: adjoint 'stored' keeps every solver step, so it needs their "
+                "number; set flow.stored_max_steps just above the steps a solve takes (e.g. "
+                "16; a forward solve's trajectory.stats['num_steps'] says how many)"
+            )
+        if self.adjoint != "stored" and self.stored_max_steps is not None:
+            raise ValueError(
+                f"stored_max_steps = {self.stored_max_steps} is the size of adjoint 'stored'; "
+                f"with adjoint {self.adjoint!r} the bound is solver.max_steps. Remove "
+                "flow.stored_max_steps or set flow.adjoint: stored"
+            )
+        if self.adjoint == "stored" and self.checkpoints is not None:
+            raise ValueError(
+                f"checkpoints = {self.checkpoints} configures adjoint 'recursive_checkpoint'; "
+                "adjoint 'stored' keeps every step. Remove flow.checkpoints"
+            )
+        return self
 
 
 class FitConfig(_Experiment):
@@ -266,6 +322,12 @@ class FitConfig(_Experiment):
         self.solver.require_step("fit")
         entry = FIELDS.lookup(self.model.field)
         if entry is None:  # an import path: checked by run_experiment, after importing it
+            if self.flow.attention_vjp == "analytic":
+                raise ValueError(
+                    f"flow.attention_vjp: 'analytic' is the backward of SA and USA attention; "
+                    f"model.field {self.model.field!r} is another field. Use "
+                    "flow.attention_vjp: autodiff"
+                )
             return self
         for name in self.train.parameters:
             if name == "feed_forward":
@@ -285,6 +347,12 @@ class FitConfig(_Experiment):
                     f"train.parameters: {name!r} is kept at the identity (model.identity) and "
                     "cannot be trained; use model.start_at_identity to train it from I"
                 )
+        if self.flow.attention_vjp == "analytic" and not _has_analytic_vjp(entry.cls):
+            raise ValueError(
+                f"flow.attention_vjp: 'analytic' is the backward of SA and USA attention; "
+                f"model.field {self.model.field!r} ({entry.cls.__name__}) has none. Use "
+                "flow.attention_vjp: autodiff"
+            )
         if self.train.schedule == "warmup_cosine" and self.train.warmup_steps < 1:
             raise ValueError("schedule warmup_cosine needs train.warmup_steps >= 1")
         return self
