@@ -567,6 +567,7 @@ def _needs():
             needs.append((name, "d", entry.d))
         if entry.noise is not None:
             needs.append((name, "noise", entry.noise))
+        needs += [(name, "axis", axis) for axis in entry.axes]
     return needs
 
 
@@ -585,6 +586,9 @@ def test_figure_needs_are_enforced(name, need, value):
         )
     elif need == "noise":
         raw = _figure_config(name, noise=False)
+    elif need == "axis":  # one value where the figure draws against several
+        raw = _figure_config(name)
+        raw["model"][value] = raw["model"][value][0]
     else:
         raw = _figure_config(name, d=3 if value == 2 else 2)
     with pytest.raises(ConfigError, match=re.escape(f"figure {name!r}")):

@@ -142,3 +142,18 @@ def test_shipped_depth_config_reads():
     assert len(config.model.layers) >= 2
     assert config.solver.dt is None and config.solver.name == "residual_layers"
     assert config.sweep.params["alpha_L"] == [0.5, 1.0]
+
+
+def test_depth_variance_figure_needs_several_depths_at_validation():
+    """The figure draws the variance against L: a config with one depth (or none) is refused
+    when it is validated, naming model.layers, the value and the fix, not when it is drawn."""
+    raw = {**_with(1, [1, 2]), "figures": ["depth_variance"]}
+    config_from_dict(raw)  # two depths: accepted
+    for layers, got in ((4, "4"), ([4], "4"), (None, "None")):
+        bad = {**raw, "model": {**raw["model"], "layers": layers}}
+        if layers is None:
+            bad["solver"] = {"name": "residual_layers", "dt": 0.5}
+        with pytest.raises(
+            ConfigError, match=rf"depth_variance.*model\.layers = {got}.*model\.layers=\["
+        ):
+            config_from_dict(bad)

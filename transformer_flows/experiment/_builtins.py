@@ -546,6 +546,7 @@ FIGURES.register(
         ("mean_cosine",),
         description="variance over weight draws of the final mean cosine against the depth L "
         "(a model.layers list), per α_L, with 1/L and a bootstrap slope interval",
+        axes=("layers",),
     ),
 )
 

@@ -356,7 +356,9 @@ class ObservableEntry:
 class FigureEntry:
     """`draw(dataset, config, out) -> list[Path]`; `experiment`: the kind it draws;
     `observables` it reads; `d`: the only dimension it can draw (None: any); `noise`: the
-    `model.noise.kind` of the noisy sweeps it draws (None: any sweep)."""
+    `model.noise.kind` of the noisy sweeps it draws (None: any sweep); `axes`: the `model`
+    keys it draws against, each of which must hold a list of at least two values (e.g.
+    ("layers",): a curve against the depth)."""
 
     draw: Callable
     experiment: str = "simulation"
@@ -364,6 +366,7 @@ class FigureEntry:
     d: int | None = None
     description: str = ""
     noise: str | None = None
+    axes: tuple[str, ...] = ()
 
 
 # --- fit tasks -----------------------------------------------------------------------------

@@ -491,6 +491,15 @@ class SimulationConfig(_Experiment):
                     f"figure {figure!r} draws noisy sweeps: needs model.noise.kind = "
                     f"{needs.noise!r}, got {None if model.noise is None else model.noise.kind!r}"
                 )
+            for axis in needs.axes:
+                values = getattr(model, axis)
+                if not values or len(values) < 2:
+                    got = values[0] if values else None
+                    raise ValueError(
+                        f"figure {figure!r} draws against model.{axis}: it needs a list of at "
+                        f"least two values there, got model.{axis} = {got!r}; give several, "
+                        f"e.g. model.{axis}=[4, 8, 16]"
+                    )
         for name in names:
             observable = OBSERVABLES[name]
             if observable.per_shape and (len(model.n) > 1 or len(model.d) > 1):
