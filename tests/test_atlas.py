@@ -2,6 +2,7 @@
 Lipschitz constant of attention, R12 token sample complexity. Small sizes; the full
 measurements are experiments/atlas_*.py."""
 
+import functools
 import importlib.util
 import math
 import sys
@@ -21,6 +22,7 @@ from transformer_flows.theory._selectivity import _limit_general
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache  # one module per script: executing it again costs seconds (matplotlib, jax)
 def _experiment(name):
     # The scripts import their sibling helpers (experiments/_figure_output.py) as `python
     # experiments/x.py` would: with their own folder first on sys.path.
@@ -159,8 +161,8 @@ def test_fourier_alibi_velocity_is_the_authors_right_hand_side():
     lim = _experiment("atlas_lost_in_middle")
     theta = np.random.default_rng(1).uniform(0, 2 * np.pi, 40)  # 40: not a multiple of the block
     expected = lim.authors_velocity(theta, 1.3, 0.7)
-    v64 = lim.alibi_velocity(40, 1.3, 0.7)(jnp.asarray(theta))
-    v32 = lim.alibi_velocity(40, 1.3, 0.7, jnp.float32)(jnp.asarray(theta, jnp.float32))
+    v64 = jax.jit(lim.alibi_velocity(40, 1.3, 0.7))(jnp.asarray(theta))
+    v32 = jax.jit(lim.alibi_velocity(40, 1.3, 0.7, jnp.float32))(jnp.asarray(theta, jnp.float32))
     np.testing.assert_allclose(np.asarray(v64), expected, atol=1e-13)
     np.testing.assert_allclose(np.asarray(v32), expected, atol=2e-6)
     with pytest.raises(ValueError, match="lam"):
@@ -188,6 +190,12 @@ def test_profile_fits_recover_the_closed_form_minimum_and_t_crit():
         assert m == pytest.approx(fine[np.argmin(theory.retrieval_profile(fine, t, 1.0, 1.0))],
                                   rel=5e-3)  # fmt: skip
     assert t_crit == pytest.approx(theory.retrieval_t_crit(1.0, 1.0), rel=1e-2)
+    # The shape fit recovers a known scale, offset and shift of the closed form (grid 0.001).
+    shape = lambda x: theory.retrieval_profile(np.clip(x, 1e-3, 1 - 1e-3), 1.5, 1.0, 1.0)  # noqa: E731
+    moved = np.stack([profiles[1], 0.7 * shape(A @ s - 0.03) + 0.4])
+    shifts = np.linspace(-0.05, 0.05, 101)
+    np.testing.assert_allclose(lim.shape_shifts(A @ s, moved, shape, shifts=shifts), [0.0, 0.03],
+                               atol=1.5e-3)  # fmt: skip
     assert np.isnan(lim.sign_change(ts, np.ones(len(ts))))  # no crossing: nan, not a number
     with pytest.raises(ValueError, match="multiples"):
         lim.bin_matrix(100)
