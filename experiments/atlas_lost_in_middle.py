@@ -13,6 +13,10 @@ R_t(j) = N Σ_k ω_{k,M} E[cos k(θ_N(t) − θ_j(0))] (i.i.d. uniform θ(0)), w
 E[∂θ_N(t)/∂θ_j(0) · cos k(θ_N(t) − θ_j(0))], the sensitivities by `jax.jacrev` through the solve.
 
     python experiments/atlas_lost_in_middle.py --out docs/figures/atlas_lost_in_middle.png
+
+The gap against N (`--gap-ns`, then `--gap-report`) uses `fast_retrieval` instead: the same
+per-start term with the field in O(N·K), RK4 on the angles and a hand-written adjoint, float32
+(docs/atlas.md, R9, "Larger N").
 """
 
 import argparse
