@@ -2,6 +2,7 @@
 Lipschitz constant of attention, R12 token sample complexity. Small sizes; the full
 measurements are experiments/atlas_*.py."""
 
+import functools
 import importlib.util
 import math
 import sys
@@ -21,6 +22,7 @@ from transformer_flows.theory._selectivity import _limit_general
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache  # one module per script: executing it again costs seconds (matplotlib, jax)
 def _experiment(name):
     # The scripts import their sibling helpers (experiments/_figure_output.py) as `python
     # experiments/x.py` would: with their own folder first on sys.path.
@@ -146,6 +148,57 @@ def test_retrieval_estimator_by_parts_equals_the_direct_average_over_the_source_
     a, b = (np.asarray(v)[:, :, j].mean(0) for v in both)
     np.testing.assert_allclose(a, b, atol=1e-9)
     assert abs(a[1]) > 1e-2 and abs(a[0]) < 1e-12  # not a trivial zero at t = 1
+    # The fast path (Fourier field, RK4 on the angles, hand-written adjoint) gives the same
+    # per-configuration terms as `tf.solve` + `jax.jacrev` (RK4 on the embedded circle): equal up
+    # to the two RK4 discretisations' difference, O(h⁴).
+    fast = jax.jit(jax.vmap(lim.fast_retrieval(n, 1.0, 1.0, [0.0, 1.0], 0.05, 8.0, 3)))(grid)
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(both[1]), rtol=1e-6, atol=1e-6)
+
+
+def test_fourier_alibi_velocity_is_the_authors_right_hand_side():
+    """O(N·K) field (Fourier series of h, prefix sums of the exponential ALiBi weights) against
+    the authors' O(N²) sum, in float64 and float32 (fewer modes)."""
+    lim = _experiment("atlas_lost_in_middle")
+    theta = np.random.default_rng(1).uniform(0, 2 * np.pi, 40)  # 40: not a multiple of the block
+    expected = lim.authors_velocity(theta, 1.3, 0.7)
+    v64 = jax.jit(lim.alibi_velocity(40, 1.3, 0.7))(jnp.asarray(theta))
+    v32 = jax.jit(lim.alibi_velocity(40, 1.3, 0.7, jnp.float32))(jnp.asarray(theta, jnp.float32))
+    np.testing.assert_allclose(np.asarray(v64), expected, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(v32), expected, atol=2e-6)
+    with pytest.raises(ValueError, match="lam"):
+        lim.alibi_velocity(40, 1.0, 40.0)
+
+
+def test_chain_profiles_equal_the_matrix_exponential():
+    lim = _experiment("atlas_lost_in_middle")
+    fast = lim.chain_profiles(48, [0.5, 2.0], 1.0, 0.8, 8.0, 20)
+    for i, t in enumerate((0.5, 2.0)):
+        np.testing.assert_allclose(fast[i], lim.chain_profile(48, t, 1.0, 0.8, 8.0, 20), atol=1e-10)
+
+
+def test_profile_fits_recover_the_closed_form_minimum_and_t_crit():
+    """The estimators used on the particles' 64-bin profiles, applied to the closed form's bins:
+    minimum positions within 0.5 % and t_crit within 1 % of the exact ones (their own bias)."""
+    lim = _experiment("atlas_lost_in_middle")
+    n, ts = 1024, [1.0, 1.5, 2.0, 2.25, 2.5, 2.75]
+    A = lim.bin_matrix(n)
+    s = np.arange(1, n) / n
+    profiles = np.stack([A @ theory.retrieval_profile(s, t, 1.0, 1.0) for t in ts])
+    mins, t_crit = lim.features(A @ s, profiles, ts, [1.0, 1.5, 2.0])
+    fine = np.linspace(0.05, 0.999, 20000)
+    for t, m in zip((1.0, 1.5, 2.0), mins, strict=True):
+        assert m == pytest.approx(fine[np.argmin(theory.retrieval_profile(fine, t, 1.0, 1.0))],
+                                  rel=5e-3)  # fmt: skip
+    assert t_crit == pytest.approx(theory.retrieval_t_crit(1.0, 1.0), rel=1e-2)
+    # The shape fit recovers a known scale, offset and shift of the closed form (grid 0.001).
+    shape = lambda x: theory.retrieval_profile(np.clip(x, 1e-3, 1 - 1e-3), 1.5, 1.0, 1.0)  # noqa: E731
+    moved = np.stack([profiles[1], 0.7 * shape(A @ s - 0.03) + 0.4])
+    shifts = np.linspace(-0.05, 0.05, 101)
+    np.testing.assert_allclose(lim.shape_shifts(A @ s, moved, shape, shifts=shifts), [0.0, 0.03],
+                               atol=1.5e-3)  # fmt: skip
+    assert np.isnan(lim.sign_change(ts, np.ones(len(ts))))  # no crossing: nan, not a number
+    with pytest.raises(ValueError, match="multiples"):
+        lim.bin_matrix(100)
 
 
 # ---------------------------------------------------------------------------- R10 Lipschitz
