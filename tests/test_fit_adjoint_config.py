@@ -157,6 +157,19 @@ def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys):
             r"`flow.stored_max_steps`: got 0; .*greater than or equal to 1",
         ),
         ({"adjoint": "stored", "stored_max_steps": 2.5}, {}, r"stored_max_steps.*integer"),
+        (
+            {"adjoint": "stored", "stored_max_steps": 65_537},
+            {},
+            r"`flow.stored_max_steps`: got 65537; above its cap 65536: .*recursive_checkpoint",
+        ),
+        (
+            # At the cap, but 65536 steps x 4096 inputs x 4 tokens x d = 3 float64 values is
+            # 24.0 GiB of states: above the 16 GiB limit.
+            {"adjoint": "stored", "stored_max_steps": 65_536},
+            {"train": {"batch_size": 4096}},
+            r"`flow.stored_max_steps`: got 65536; too many steps to store: .* x train.batch_size "
+            r"4096 x task.n 4 x model.d 3 float64 values = 24.0 GiB .*smaller train.batch_size",
+        ),
         ({"stored_max_steps": 16}, {}, r"stored_max_steps = 16 .*Remove flow.stored_max_steps"),
         (
             {"adjoint": "stored", "stored_max_steps": 16, "checkpoints": 4},
@@ -182,6 +195,24 @@ def test_bad_choices_are_refused(flow, sections, match):
     for name, keys in sections.items():
         raw[name] = {**TINY[name], **keys}
     with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw)
+
+
+def test_stored_steps_up_to_the_limits_are_accepted():
+    """The bounds refuse only what exceeds them: the cap of steps with a tiny fit, and 16 GiB
+    of float32 states (2048 steps x 2048 inputs x n = 256 x d = 4 x 4 bytes) exactly."""
+    assert _config({"adjoint": "stored", "stored_max_steps": 65_536}).flow.stored_max_steps
+    raw = {
+        **TINY,
+        "precision": "float32",
+        "model": {"d": 4},
+        "task": {**TINY["task"], "n": 256, "anchors": [[0, 0, 0, 1]], "targets": [[1, 0, 0, 0]]},
+        "train": {**TINY["train"], "batch_size": 2048},
+        "flow": {**TINY["flow"], "adjoint": "stored", "stored_max_steps": 2048},
+    }
+    assert config_from_dict(raw).flow.stored_max_steps == 2048
+    raw["flow"] = {**raw["flow"], "stored_max_steps": 2049}
+    with pytest.raises(ConfigError, match=r"16.0 GiB before"):
         config_from_dict(raw)
 
 
