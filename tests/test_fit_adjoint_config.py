@@ -125,9 +125,16 @@ def test_each_choice_builds_its_adjoint_and_attention(flow, model):
     assert again == config and fingerprint(again.numerics()) == fingerprint(config.numerics())
 
 
-def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys):
+@pytest.mark.parametrize("on_error", ["raise", "nan"])
+def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys, monkeypatch, on_error):
     """2 fixed steps of 0.5 reach T = 1; a bound of 1 cannot: the fit stops with the key, its
-    value and the fix (exit status 3, as for failed solves), and writes no metrics."""
+    value and the fix (exit status 3, as for failed solves), and writes no metrics. Also where
+    this process made run-time checks return NaN (as `transformer-flows run` does for its
+    sweeps, also before a fit run by the same process): without the fit forcing them to raise,
+    the failed solve became NaN weights, reported as a non-finite β (exit status 2)."""
+    from equinox import _errors
+
+    monkeypatch.setattr(_errors, "EQX_ON_ERROR", on_error)
     raw = {
         **TINY,
         "flow": {**TINY["flow"], "adjoint": "stored", "stored_max_steps": 1},
@@ -140,7 +147,9 @@ def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys):
     assert "the fit failed: a solve" in err
     assert "needed more than flow.stored_max_steps = 1 steps" in err
     assert "Fix: rerun with a larger flow.stored_max_steps" in err
+    assert "diverged" not in err and "non-finite" not in err
     assert not (out / "metrics.json").exists()
+    assert _errors.EQX_ON_ERROR == on_error  # the process's mode is restored after the fit
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from .._compilation_cache import raising_checks
 from .._field_models import as_field
 from .._fit import FitInterrupted, evaluate, fit, trainable_spec
 from .._losses import TargetMeasure
@@ -34,12 +35,14 @@ def load_fitted_model(config: FitConfig, path: str | Path):
 
 
 def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dict:
-    """Fit as configured into `out` and return the metrics (also in `out/metrics.json`)."""
+    """Fit as configured into `out` and return the metrics (also in `out/metrics.json`).
+    Its solves' checks raise even where this process made them return NaN (`transformer-flows
+    run`'s sweeps): a solve past its step bound stops the fit with the key that bounds it."""
     from ._schema import import_fields
 
     config = import_fields(config)
     run = RunDirectory(out)
-    with run.lock():
+    with run.lock(), raising_checks():
         run.claim(config.to_yaml(), fingerprint(config.numerics()))
         run.remove_temporaries()
         try:
