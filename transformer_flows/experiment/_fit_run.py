@@ -21,8 +21,9 @@ from ._errors import FitSolveFailed
 from ._fit_plot import draw_fit_figures
 from ._interrupt import FiguresInterrupted, RunInterrupted
 from ._registry import FIELDS
+from ._run_chunks import claimed_run
 from ._schema import FitConfig
-from ._store import RunDirectory, fingerprint
+from ._store import RunDirectory
 
 CHECKPOINT = "checkpoint.eqx"
 PARAMS = "params.eqx"
@@ -41,10 +42,7 @@ def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dic
     from ._schema import import_fields
 
     config = import_fields(config)
-    run = RunDirectory(out)
-    with run.lock(), raising_checks():
-        run.claim(config.to_yaml(), fingerprint(config.numerics()))
-        run.remove_temporaries()
+    with claimed_run(out, config, config.numerics()) as run, raising_checks():
         try:
             return _fit_into(config, run, progress)
         except FitInterrupted as stopped:
