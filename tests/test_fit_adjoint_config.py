@@ -125,9 +125,16 @@ def test_each_choice_builds_its_adjoint_and_attention(flow, model):
     assert again == config and fingerprint(again.numerics()) == fingerprint(config.numerics())
 
 
-def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys):
+@pytest.mark.parametrize("on_error", ["raise", "nan"])
+def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys, monkeypatch, on_error):
     """2 fixed steps of 0.5 reach T = 1; a bound of 1 cannot: the fit stops with the key, its
-    value and the fix (exit status 3, as for failed solves), and writes no metrics."""
+    value and the fix (exit status 3, as for failed solves), and writes no metrics. Also where
+    this process made run-time checks return NaN (as `transformer-flows run` does for its
+    sweeps, also before a fit run by the same process): without the fit forcing them to raise,
+    the failed solve became NaN weights, reported as a non-finite β (exit status 2)."""
+    from equinox import _errors
+
+    monkeypatch.setattr(_errors, "EQX_ON_ERROR", on_error)
     raw = {
         **TINY,
         "flow": {**TINY["flow"], "adjoint": "stored", "stored_max_steps": 1},
@@ -140,7 +147,9 @@ def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys):
     assert "the fit failed: a solve" in err
     assert "needed more than flow.stored_max_steps = 1 steps" in err
     assert "Fix: rerun with a larger flow.stored_max_steps" in err
+    assert "diverged" not in err and "non-finite" not in err
     assert not (out / "metrics.json").exists()
+    assert _errors.EQX_ON_ERROR == on_error  # the process's mode is restored after the fit
 
 
 @pytest.mark.parametrize(
@@ -157,6 +166,19 @@ def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys):
             r"`flow.stored_max_steps`: got 0; .*greater than or equal to 1",
         ),
         ({"adjoint": "stored", "stored_max_steps": 2.5}, {}, r"stored_max_steps.*integer"),
+        (
+            {"adjoint": "stored", "stored_max_steps": 65_537},
+            {},
+            r"`flow.stored_max_steps`: got 65537; above its cap 65536: .*recursive_checkpoint",
+        ),
+        (
+            # At the cap, but 65536 steps x 4096 inputs x 4 tokens x d = 3 float64 values is
+            # 24.0 GiB of states: above the 16 GiB limit.
+            {"adjoint": "stored", "stored_max_steps": 65_536},
+            {"train": {"batch_size": 4096}},
+            r"`flow.stored_max_steps`: got 65536; too many steps to store: .* x train.batch_size "
+            r"4096 x task.n 4 x model.d 3 float64 values = 24.0 GiB .*smaller train.batch_size",
+        ),
         ({"stored_max_steps": 16}, {}, r"stored_max_steps = 16 .*Remove flow.stored_max_steps"),
         (
             {"adjoint": "stored", "stored_max_steps": 16, "checkpoints": 4},
@@ -182,6 +204,24 @@ def test_bad_choices_are_refused(flow, sections, match):
     for name, keys in sections.items():
         raw[name] = {**TINY[name], **keys}
     with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw)
+
+
+def test_stored_steps_up_to_the_limits_are_accepted():
+    """The bounds refuse only what exceeds them: the cap of steps with a tiny fit, and 16 GiB
+    of float32 states (2048 steps x 2048 inputs x n = 256 x d = 4 x 4 bytes) exactly."""
+    assert _config({"adjoint": "stored", "stored_max_steps": 65_536}).flow.stored_max_steps
+    raw = {
+        **TINY,
+        "precision": "float32",
+        "model": {"d": 4},
+        "task": {**TINY["task"], "n": 256, "anchors": [[0, 0, 0, 1]], "targets": [[1, 0, 0, 0]]},
+        "train": {**TINY["train"], "batch_size": 2048},
+        "flow": {**TINY["flow"], "adjoint": "stored", "stored_max_steps": 2048},
+    }
+    assert config_from_dict(raw).flow.stored_max_steps == 2048
+    raw["flow"] = {**raw["flow"], "stored_max_steps": 2049}
+    with pytest.raises(ConfigError, match=r"16.0 GiB before"):
         config_from_dict(raw)
 
 

@@ -1,7 +1,9 @@
 """JAX's persistent compilation cache for the command line and the experiment scripts: a second
 identical run loads its compiled programs from disk instead of compiling them again."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -62,3 +64,24 @@ def _nan_checks() -> None:
 
     if os.environ.get("EQX_ON_ERROR") is None and getattr(_errors, "EQX_ON_ERROR", None) == "raise":
         _errors.EQX_ON_ERROR = "nan"
+
+
+@contextlib.contextmanager
+def raising_checks() -> Iterator[None]:
+    """Inside: run-time checks traced under jit raise, even where equinox's default `on_error`
+    is "nan" (after `enable_compilation_cache(nan_checks=True)` in this process, or
+    EQX_ON_ERROR=nan) or "off"; "raise" and "breakpoint" are kept. For programs whose failed
+    solves must stop with their reason (the fits: a solve past its step bound would otherwise
+    turn into NaN parameters and read as a divergence, or with "off" into a truncated solve).
+    Only programs traced inside are affected; the previous default is restored on exit."""
+    from equinox import _errors
+
+    before = getattr(_errors, "EQX_ON_ERROR", None)
+    forced = before in ("nan", "off")
+    if forced:
+        _errors.EQX_ON_ERROR = "raise"
+    try:
+        yield
+    finally:
+        if forced:
+            _errors.EQX_ON_ERROR = before

@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from .._compilation_cache import raising_checks
 from .._field_models import as_field
 from .._fit import FitInterrupted, evaluate, fit, trainable_spec
 from .._losses import TargetMeasure
@@ -20,8 +21,9 @@ from ._errors import FitSolveFailed
 from ._fit_plot import draw_fit_figures
 from ._interrupt import FiguresInterrupted, RunInterrupted
 from ._registry import FIELDS
+from ._run_chunks import claimed_run
 from ._schema import FitConfig
-from ._store import RunDirectory, fingerprint
+from ._store import RunDirectory
 
 CHECKPOINT = "checkpoint.eqx"
 PARAMS = "params.eqx"
@@ -34,14 +36,13 @@ def load_fitted_model(config: FitConfig, path: str | Path):
 
 
 def run_fit(config: FitConfig, out: str | Path, *, progress: bool = True) -> dict:
-    """Fit as configured into `out` and return the metrics (also in `out/metrics.json`)."""
+    """Fit as configured into `out` and return the metrics (also in `out/metrics.json`).
+    Its solves' checks raise even where this process made them return NaN (`transformer-flows
+    run`'s sweeps): a solve past its step bound stops the fit with the key that bounds it."""
     from ._schema import import_fields
 
     config = import_fields(config)
-    run = RunDirectory(out)
-    with run.lock():
-        run.claim(config.to_yaml(), fingerprint(config.numerics()))
-        run.remove_temporaries()
+    with claimed_run(out, config, config.numerics()) as run, raising_checks():
         try:
             return _fit_into(config, run, progress)
         except FitInterrupted as stopped:

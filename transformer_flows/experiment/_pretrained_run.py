@@ -24,8 +24,9 @@ from ._build import solver_of
 from ._interrupt import reported
 from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES, ObservableContext
+from ._run_chunks import claimed_run
 from ._schema import ConfigError, PretrainedConfig
-from ._store import RunDirectory, chunk_path, fingerprint
+from ._store import chunk_path, fingerprint
 
 # The files of a checkpoint that decide its numbers (their sha256 goes into the chunks).
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -218,10 +219,7 @@ def run_pretrained(
     numerics = config.numerics()
     commit = git_commit()
     compute = statistics_function(config)
-    run = RunDirectory(out)
-    with run.lock(), reported(run.out, "texts") as saved:
-        run.claim(config.to_yaml(), fingerprint(numerics))
-        run.remove_temporaries()
+    with claimed_run(out, config, numerics) as run, reported(run.out, "texts") as saved:
         pieces, seconds = [], 0.0
         # Texts are done in order: those before the one in flight are on disk (at least).
         saved.total, saved.recount = len(texts), lambda: len(pieces)

@@ -16,7 +16,7 @@ from .._progress import compile_notice
 from ._plan import Plan, Shape, plan_sweep
 from ._provenance import git_commit, provenance
 from ._registry import OBSERVABLES
-from ._run_chunks import run_chunks
+from ._run_chunks import claimed_run, run_chunks
 from ._schedule import ChunkTask
 from ._schema import (
     ConfigError,
@@ -65,9 +65,7 @@ def run_experiment(
 def run_theory(config: TheoryConfig, out: str | Path) -> xr.Dataset:
     from ._theory import theory_dataset
 
-    run = RunDirectory(out)
-    with run.lock():
-        run.claim(config.to_yaml(), fingerprint(config.numerics()))
+    with claimed_run(out, config, config.numerics()) as run:
         started = time.perf_counter()
         dataset = theory_dataset(config)
         dataset.attrs.update(provenance(config, time.perf_counter() - started, git_commit()))

@@ -5,9 +5,11 @@ assembles the finished chunks into the dataset. Everything else is the same for 
 run and lives here once: the lock of the output directory, its claim by the config (another
 config is refused), the resume from verified chunk files, the progress bar, the count that
 Ctrl-C reports, the write of `dataset.nc`, and `SolveFailures` after writing when a solve failed
-and `solver.allow_failures` is false."""
+and `solver.allow_failures` is false. The lock and claim alone are `claimed_run`, which the
+theory, pretrained and fit runners use too."""
 
-from collections.abc import Callable, Hashable, Sequence
+import contextlib
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 
 import xarray as xr
@@ -17,6 +19,20 @@ from ._errors import SolveFailures
 from ._interrupt import reported
 from ._schedule import ChunkTask, compute_chunks, finished_chunks
 from ._store import RunDirectory, fingerprint
+
+
+@contextlib.contextmanager
+def claimed_run(
+    out: str | Path, config, numerics: dict, *, shared: bool = False
+) -> Iterator[RunDirectory]:
+    """`out` as the `RunDirectory` of `config`'s run for the `with` block: locked (`shared`:
+    by one of the processes of a distributed run), claimed by `fingerprint(numerics)` (a
+    directory of another config is refused) and rid of the temporaries killed writers left."""
+    run = RunDirectory(out)
+    with run.lock(shared=shared):
+        run.claim(config.to_yaml(), fingerprint(numerics))
+        run.remove_temporaries()
+        yield run
 
 
 def run_chunks(
@@ -57,10 +73,10 @@ def run_chunks(
     **Returns:** the dataset of `assemble`, written to `out/dataset.nc` by process 0. Raises
     `SolveFailures` after writing if a solve failed and `config.solver.allow_failures` is false,
     and `RunInterrupted` on Ctrl-C with the number of chunks on disk."""
-    run = RunDirectory(out)
-    with run.lock(shared=process_count > 1), reported(run.out, "chunks") as saved:
-        run.claim(config.to_yaml(), fingerprint(numerics))
-        run.remove_temporaries()
+    with (
+        claimed_run(out, config, numerics, shared=process_count > 1) as run,
+        reported(run.out, "chunks") as saved,
+    ):
         pieces, todo = finished_chunks(run, tasks)
         saved.total = len(tasks)
         saved.recount = _recount(run, todo, pieces, len(tasks))

@@ -209,6 +209,15 @@ class TrainConfig(_Section):
     )
 
 
+# Bounds of `flow.stored_max_steps` (adjoint `stored` computes and keeps every one of its steps,
+# each with its stage values and attention weights): at most this many steps, and at most this
+# many bytes of stored states alone (steps x batch x n x d values; the stage values and attention
+# weights kept beside them are several times more), so that an oversized value is refused here
+# instead of failing on memory allocation in the first training step.
+STORED_MAX_STEPS_LIMIT = 65_536
+STORED_STATE_BYTES_LIMIT = 16 * 2**30
+
+
 class FlowConfig(_Section):
     """The flow differentiated by the fit: its final time and how its gradient is computed."""
 
@@ -229,7 +238,8 @@ class FlowConfig(_Section):
         "steps stored per solve, the step bound of the fit's solves in place of "
         "solver.max_steps. Every one of them is computed and kept, so size it just above the "
         "steps a solve takes; a solve that needs more stops the fit with an error naming this "
-        "key (never a truncated solve or a silent number)",
+        "key (never a truncated solve or a silent number). At most 65536, and at most 16 GiB "
+        "of stored states (steps x train.batch_size x task.n x model.d values)",
     )
     attention_vjp: Literal["autodiff", "analytic"] = Field(
         "autodiff",
@@ -256,6 +266,14 @@ class FlowConfig(_Section):
                 "stored_max_steps: adjoint 'stored' keeps every solver step, so it needs their "
                 "number; set flow.stored_max_steps just above the steps a solve takes (e.g. "
                 "16; a forward solve's trajectory.stats['num_steps'] says how many)"
+            )
+        if self.stored_max_steps is not None and self.stored_max_steps > STORED_MAX_STEPS_LIMIT:
+            raise ValueError(
+                f"stored_max_steps: above its cap {STORED_MAX_STEPS_LIMIT}: "
+                "adjoint 'stored' computes and keeps every one of these steps with its stage "
+                "values. Set flow.stored_max_steps just above the steps a solve takes (a forward "
+                "solve's trajectory.stats['num_steps']), or for solves of that many steps use "
+                "flow.adjoint: recursive_checkpoint (bounded by solver.max_steps)"
             )
         if self.adjoint != "stored" and self.stored_max_steps is not None:
             raise ValueError(
@@ -353,6 +371,29 @@ class FitConfig(_Experiment):
                 f"model.field {self.model.field!r} ({entry.cls.__name__}) has none. Use "
                 "flow.attention_vjp: autodiff"
             )
+        self._stored_memory()
         if self.train.schedule == "warmup_cosine" and self.train.warmup_steps < 1:
             raise ValueError("schedule warmup_cosine needs train.warmup_steps >= 1")
         return self
+
+    def _stored_memory(self) -> None:
+        """Refuse adjoint `stored` when the states it keeps alone exceed
+        STORED_STATE_BYTES_LIMIT (with a task whose inputs have `n` tokens: all built-in)."""
+        steps = self.flow.stored_max_steps
+        n = getattr(self.task.spec(), "n", None)
+        if steps is None or not isinstance(n, int):
+            return
+        itemsize = 8 if self.precision == "float64" else 4
+        batch, d = self.train.batch_size, self.model.d
+        size = steps * batch * n * d * itemsize
+        if size > STORED_STATE_BYTES_LIMIT:
+            raise ValueError(
+                "flow.stored_max_steps: too many steps to store: adjoint 'stored' keeps every "
+                f"step's state, {steps} steps x train.batch_size {batch} x task.n {n} x "
+                f"model.d {d} "
+                f"{self.precision} values = {size / 2**30:.1f} GiB before the stage values "
+                f"and attention weights stored with them (the limit is "
+                f"{STORED_STATE_BYTES_LIMIT // 2**30} GiB); set it just above the steps a "
+                "solve takes, or use a smaller train.batch_size or flow.adjoint: "
+                "recursive_checkpoint"
+            )
