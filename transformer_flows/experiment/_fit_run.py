@@ -3,9 +3,11 @@
 directory is locked and claimed like a sweep's: a changed config is refused, a rerun resumes from
 `checkpoint.eqx`."""
 
+import contextlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import equinox as eqx
@@ -53,7 +55,7 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
     model, task, flow = build_fit_model(config), build_task(config), build_flow(config)
     train = config.train
     started = time.perf_counter()
-    try:
+    with _step_bound(config, run):
         result = fit(
             model,
             task,
@@ -69,10 +71,6 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
             checkpoint_every=train.checkpoint_every,
             progress=progress,
         )
-    except RuntimeError as err:
-        if MAX_STEPS_MESSAGE not in str(err):
-            raise
-        raise FitSolveFailed(_max_steps_message(config, run)) from err
     wall = time.perf_counter() - started
     fitted = as_field(result.model)
     buffer = io.BytesIO()
@@ -83,7 +81,8 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
     after, before = result.evaluations[-1], result.evaluations[0]
     if before["step"] != 0:  # resumed without the first evaluation: score the initial model
         heldout_key = jax.random.split(jax.random.key(config.seed))[1]
-        before = {"step": 0, **evaluate(model, task, flow, heldout_key, train.eval_size)}
+        with _step_bound(config, run):
+            before = {"step": 0, **evaluate(model, task, flow, heldout_key, train.eval_size)}
     metrics = {
         "task": config.task.kind,
         "headline": task.headline,
@@ -107,30 +106,39 @@ def _fit_into(config: FitConfig, run: RunDirectory, progress: bool) -> dict:
         metrics["heldout_mmd2_noise_floor"] = task.noise_floor(jax.random.key(1), train.eval_size)
     run.write_text(METRICS, json.dumps(metrics, indent=2, allow_nan=False))
     try:
-        draw_fit_figures(
-            metrics,
-            config,
-            run.out,
-            before=model,
-            after=result.model,
-            task=task,
-            flow=flow,
-            key=example_key(config),
-        )
+        # The figure solves the fitted flow from another input: it can need more steps too.
+        with _step_bound(config, run, figures=True):
+            draw_fit_figures(
+                metrics,
+                config,
+                run.out,
+                before=model,
+                after=result.model,
+                task=task,
+                flow=flow,
+                key=example_key(config),
+            )
     except KeyboardInterrupt:
         raise FiguresInterrupted(
             f"the fit ({PARAMS}, {METRICS})", run.out, f"`transformer-flows plot {run.out}`"
         ) from None
-    except RuntimeError as err:  # the figure solves the fitted flow from another input
-        if MAX_STEPS_MESSAGE not in str(err):
-            raise
-        raise FitSolveFailed(_max_steps_message(config, run, figures=True)) from err
     return metrics
 
 
 # What diffrax's error says when a solve reaches its `max_steps` (equinox raises it at run time
 # from inside the compiled step, as a RuntimeError).
 MAX_STEPS_MESSAGE = "maximum number of solver steps was reached"
+
+
+@contextlib.contextmanager
+def _step_bound(config: FitConfig, run: RunDirectory, figures: bool = False) -> Iterator[None]:
+    """Inside: a solve that reaches its step bound raises `FitSolveFailed` naming the key."""
+    try:
+        yield
+    except RuntimeError as err:
+        if MAX_STEPS_MESSAGE not in str(err):
+            raise
+        raise FitSolveFailed(_max_steps_message(config, run, figures)) from err
 
 
 def _max_steps_message(config: FitConfig, run: RunDirectory, figures: bool = False) -> str:
