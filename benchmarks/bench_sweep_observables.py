@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import block, report, table
+from bench_sweep_queue import fig3a_config
 
 from transformer_flows import _observables
-from transformer_flows.experiment import _program, load_config, plan_sweep
+from transformer_flows.experiment import _program, plan_sweep
 from transformer_flows.experiment._program import Observer, _build_program, chunk_inputs
 
 
@@ -58,15 +59,7 @@ def main():
     parser.add_argument("--starts", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    config = load_config(
-        "configs/figure3.yaml",
-        [
-            "model.d=2",
-            f"sweep.beta={{start: 0.1, stop: 9.0, num: {args.betas}}}",
-            f"sweep.starts={args.starts}",
-            f"sweep.chunk_size={args.betas * args.starts}",
-        ],
-    )
+    config = fig3a_config(args.betas, args.starts)
     plan = plan_sweep(config)
     (shape,) = plan.shapes
     inputs = chunk_inputs(config, plan, shape, 0)

@@ -110,16 +110,21 @@ SIDE_HEADERS = [
 ]
 
 
-def fig3a(args):
-    config = load_config(
+def fig3a_config(betas: int, starts: int):
+    """configs/figure3.yaml at d = 2 with `betas` × `starts` systems in one chunk."""
+    return load_config(
         "configs/figure3.yaml",
         [
             "model.d=2",
-            f"sweep.beta={{start: 0.1, stop: 9.0, num: {args.betas}}}",
-            f"sweep.starts={args.starts}",
-            f"sweep.chunk_size={args.betas * args.starts}",
+            f"sweep.beta={{start: 0.1, stop: 9.0, num: {betas}}}",
+            f"sweep.starts={starts}",
+            f"sweep.chunk_size={betas * starts}",
         ],
     )
+
+
+def fig3a(args):
+    config = fig3a_config(args.betas, args.starts)
     plan = plan_sweep(config)
     (shape,) = plan.shapes
     results = measure(config, plan, shape, [0], args.rounds, args.lanes, args.inside)[0]
