@@ -179,6 +179,13 @@ def test_a_too_small_bound_fails_the_fit_loudly(tmp_path, capsys, monkeypatch, o
             r"`flow.stored_max_steps`: got 65536; too many steps to store: .* x train.batch_size "
             r"4096 x task.n 4 x model.d 3 float64 values = 24.0 GiB .*smaller train.batch_size",
         ),
+        (
+            # The bound is the field's business only through n and d: it holds for a field
+            # given by import path too.
+            {"adjoint": "stored", "stored_max_steps": 65_536},
+            {"train": {"batch_size": 4096}, "model": {"field": "mypackage.fields:MyField"}},
+            r"`flow.stored_max_steps`: got 65536; too many steps to store: .* = 24.0 GiB",
+        ),
         ({"stored_max_steps": 16}, {}, r"stored_max_steps = 16 .*Remove flow.stored_max_steps"),
         (
             {"adjoint": "stored", "stored_max_steps": 16, "checkpoints": 4},

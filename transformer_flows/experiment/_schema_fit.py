@@ -338,14 +338,19 @@ class FitConfig(_Experiment):
     @model_validator(mode="after")
     def _parameters(self):
         self.solver.require_step("fit")
+        if self.train.schedule == "warmup_cosine" and self.train.warmup_steps < 1:
+            raise ValueError("schedule warmup_cosine needs train.warmup_steps >= 1")
+        self._stored_memory()
         entry = FIELDS.lookup(self.model.field)
+        if self.flow.attention_vjp == "analytic" and (
+            entry is None or not _has_analytic_vjp(entry.cls)
+        ):
+            field = "is another field" if entry is None else f"({entry.cls.__name__}) has none"
+            raise ValueError(
+                f"flow.attention_vjp: 'analytic' is the backward of SA and USA attention; "
+                f"model.field {self.model.field!r} {field}. Use flow.attention_vjp: autodiff"
+            )
         if entry is None:  # an import path: checked by run_experiment, after importing it
-            if self.flow.attention_vjp == "analytic":
-                raise ValueError(
-                    f"flow.attention_vjp: 'analytic' is the backward of SA and USA attention; "
-                    f"model.field {self.model.field!r} is another field. Use "
-                    "flow.attention_vjp: autodiff"
-                )
             return self
         for name in self.train.parameters:
             if name == "feed_forward":
@@ -365,15 +370,6 @@ class FitConfig(_Experiment):
                     f"train.parameters: {name!r} is kept at the identity (model.identity) and "
                     "cannot be trained; use model.start_at_identity to train it from I"
                 )
-        if self.flow.attention_vjp == "analytic" and not _has_analytic_vjp(entry.cls):
-            raise ValueError(
-                f"flow.attention_vjp: 'analytic' is the backward of SA and USA attention; "
-                f"model.field {self.model.field!r} ({entry.cls.__name__}) has none. Use "
-                "flow.attention_vjp: autodiff"
-            )
-        self._stored_memory()
-        if self.train.schedule == "warmup_cosine" and self.train.warmup_steps < 1:
-            raise ValueError("schedule warmup_cosine needs train.warmup_steps >= 1")
         return self
 
     def _stored_memory(self) -> None:
